@@ -1,0 +1,92 @@
+"""The typer application and the error handling every command shares.
+
+Commands live in ``cli/cmd_*.py`` modules, each registering itself on :data:`app`; the package
+imports every such module, so adding a command is adding a file.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+import typer
+
+app = typer.Typer(
+    name="layerscope",
+    help="Build, train and dissect neural networks layer by layer.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+_state = {"debug": False}
+
+
+def debug_enabled() -> bool:
+    return _state["debug"] or os.environ.get("LAYERSCOPE_DEBUG") == "1"
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+    version: bool = typer.Option(False, "--version", help="Print the version and exit."),
+) -> None:
+    """Build, train and dissect neural networks layer by layer."""
+    _state["debug"] = debug
+    if version:
+        from layerscope import __version__
+
+        typer.echo(f"layerscope {__version__}")
+        raise typer.Exit(0)
+
+
+def fail(message: str, code: int = 2) -> "typer.Exit":
+    """Print ``error: message`` on stderr and return an Exit to raise."""
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script: runs a command, turns errors into one line + exit 2."""
+    import click
+
+    from layerscope.errors import LayerscopeError
+
+    from . import load_commands
+
+    load_commands()
+    args = sys.argv[1:] if argv is None else list(argv)
+    if "--debug" in args:
+        _state["debug"] = True
+    command = typer.main.get_command(app)
+    try:
+        command.main(args=args, prog_name="layerscope", standalone_mode=False)
+        return 0
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.exceptions.Abort:
+        typer.echo("interrupted", err=True)
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return 2
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        return 130
+    except LayerscopeError as exc:
+        if debug_enabled():
+            traceback.print_exc()
+        typer.echo(f"error: {exc}", err=True)
+        return 2
+    except BrokenPipeError:
+        return 0
+    except Exception as exc:  # an unexpected failure still gets one line unless --debug
+        if debug_enabled():
+            traceback.print_exc()
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        typer.echo(
+            f"error: {type(exc).__name__}: {first} (run with --debug for the traceback)", err=True
+        )
+        return 1

@@ -1,0 +1,20 @@
+"""The one exception type users see.
+
+A :class:`LayerscopeError` carries a one-line message that names what was wrong and what to do.
+The CLI prints it as ``error: <message>`` on stderr and exits with code 2, without a traceback
+(``--debug`` shows one).
+
+Example:
+    >>> from layerscope.errors import LayerscopeError
+    >>> str(LayerscopeError("unknown granularity 'x'; use one of: blocks, sublayers, modules"))
+    "unknown granularity 'x'; use one of: blocks, sublayers, modules"
+"""
+
+from __future__ import annotations
+
+
+class LayerscopeError(Exception):
+    """A user-facing error whose message is one line: the problem and the fix."""
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()))
