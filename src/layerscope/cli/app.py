@@ -31,11 +31,17 @@ def debug_enabled() -> bool:
 @app.callback()
 def _root(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
-    version: bool = typer.Option(False, "--version", help="Print the version and exit."),
+    version: bool = typer.Option(
+        False, "--version", help="Print the version and exit.", is_eager=True,
+        callback=lambda value: _print_version(value),
+    ),
 ) -> None:
     """Build, train and dissect neural networks layer by layer."""
     _state["debug"] = debug
-    if version:
+
+
+def _print_version(value: bool) -> None:
+    if value:
         from layerscope import __version__
 
         typer.echo(f"layerscope {__version__}")
@@ -49,9 +55,10 @@ def fail(message: str, code: int = 2) -> "typer.Exit":
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the console script: runs a command, turns errors into one line + exit 2."""
-    import click
+    """Entry point of the console script: runs a command, turns errors into one line + exit 2.
 
+    Usage errors (unknown command or option) are typer's own: a usage line and exit code 2.
+    """
     from layerscope.errors import LayerscopeError
 
     from . import load_commands
@@ -62,16 +69,16 @@ def main(argv: list[str] | None = None) -> int:
         _state["debug"] = True
     command = typer.main.get_command(app)
     try:
-        command.main(args=args, prog_name="layerscope", standalone_mode=False)
+        command.main(args=args, prog_name="layerscope", standalone_mode=True)
         return 0
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
-    except click.exceptions.Abort:
-        typer.echo("interrupted", err=True)
-        return 130
-    except click.ClickException as exc:
-        exc.show()
-        return 2
+    except SystemExit as exc:
+        code = exc.code
+        if code is None:
+            return 0
+        if isinstance(code, int):
+            return code
+        typer.echo(str(code), err=True)
+        return 1
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         return 130
