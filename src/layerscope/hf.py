@@ -1,0 +1,178 @@
+"""Hugging Face folders and hub ids -> :class:`~layerscope.models.LoadedModel`.
+
+The model class comes from ``config.architectures``: causal-LM architectures load with
+``AutoModelForCausalLM``, any other architecture transformers knows loads as that class, and a
+config without architectures loads with ``AutoModel``. The tokenizer is loaded when the folder has
+one. Remote code runs only with ``trust_remote_code=True``.
+
+Example:
+    >>> import tempfile, torch, transformers
+    >>> from layerscope.hf import load_hf
+    >>> cfg = transformers.BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1,
+    ...                               num_attention_heads=2, intermediate_size=16)
+    >>> folder = tempfile.mkdtemp()
+    >>> transformers.BertModel(cfg).save_pretrained(folder)
+    >>> model = load_hf(folder, ref=folder)
+    >>> (model.family, model.modality, model.task, model.tokenizer is None)
+    ('bert', 'text', 'encoder', True)
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+from torch import nn
+
+from .errors import LayerscopeError
+from .models import LoadedModel
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json",
+                    "spiece.model", "tokenizer.model", "sentencepiece.bpe.model")
+
+
+def load_hf(source: str, *, ref: str, trust_remote_code: bool = False, dtype=None,
+            hub: bool = False, family: str | None = None, task: str | None = None) -> LoadedModel:
+    """Load a local Hugging Face folder (or, with ``hub=True``, a hub id) in eval mode."""
+    config = _load_config(source, ref, trust_remote_code, hub)
+    model_class, guessed_task = _model_class(config, trust_remote_code)
+    options = {"trust_remote_code": trust_remote_code}
+    if dtype is not None:
+        options[_dtype_keyword()] = dtype
+    try:
+        module = model_class.from_pretrained(source, config=config, **options)
+    except (OSError, ValueError, RuntimeError, ImportError) as exc:
+        where = "from the Hugging Face hub" if hub else "from the folder"
+        raise LayerscopeError(
+            f"could not load {ref!r} {where} as {getattr(model_class, '__name__', model_class)}: "
+            f"{_first_line(exc)}"
+        ) from exc
+    module.eval()
+    tokenizer = _load_tokenizer(source, hub, trust_remote_code)
+    meta = hf_meta(module)
+    meta["path"] = source
+    main_input = getattr(module, "main_input_name", "input_ids")
+    input_shape = None
+    if main_input == "input_ids":
+        modality = "text"
+    elif main_input == "pixel_values":
+        modality = "image"
+        input_shape = _image_shape(config)
+    else:
+        modality = "tensor"
+    return LoadedModel(module=module, ref=ref, family=family or config.model_type,
+                       modality=modality, task=task or guessed_task, tokenizer=tokenizer,
+                       input_shape=input_shape, meta=meta)
+
+
+def hf_meta(module: nn.Module) -> dict:
+    """What encoding needs to know about a transformers model: forward inputs, vocab, positions."""
+    config = module.config
+    try:
+        forward_inputs = sorted(inspect.signature(module.forward).parameters)
+    except (TypeError, ValueError):
+        forward_inputs = None
+    positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    return {
+        "hf_config": config.to_dict(),
+        "forward_inputs": forward_inputs,
+        "vocab_size": getattr(config, "vocab_size", None),
+        "max_positions": positions,
+    }
+
+
+def _load_config(source: str, ref: str, trust_remote_code: bool, hub: bool):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except ValueError as exc:
+        if "trust_remote_code" in str(exc):
+            raise LayerscopeError(
+                f"model {ref!r} needs its own Python code to load; rerun with "
+                f"--trust-remote-code (trust_remote_code=True) only if you trust its source"
+            ) from exc
+        raise LayerscopeError(f"could not read the config of {ref!r}: {_first_line(exc)}") from exc
+    except OSError as exc:
+        if hub:
+            raise LayerscopeError(
+                f"{ref!r} is not a local folder and could not be fetched from the Hugging Face "
+                f"hub (no network, or no such model); pass a local folder holding config.json"
+            ) from exc
+        raise LayerscopeError(f"could not read {ref!r}/config.json: {_first_line(exc)}") from exc
+
+
+def _model_class(config, trust_remote_code: bool):
+    """The class to load with, and the task it implies."""
+    import transformers
+
+    architectures = list(getattr(config, "architectures", None) or [])
+    for arch in architectures:
+        if arch.endswith("ForCausalLM") or arch.endswith("LMHeadModel"):
+            return transformers.AutoModelForCausalLM, "causal-lm"
+    has_remote = bool(getattr(config, "auto_map", None)) and trust_remote_code
+    for arch in architectures:
+        cls = None if has_remote else _known_class(transformers, arch)
+        if cls is not None:
+            return cls, _task_of(arch, config)
+    return transformers.AutoModel, _task_of(architectures[0] if architectures else "", config)
+
+
+def _known_class(transformers, name: str):
+    try:
+        cls = getattr(transformers, name, None)
+    except Exception:  # a lazily imported class whose optional dependency is missing
+        return None
+    return cls if isinstance(cls, type) and hasattr(cls, "from_pretrained") else None
+
+
+def _task_of(arch: str, config) -> str | None:
+    if arch.endswith("Classification"):
+        return "classification"
+    if arch.endswith("ForCausalLM") or arch.endswith("LMHeadModel"):
+        return "causal-lm"
+    if arch and not arch.endswith("Model"):
+        return None
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    return "encoder" if config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES else None
+
+
+def _load_tokenizer(source: str, hub: bool, trust_remote_code: bool):
+    if not hub and not any((Path(source) / name).is_file() for name in _TOKENIZER_FILES):
+        return None
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    if tokenizer.pad_token is None:
+        fallback = tokenizer.eos_token or tokenizer.unk_token
+        if fallback is not None:
+            tokenizer.pad_token = fallback
+    return tokenizer
+
+
+def _image_shape(config) -> tuple | None:
+    size = getattr(config, "image_size", None)
+    channels = getattr(config, "num_channels", 3)
+    if isinstance(size, int):
+        return (channels, size, size)
+    if isinstance(size, (list, tuple)) and len(size) == 2:
+        return (channels, int(size[0]), int(size[1]))
+    return None
+
+
+def _dtype_keyword() -> str:
+    import transformers
+
+    return "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+__all__ = ["load_hf", "hf_meta"]
