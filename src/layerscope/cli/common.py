@@ -1,0 +1,119 @@
+"""Options and helpers shared by the commands: the MODEL argument, input shape, JSON output.
+
+Commands declare their parameters with the ``Annotated`` aliases below so every command spells
+an option the same way, then call :func:`model_from_cli` and :func:`print_json`.
+
+Example:
+    >>> from layerscope.cli.common import parse_input_shape, parse_layers
+    >>> parse_input_shape("1,28,28"), parse_layers("all"), parse_layers("0,3,5")
+    ((1, 28, 28), None, '0,3,5')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from layerscope.models import parse_input_shape
+
+MODEL_HELP = (
+    "The model: a built-in name (minilm, smollm2, efficientnet-lite0, or a zoo spec such as cnn "
+    "or mlp:depth=8,width=64; see `layerscope models`), a local Hugging Face folder, a hub id "
+    "org/name (needs a network), a factory pkg.module:function or path/file.py:function, or a "
+    "layerscope checkpoint folder."
+)
+
+ModelArg = Annotated[str, typer.Argument(help=MODEL_HELP, metavar="MODEL", show_default=False)]
+InputShapeOpt = Annotated[
+    Optional[str],
+    typer.Option("--input-shape", help="Per-item input shape without the batch dimension, "
+                 "e.g. 1,28,28 (for models that take tensors).", show_default=False),
+]
+BlocksOpt = Annotated[
+    Optional[str],
+    typer.Option("--blocks", help="Module path of the block list when layerscope cannot find "
+                 "it, e.g. encoder.layer.", show_default=False),
+]
+TrustRemoteCodeOpt = Annotated[
+    bool,
+    typer.Option("--trust-remote-code", help="Allow a Hugging Face model to run its own Python "
+                 "code (only for sources you trust)."),
+]
+LayersOpt = Annotated[
+    Optional[str],
+    typer.Option("--layers", help="Which layers: all (default), 0,3,5, 2-4, -1, or names.",
+                 show_default=False),
+]
+GranularityOpt = Annotated[
+    str,
+    typer.Option("--granularity", "-g", help="blocks, sublayers or modules."),
+]
+DtypeOpt = Annotated[
+    Optional[str],
+    typer.Option("--dtype", help="Load the model in float32, float16 or bfloat16.",
+                 show_default=False),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print only JSON on stdout.")]
+
+
+def model_from_cli(ref: str, blocks: str | None = None, input_shape: str | tuple | None = None,
+                   trust_remote_code: bool = False, dtype: str | None = None):
+    """Load MODEL as given on the command line; ``--blocks`` is kept in ``meta["blocks"]``.
+
+    Example:
+        >>> model = model_from_cli("minilm", blocks="encoder.layer")
+        >>> model.family, model.meta["blocks"]
+        ('bert', 'encoder.layer')
+    """
+    from layerscope.models import load_model
+
+    model = load_model(ref, input_shape=input_shape, trust_remote_code=trust_remote_code,
+                       dtype=dtype)
+    if blocks:
+        model.meta["blocks"] = blocks
+    return model
+
+
+def parse_layers(spec: str | None) -> str | None:
+    """``--layers`` as ``Layers.select`` takes it: ``None`` for all layers, else the spec text."""
+    if spec is None or spec.strip().lower() in ("", "all"):
+        return None
+    return spec.strip()
+
+
+def to_jsonable(value: Any) -> Any:
+    """Plain JSON data from results: dataclasses, tensors, arrays, paths; NaN/inf -> null."""
+    if hasattr(value, "to_dict") and callable(value.to_dict):
+        value = value.to_dict()
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [to_jsonable(v) for v in value]
+    if hasattr(value, "tolist"):  # torch tensors, numpy arrays and scalars
+        return to_jsonable(value.tolist())
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Path):
+        return str(value)
+    if value is None or isinstance(value, (str, int, bool)):
+        return value
+    return str(value)
+
+
+def print_json(data: Any) -> None:
+    """Write ``data`` as indented JSON (and nothing else) on stdout."""
+    sys.stdout.write(json.dumps(to_jsonable(data), indent=2) + "\n")
+    sys.stdout.flush()
+
+
+__all__ = ["MODEL_HELP", "ModelArg", "InputShapeOpt", "BlocksOpt", "TrustRemoteCodeOpt",
+           "LayersOpt", "GranularityOpt", "DtypeOpt", "JsonOpt", "model_from_cli",
+           "parse_input_shape", "parse_layers", "to_jsonable", "print_json"]
