@@ -42,6 +42,7 @@ class BatchInfo:
     labels: Tensor | None = None
     items: Sequence | None = None            # raw items (texts) when available
     inputs: dict[str, Tensor] | None = None  # layer inputs in the reducer's view (wants_inputs)
+    mask: Tensor | None = None               # (B, T) attention mask of token models, else None
 
 
 class Reducer:

@@ -241,7 +241,8 @@ def sweep(model, data, *, reducers: Sequence[Reducer], layers=None, granularity:
                         inputs = ({n: in_views[(r.view, n)] for n in names if (r.view, n) in in_views}
                                   if r.wants_inputs else None)
                         r.update(acts, BatchInfo(first, enc.size, labels,
-                                                 items if isinstance(items, list) else None, inputs))
+                                                 items if isinstance(items, list) else None, inputs,
+                                                 enc.mask))
                 del views, in_views, enc
                 n_items += len(items)
                 n_batches += 1

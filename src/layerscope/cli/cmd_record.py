@@ -1,0 +1,70 @@
+"""``layerscope record MODEL DATA -o DIR``: layer activations to disk, resumable after a kill."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .app import app
+from .common import (
+    BlocksOpt,
+    GranularityOpt,
+    InputShapeOpt,
+    JsonOpt,
+    LayersOpt,
+    ModelArg,
+    TrustRemoteCodeOpt,
+    model_from_cli,
+    parse_layers,
+    print_json,
+)
+
+
+@app.command("record")
+def record_command(
+    model: ModelArg,
+    data: Annotated[str, typer.Argument(
+        help="A built-in dataset name (e.g. sentences, digits) or a file: .txt (one item per "
+             "line), .csv/.jsonl (text and label columns), an image folder, .npy/.safetensors.",
+        metavar="DATA", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder of the store.",
+                                      show_default=False)],
+    layers: LayersOpt = None,
+    view: Annotated[str, typer.Option("--view", help="mean, first, last, tokens or flat.")] = "mean",
+    dtype: Annotated[str, typer.Option("--dtype", help="Storage dtype: float16, bfloat16 or float32.")] = "float16",
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Items per forward pass.")] = 32,
+    shard_items: Annotated[int, typer.Option("--shard-items", help="Items per shard file.")] = 4096,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="Use only N items of DATA.",
+                                                 show_default=False)] = None,
+    max_length: Annotated[int, typer.Option("--max-length", help="Longest text in tokens.")] = 128,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a different store in the folder.")] = False,
+    granularity: GranularityOpt = "blocks",
+    blocks: BlocksOpt = None,
+    input_shape: InputShapeOpt = None,
+    trust_remote_code: TrustRemoteCodeOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Record layer activations to safetensors shards plus a manifest; rerun the same command to resume."""
+    from layerscope.data import load_dataset
+    from layerscope.store import record
+
+    loaded = model_from_cli(model, blocks=blocks, input_shape=input_shape,
+                            trust_remote_code=trust_remote_code)
+    dataset = load_dataset(data, limit=limit)
+    store = record(loaded, dataset, out, layers=parse_layers(layers), view=view, dtype=dtype,
+                   batch_size=batch_size, shard_items=shard_items, max_length=max_length,
+                   granularity=granularity, blocks=blocks, overwrite=overwrite,
+                   progress=not as_json)
+    info = {"path": str(store.path), "items": len(store), "layers": store.layers,
+            "view": store.view, "dtype": store.dtype, "shapes": store.shapes,
+            "shards": len(store.manifest["shards"]),
+            "bytes": sum(s["bytes"] for s in store.manifest["shards"])}
+    if as_json:
+        print_json(info)
+        return
+    typer.echo(
+        f"recorded {info['items']} items x {len(info['layers'])} layers ({store.view}, "
+        f"{store.dtype}) into {info['shards']} shards, {info['bytes'] / 2**20:.1f} MiB: {store.path}"
+    )
