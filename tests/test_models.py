@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported: nothing from a hub
+
 import dataclasses
 import importlib.util
 import json
-import os
 import sys
 import textwrap
 import types
@@ -20,9 +23,7 @@ from layerscope import builtin_models as builtins
 from layerscope.checkpoint import CHECKPOINT_FILE, WEIGHTS_FILE
 from layerscope.cli import main
 from layerscope.errors import LayerscopeError
-from layerscope.models import Encoded, LoadedModel, builtin_models, load_model, save_checkpoint
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from layerscope.models import Encoded, builtin_models, load_model, save_checkpoint
 
 SENTENCES = ["The cat sat on the mat.", "A much longer sentence, with commas, and more words in it."]
 
@@ -166,7 +167,10 @@ def test_hf_folder_with_tokenizer_and_head_class(tmp_path, minilm):
         assert torch.equal(loaded(enc).logits, original(**batch).logits)
 
 
-def test_hub_id_offline_is_one_clear_line():
+def test_hub_id_offline_is_one_clear_line(monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(LayerscopeError, match="could not be fetched from the Hugging Face hub") as info:
         load_model("no-such-org/no-such-model-xyz")
     assert "\n" not in str(info.value) and "local folder" in str(info.value)
@@ -426,3 +430,17 @@ def test_smollm2_converts_once_and_says_paris(tmp_path, monkeypatch):
     ids = torch.tensor([[1, 2, 3, 4]])
     with torch.no_grad():
         assert torch.equal(again.module(input_ids=ids).logits, model.module(input_ids=ids).logits)
+
+
+def test_image_items_of_mixed_forms_and_bad_pixels():
+    from sklearn.datasets import load_sample_image
+
+    model = load_model("efficientnet-lite0")
+    china = load_sample_image("china.jpg")
+    ready = model.encode([china]).args[0][0]
+    mixed = model.encode([china, ready]).args[0]  # raw pixels and a model-ready tensor
+    assert torch.equal(mixed[0], mixed[1])
+    with pytest.raises(LayerscopeError, match="pixel values from 0 to 255"):
+        model.encode([china.astype(np.float32) / 255])
+    with pytest.raises(LayerscopeError, match="not numeric"):
+        model.encode([{"a": 1}])

@@ -226,6 +226,11 @@ def efficientnet_preprocess(image) -> Tensor:
         )
     if x.shape[0] != 3:
         x = x.permute(2, 0, 1)
+    if x.is_floating_point() and x.numel() and float(x.max()) <= 1.0:
+        raise LayerscopeError(
+            "efficientnet-lite0 takes pixel values from 0 to 255; got floats in [0, 1]: "
+            "multiply the images by 255"
+        )
     x = x.float()
     height, width = x.shape[1:]
     scale = EFFICIENTNET_SIZE / min(height, width)

@@ -179,7 +179,9 @@ class LoadedModel:
             return Encoded(args=(), kwargs={"input_ids": ids, "attention_mask": mask},
                            mask=mask, size=ids.shape[0])
         items = list(items)
-        if not items or not all(isinstance(t, str) for t in items):
+        if not items:
+            raise LayerscopeError(f"model {self.ref!r} got an empty batch; pass at least one text")
+        if not all(isinstance(t, str) for t in items):
             raise LayerscopeError(
                 f"model {self.ref!r} takes text; got {_describe(items)}"
             )
@@ -210,13 +212,12 @@ class LoadedModel:
         if isinstance(items, (list, tuple)):
             if not items:
                 raise LayerscopeError(f"model {self.ref!r} got an empty batch; pass at least one item")
+            tensors = [_as_tensor(x, self.ref, kind) for x in items]
             if self.preprocess is not None:
-                batch = torch.stack([self._prepare(x) for x in items])
-            else:
-                batch = torch.stack([torch.as_tensor(np.asarray(x) if not isinstance(x, Tensor) else x)
-                                     for x in _check_same_shapes(items, self.ref)])
+                tensors = [self._prepare(x) if self._is_raw(x[None]) else x for x in tensors]
+            batch = torch.stack(_check_same_shapes(tensors, self.ref))
         elif isinstance(items, (Tensor, np.ndarray)):
-            batch = torch.as_tensor(items)
+            batch = _as_tensor(items, self.ref, kind)
             if self.preprocess is not None and self._is_raw(batch):
                 batch = torch.stack([self._prepare(x) for x in batch])
         else:
@@ -268,8 +269,19 @@ def _describe(value) -> str:
     return type(value).__name__
 
 
+def _as_tensor(value, ref: str, kind: str) -> Tensor:
+    if isinstance(value, Tensor):
+        return value
+    try:
+        return torch.from_numpy(np.array(value))
+    except (TypeError, ValueError) as exc:
+        raise LayerscopeError(
+            f"model {ref!r} takes {kind}; got {_describe(value)} that is not numeric"
+        ) from exc
+
+
 def _check_same_shapes(items, ref: str):
-    shapes = {tuple(np.shape(x)) for x in items}
+    shapes = {tuple(x.shape) for x in items}
     if len(shapes) > 1:
         raise LayerscopeError(
             f"model {ref!r} got items of different shapes {sorted(shapes)}; make them one shape"
@@ -350,17 +362,16 @@ def _load_reference(ref, shape, trust_remote_code, dtype) -> LoadedModel:
             f"{ref!r} is a file, not a model; pass a folder (Hugging Face or layerscope checkpoint) "
             f"or a factory 'file.py:function'"
         )
+    zoo_names = builtins.zoo_names()
+    if ref.split(":", 1)[0] in zoo_names:
+        loaded = builtins.load_zoo(ref)
+        if dtype is not None:
+            loaded.module.to(dtype)
+        return loaded
     if _looks_like_factory(ref):
         from .factories import load_factory
 
         loaded = load_factory(ref, input_shape=shape)
-        if dtype is not None:
-            loaded.module.to(dtype)
-        return loaded
-    zoo_name = ref.split(":", 1)[0]
-    zoo_names = builtins.zoo_names()
-    if zoo_name in zoo_names:
-        loaded = builtins.load_zoo(ref)
         if dtype is not None:
             loaded.module.to(dtype)
         return loaded
