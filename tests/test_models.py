@@ -444,3 +444,33 @@ def test_image_items_of_mixed_forms_and_bad_pixels():
         model.encode([china.astype(np.float32) / 255])
     with pytest.raises(LayerscopeError, match="not numeric"):
         model.encode([{"a": 1}])
+
+
+def test_remote_code_never_runs_unless_asked(tmp_path):
+    marker = tmp_path / "code-ran"
+    (tmp_path / "config.json").write_text(json.dumps({
+        "model_type": "mycustom", "architectures": ["MyModel"],
+        "auto_map": {"AutoConfig": "configuration_my.MyConfig", "AutoModel": "modeling_my.MyModel"},
+    }))
+    (tmp_path / "configuration_my.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\n"
+        "from transformers import PretrainedConfig\n"
+        "class MyConfig(PretrainedConfig):\n    model_type = 'mycustom'\n"
+    )
+    with pytest.raises(LayerscopeError, match="--trust-remote-code"):
+        load_model(str(tmp_path))
+    assert not marker.exists()
+
+
+def test_cli_helpers(factory_file):
+    from layerscope.cli.common import model_from_cli, parse_input_shape, parse_layers, to_jsonable
+
+    loaded = model_from_cli(f"{factory_file}:plain", blocks="0", input_shape="4")
+    assert loaded.input_shape == (4,) and loaded.meta["blocks"] == "0"
+    assert parse_input_shape("3x32x32") == (3, 32, 32) == parse_input_shape("(3, 32, 32)")
+    for bad in ("", "a,b", "3,0"):
+        with pytest.raises(LayerscopeError, match="like 1,28,28"):
+            parse_input_shape(bad)
+    assert parse_layers(None) is None and parse_layers(" 2-4 ") == "2-4"
+    assert to_jsonable({"t": torch.tensor([1.5, float("nan")]), "n": np.int64(3)}) == \
+        {"t": [1.5, None], "n": 3}
