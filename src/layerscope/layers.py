@@ -1,0 +1,484 @@
+"""The Layers view: a model's layers as an ordered, named, indexable sequence, and hooks on them.
+
+Three granularities: ``blocks`` (the units people count: transformer blocks, residual blocks,
+LSTM layers, the layers of an MLP), ``sublayers`` (the parts inside each block plus the
+embeddings, final norm and head around them) and ``modules`` (every module holding parameters
+of its own). A multi-layer ``nn.LSTM``/``nn.GRU`` appears as one layer per ``num_layers``
+(``lstm.l0``, ``lstm.l1``...); the outputs of its inner layers are recomputed from the module's
+own weights with single-layer calls, so the module is never changed.
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> from layerscope.layers import Layers
+    >>> mlp = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    >>> lay = Layers(mlp)
+    >>> len(lay), lay.names(), lay[-1].role
+    (3, ['0', '2', '4'], 'head')
+    >>> with lay.capture("0,1") as cap:
+    ...     out = cap.call(mlp, torch.ones(5, 4))
+    >>> tuple(cap.outputs["2"].shape), len(mlp._forward_hooks)
+    ((5, 8), 0)
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
+
+from layerscope.errors import LayerscopeError
+from layerscope.layouts import (RNN_TYPES, Found, counts_as_sublayer, find_layout, has_params,
+                                role_of)
+
+GRANULARITIES = ("blocks", "sublayers", "modules")
+
+
+@dataclass
+class Layer:
+    """One layer: position, module path, module, role and class name (``part`` for an RNN layer)."""
+
+    index: int
+    name: str
+    module: nn.Module
+    role: str
+    kind: str
+    part: int | None = None
+
+    def __repr__(self) -> str:
+        return f"Layer({self.index}, {self.name!r}, role={self.role!r}, kind={self.kind!r})"
+
+
+def primary_tensor(output) -> Tensor:
+    """The hidden-state tensor of a module's output (a tensor, tuple, ModelOutput or packed sequence).
+
+    Example:
+        >>> import torch
+        >>> primary_tensor((torch.zeros(2, 3), (torch.ones(1),))).shape
+        torch.Size([2, 3])
+    """
+    if isinstance(output, Tensor):
+        return output
+    if isinstance(output, PackedSequence):
+        return pad_packed_sequence(output, batch_first=True)[0]
+    if isinstance(output, Mapping):
+        for key in ("last_hidden_state", "hidden_states", "logits"):
+            value = output.get(key)
+            if isinstance(value, Tensor):
+                return value
+        items = list(output.values())
+    elif isinstance(output, (tuple, list)):
+        items = list(output)
+    else:
+        items = []
+    for item in items:
+        try:
+            return primary_tensor(item)
+        except LayerscopeError:
+            continue
+    raise LayerscopeError(
+        f"a layer returned {type(output).__name__} with no tensor in it; choose a layer that "
+        f"outputs a tensor")
+
+
+def _unwrap(model) -> tuple[nn.Module, str | None]:
+    if isinstance(model, nn.Module):
+        return model, None
+    module = getattr(model, "module", None)
+    if isinstance(module, nn.Module):
+        meta = getattr(model, "meta", None) or {}
+        return module, meta.get("blocks")
+    raise LayerscopeError(
+        f"Layers takes an nn.Module or a LoadedModel; got {type(model).__name__}")
+
+
+class Layers(Sequence):
+    """The layers of ``model`` at one granularity, found by :func:`layerscope.layouts.find_layout`.
+
+    ``blocks`` overrides discovery: a dotted path to a ModuleList/Sequential, or a comma list of
+    module paths. ``rule`` says in one line how the layers were found.
+    """
+
+    def __init__(self, model, granularity: str = "blocks", blocks: str | None = None):
+        module, meta_blocks = _unwrap(model)
+        if granularity not in GRANULARITIES:
+            raise LayerscopeError(
+                f"unknown granularity {granularity!r}; use one of: {', '.join(GRANULARITIES)}")
+        self.model = module
+        self.granularity = granularity
+        self.found: Found = find_layout(module, blocks or meta_blocks)
+        self.family = self.found.family
+        self._layers, self.rule = _build(module, self.found, granularity)
+        self._by_name = {layer.name: layer for layer in self._layers}
+
+    # -- the sequence --------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._layers)
+
+    def __iter__(self):
+        return iter(self._layers)
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            return self._subset(self._layers[key])
+        if isinstance(key, str) and key in self._by_name:
+            return self._by_name[key]
+        if isinstance(key, str) and re.fullmatch(r"-?\d+", key.strip()):
+            key = int(key)
+        if isinstance(key, int) and not isinstance(key, bool):
+            n = len(self._layers)
+            if -n <= key < n:
+                return self._layers[key]
+            raise LayerscopeError(
+                f"layer {key} is out of range: {type(self.model).__name__} has {n} "
+                f"{self.granularity} ({self._range()})")
+        raise LayerscopeError(
+            f"no layer {key!r} in {type(self.model).__name__}; use an index ({self._range()}) or "
+            f"a name such as {', '.join(self.names()[:3])}")
+
+    def __repr__(self) -> str:
+        return (f"Layers({type(self.model).__name__}, granularity={self.granularity!r}, "
+                f"{len(self)} layers: {self.rule})")
+
+    def _range(self) -> str:
+        n = len(self._layers)
+        return f"0-{n - 1}" if n else "none"
+
+    def _subset(self, layers: list[Layer]) -> "Layers":
+        sub = object.__new__(Layers)
+        sub.__dict__.update(self.__dict__)
+        sub._layers = list(layers)
+        sub._by_name = {layer.name: layer for layer in layers}
+        return sub
+
+    def names(self) -> list[str]:
+        """The layer names (module paths) in order."""
+        return [layer.name for layer in self._layers]
+
+    def select(self, spec=None) -> list[Layer]:
+        """Layers picked by ``spec``: None/"all", an index, "0,3,5", "2-4", "-1", names, or a list.
+
+        Example:
+            >>> from torch import nn
+            >>> lay = Layers(nn.Sequential(*[nn.Linear(2, 2) for _ in range(6)]))
+            >>> [l.index for l in lay.select("0,2-3,-1")]
+            [0, 2, 3, 5]
+        """
+        if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "all")):
+            return list(self._layers)
+        picked: dict[int, Layer] = {}
+        for token in _tokens(spec):
+            for layer in self._pick(token):
+                picked[layer.index] = layer
+        return [picked[i] for i in sorted(picked)]
+
+    def _pick(self, token) -> list[Layer]:
+        if isinstance(token, Layer):
+            return [self[token.name]]
+        if isinstance(token, slice):
+            return self._layers[token]
+        if isinstance(token, int):
+            return [self[token]]
+        text = str(token).strip()
+        if text in self._by_name:
+            return [self._by_name[text]]
+        if re.fullmatch(r"-?\d+", text):
+            return [self[int(text)]]
+        m = re.fullmatch(r"(-?\d+)\s*(?:-|:|\.\.)\s*(-?\d+)", text)
+        if m:
+            lo, hi = (self[int(g)].index for g in m.groups())
+            if lo > hi:
+                raise LayerscopeError(f"layer range {text!r} is empty; write it low-high, e.g. 2-4")
+            return self._layers[lo:hi + 1]
+        shown = ", ".join(self.names()[:6]) + (", ..." if len(self) > 6 else "")
+        raise LayerscopeError(
+            f"no layer {text!r} in {type(self.model).__name__} ({self.granularity}); use indices "
+            f"{self._range()}, ranges like 2-4, or names: {shown}")
+
+    def capture(self, layers=None, *, inputs: bool = False, kwargs: bool = False,
+                stop_early: bool = False) -> "Capture":
+        """A context manager hooking the chosen layers; see :class:`Capture`."""
+        return Capture(self.model, self.select(layers), inputs=inputs, kwargs=kwargs,
+                       stop_early=stop_early)
+
+
+def _tokens(spec) -> list:
+    if isinstance(spec, (list, tuple)):
+        out = []
+        for item in spec:
+            out.extend(_tokens(item))
+        return out
+    if isinstance(spec, str):
+        return [t for t in spec.split(",") if t.strip()]
+    return [spec]
+
+
+# --- building the lists -------------------------------------------------------------------------
+
+
+def _block_role(found: Found, i: int, ref) -> str:
+    if ref.part is not None or isinstance(ref.module, RNN_TYPES):
+        return "recurrent"
+    if found.family in ("sequential", "flat", "explicit"):
+        if found.family != "explicit" and i == len(found.blocks) - 1 and len(found.blocks) > 1:
+            return "head"
+        role = role_of(ref.path, ref.module)
+        return "block" if role in ("stem",) else role
+    return "block"
+
+
+def _build(model: nn.Module, found: Found, granularity: str) -> tuple[list[Layer], str]:
+    rows: list[tuple[str, nn.Module, str, int | None]] = []
+    if granularity == "blocks":
+        for i, ref in enumerate(found.blocks):
+            rows.append((ref.name, ref.module, _block_role(found, i, ref), ref.part))
+        rule = found.rule + f" [{found.family} layout]"
+    elif granularity == "sublayers":
+        for path, mod in found.before:
+            rows.extend(_sub_rows(path, mod, "before"))
+        if found.family in ("sequential", "flat") and not found.before and not found.after:
+            for name, child in model.named_children():
+                rows.extend(_sub_rows(name, child, "inside"))
+        else:
+            for ref in found.blocks:
+                if ref.part is not None:
+                    rows.append((ref.name, ref.module, "recurrent", ref.part))
+                    continue
+                parts = [(f"{ref.path}.{n}" if ref.path else n, c)
+                         for n, c in ref.module.named_children() if counts_as_sublayer(n, c)]
+                if not parts:
+                    rows.append((ref.name, ref.module, role_of(ref.path, ref.module), None))
+                for path, child in parts:
+                    rows.extend(_sub_rows(path, child, "inside"))
+        for path, mod in found.after:
+            rows.extend(_sub_rows(path, mod, "after"))
+        rule = ("sublayers = the parts of each block (attention, feed-forward, norms; conv, pool, "
+                "activation) plus the parts around the blocks (embeddings, stem, final norm, head)")
+    else:
+        for path, mod in model.named_modules():
+            if next(mod.parameters(recurse=False), None) is None:
+                continue
+            rows.extend(_sub_rows(path or type(model).__name__, mod, "inside", split_only=True))
+        rule = "modules = every module holding parameters of its own (tied ones listed where they occur)"
+    layers = []
+    seen: set[str] = set()
+    for name, mod, role, part in rows:
+        if name in seen:
+            continue
+        seen.add(name)
+        layers.append(Layer(len(layers), name, mod, role, type(mod).__name__, part))
+    return layers, rule
+
+
+def _sub_rows(path: str, mod: nn.Module, where: str, split_only: bool = False):
+    if isinstance(mod, RNN_TYPES) and mod.num_layers > 1:
+        return [(f"{path}.l{k}" if path else f"l{k}", mod, "recurrent", k)
+                for k in range(mod.num_layers)]
+    if not split_only and not counts_as_sublayer(path, mod):
+        return []
+    return [(path, mod, role_of(path, mod, where), None)]
+
+
+def count_layers(model, blocks: str | None = None) -> dict[str, int]:
+    """How many layers ``model`` has at each granularity.
+
+    Example:
+        >>> from torch import nn
+        >>> count_layers(nn.LSTM(3, 5, num_layers=3))
+        {'blocks': 3, 'sublayers': 3, 'modules': 3}
+    """
+    return {g: len(Layers(model, g, blocks=blocks)) for g in GRANULARITIES}
+
+
+# --- hooks ----------------------------------------------------------------------------------------
+
+
+class StopForward(Exception):
+    """Raised inside a hook after the last wanted layer; caught by :meth:`Capture.call`."""
+
+
+def _first_tensor(args, kwargs) -> Tensor | None:
+    for value in list(args) + list(kwargs.values()):
+        if isinstance(value, Tensor):
+            return value
+        if isinstance(value, PackedSequence):
+            return primary_tensor(value)
+    return None
+
+
+class Capture:
+    """Hooks on chosen layers; outputs (and optionally inputs / keyword arguments) by layer name.
+
+    Every hook is removed on exit, also when the forward pass raises. With ``stop_early`` the
+    forward stops after the last wanted layer has produced its output; :meth:`call` then returns
+    None.
+    """
+
+    def __init__(self, model: nn.Module, layers: list[Layer], *, inputs: bool = False,
+                 kwargs: bool = False, stop_early: bool = False):
+        self.model = model
+        self.layers = list(layers)
+        self.want_inputs, self.want_kwargs, self.stop_early = inputs, kwargs, stop_early
+        self.outputs: dict[str, Tensor] = {}
+        self.inputs: dict[str, Tensor] = {}
+        self.kwargs: dict[str, dict] = {}
+        self._handles: list = []
+        self._seen: set[str] = set()
+        self._wanted = {layer.name for layer in self.layers}
+
+    def __enter__(self) -> "Capture":
+        try:
+            self._handles.append(self.model.register_forward_pre_hook(self._reset))
+            groups: dict[int, list[Layer]] = {}
+            for layer in self.layers:
+                groups.setdefault(id(layer.module), []).append(layer)
+            for group in groups.values():
+                module = group[0].module
+                if group[0].part is not None:
+                    self._handles.append(module.register_forward_hook(
+                        self._rnn_hook(group), with_kwargs=True))
+                    continue
+                layer = group[0]
+                if self.want_inputs or self.want_kwargs:
+                    self._handles.append(module.register_forward_pre_hook(
+                        self._pre_hook(layer.name), with_kwargs=True))
+                self._handles.append(module.register_forward_hook(
+                    self._post_hook(layer.name), with_kwargs=True))
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        self.remove()
+        return exc_type is not None and issubclass(exc_type, StopForward)
+
+    def remove(self) -> None:
+        """Remove every hook this capture placed (idempotent)."""
+        while self._handles:
+            self._handles.pop().remove()
+
+    def call(self, fn, *args, **kwargs):
+        """Run ``fn(*args, **kwargs)`` (the forward); its output, or None if stopped early."""
+        self._seen = set()
+        try:
+            return fn(*args, **kwargs)
+        except StopForward:
+            return None
+
+    # -- the hooks --------------------------------------------------------------------------------
+    def _reset(self, module, args):
+        self._seen = set()
+
+    def _mark(self, name: str) -> None:
+        self._seen.add(name)
+        if self.stop_early and self._wanted <= self._seen:
+            raise StopForward()
+
+    def _pre_hook(self, name: str):
+        def hook(module, args, kwargs):
+            if self.want_inputs:
+                t = _first_tensor(args, kwargs)
+                if t is not None:
+                    self.inputs[name] = t
+            if self.want_kwargs:
+                self.kwargs[name] = dict(kwargs)
+        return hook
+
+    def _post_hook(self, name: str):
+        def hook(module, args, kwargs, output):
+            self.outputs[name] = primary_tensor(output)
+            self._mark(name)
+        return hook
+
+    def _rnn_hook(self, group: list[Layer]):
+        parts = {layer.part: layer.name for layer in group}
+
+        def hook(module, args, kwargs, output):
+            x = args[0] if args else kwargs.get("input")
+            hx = args[1] if len(args) > 1 else kwargs.get("hx")
+            ins, outs = rnn_layer_outputs(module, x, hx, max(parts), output)
+            for k, name in parts.items():
+                self.outputs[name] = primary_tensor(outs[k])
+                if self.want_inputs:
+                    self.inputs[name] = primary_tensor(ins[k])
+                if self.want_kwargs:
+                    self.kwargs[name] = dict(kwargs)
+            for name in parts.values():
+                self._mark(name)
+        return hook
+
+
+# --- multi-layer RNNs, one layer at a time ------------------------------------------------------------
+
+
+def _single_layer(module: nn.Module, k: int) -> tuple[nn.Module, dict]:
+    """A one-layer RNN of the same kind on the meta device, and layer ``k``'s weights for it."""
+    dirs = 2 if module.bidirectional else 1
+    proj = getattr(module, "proj_size", 0)
+    in_size = module.input_size if k == 0 else (proj or module.hidden_size) * dirs
+    options = dict(num_layers=1, bias=module.bias, batch_first=module.batch_first,
+                   bidirectional=module.bidirectional, device="meta")
+    if isinstance(module, nn.LSTM):
+        template = nn.LSTM(in_size, module.hidden_size, proj_size=proj, **options)
+    elif isinstance(module, nn.GRU):
+        template = nn.GRU(in_size, module.hidden_size, **options)
+    else:
+        template = nn.RNN(in_size, module.hidden_size, nonlinearity=module.nonlinearity, **options)
+    own = dict(module.named_parameters())
+    weights = {}
+    for name, _ in template.named_parameters():
+        source = re.sub(r"_l0(_reverse)?$", lambda m: f"_l{k}{m.group(1) or ''}", name)
+        weights[name] = own[source]
+    return template, weights
+
+
+def _hx_slice(module: nn.Module, hx, k: int):
+    if hx is None:
+        return None
+    dirs = 2 if module.bidirectional else 1
+    if isinstance(hx, (tuple, list)):
+        return tuple(h[k * dirs:(k + 1) * dirs] for h in hx)
+    return hx[k * dirs:(k + 1) * dirs]
+
+
+def rnn_layer_outputs(module: nn.Module, x, hx, upto: int, output=None) -> tuple[list, list]:
+    """Inputs and output sequences of layers ``0..upto`` of a multi-layer ``nn.LSTM``/``GRU``/``RNN``.
+
+    Inner layers are recomputed with single-layer calls on the module's own weights
+    (``weight_ih_l{k}``...), without dropout between layers; the module itself is untouched.
+    ``output`` (the module's own result), when given, is used for its last layer.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> lstm = nn.LSTM(3, 4, num_layers=2, batch_first=True)
+        >>> x = torch.randn(2, 5, 3)
+        >>> ins, outs = rnn_layer_outputs(lstm, x, None, 1)
+        >>> torch.allclose(outs[1], lstm(x)[0], atol=1e-6)
+        True
+    """
+    from torch.func import functional_call
+
+    ins, outs = [], []
+    current = x
+    last = module.num_layers - 1
+    for k in range(upto + 1):
+        ins.append(current)
+        if k == last and output is not None:
+            out = output[0] if isinstance(output, tuple) else output
+        else:
+            template, weights = _single_layer(module, k)
+            args = (current,) if hx is None else (current, _hx_slice(module, hx, k))
+            out = functional_call(template, weights, args)[0]
+        outs.append(out)
+        current = out
+    return ins, outs
+
+
+__all__ = ["GRANULARITIES", "Layer", "Layers", "Capture", "StopForward", "count_layers",
+           "primary_tensor", "rnn_layer_outputs"]

@@ -1,0 +1,403 @@
+"""Where a model keeps its layers: a generic rule for block stacks, a registry that names them.
+
+The generic rule looks for *stacks*: an ``nn.ModuleList`` (or an ``nn.Sequential`` of one block
+class) whose children are mostly one class. The stack holding the most parameters wins; stacks
+with the same attribute name elsewhere (an encoder and a decoder, two towers) and sibling stages
+of the same block class (ResNet's ``layer1``..``layer4``) join it. Flat models (an
+``nn.Sequential`` of leaves, a module of ``fc1``/``fc2``) count their parameterised children;
+a multi-layer ``nn.LSTM``/``nn.GRU`` counts each of its layers. The registry only names the
+family and the roles of the parts (embedding, block, attention, feed-forward, norm, head).
+
+Example:
+    >>> from torch import nn
+    >>> from layerscope.layouts import find_layout
+    >>> mlp = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    >>> found = find_layout(mlp)
+    >>> [b.path for b in found.blocks], found.family
+    (['0', '2'], 'sequential')
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from layerscope.errors import LayerscopeError
+
+#: attribute names that conventionally hold a model's block stack
+STACK_NAMES = ("layer", "layers", "h", "block", "blocks", "_blocks", "stages", "encoder_layers",
+               "decoder_layers", "transformer_blocks", "resblocks", "layer_list")
+#: an unconventionally named stack must hold at least this share of the model's parameters
+MIN_SHARE = 0.5
+RNN_TYPES = (nn.LSTM, nn.GRU, nn.RNN)
+_SKIP = (nn.Dropout, nn.Identity)
+
+
+@dataclass
+class BlockRef:
+    """One block: its module path, the module, and for a split multi-layer RNN its layer number."""
+
+    path: str
+    module: nn.Module
+    part: int | None = None
+
+    @property
+    def name(self) -> str:
+        if self.part is None:
+            return self.path
+        return f"{self.path}.l{self.part}" if self.path else f"l{self.part}"
+
+
+@dataclass
+class Found:
+    """The blocks of a model, the parts outside them, the family name and the rule used."""
+
+    blocks: list[BlockRef]
+    before: list[tuple[str, nn.Module]] = field(default_factory=list)
+    after: list[tuple[str, nn.Module]] = field(default_factory=list)
+    family: str = "generic"
+    rule: str = ""
+
+
+# --- roles ------------------------------------------------------------------------------------
+
+_ACTIVATIONS = (nn.ReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.ELU, nn.Softmax,
+                nn.Mish, nn.Hardswish, nn.ReLU6, nn.Softplus, nn.PReLU, nn.Hardtanh, nn.SELU)
+_POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+          nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool3d)
+_HEAD_NAMES = ("lm_head", "classifier", "head", "fc", "pooler", "score", "cls", "qa_outputs",
+               "_fc", "output", "out", "decoder_head")
+
+
+def role_of(name: str, module: nn.Module, where: str = "inside") -> str:
+    """The role of a part: ``where`` is "inside" a block, "before" or "after" the blocks.
+
+    Example:
+        >>> from torch import nn
+        >>> role_of("self_attn", nn.Module()), role_of("ln_f", nn.LayerNorm(4), "after")
+        ('attention', 'norm')
+    """
+    cls = type(module).__name__
+    low_name, low_cls = name.rsplit(".", 1)[-1].lower(), cls.lower()
+    if isinstance(module, nn.Embedding) or "embed" in low_name or "embedding" in low_cls or low_name == "wte":
+        return "embedding"
+    if isinstance(module, RNN_TYPES):
+        return "recurrent"
+    if "norm" in low_cls or low_name.startswith(("ln", "norm")) or isinstance(module, nn.modules.batchnorm._NormBase):
+        return "norm"
+    if "attn" in low_name or "attention" in low_name or "attention" in low_cls or "attn" in low_cls:
+        return "attention"
+    if where == "after" and (low_name in _HEAD_NAMES or "head" in low_name):
+        return "head"
+    if (low_name in ("mlp", "ffn", "feed_forward", "feedforward", "intermediate", "ff", "fc")
+            or "mlp" in low_cls or "feedforward" in low_cls or "intermediate" in low_cls
+            or (where == "inside" and low_cls.endswith("output"))):
+        return "feed-forward"
+    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d)):
+        return "stem" if where == "before" else "conv"
+    if isinstance(module, _POOLS) or "pool" in low_cls:
+        return "pool"
+    if isinstance(module, _ACTIVATIONS) or module.__class__.__module__ == "torch.nn.modules.activation":
+        return "activation"
+    if where == "before":
+        return "stem"
+    if where == "after":
+        return "head"
+    if isinstance(module, nn.Linear):
+        return "linear"
+    return "block"
+
+
+def has_params(module: nn.Module) -> bool:
+    return next(module.parameters(), None) is not None
+
+
+def counts_as_sublayer(name: str, module: nn.Module) -> bool:
+    """Parameterised parts, activations and pools; not dropout or identity."""
+    if isinstance(module, _SKIP):
+        return False
+    return has_params(module) or role_of(name, module) in ("activation", "pool")
+
+
+def _numel(module: nn.Module) -> int:
+    seen: set[int] = set()
+    total = 0
+    for p in module.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel()
+    return total
+
+
+def _join(*parts: str) -> str:
+    return ".".join(p for p in parts if p)
+
+
+def _majority(children: list[nn.Module]) -> tuple[str, float]:
+    names = Counter(type(c).__name__ for c in children)
+    cls, n = names.most_common(1)[0]
+    return cls, n / len(children)
+
+
+# --- the generic rule -------------------------------------------------------------------------
+
+
+@dataclass
+class _Stack:
+    path: str
+    module: nn.Module
+    cls: str
+    params: int
+    eligible: bool  # conventionally named, or holding MIN_SHARE of the parameters
+
+    @property
+    def attr(self) -> str:
+        return self.path.rsplit(".", 1)[-1]
+
+
+def _stacks(model: nn.Module, total: int) -> list[_Stack]:
+    out = []
+    for path, mod in model.named_modules():
+        if not isinstance(mod, (nn.ModuleList, nn.Sequential)) or len(mod) < 2:
+            continue
+        children = list(mod.children())
+        if not children:
+            continue
+        cls, share = _majority(children)
+        if isinstance(mod, nn.Sequential) and (share < 1.0 or not all(has_params(c) for c in children)):
+            continue
+        if share < 0.5 and (path.rsplit(".", 1)[-1] not in STACK_NAMES):
+            continue
+        if not any(has_params(c) for c in children):
+            continue
+        params = _numel(mod)
+        conventional = path.rsplit(".", 1)[-1] in STACK_NAMES
+        out.append(_Stack(path, mod, cls, params, conventional or params >= MIN_SHARE * total))
+    return out
+
+
+def _inside(a: str, b: str) -> bool:
+    """True when path ``a`` is ``b`` or lies inside ``b``."""
+    return a == b or b == "" or a.startswith(b + ".")
+
+
+def _generic(model: nn.Module) -> Found | None:
+    total = _numel(model)
+    stacks = _stacks(model, total)
+    if not any(s.eligible for s in stacks):
+        return None
+    best = max((s for s in stacks if s.eligible), key=lambda s: (s.params, -s.path.count(".")))
+    chosen = [best]
+    parent = best.path.rsplit(".", 1)[0] if "." in best.path else ""
+    for s in stacks:
+        if s is best or any(_inside(s.path, c.path) or _inside(c.path, s.path) for c in chosen):
+            continue
+        s_parent = s.path.rsplit(".", 1)[0] if "." in s.path else ""
+        sibling_stage = s_parent == parent and s.cls == best.cls
+        twin = s.attr == best.attr and s.params >= 0.25 * best.params
+        if sibling_stage or twin:
+            chosen.append(s)
+    order = {path: i for i, (path, _) in enumerate(model.named_modules())}
+    chosen.sort(key=lambda s: order[s.path])
+    blocks = [BlockRef(_join(s.path, n), c) for s in chosen for n, c in s.module.named_children()]
+    blocks = _split_rnns(blocks)
+    if len(chosen) == 1:
+        where = f"the {len(best.module)} children of {best.path} ({best.cls})"
+    elif all(_parent(s.path) == parent for s in chosen):
+        where = f"the {len(blocks)} {best.cls} blocks of stages " + ", ".join(s.path for s in chosen)
+    else:
+        where = "the children of " + " and ".join(f"{s.path} ({len(s.module)})" for s in chosen)
+    found = Found(blocks, family="generic", rule=f"blocks = {where}")
+    _add_outside(model, found, [s.path for s in chosen])
+    return found
+
+
+def _parent(path: str) -> str:
+    return path.rsplit(".", 1)[0] if "." in path else ""
+
+
+def _add_outside(model: nn.Module, found: Found, stack_paths: list[str]) -> None:
+    """Parameterised parts on the way to the stacks: before (embeddings, stem) or after (norm, head)."""
+    block_ids = {id(b.module) for b in found.blocks}
+    seen: set[int] = set(block_ids)
+    seen_params: set[int] = set()
+
+    def walk(prefix: str, module: nn.Module) -> str:
+        state = "before"
+        for name, child in module.named_children():
+            path = _join(prefix, name)
+            if any(_inside(sp, path) for sp in stack_paths):
+                if path in stack_paths:
+                    state = "after"
+                else:
+                    sub = walk(path, child)
+                    if sub == "after":
+                        state = "after"
+                continue
+            if id(child) in seen or not has_params(child) or isinstance(child, _SKIP):
+                continue
+            own = {id(p) for p in child.parameters()}
+            if own <= seen_params and role_of(path, child) == "embedding":
+                continue  # a second handle on a tied embedding (T5's encoder.embed_tokens)
+            seen.add(id(child))
+            seen_params.update(own)
+            (found.before if state == "before" else found.after).append((path, child))
+        return state
+
+    walk("", model)
+
+
+def _split_rnns(blocks: list[BlockRef]) -> list[BlockRef]:
+    out = []
+    for b in blocks:
+        if isinstance(b.module, RNN_TYPES) and b.module.num_layers > 1 and b.part is None:
+            out.extend(BlockRef(b.path, b.module, k) for k in range(b.module.num_layers))
+        else:
+            out.append(b)
+    return out
+
+
+# --- flat models and explicit blocks ------------------------------------------------------------
+
+
+def _is_leafish(module: nn.Module) -> bool:
+    """A module whose parameters are all its own (Linear, Conv, LSTM, norms)."""
+    return all("." not in n for n, _ in module.named_parameters())
+
+
+def _flat(model: nn.Module) -> Found | None:
+    if isinstance(model, RNN_TYPES):
+        blocks = _split_rnns([BlockRef("", model)])
+        return Found(blocks, family="rnn",
+                     rule=f"blocks = the {len(blocks)} layers of the {type(model).__name__} (num_layers={model.num_layers})")
+    children = [(n, c) for n, c in model.named_children() if has_params(c)]
+    if not children or has_params_direct(model):
+        return None
+    is_seq = isinstance(model, nn.Sequential)
+    if not is_seq and not all(_is_leafish(c) for _, c in children):
+        return None
+    rnns = [(n, c) for n, c in children if isinstance(c, RNN_TYPES)]
+    if rnns:
+        blocks = _split_rnns([BlockRef(n, c) for n, c in rnns])
+        first, last = children.index(rnns[0]), children.index(rnns[-1])
+        found = Found(blocks, before=children[:first], after=children[last + 1:], family="rnn",
+                      rule="blocks = the layers of " + ", ".join(
+                          f"{n} ({type(c).__name__}, num_layers={c.num_layers})" for n, c in rnns))
+        return found
+    if len(children) < 2 and not is_seq:
+        return None
+    blocks = [BlockRef(n, c) for n, c in children]
+    kind = "nn.Sequential" if is_seq else type(model).__name__
+    family = "sequential" if is_seq else "flat"
+    return Found(blocks, family=family,
+                 rule=f"blocks = the {len(blocks)} parameterised children of the {kind} "
+                      f"({', '.join(sorted({type(c).__name__ for _, c in children}))})")
+
+
+def has_params_direct(module: nn.Module) -> bool:
+    return next(module.parameters(recurse=False), None) is not None
+
+
+def explicit_blocks(model: nn.Module, spec: str) -> Found:
+    """Blocks named by the user: a dotted path to a ModuleList/Sequential, or a comma list of paths.
+
+    Example:
+        >>> from torch import nn
+        >>> net = nn.Module(); net.body = nn.ModuleList([nn.Linear(2, 2), nn.Linear(2, 2)])
+        >>> [b.path for b in explicit_blocks(net, "body").blocks]
+        ['body.0', 'body.1']
+    """
+    modules = dict(model.named_modules())
+    paths = [p.strip() for p in spec.split(",") if p.strip()]
+    if not paths:
+        raise LayerscopeError("blocks= is empty; name a module path such as 'encoder.layer'")
+    for p in paths:
+        if p not in modules:
+            close = [n for n in modules if n.endswith(p.rsplit(".", 1)[-1]) and n][:3]
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise LayerscopeError(
+                f"blocks={p!r}: {type(model).__name__} has no module at that path{hint}; "
+                f"name a dotted module path such as 'encoder.layer'")
+    if len(paths) == 1 and isinstance(modules[paths[0]], (nn.ModuleList, nn.Sequential)):
+        stack = modules[paths[0]]
+        blocks = [BlockRef(_join(paths[0], n), c) for n, c in stack.named_children()]
+        rule = f"blocks = the {len(blocks)} children of {paths[0]} (named with blocks=)"
+        stack_paths = paths
+    else:
+        blocks = [BlockRef(p, modules[p]) for p in paths]
+        rule = f"blocks = the {len(blocks)} modules named with blocks= ({spec})"
+        stack_paths = paths
+    if not blocks:
+        raise LayerscopeError(f"blocks={spec!r} names an empty container; name a non-empty one")
+    found = Found(_split_rnns(blocks), family="explicit", rule=rule)
+    _add_outside(model, found, stack_paths)
+    return found
+
+
+# --- the registry ------------------------------------------------------------------------------
+
+#: the families the rule recognises by name (the generic rule finds their blocks)
+REGISTRY: list[tuple[str, str]] = [
+    ("bert", "BERT-like encoder: embeddings, encoder.layer.N, pooler"),
+    ("gpt2", "GPT-2: transformer.wte/wpe, transformer.h.N, ln_f, lm_head (tied to wte)"),
+    ("llama", "Llama/Mistral/Qwen-like decoder: model.embed_tokens, model.layers.N, model.norm, lm_head"),
+    ("encoder-decoder", "two stacks: encoder.*.N then decoder.*.N (T5, BART, Whisper, ...)"),
+    ("efficientnet", "EfficientNet-like: _conv_stem, _blocks.N, _conv_head, _fc"),
+    ("resnet", "ResNet-like: a stem, residual blocks in stages layer1..layerK, a head"),
+    ("sequential", "nn.Sequential: its parameterised children"),
+    ("rnn", "stacked nn.LSTM/nn.GRU: one layer per num_layers"),
+]
+
+
+def _family(model: nn.Module, found: Found) -> str:
+    paths = [b.path for b in found.blocks]
+    parents = list(dict.fromkeys(_parent(p) for p in paths))
+    cls = type(model).__name__
+    if found.family != "generic":
+        return found.family
+    if len(parents) > 1 and any("decoder" in p for p in parents) and any("encoder" in p for p in parents):
+        return "encoder-decoder"
+    if len(parents) > 1 and len({_parent(p) for p in parents}) == 1:
+        return "resnet"
+    parent = parents[0]
+    if parent.endswith("encoder.layer"):
+        return "bert"
+    if parent.endswith("_blocks"):
+        return "efficientnet"
+    if parent == "h" or parent.endswith(".h"):
+        return "gpt2"
+    if (parent == "layers" or parent.endswith(".layers")) and "DecoderLayer" in type(found.blocks[0].module).__name__:
+        return "llama"
+    return cls
+
+
+def find_layout(model: nn.Module, blocks: str | None = None) -> Found:
+    """The blocks of ``model`` (and the parts before/after them), or a LayerscopeError.
+
+    Example:
+        >>> from torch import nn
+        >>> found = find_layout(nn.LSTM(4, 8, num_layers=3))
+        >>> [b.name for b in found.blocks]
+        ['l0', 'l1', 'l2']
+    """
+    if blocks:
+        return explicit_blocks(model, blocks)
+    found = _flat(model) if isinstance(model, (nn.Sequential, *RNN_TYPES)) else None
+    if found is None:
+        found = _generic(model)
+    if found is None:
+        found = _flat(model)
+    if found is None:
+        raise LayerscopeError(
+            f"cannot tell the blocks of {type(model).__name__}: it has no stack of repeated "
+            f"blocks (nn.ModuleList/nn.Sequential); name them with Layers(model, "
+            f"blocks=\"encoder.layer\") or --blocks PATH (a dotted path to the block list, or a "
+            f"comma list of module paths)")
+    found.family = _family(model, found)
+    return found
+
+
+__all__ = ["BlockRef", "Found", "REGISTRY", "STACK_NAMES", "find_layout", "explicit_blocks",
+           "role_of", "counts_as_sublayer", "has_params"]
