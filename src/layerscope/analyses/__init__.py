@@ -1,0 +1,1 @@
+"""Across-layer analyses: probes, layer similarity, importance, logit lens, pictures of layers."""
