@@ -5,7 +5,7 @@ Sections are plain data built from analysis results (``sections.py``) and render
 
 Example:
     >>> sec = Section("anatomy", "Anatomy", ["6 blocks."])
-    >>> sec.add(Figure("params", "Parameters per layer", "Block 0 holds the most."))
+    >>> _ = sec.add(Figure("params", "Parameters per layer", "Block 0 holds the most."))
     >>> [f.id for f in sec.figures]
     ['params']
 """

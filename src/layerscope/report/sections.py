@@ -1,0 +1,317 @@
+"""Report sections built from plain numbers: each returns a :class:`Section` with its readings.
+
+The builders take lists aligned with layer names (what every :class:`~layerscope.results.Result`
+holds) so that they neither run models nor depend on how an analysis computed its numbers. Each
+figure carries one sentence computed from the numbers it shows (:mod:`.readings`).
+
+Example:
+    >>> sec = activations_section(["0", "1"], mean=[0.0, 0.1], std=[1.0, 3.0],
+    ...                           sparsity=[0.0, 0.5], nonfinite=[0, 0])
+    >>> sec.figures[0].reading
+    'Activation scale grows from 1 at 0 to 3 at 1 (largest at 1).'
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+from . import charts
+from .page import Figure, Section, Table
+from .readings import (adjacent_similarity, argmax, argmin, compare_to_control, fmt, fmt_count,
+                       largest_sentence, most_similar_pair, peak_sentence)
+
+
+def _finite(v) -> bool:
+    return v is not None and math.isfinite(float(v))
+
+
+# --- anatomy ----------------------------------------------------------------------------------
+
+
+def anatomy_section(model: str, counts: Mapping[str, int], rules: Mapping[str, str],
+                    rows: Sequence[Mapping], total_params: int, total_flops: float | None = None,
+                    flops_input: str = "") -> Section:
+    """How many layers, the layer table, and parameters / FLOPs per layer as bars.
+
+    ``rows`` are the layers at the chosen granularity, each a mapping with ``index``, ``name``,
+    ``role``, ``params`` and optionally ``flops``, ``in_shape``, ``out_shape``.
+    """
+    sec = Section("anatomy", "Anatomy")
+    parts = [f"{counts[g]} {g}" for g in ("blocks", "sublayers", "modules") if g in counts]
+    sec.findings.append(f"{model} has {', '.join(parts)} and {total_params:,} parameters"
+                        + (f" ({fmt_count(total_flops)} FLOPs per {flops_input or 'example'})"
+                           if _finite(total_flops) else "") + ".")
+    for g, rule in rules.items():
+        sec.findings.append(f"{g}: {rule}")
+    names = [f"{r['index']}: {r['name']}" for r in rows]
+    params = [r.get("params", 0) for r in rows]
+    sec.add(Figure("params", "Parameters per layer", largest_sentence("parameters", names, params)
+                   + (f"; the listed layers hold {sum(params):,} of {total_params:,}"
+                      if sum(params) != total_params else "") + ".",
+                   chart=charts.bar_chart(names, {"parameters": params}, y_title="parameters")))
+    flops = [r.get("flops") for r in rows]
+    if any(_finite(f) and f > 0 for f in flops):
+        sec.add(Figure("flops", "FLOPs per layer", largest_sentence("FLOPs", names, flops) + ".",
+                       chart=charts.bar_chart(names, {"FLOPs": flops}, y_title="FLOPs", log_y=False)))
+    columns = ["#", "name", "role", "input → output", "parameters", "FLOPs"]
+    table_rows = []
+    for r in rows:
+        shapes = f"{r.get('in_shape', '')} → {r.get('out_shape', '')}" if r.get("out_shape") else ""
+        table_rows.append([str(r["index"]), str(r["name"]), str(r.get("role", "")), shapes,
+                           f"{int(r.get('params', 0)):,}",
+                           fmt_count(r["flops"]) if _finite(r.get("flops")) else ""])
+    sec.add(Figure("table", "Layer table", f"{len(rows)} layers listed in forward order.",
+                   table=Table(columns, table_rows, [True, False, False, False, True, True])))
+    return sec
+
+
+# --- probes -----------------------------------------------------------------------------------
+
+
+def probes_section(layers: Sequence[str], tasks: Mapping[str, Mapping]) -> Section:
+    """Probe curves per task with the peak marked; each task maps to ``score`` (per layer),
+    ``metric`` ("accuracy" or "R²"), and optionally ``lo``/``hi`` (interval), ``baseline``
+    (a number) and ``control`` (per layer, random features) and ``kind`` (surface/syntax/meaning).
+    """
+    sec = Section("probes", "What each layer represents")
+    for name, t in tasks.items():
+        score, metric = list(t["score"]), t["metric"]
+        k = argmax(score)
+        reading = peak_sentence(name, layers, score, metric)
+        control = t.get("control")
+        ctrl_at_peak = control[k] if control is not None and k is not None else None
+        extra = compare_to_control(metric, score[k], t.get("baseline"), ctrl_at_peak) if k is not None else ""
+        sec.findings.append(reading + (f"; {extra}" if extra else "") + ".")
+        series = {name: score}
+        bands = {name: (t["lo"], t["hi"])} if t.get("lo") is not None else None
+        dashed = []
+        if control is not None:
+            series["random-feature control"] = list(control)
+            dashed.append("random-feature control")
+        if _finite(t.get("baseline")):
+            series["baseline"] = [t["baseline"]] * len(layers)
+            dashed.append("baseline")
+        title = f"{name}" + (f" ({t['kind']})" if t.get("kind") else "")
+        sec.add(Figure(f"probe-{_slug(name)}", title, reading + ".",
+                       chart=charts.line_chart(layers, series, y_title=metric, bands=bands,
+                                               dashed=dashed, marks={name: k} if k is not None else None)))
+    return sec
+
+
+# --- similarity -------------------------------------------------------------------------------
+
+
+def similarity_section(layers: Sequence[str], matrix: Sequence[Sequence[float]], *,
+                       kind: str = "linear CKA (unbiased)",
+                       other_layers: Sequence[str] | None = None) -> Section:
+    """The CKA heatmap between layers (of one model, or of two when ``other_layers`` is given)."""
+    sec = Section("similarity", "How layers relate")
+    if other_layers is None:
+        pair = most_similar_pair(layers, matrix)
+        adj = adjacent_similarity(matrix)
+        bits = []
+        if pair:
+            bits.append(f"the most similar pair is {layers[pair[0]]} and {layers[pair[1]]} "
+                        f"(CKA {fmt(pair[2], 2)})")
+        if adj:
+            lo = argmin(adj)
+            bits.append(f"the largest change between neighbours is from {layers[lo]} to "
+                        f"{layers[lo + 1]} (CKA {fmt(adj[lo], 2)})")
+            first_last = matrix[0][len(layers) - 1]
+            bits.append(f"first and last layer: CKA {fmt(first_last, 2)}")
+        reading = "; ".join(bits).capitalize() + "." if bits else "Too few layers to compare."
+        y = layers
+    else:
+        best = [argmax(row) for row in matrix]
+        reading = "; ".join(f"{layers[i]} best matches {other_layers[j]} ({fmt(matrix[i][j], 2)})"
+                            for i, j in enumerate(best) if j is not None) + "."
+        y = layers
+    sec.findings.append(reading)
+    x = other_layers if other_layers is not None else layers
+    sec.add(Figure("cka", f"Layer similarity: {kind}", reading,
+                   chart=charts.heatmap(matrix, x, y, zmin=0.0, zmax=1.0, value_name="CKA")))
+    return sec
+
+
+# --- importance -------------------------------------------------------------------------------
+
+
+def importance_section(blocks: Sequence[str], effect: Sequence[float], objective: str, *,
+                       baseline: float | None = None, block_influence: Sequence[float] | None = None,
+                       curve: Mapping[str, Sequence[float]] | None = None,
+                       curve_x: Sequence[int] | None = None, higher_is_worse: bool = True) -> Section:
+    """Removal effect per block, Block Influence, and (optionally) quality vs blocks removed."""
+    sec = Section("importance", "Which layers matter")
+    k = argmax(effect) if higher_is_worse else argmin(effect)
+    j = argmin(effect) if higher_is_worse else argmax(effect)
+    base = f" (intact: {fmt(baseline, 3)})" if _finite(baseline) else ""
+    if k is not None and j is not None:
+        reading = (f"Removing {blocks[k]} hurts most ({objective} {fmt(effect[k], 3)}{base}); "
+                   f"removing {blocks[j]} hurts least ({fmt(effect[j], 3)}).")
+    else:
+        reading = "No finite removal effects."
+    sec.findings.append(reading)
+    sec.add(Figure("removal", f"Effect of removing each block on {objective}", reading,
+                   chart=charts.bar_chart(blocks, {objective: effect}, x_title="removed block",
+                                          y_title=objective)))
+    if block_influence is not None:
+        b = argmax(block_influence)
+        r2 = (f"Block Influence (1 − cos of input and output) is largest at {blocks[b]} "
+              f"({fmt(block_influence[b], 3)}) and smallest at "
+              f"{blocks[argmin(block_influence)]} ({fmt(min(block_influence), 3)}).") if b is not None else ""
+        agree = _rank_agreement(effect, block_influence)
+        if agree is not None:
+            r2 += f" Its ranking agrees with the removal effect at Spearman ρ = {fmt(agree, 2)}."
+        sec.findings.append(r2)
+        sec.add(Figure("influence", "Block Influence", r2,
+                       chart=charts.bar_chart(blocks, {"Block Influence": block_influence},
+                                              x_title="block", y_title="1 − cos(input, output)")))
+    if curve:
+        xs = [str(v) for v in (curve_x or range(1, len(next(iter(curve.values()))) + 1))]
+        final = {name: vals[-1] for name, vals in curve.items() if vals and _finite(vals[-1])}
+        if final:
+            best = min(final, key=final.get) if higher_is_worse else max(final, key=final.get)
+            r3 = (f"After removing {xs[-1]} blocks, choosing by {best} keeps {objective} at "
+                  f"{fmt(final[best], 3)}; " + ", ".join(f"{n}: {fmt(v, 3)}" for n, v in final.items()
+                                                         if n != best) + ".")
+        else:
+            r3 = "No finite values on the removal curve."
+        sec.findings.append(r3)
+        sec.add(Figure("curve", f"{objective} against the number of blocks removed", r3,
+                       chart=charts.line_chart(xs, curve, x_title="blocks removed", y_title=objective)))
+    return sec
+
+
+def _rank_agreement(a: Sequence[float], b: Sequence[float]) -> float | None:
+    pairs = [(float(x), float(y)) for x, y in zip(a, b) if _finite(x) and _finite(y)]
+    if len(pairs) < 3:
+        return None
+    from scipy.stats import spearmanr
+
+    rho = spearmanr([p[0] for p in pairs], [p[1] for p in pairs]).statistic
+    return float(rho) if math.isfinite(rho) else None
+
+
+# --- activations ------------------------------------------------------------------------------
+
+
+def activations_section(layers: Sequence[str], *, mean: Sequence[float], std: Sequence[float],
+                        sparsity: Sequence[float], nonfinite: Sequence[int],
+                        view: str = "") -> Section:
+    """Per-layer scale, sparsity and non-finite counts."""
+    sec = Section("activations", "Activations")
+    hi, lo = argmax(std), argmin(std)
+    if hi is None:
+        scale = "No finite activation statistics."
+    else:
+        trend = "grows" if _finite(std[-1]) and _finite(std[0]) and std[-1] > std[0] else "shrinks"
+        scale = (f"Activation scale {trend} from {fmt(std[0], 3)} at {layers[0]} to "
+                 f"{fmt(std[-1], 3)} at {layers[-1]} (largest at {layers[hi]}).")
+    sec.add(Figure("scale", "Activation mean and spread per layer" + (f" ({view})" if view else ""),
+                   scale, chart=charts.line_chart(layers, {"mean": mean, "std": std},
+                                                  y_title="activation")))
+    sec.findings.append(scale)
+    s = argmax(sparsity)
+    sp = (f"Exact zeros are most common at {layers[s]} ({100 * float(sparsity[s]):.1f}% of values)."
+          if s is not None and float(sparsity[s]) > 0 else "No layer outputs exact zeros.")
+    sec.findings.append(sp)
+    sec.add(Figure("sparsity", "Fraction of zeros (dead units) per layer", sp,
+                   chart=charts.bar_chart(layers, {"zeros": sparsity}, y_title="fraction")))
+    bad = [(n, int(c)) for n, c in zip(layers, nonfinite) if c]
+    nf = ("All activations were finite." if not bad else
+          "Non-finite values (left out of every statistic): "
+          + ", ".join(f"{n}: {c:,}" for n, c in bad) + ".")
+    sec.findings.append(nf)
+    return sec
+
+
+# --- pictures ---------------------------------------------------------------------------------
+
+
+def pictures_section(views: Sequence[Mapping], *, label_name: str = "label",
+                     images: Sequence[Mapping] = ()) -> Section:
+    """2-D maps of layers (``views``: ``layer``, ``method``, ``points`` (n×2), ``labels``,
+    optional ``hover``, ``continuous``, ``reading``) and PNG images (``title``, ``png``,
+    ``reading``), e.g. CNN feature maps."""
+    sec = Section("pictures", "Pictures of layers")
+    for v in views:
+        reading = v.get("reading") or f"{len(v['points'])} items from {v['layer']}."
+        sec.add(Figure(f"map-{_slug(v['layer'])}-{v['method']}", f"{v['method'].upper()} of {v['layer']}",
+                       reading, chart=charts.scatter_chart(v["points"], v["labels"], hover=v.get("hover"),
+                                                           continuous=v.get("continuous", False),
+                                                           x_title=f"{v['method']} 1",
+                                                           y_title=f"{v['method']} 2")))
+    for i, im in enumerate(images):
+        sec.add(Figure(f"image-{i}", im["title"], im["reading"], image_png=im["png"], alt=im["title"]))
+    if views:
+        sec.findings.append(views[-1].get("reading") or "")
+    return sec
+
+
+# --- logit lens -------------------------------------------------------------------------------
+
+
+def lens_section(layers: Sequence[str], *, kl: Sequence[float], accuracy: Sequence[float],
+                 prompt: str | None = None, top_tokens: Sequence[Sequence[str]] | None = None) -> Section:
+    """The logit lens: KL to the final distribution and next-token accuracy per layer, and the
+    top token at each layer for a prompt."""
+    sec = Section("lens", "Logit lens")
+    k = argmax(accuracy)
+    first_close = next((i for i, v in enumerate(kl) if _finite(v) and float(v) < 1.0), None)
+    reading = (f"Next-token accuracy through the lens peaks at {layers[k]} ({fmt(accuracy[k], 3)}); "
+               if k is not None else "")
+    reading += (f"KL to the final distribution first drops below 1 nat at {layers[first_close]}."
+                if first_close is not None else "KL to the final distribution stays above 1 nat before the end.")
+    sec.findings.append(reading)
+    sec.add(Figure("lens", "Logit lens per layer", reading,
+                   chart=charts.line_chart(layers, {"KL(final ‖ layer)": kl, "next-token accuracy": accuracy},
+                                           y_title="nats / accuracy")))
+    if top_tokens:
+        rows = [[layers[i]] + [str(t) for t in toks] for i, toks in enumerate(top_tokens)]
+        width = max(len(t) for t in top_tokens)
+        sec.add(Figure("top", "Top token at each layer" + (f" for “{prompt}”" if prompt else ""),
+                       f"The last layer predicts “{top_tokens[-1][-1]}” after the prompt; "
+                       f"{_first_layer_with(top_tokens, top_tokens[-1][-1], layers)}.",
+                       table=Table(["layer"] + [f"pos {j}" for j in range(width)], rows)))
+    return sec
+
+
+def _first_layer_with(top_tokens, token, layers) -> str:
+    for i, toks in enumerate(top_tokens):
+        if toks and toks[-1] == token:
+            return f"it first appears at {layers[i]}"
+    return "no earlier layer predicts it"
+
+
+# --- training ---------------------------------------------------------------------------------
+
+
+def training_section(steps: Sequence[int], grad_norm: Mapping[str, Sequence[float]], *,
+                     loss: Sequence[float] | None = None, flags: Sequence[str] = ()) -> Section:
+    """Gradient flow recorded during training: gradient norm per layer over steps, and the loss."""
+    sec = Section("training", "Gradient flow in training")
+    names = list(grad_norm)
+    last = [grad_norm[n][-1] for n in names]
+    first = [grad_norm[n][0] for n in names]
+    lo, hi = argmin(last), argmax(last)
+    reading = (f"At step {steps[-1]} the gradient norm ranges from {fmt(last[lo], 3)} at {names[lo]} "
+               f"to {fmt(last[hi], 3)} at {names[hi]}" if lo is not None else "No gradient norms recorded")
+    ratio = [f / la for f, la in zip(first, last) if _finite(f) and _finite(la) and la > 0]
+    reading += "." if not ratio else f" (median change since step {steps[0]}: ×{fmt(1 / sorted(ratio)[len(ratio) // 2], 3)})."
+    sec.findings.append(reading)
+    sec.findings.extend(flags)
+    sec.add(Figure("gradnorm", "Gradient norm per layer over training", reading,
+                   chart=charts.line_chart([str(s) for s in steps], dict(grad_norm), x_title="step",
+                                           y_title="gradient norm")))
+    if loss is not None:
+        r = f"Loss went from {fmt(loss[0], 3)} to {fmt(loss[-1], 3)}."
+        sec.add(Figure("loss", "Training loss", r,
+                       chart=charts.line_chart([str(s) for s in steps], {"loss": loss}, x_title="step",
+                                               y_title="loss")))
+    return sec
+
+
+def _slug(text: str) -> str:
+    out = "".join(c if c.isalnum() else "-" for c in str(text).lower()).strip("-")
+    return out or "x"
