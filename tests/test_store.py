@@ -33,7 +33,8 @@ def mlp():
 
 def test_store_rows_equal_the_model_outputs(tmp_path):
     net, x = mlp(), torch.randn(37, 6)
-    store = record(net, x, tmp_path / "s", dtype="float32", batch_size=4, shard_items=10, progress=False)
+    store = record(net, x, tmp_path / "s", granularity="sublayers", dtype="float32", batch_size=4,
+                   shard_items=10, progress=False)
     with torch.no_grad():
         h0 = net[0](x)
         ref = {"0": h0, "1": torch.tanh(h0), "2": net(x)}
@@ -47,7 +48,8 @@ def test_store_rows_equal_the_model_outputs(tmp_path):
         f"tensor {x.dtype} {tuple(x.shape)}\n".encode() + x.numpy().tobytes()).hexdigest()
     for s in m["shards"]:
         assert hashlib.sha256((store.path / s["file"]).read_bytes()).hexdigest() == s["sha256"]
-    half = record(net, x, tmp_path / "h", dtype="bfloat16", batch_size=4, progress=False)
+    half = record(net, x, tmp_path / "h", granularity="sublayers", dtype="bfloat16", batch_size=4,
+                  progress=False)
     assert half["2"].dtype == torch.bfloat16
     torch.testing.assert_close(half["2"], ref["2"].to(torch.bfloat16))
 
