@@ -1,0 +1,1 @@
+"""Explain one layer's computation step by step on concrete numbers."""
