@@ -226,11 +226,45 @@ def test_sequential_mlp():
     assert [l.role for l in lay] == ["linear", "linear", "head"]
     assert [l.name for l in Layers(mlp, "sublayers")] == ["0", "1", "3", "4", "5"]
     assert count_layers(mlp) == {"blocks": 3, "sublayers": 5, "modules": 3}
+    assert "parameter-free children after it" in Layers(mlp).rule
     x = torch.randn(3, 4)
     mlp.eval()
-    with torch.no_grad(), mlp and Layers(mlp).capture("-1") as cap:
+    with torch.no_grad(), Layers(mlp).capture(inputs=True) as cap:
         y = cap.call(mlp, x)
+        h0 = torch.relu(x @ mlp[0].weight.T + mlp[0].bias)
+        h1 = torch.relu(h0 @ mlp[3].weight.T + mlp[3].bias)
+    # a block of an MLP ends after its activation: outputs are post-activation hidden states
+    torch.testing.assert_close(cap.outputs["0"], h0)
+    torch.testing.assert_close(cap.inputs["3"], h0)
+    torch.testing.assert_close(cap.outputs["3"], h1)
     torch.testing.assert_close(cap.outputs["5"], y)
+    assert Layers(mlp)[0].module is mlp[0] and Layers(mlp)[0].observed is mlp[2]
+
+
+def test_sequential_with_a_shared_activation_and_inside_a_wrapper():
+    act = nn.Tanh()
+    seq = nn.Sequential(nn.Linear(2, 3), act, nn.Linear(3, 3), act, nn.Linear(3, 1))
+    lay = Layers(seq)
+    # one Tanh object used twice would fire its hook twice: those blocks end at their Linear
+    assert lay.names() == ["0", "2", "4"] and [l.output_module for l in lay] == [None] * 3
+
+    class Wrapper(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(2, 5), nn.Tanh(), nn.Linear(5, 1))
+
+        def forward(self, x):
+            return self.net(x)
+
+    torch.manual_seed(0)
+    w = Wrapper()
+    lay = Layers(w)
+    assert lay.names() == ["net.0", "net.2"] and "in net" in lay.rule
+    assert [l.name for l in Layers(w, "sublayers")] == ["net.0", "net.1", "net.2"]
+    x = torch.randn(4, 2)
+    with torch.no_grad(), lay.capture("0", stop_early=True) as cap:
+        assert cap.call(w, x) is None
+    torch.testing.assert_close(cap.outputs["net.0"], torch.tanh(w.net[0](x)))
 
 
 # --- unknown layouts, overrides, errors ---------------------------------------------------------

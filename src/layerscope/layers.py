@@ -40,7 +40,11 @@ GRANULARITIES = ("blocks", "sublayers", "modules")
 
 @dataclass
 class Layer:
-    """One layer: position, module path, module, role and class name (``part`` for an RNN layer)."""
+    """One layer: position, module path, module, role and class name (``part`` for an RNN layer).
+
+    ``output_module``, when set, is where the layer's output is read (an nn.Sequential block's
+    trailing activation); inputs are always read at ``module``.
+    """
 
     index: int
     name: str
@@ -48,6 +52,12 @@ class Layer:
     role: str
     kind: str
     part: int | None = None
+    output_module: nn.Module | None = None
+
+    @property
+    def observed(self) -> nn.Module:
+        """The module whose output is this layer's output."""
+        return self.module if self.output_module is None else self.output_module
 
     def __repr__(self) -> str:
         return f"Layer({self.index}, {self.name!r}, role={self.role!r}, kind={self.kind!r})"
@@ -232,17 +242,19 @@ def _block_role(found: Found, i: int, ref) -> str:
 
 
 def _build(model: nn.Module, found: Found, granularity: str) -> tuple[list[Layer], str]:
-    rows: list[tuple[str, nn.Module, str, int | None]] = []
+    rows: list[tuple] = []
     if granularity == "blocks":
         for i, ref in enumerate(found.blocks):
-            rows.append((ref.name, ref.module, _block_role(found, i, ref), ref.part))
+            rows.append((ref.name, ref.module, _block_role(found, i, ref), ref.part, ref.output))
         rule = found.rule + f" [{found.family} layout]"
     elif granularity == "sublayers":
         for path, mod in found.before:
             rows.extend(_sub_rows(path, mod, "before"))
         if found.family in ("sequential", "flat") and not found.before and not found.after:
-            for name, child in model.named_children():
-                rows.extend(_sub_rows(name, child, "inside"))
+            prefix = _common_parent([ref.path for ref in found.blocks])
+            owner = model.get_submodule(prefix) if prefix else model
+            for name, child in owner.named_children():
+                rows.extend(_sub_rows(f"{prefix}.{name}" if prefix else name, child, "inside"))
         else:
             for ref in found.blocks:
                 if ref.part is not None:
@@ -266,12 +278,18 @@ def _build(model: nn.Module, found: Found, granularity: str) -> tuple[list[Layer
         rule = "modules = every module holding parameters of its own (tied ones listed where they occur)"
     layers = []
     seen: set[str] = set()
-    for name, mod, role, part in rows:
+    for name, mod, role, part, *output in rows:
         if name in seen:
             continue
         seen.add(name)
-        layers.append(Layer(len(layers), name, mod, role, type(mod).__name__, part))
+        layers.append(Layer(len(layers), name, mod, role, type(mod).__name__, part,
+                            output[0] if output else None))
     return layers, rule
+
+
+def _common_parent(paths: list[str]) -> str:
+    parents = {p.rsplit(".", 1)[0] if "." in p else "" for p in paths}
+    return parents.pop() if len(parents) == 1 else ""
 
 
 def _sub_rows(path: str, mod: nn.Module, where: str, split_only: bool = False):
@@ -346,7 +364,7 @@ class Capture:
                 if self.want_inputs or self.want_kwargs:
                     self._handles.append(module.register_forward_pre_hook(
                         self._pre_hook(layer.name), with_kwargs=True))
-                self._handles.append(module.register_forward_hook(
+                self._handles.append(layer.observed.register_forward_hook(
                     self._post_hook(layer.name), with_kwargs=True))
         except BaseException:
             self.remove()

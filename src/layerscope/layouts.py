@@ -5,7 +5,9 @@ class) whose children are mostly one class. The stack holding the most parameter
 with the same attribute name elsewhere (an encoder and a decoder, two towers) and sibling stages
 of the same block class (ResNet's ``layer1``..``layer4``) join it. Flat models (an
 ``nn.Sequential`` of leaves, a module of ``fc1``/``fc2``) count their parameterised children;
-a multi-layer ``nn.LSTM``/``nn.GRU`` counts each of its layers. The registry only names the
+a multi-layer ``nn.LSTM``/``nn.GRU`` counts each of its layers. In an ``nn.Sequential`` a block
+is a parameterised child together with the parameter-free children after it (activation,
+dropout, pool, flatten), and its output is read after the last of those. The registry only names the
 family and the roles of the parts (embedding, block, attention, feed-forward, norm, head).
 
 Example:
@@ -15,6 +17,8 @@ Example:
     >>> found = find_layout(mlp)
     >>> [b.path for b in found.blocks], found.family
     (['0', '2'], 'sequential')
+    >>> found.blocks[0].output_path  # the block's output is read after its activation
+    '1'
 """
 
 from __future__ import annotations
@@ -37,11 +41,17 @@ _SKIP = (nn.Dropout, nn.Identity)
 
 @dataclass
 class BlockRef:
-    """One block: its module path, the module, and for a split multi-layer RNN its layer number."""
+    """One block: its module path, the module, and for a split multi-layer RNN its layer number.
+
+    ``output`` (at ``output_path``) is the module whose output is the block's output when that
+    is not ``module`` itself: the last parameter-free child after a Linear in an nn.Sequential.
+    """
 
     path: str
     module: nn.Module
     part: int | None = None
+    output: nn.Module | None = None
+    output_path: str | None = None
 
     @property
     def name(self) -> str:
@@ -288,12 +298,61 @@ def _flat(model: nn.Module) -> Found | None:
         return found
     if len(children) < 2 and not is_seq:
         return None
-    blocks = [BlockRef(n, c) for n, c in children]
-    kind = "nn.Sequential" if is_seq else type(model).__name__
-    family = "sequential" if is_seq else "flat"
-    return Found(blocks, family=family,
-                 rule=f"blocks = the {len(blocks)} parameterised children of the {kind} "
-                      f"({', '.join(sorted({type(c).__name__ for _, c in children}))})")
+    classes = ", ".join(sorted({type(c).__name__ for _, c in children}))
+    if not is_seq:
+        return Found([BlockRef(n, c) for n, c in children], family="flat",
+                     rule=f"blocks = the {len(children)} parameterised children of the "
+                          f"{type(model).__name__} ({classes})")
+    blocks = _sequential_blocks(model)
+    return Found(blocks, family="sequential",
+                 rule=f"blocks = the {len(blocks)} parameterised children of the nn.Sequential "
+                      f"({classes}), each with the parameter-free children after it "
+                      f"(activation, dropout, pool, flatten); a block's output is read after the "
+                      f"last of them")
+
+
+def _sequential_blocks(model: nn.Sequential) -> list[BlockRef]:
+    """Each parameterised child plus the parameter-free children that follow it.
+
+    A parameter-free child used at two places of the Sequential (one ``nn.ReLU`` object reused)
+    ends the group before it: its hook would fire once per use.
+    """
+    entries = [(n, c) for n, c in model._modules.items() if c is not None]
+    uses = Counter(id(c) for _, c in entries)
+    blocks: list[BlockRef] = []
+    open_group = False
+    for name, child in entries:
+        if has_params(child):
+            blocks.append(BlockRef(name, child))
+            open_group = True
+        elif open_group and uses[id(child)] == 1:
+            blocks[-1].output, blocks[-1].output_path = child, name
+        else:
+            open_group = False
+    return blocks
+
+
+def _wrapped(model: nn.Module) -> Found | None:
+    """A module whose parameters all sit in one nn.Sequential / RNN child (``self.net = Sequential(...)``)."""
+    path, inner = "", model
+    while not has_params_direct(inner):
+        children = [(n, c) for n, c in inner.named_children() if has_params(c)]
+        if len(children) != 1:
+            return None
+        path, inner = _join(path, children[0][0]), children[0][1]
+        if isinstance(inner, (nn.Sequential, *RNN_TYPES)):
+            found = _flat(inner)
+            if found is None:
+                return None
+            for ref in found.blocks:
+                ref.path = _join(path, ref.path)
+                if ref.output_path is not None:
+                    ref.output_path = _join(path, ref.output_path)
+            found.before = [(_join(path, n), c) for n, c in found.before]
+            found.after = [(_join(path, n), c) for n, c in found.after]
+            found.rule = found.rule.replace("blocks = the", f"blocks = in {path}, the", 1)
+            return found
+    return None
 
 
 def has_params_direct(module: nn.Module) -> bool:
@@ -346,7 +405,7 @@ REGISTRY: list[tuple[str, str]] = [
     ("encoder-decoder", "two stacks: encoder.*.N then decoder.*.N (T5, BART, Whisper, ...)"),
     ("efficientnet", "EfficientNet-like: _conv_stem, _blocks.N, _conv_head, _fc"),
     ("resnet", "ResNet-like: a stem, residual blocks in stages layer1..layerK, a head"),
-    ("sequential", "nn.Sequential: its parameterised children"),
+    ("sequential", "nn.Sequential: its parameterised children, each with the activation/dropout/pool after it"),
     ("rnn", "stacked nn.LSTM/nn.GRU: one layer per num_layers"),
 ]
 
@@ -389,6 +448,8 @@ def find_layout(model: nn.Module, blocks: str | None = None) -> Found:
         found = _generic(model)
     if found is None:
         found = _flat(model)
+    if found is None:
+        found = _wrapped(model)
     if found is None:
         raise LayerscopeError(
             f"cannot tell the blocks of {type(model).__name__}: it has no stack of repeated "
