@@ -1,1 +1,149 @@
-"""Explain one layer's computation step by step on concrete numbers."""
+"""Explain one layer's computation step by step on concrete numbers.
+
+* :func:`explain_ffn` walks a two-layer feed-forward network given as matrices in a JSON file
+  (``seed002`` is the shipped worked example).
+* :func:`explain` walks one block of a real model on a real input: a transformer block
+  (BERT-like, Llama-like, GPT-2), an MLP layer or a CNN layer, ending with the max absolute
+  difference between the step-by-step result and the block's own forward output.
+
+Example:
+    >>> from layerscope.explain import explain
+    >>> r = explain("mlp", layer=0)
+    >>> [s.name for s in r.steps], r.check < 1e-5
+    (['input', 'linear', 'activation'], True)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from layerscope.errors import LayerscopeError
+
+from .block import KINDS as BLOCK_KINDS
+from .block import block_kind, explain_block
+from .ffn import explain_ffn, load_ffn
+from .simple import KINDS as SIMPLE_KINDS
+from .simple import explain_simple, simple_kind
+from .steps import ExplainResult, Step
+
+DEFAULT_TEXT = "The cat sat on the mat."
+
+
+def load_tensor_file(path: str | Path) -> Tensor:
+    """A tensor from ``.npy``, ``.safetensors`` (one tensor, or the key ``input``) or ``.pt``.
+
+    ``.pt`` files are read with ``torch.load(weights_only=True)``; nothing else is unpickled.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise LayerscopeError(f"input file {path} does not exist; give a .npy, .safetensors or "
+                              f".pt tensor file")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npy":
+            value = torch.from_numpy(np.load(path, allow_pickle=False))
+        elif suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            value = load_file(str(path))
+        elif suffix in (".pt", ".pth"):
+            value = torch.load(path, map_location="cpu", weights_only=True)
+        else:
+            raise LayerscopeError(f"input file {path} has an unknown type {suffix!r}; use .npy, "
+                                  f".safetensors or .pt")
+    except LayerscopeError:
+        raise
+    except Exception as exc:  # corrupt files, pickled objects refused by weights_only, ...
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise LayerscopeError(f"cannot read input file {path}: {first[:200]}")
+    if isinstance(value, dict):
+        tensors = {k: v for k, v in value.items() if isinstance(v, Tensor)}
+        if "input" in tensors:
+            value = tensors["input"]
+        elif len(tensors) == 1:
+            value = next(iter(tensors.values()))
+        else:
+            raise LayerscopeError(f"input file {path} holds {len(tensors)} tensors "
+                                  f"({', '.join(list(tensors)[:5])}); store one, or name it 'input'")
+    if not isinstance(value, Tensor):
+        raise LayerscopeError(f"input file {path} holds a {type(value).__name__}, not a tensor")
+    return value
+
+
+def _encode(loaded, inputs):
+    """The Encoded batch of one item and a label saying what it was."""
+    if loaded.modality == "text":
+        if inputs is None:
+            inputs = DEFAULT_TEXT
+        if not isinstance(inputs, str):
+            raise LayerscopeError(f"model {loaded.ref!r} takes text; give --input \"some text\"")
+        if not inputs.strip():
+            raise LayerscopeError("the input text is empty; give --input \"some text\"")
+        enc = loaded.encode([inputs])
+        tokens = ""
+        if loaded.tokenizer is not None and "input_ids" in enc.kwargs:
+            toks = loaded.tokenizer.convert_ids_to_tokens(enc.kwargs["input_ids"][0].tolist())
+            tokens = f" -> tokens {toks}"
+        return enc, f"text {inputs!r}{tokens}"
+    if inputs is None:
+        return loaded.example(1), f"the model's example input {tuple(loaded.input_shape or ())}"
+    if isinstance(inputs, (str, Path)):
+        label = f"file {inputs}"
+        inputs = load_tensor_file(inputs)
+    else:
+        label = "the given tensor"
+        inputs = torch.as_tensor(inputs)
+    if loaded.input_shape is not None and inputs.dim() == len(loaded.input_shape):
+        inputs = inputs.unsqueeze(0)  # one item without its batch dimension
+    return loaded.encode(inputs[:1]), f"{label} {tuple(inputs.shape[1:])}"
+
+
+def explain(model, layer=0, inputs=None, *, head: int = 0, blocks: str | None = None,
+            input_shape=None) -> ExplainResult:
+    """Walk block ``layer`` of ``model`` (a reference or LoadedModel/nn.Module) on one input.
+
+    ``inputs`` is a text for text models; a tensor, array or tensor file path for image/tensor
+    models (``None``: a default sentence, or the model's example input). ``head`` picks the
+    attention head whose scores and weights are shown.
+    """
+    from layerscope.layers import Layers
+    from layerscope.models import LoadedModel, load_model
+
+    loaded = model if isinstance(model, LoadedModel) else load_model(model, input_shape=input_shape)
+    view = Layers(loaded, "blocks", blocks=blocks)
+    target = view[layer]
+    module = target.module
+    if target.part is not None:
+        raise LayerscopeError(
+            f"layer {target.name!r} is one layer of a multi-layer {type(module).__name__}, which "
+            f"explain cannot walk; it walks {_kinds()}")
+    kind = block_kind(module) or simple_kind(module)
+    if kind is None:
+        raise LayerscopeError(
+            f"layer {target.name!r} is a {type(module).__name__}, which explain cannot walk; "
+            f"it walks {_kinds()}")
+    from .capture import check_eval, run_layer
+
+    check_eval(module, target.name)
+    enc, label = _encode(loaded, inputs)
+    seen = run_layer(loaded.module, target, enc.args, enc.kwargs)
+    if block_kind(module):
+        result = explain_block(loaded.module, module, seen.input, seen.kwargs, name=target.name,
+                               head=head, output=seen.output, batch_mask=enc.mask, inputs=label)
+    else:
+        result = explain_simple(module, seen.input, seen.output, name=target.name, inputs=label)
+    result.layers_note += (f". It is block {target.index} of the {len(view)} blocks of "
+                           f"{type(loaded.module).__name__} ({view.rule})")
+    return result
+
+
+def _kinds() -> str:
+    return "; ".join(list(BLOCK_KINDS.values()) + list(SIMPLE_KINDS.values()))
+
+
+__all__ = ["explain", "explain_ffn", "explain_block", "explain_simple", "load_ffn",
+           "load_tensor_file", "ExplainResult", "Step", "DEFAULT_TEXT"]
