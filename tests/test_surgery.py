@@ -1,0 +1,213 @@
+"""Surgery: drop, prune, quantize, early exit — saved models reload and match independent runs."""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import pytest
+import torch
+from torch import nn
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from layerscope.errors import LayerscopeError  # noqa: E402
+from layerscope.models import load_model  # noqa: E402
+
+
+def tiny_llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=60, hidden_size=32, intermediate_size=48, num_hidden_layers=4,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=8)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def tiny_gpt2():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=60, n_embd=32, n_layer=4, n_head=4, bos_token_id=0, eos_token_id=0)
+    return GPT2LMHeadModel(cfg).eval()
+
+
+def tiny_bert():
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=60, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+                     intermediate_size=48)
+    return BertModel(cfg).eval()
+
+
+def ids(batch=3, length=7, vocab=60):
+    g = torch.Generator().manual_seed(1)
+    return torch.randint(1, vocab, (batch, length), generator=g)
+
+
+def snapshot(module: nn.Module):
+    return ({k: v.detach().clone() for k, v in module.state_dict().items()},
+            module.config.to_dict() if hasattr(module.config, "to_dict") else copy.deepcopy(module.config),
+            module.training)
+
+
+def assert_unchanged(module: nn.Module, snap):
+    state, config, training = snap
+    now = module.state_dict()
+    assert state.keys() == now.keys()
+    for k, v in state.items():
+        assert torch.equal(v, now[k]), k
+    assert (module.config.to_dict() if hasattr(module.config, "to_dict") else module.config) == config
+    assert module.training == training
+
+
+def skipped_output(module: nn.Module, blocks: list[nn.Module], call):
+    """The original model run with the given blocks replaced by identity hooks (removed after)."""
+
+    def identity(mod, args, kwargs, output):
+        h = args[0] if args else kwargs["hidden_states"]
+        if isinstance(output, tuple):
+            return (h,) + tuple(output[1:])
+        return h
+
+    handles = [b.register_forward_hook(identity, with_kwargs=True) for b in blocks]
+    try:
+        with torch.no_grad():
+            return call(module)
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def main_tensor(out):
+    if hasattr(out, "logits") and out.logits is not None:
+        return out.logits
+    if hasattr(out, "last_hidden_state"):
+        return out.last_hidden_state
+    return out
+
+
+# --- drop --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("make,blocks_attr", [
+    (tiny_llama, lambda m: m.model.layers),
+    (tiny_gpt2, lambda m: m.transformer.h),
+    (tiny_bert, lambda m: m.encoder.layer),
+])
+def test_drop_hf_reloads_and_equals_skipped_original(tmp_path, make, blocks_attr):
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    from layerscope.surgery import drop_blocks, save_model
+
+    model = make()
+    snap = snapshot(model)
+    x = ids()
+    mask = torch.ones_like(x)
+    mask[0, -2:] = 0
+    dropped = drop_blocks(model, "1,3")
+    assert_unchanged(model, snap)
+    assert dropped.removed == [1, 3]
+    out = save_model(dropped.loaded, dropped.module, tmp_path / "out")
+    auto = AutoModelForCausalLM if hasattr(model, "lm_head") else AutoModel
+    reloaded = auto.from_pretrained(str(out)).eval()
+    assert reloaded.config.num_hidden_layers == 2
+    layer_ids = [m.layer_idx for m in reloaded.modules() if isinstance(getattr(m, "layer_idx", None), int)]
+    assert layer_ids == [0, 1]
+    with torch.no_grad():
+        got = main_tensor(reloaded(input_ids=x, attention_mask=mask))
+    blocks = blocks_attr(model)
+    want = main_tensor(skipped_output(model, [blocks[1], blocks[3]],
+                                      lambda m: m(input_ids=x, attention_mask=mask)))
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert not any(b._forward_hooks for b in blocks)
+
+
+def test_drop_llama_generation_with_cache_matches_skipped(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from layerscope.surgery import drop_blocks, save_model
+
+    model = tiny_llama()
+    out = save_model(*(lambda d: (d.loaded, d.module))(drop_blocks(model, [0, 2])), tmp_path / "o")
+    reloaded = AutoModelForCausalLM.from_pretrained(str(out)).eval()
+    x = ids(1, 5)
+    with torch.no_grad():
+        got = reloaded.generate(x, max_new_tokens=5, do_sample=False)
+    blocks = model.model.layers
+    want = skipped_output(model, [blocks[0], blocks[2]],
+                          lambda m: m.generate(x, max_new_tokens=5, do_sample=False))
+    assert torch.equal(got, want)
+
+
+def test_drop_zoo_mlp_checkpoint_reloads_and_equals_skipped(tmp_path):
+    from layerscope.surgery import drop_blocks, save_model
+
+    loaded = load_model("mlp:depth=4,width=64")
+    snap = snapshot(loaded.module)
+    dropped = drop_blocks(loaded, "0,2")
+    assert_unchanged(loaded.module, snap)
+    out = save_model(dropped.loaded, dropped.module, tmp_path / "mlp")
+    again = load_model(str(out))
+    assert again.module.config.depth == 2
+    x = torch.randn(5, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        got = again.module(x)
+    blocks = loaded.module.blocks
+    want = skipped_output(loaded.module, [blocks[0], blocks[2]], lambda m: m(x))
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+
+
+def test_drop_minilm_integration(tmp_path):
+    from transformers import AutoModel
+
+    from layerscope.surgery import drop_blocks, save_model
+
+    loaded = load_model("minilm")
+    dropped = drop_blocks(loaded, "4-5")
+    out = save_model(dropped.loaded, dropped.module, tmp_path / "mini")
+    assert (out / "tokenizer.json").is_file() or (out / "vocab.txt").is_file()
+    reloaded = AutoModel.from_pretrained(str(out)).eval()
+    enc = loaded.encode(["a small test sentence", "another one, longer than the first"])
+    with torch.no_grad():
+        got = reloaded(**enc.kwargs).last_hidden_state
+    layers = loaded.module.encoder.layer
+    want = skipped_output(loaded.module, [layers[4], layers[5]],
+                          lambda m: m(**enc.kwargs)).last_hidden_state
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("spec,message", [
+    ("9", "out of range"),
+    ("0-3", "leaves no model"),
+])
+def test_drop_bad_layers(spec, message):
+    from layerscope.surgery import drop_blocks
+
+    with pytest.raises(LayerscopeError, match=message):
+        drop_blocks(tiny_llama(), spec)
+
+
+def test_drop_refuses_shape_changing_cnn_block():
+    from layerscope.surgery import drop_blocks
+
+    with pytest.raises(LayerscopeError, match="change the shape"):
+        drop_blocks("cnn:channels=8x8", "1")
+
+
+def test_output_folder_rules(tmp_path):
+    from layerscope.surgery import drop_blocks, save_model
+
+    model = tiny_llama()
+    src = tmp_path / "src"
+    model.save_pretrained(str(src))
+    loaded = load_model(str(src))
+    dropped = drop_blocks(loaded, "1")
+    with pytest.raises(LayerscopeError, match="overlaps the input"):
+        save_model(dropped.loaded, dropped.module, src)
+    (tmp_path / "exists").mkdir()
+    with pytest.raises(LayerscopeError, match="--overwrite"):
+        save_model(dropped.loaded, dropped.module, tmp_path / "exists")
+    save_model(dropped.loaded, dropped.module, tmp_path / "exists", overwrite=True)
+    assert (tmp_path / "exists" / "config.json").is_file()
