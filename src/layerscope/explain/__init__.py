@@ -76,11 +76,16 @@ def load_tensor_file(path: str | Path) -> Tensor:
 
 def _encode(loaded, inputs):
     """The Encoded batch of one item and a label saying what it was."""
-    if loaded.modality == "text":
+    if loaded.modality == "text" and not isinstance(inputs, str):
         if inputs is None:
             inputs = DEFAULT_TEXT
-        if not isinstance(inputs, str):
-            raise LayerscopeError(f"model {loaded.ref!r} takes text; give --input \"some text\"")
+        else:  # token ids: a tensor/array, or a tensor file
+            label = f"file {inputs}" if isinstance(inputs, Path) else "token ids"
+            ids = load_tensor_file(inputs) if isinstance(inputs, Path) else torch.as_tensor(inputs)
+            if ids.dim() == 1:
+                ids = ids.unsqueeze(0)
+            return loaded.encode(ids[:1]), f"{label} {ids[0].tolist()[:12]}"
+    if loaded.modality == "text":
         if not inputs.strip():
             raise LayerscopeError("the input text is empty; give --input \"some text\"")
         enc = loaded.encode([inputs])
@@ -91,6 +96,10 @@ def _encode(loaded, inputs):
         return enc, f"text {inputs!r}{tokens}"
     if inputs is None:
         return loaded.example(1), f"the model's example input {tuple(loaded.input_shape or ())}"
+    if isinstance(inputs, str) and not Path(inputs).suffix:
+        raise LayerscopeError(f"model {loaded.ref!r} takes tensors of shape "
+                              f"{tuple(loaded.input_shape or ())}, not text; give --input-file "
+                              f"with a .npy, .safetensors or .pt tensor")
     if isinstance(inputs, (str, Path)):
         label = f"file {inputs}"
         inputs = load_tensor_file(inputs)
@@ -106,8 +115,8 @@ def explain(model, layer=0, inputs=None, *, head: int = 0, blocks: str | None = 
             input_shape=None) -> ExplainResult:
     """Walk block ``layer`` of ``model`` (a reference or LoadedModel/nn.Module) on one input.
 
-    ``inputs`` is a text for text models; a tensor, array or tensor file path for image/tensor
-    models (``None``: a default sentence, or the model's example input). ``head`` picks the
+    ``inputs`` is a text (or token ids, or a ``Path`` to a tensor file of token ids) for text
+    models; a tensor, array or tensor file path for image/tensor models (``None``: a default sentence, or the model's example input). ``head`` picks the
     attention head whose scores and weights are shown.
     """
     from layerscope.layers import Layers
