@@ -258,7 +258,7 @@ def _rnn_part_flops(layer: Layer, cap: Capture) -> int:
 
 # --- width ------------------------------------------------------------------------------------
 
-WIDTH_RULE = "width = the widest block output (channels for images, the last dimension otherwise)"
+WIDTH_RULE = "the widest block output (channels for images, the last dimension otherwise)"
 
 
 def _width(shapes: list[list[int] | None]) -> int | None:

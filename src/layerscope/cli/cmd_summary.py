@@ -1,0 +1,87 @@
+"""``layerscope summary``: every layer's shapes, parameters and FLOPs, and how many layers there are."""
+
+from __future__ import annotations
+
+from .app import app
+from .common import (BlocksOpt, GranularityOpt, InputShapeOpt, JsonOpt, ModelArg,
+                     TrustRemoteCodeOpt, model_from_cli, print_json)
+
+
+def _shape(shape) -> str:
+    return "?" if shape is None else "(" + ", ".join(str(d) for d in shape) + ")"
+
+
+def summary_table(result):
+    """The rich table of an :class:`~layerscope.anatomy.AnatomyResult`: one row per layer, then
+    the rest (what no row accounts for, when there is any) and the totals.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from rich.console import Console
+        >>> from layerscope.anatomy import anatomy
+        >>> a = anatomy(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)),
+        ...             example=torch.zeros(1, 4))
+        >>> Console(width=100).print(summary_table(a))  # doctest: +ELLIPSIS
+        ...
+    """
+    from rich.table import Table
+
+    table = Table(title=f"{result.model} ({result.granularity}) on {result.example}",
+                  show_footer=True)
+    table.add_column("#", justify="right", footer="")
+    table.add_column("name", footer="total", no_wrap=True)
+    table.add_column("role", no_wrap=True)
+    table.add_column("input -> output", no_wrap=True)
+    table.add_column("params", justify="right", footer=f"{result.total_params:,}", no_wrap=True)
+    table.add_column("FLOPs", justify="right", footer=f"{result.total_flops:,}", no_wrap=True)
+    for row in result.rows():
+        name = row["name"] + (f" (tied to {row['tied_to']})" if row["tied_to"] else "")
+        table.add_row("" if row["index"] is None else str(row["index"]), name, row["role"],
+                      f"{_shape(row['input_shape'])} -> {_shape(row['output_shape'])}",
+                      f"{row['params']:,}", f"{row['flops']:,}")
+    if result.rest_params or result.rest_flops:
+        table.add_row("", "(rest: outside the rows)", "", "", f"{result.rest_params:,}",
+                      f"{result.rest_flops:,}")
+    return table
+
+
+def summary_lines(result) -> list[str]:
+    """Depth, width, and "how many layers?" at each granularity with the rule used."""
+    width = "?" if result.width is None else str(result.width)
+    lines = [f"depth: {result.depth} blocks; width: {width} — {result.width_rule}",
+             "How many layers does this model have?"]
+    for g, n in result.counts.items():
+        lines.append(f"  {g}: {n} — {result.rules[g]}")
+    return lines
+
+
+def render_summary(result, console) -> None:
+    """Print the table and the lines under it on a rich ``console``."""
+    console.print(summary_table(result))
+    for line in summary_lines(result):
+        console.print(line, highlight=False, markup=False)
+
+
+@app.command("summary")
+def summary_command(
+    model: ModelArg,
+    granularity: GranularityOpt = "blocks",
+    input_shape: InputShapeOpt = None,
+    blocks: BlocksOpt = None,
+    trust_remote_code: TrustRemoteCodeOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Each layer's role, input -> output shape, parameters (tied ones once) and FLOPs on an
+    example input, the totals, and how many layers the model has at each granularity."""
+    from rich.console import Console
+
+    from layerscope.anatomy import anatomy
+
+    loaded = model_from_cli(model, blocks=blocks, input_shape=input_shape,
+                            trust_remote_code=trust_remote_code)
+    result = anatomy(loaded, granularity=granularity, blocks=blocks)
+    if as_json:
+        print_json(result.cli_dict())
+        return
+    render_summary(result, Console())
