@@ -1,0 +1,609 @@
+"""The fit loop: seeded batches, per-layer monitors, held-out evaluation, checkpoints, resume.
+
+``train`` trains the model it is given: a module or ``LoadedModel`` you pass in is updated in
+place (that is the point), but its ``requires_grad`` flags and train/eval modes are put back as
+they were afterwards, and it is only moved when you name a ``device``. A reference string
+(zoo spec, built-in name, checkpoint folder) is loaded fresh; a zoo spec is built after
+``torch.manual_seed(seed)`` so its initial weights are reproducible too.
+
+Files written to ``out_dir``: ``best/`` and ``last/`` checkpoints (``model.safetensors`` +
+``layerscope.json``, loadable with ``layerscope.models.load_model`` for zoo networks),
+``train_state.pt`` (optimizer, RNG and position, for ``resume=True``), ``metrics.jsonl`` (the
+per-layer monitors; ``metrics.csv`` with ``metrics_csv=True``), ``monitor_*.png`` plots,
+``history.png`` and ``result.json``.
+
+Example:
+    >>> import tempfile, torch
+    >>> from layerscope.train import train
+    >>> x = torch.randn(200, 4); y = (x[:, 0] > 0).long()
+    >>> r = train("mlp:in_features=4,width=16,depth=1,n_classes=2", (x, y),
+    ...           out_dir=tempfile.mkdtemp(), epochs=3, batch_size=32, lr=0.01, progress=False)
+    >>> r.history[-1]["accuracy"] > 0.8
+    True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from layerscope.errors import LayerscopeError
+
+from .freezing import FreezePlan, param_groups, plan_freezing, restore
+from .losses import DEFAULT_LOSS, check_loss_fits
+from .monitors import LayerMonitor, plot_metrics
+from .prepare import (Prepared, prepare, resolve_dataset, series_of, split_data,
+                      split_series)
+from .result import TrainResult
+from .tasks import objective, unigram_entropy
+
+STATE_FILE = "train_state.pt"
+OPTIMIZERS = ("adam", "adamw", "sgd")
+
+
+class NonFiniteLossError(LayerscopeError):
+    """Training stopped on a NaN/inf loss or gradient; ``layer`` names where it first appeared."""
+
+    def __init__(self, message: str, *, step: int, layer: str | None, result: TrainResult):
+        super().__init__(message)
+        self.step, self.layer, self.result = step, layer, result
+
+
+def train(model, data, *, out_dir, epochs: int = 5, batch_size: int = 64, lr: float = 1e-3,
+          optimizer: str = "adam", weight_decay: float = 0.0, seed: int = 0, device=None,
+          monitor_every: int = 50, clip_grad: float | None = None, freeze=None,
+          freeze_bn: str = "none", layer_lr: dict | None = None, lr_decay: float | None = None,
+          patience: int | None = None, resume: bool = False, progress: bool = True,
+          task: str | None = None, loss: str | None = None, held_out: float = 0.2,
+          eval_data=None, limit: int | None = None, max_length: int = 64,
+          metrics_csv: bool = False, callbacks=()) -> TrainResult:
+    """Train ``model`` on ``data`` and watch every layer; see the module docstring.
+
+    ``data``: a dataset name, a ``layerscope.data.Dataset``, a tensor ``X`` (autoencoders,
+    token sequences) or a pair ``(X, y)``; ``held_out`` of it is kept for evaluation unless
+    ``eval_data`` is given. ``callbacks`` are called as ``fn(step=, epoch=, loss=)`` after every
+    optimizer step. Ctrl-C saves ``last/`` and the state and returns with
+    ``stopped="interrupted"``; ``resume=True`` continues from there to the same weights an
+    uninterrupted run reaches. A NaN/inf loss raises :class:`NonFiniteLossError` naming the
+    first layer whose output (or gradient) was not finite, keeping the last good checkpoint.
+    """
+    _check_settings(epochs, batch_size, lr, optimizer, monitor_every, clip_grad, patience)
+    started = time.perf_counter()
+    out = Path(out_dir).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    dataset = resolve_dataset(data, limit=limit, seed=seed)
+    module, info = resolve_model(model, dataset, seed=seed, task=task)
+    if info["sequence_model"] and eval_data is None and series_of(dataset) is not None:
+        train_part, eval_part = split_series(series_of(dataset), held_out, info["input_shape"][0])
+        data_name = getattr(dataset, "name", "series")
+    else:
+        train_part, eval_part, data_name = split_data(dataset, held_out=held_out, seed=seed,
+                                                      eval_data=eval_data)
+    prepared = prepare(train_part, eval_part, name=data_name, info=info)
+    task = info["task"]
+    obj = objective(task, loss)
+    dev = _device(module, device)
+    settings = {"model": info["ref"], "data": data_name, "task": task, "epochs": epochs,
+                "batch_size": batch_size, "lr": lr, "optimizer": optimizer,
+                "weight_decay": weight_decay, "seed": seed, "monitor_every": monitor_every,
+                "clip_grad": clip_grad, "freeze": freeze, "freeze_bn": freeze_bn,
+                "layer_lr": layer_lr, "lr_decay": lr_decay, "patience": patience,
+                "loss": obj.loss_name, "held_out": held_out, "n_train": len(prepared.train),
+                "n_held_out": len(prepared.held_out), "device": str(dev)}
+    if task == "causal-lm":
+        settings["unigram_entropy"] = unigram_entropy(prepared.train.items[:, 1:])
+    log = _logger(progress)
+    cuda = dev.type == "cuda"   # CPU kernels are deterministic already; switching costs imports
+    old_det = torch.are_deterministic_algorithms_enabled()
+    old_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    plan: FreezePlan | None = None
+    try:
+        if cuda:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.manual_seed(seed)
+        plan = plan_freezing(module, freeze=freeze, freeze_bn=freeze_bn)
+        run = _Runner(module, obj, info, dev, max_length)
+        _check_fit(run, prepared, obj, batch_size)
+        groups = param_groups(module, lr, layer_lr=layer_lr, lr_decay=lr_decay)
+        opt = _optimizer(optimizer, groups, lr, weight_decay)
+        monitor = LayerMonitor(module, every=monitor_every, path=out / "metrics.jsonl",
+                               log=log, csv=metrics_csv, append=resume) if monitor_every else None
+        loop = _Loop(module=module, call=run, obj=obj, prepared=prepared, opt=opt, plan=plan,
+                     monitor=monitor, out=out, info=info, settings=settings, log=log,
+                     progress=progress, callbacks=callbacks, clip_grad=clip_grad,
+                     patience=patience, epochs=epochs, batch_size=batch_size, seed=seed)
+        if resume:
+            loop.load_state()
+        result = loop.run()
+    finally:
+        if cuda:
+            torch.use_deterministic_algorithms(old_det, warn_only=old_warn)
+        if plan is not None:
+            restore(module, plan)
+    result.seconds = time.perf_counter() - started
+    result.to_json(out / "result.json")
+    return result
+
+
+# -- the model ---------------------------------------------------------------------------------------
+def resolve_model(model, train_part, *, seed: int, task: str | None):
+    """(module, info): the module to train and what is known about feeding it."""
+    from layerscope.models import LoadedModel, load_model
+
+    spec = None
+    if isinstance(model, str):
+        ref = model.strip()
+        if _is_zoo(ref):
+            from layerscope.builtin_models import build_zoo, describe_zoo_module
+
+            torch.manual_seed(seed)
+            module = build_zoo(ref)
+            loaded = describe_zoo_module(module, ref=ref, spec=ref)
+            spec = ref
+        else:
+            loaded = load_model(ref)
+            spec = (loaded.meta.get("checkpoint") or {}).get("zoo")
+    elif isinstance(model, LoadedModel):
+        loaded = model
+        spec = loaded.meta.get("zoo_spec") or (loaded.meta.get("checkpoint") or {}).get("zoo")
+    elif isinstance(model, nn.Module):
+        loaded = load_model(model)
+        spec = _zoo_name_of(model)
+    else:
+        raise LayerscopeError(
+            f"cannot train a {type(model).__name__}; pass a model name, a checkpoint folder or "
+            f"an nn.Module")
+    module = loaded.module
+    if loaded.modality == "text" and loaded.tokenizer is not None and \
+            not hasattr(module, "head") and loaded.task in ("encoder", None):
+        module, task = _with_head(loaded, train_part, seed, task)
+        spec = None
+    labels = _labels_of(train_part)
+    inferred = getattr(module, "task", None) or loaded.task
+    task = task or (inferred if inferred not in ("encoder", None) else None)
+    if task is None and labels is not None:
+        task = "regression" if labels.is_floating_point() else "classification"
+    if task is None:
+        raise LayerscopeError(
+            f"cannot tell which task to train {loaded.ref!r} for; pass task= (classification, "
+            f"regression, causal-lm or autoencoder)")
+    config = getattr(module, "config", None)
+    info = {"ref": loaded.ref, "spec": spec, "task": task, "modality": loaded.modality,
+            "tokenizer": loaded.tokenizer, "input_shape": loaded.input_shape,
+            "integer_input": getattr(module, "input_dtype", None) == torch.long
+            or loaded.meta.get("input_dtype") in ("int64", "long"),
+            "vocab_size": getattr(config, "vocab_size", None),
+            "sequence_model": hasattr(config, "cell"),
+            "config": dataclasses.asdict(config) if dataclasses.is_dataclass(config) else {}}
+    return module, info
+
+
+def _is_zoo(ref: str) -> bool:
+    from layerscope.builtin_models import zoo_names
+
+    return ref.split(":", 1)[0] in zoo_names() and not Path(ref).exists()
+
+
+def _zoo_name_of(module: nn.Module) -> str | None:
+    config = getattr(module, "config", None)
+    if not dataclasses.is_dataclass(config):
+        return None
+    try:
+        from layerscope import zoo
+
+        for name in zoo.names():
+            if type(config) is zoo.config_class(name):
+                return name
+    except Exception:
+        return None
+    return None
+
+
+def _labels_of(part):
+    labels = getattr(part, "labels", None)
+    if labels is None and isinstance(part, tuple) and len(part) == 2:
+        labels = part[1]
+    return torch.as_tensor(labels) if labels is not None else None
+
+
+def _with_head(loaded, train_part, seed: int, task: str | None):
+    """A pretrained text encoder with a fresh head for the data's labels (transfer learning)."""
+    from .heads import PooledHead
+
+    labels = _labels_of(train_part)
+    if labels is None:
+        raise LayerscopeError(
+            f"{loaded.ref!r} is an encoder: training it needs labelled data for a new head")
+    task = task or ("regression" if labels.is_floating_point() else "classification")
+    n_out = 1 if task == "regression" else int(labels.max()) + 1
+    torch.manual_seed(seed)
+    head = PooledHead(loaded.module, n_out, task=task)
+    return head, task
+
+
+def _device(module: nn.Module, device) -> torch.device:
+    current = next(module.parameters()).device
+    if device is None:
+        return current
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise LayerscopeError(f"device {device!r} is not available here; use device='cpu'")
+    if dev != current:
+        module.to(dev)   # asked for explicitly
+    return dev
+
+
+def _check_settings(epochs, batch_size, lr, optimizer, monitor_every, clip_grad, patience):
+    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+        if not isinstance(value, int) or value <= 0:
+            raise LayerscopeError(f"{name}={value!r} must be a whole number of at least 1")
+    if not lr > 0:
+        raise LayerscopeError(f"lr={lr!r} must be above 0, e.g. 1e-3")
+    if optimizer not in OPTIMIZERS:
+        raise LayerscopeError(f"unknown optimizer {optimizer!r}; use one of: {', '.join(OPTIMIZERS)}")
+    if monitor_every is not None and monitor_every < 0:
+        raise LayerscopeError(f"monitor_every={monitor_every} must be 0 (off) or positive")
+    if clip_grad is not None and not clip_grad > 0:
+        raise LayerscopeError(f"clip_grad={clip_grad!r} must be above 0, e.g. 1.0")
+    if patience is not None and patience < 1:
+        raise LayerscopeError(f"patience={patience} must be at least 1 epoch")
+
+
+def _optimizer(name: str, groups, lr: float, weight_decay: float):
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=0.9, weight_decay=weight_decay)
+    cls = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
+    return cls(groups, lr=lr, weight_decay=weight_decay)
+
+
+def _logger(progress: bool):
+    from tqdm import tqdm
+
+    def log(message: str) -> None:
+        tqdm.write(message, file=sys.stderr)
+    return log
+
+
+# -- running the model on a batch ------------------------------------------------------------------------
+class _Runner:
+    """Calls the module on raw items (texts are tokenized, tensors moved to the device)."""
+
+    def __init__(self, module, obj, info, device, max_length):
+        self.module, self.obj, self.info, self.device = module, obj, info, device
+        self.max_length = max_length
+
+    def __call__(self, items):
+        if self.info["modality"] == "text":
+            enc = self.info["tokenizer"](list(items), padding=True, truncation=True,
+                                         max_length=self.max_length, return_tensors="pt")
+            kwargs = {k: v.to(self.device) for k, v in enc.items()
+                      if k in ("input_ids", "attention_mask", "token_type_ids")}
+            return self.module(**kwargs)
+        return self.module(self.obj.inputs(items).to(self.device))
+
+
+def _check_fit(run: _Runner, prepared: Prepared, obj, batch_size: int) -> None:
+    """One forward pass on a few training items in eval mode (no statistics change) + checks."""
+    items, labels = prepared.train.take(torch.arange(min(len(prepared.train), batch_size, 8)))
+    was = {m: m.training for m in run.module.modules()}
+    run.module.eval()
+    try:
+        with torch.no_grad():
+            output = run(items)
+    except LayerscopeError:
+        raise
+    except (RuntimeError, ValueError, IndexError) as exc:
+        shape = tuple(items.shape[1:]) if isinstance(items, torch.Tensor) else "text"
+        raise LayerscopeError(
+            f"model {run.info['ref']!r} cannot run on items of shape {shape} from dataset "
+            f"{prepared.name!r} (expects {run.info.get('input_shape')}): "
+            f"{str(exc).splitlines()[0][:160]}") from exc
+    finally:
+        for m, flag in was.items():
+            m.training = flag
+    if not isinstance(output, torch.Tensor):
+        from layerscope.layers import primary_tensor
+
+        output = primary_tensor(output)
+    task = obj.task
+    if task == "autoencoder":
+        if tuple(output.shape) != tuple(items.shape):
+            raise LayerscopeError(
+                f"an autoencoder must return its input's shape {tuple(items.shape)}; "
+                f"model {run.info['ref']!r} returned {tuple(output.shape)}")
+        return
+    if task == "causal-lm":
+        check_loss_fits(run.module, output, None, obj.loss_name, task)
+        return
+    check_loss_fits(run.module, output, labels, obj.loss_name, task)
+
+
+# -- the loop itself --------------------------------------------------------------------------------------
+class _Loop:
+    def __init__(self, *, module, call, obj, prepared, opt, plan, monitor, out, info, settings,
+                 log, progress, callbacks, clip_grad, patience, epochs, batch_size, seed):
+        self.__dict__.update(locals())
+        del self.__dict__["self"]
+        self.epoch, self.batch, self.step = 0, 0, 0
+        self.history: list[dict] = []
+        self.best, self.best_epoch, self.bad_epochs = None, None, 0
+        self.loss_sum, self.loss_n = 0.0, 0
+        self.rng = torch.get_rng_state()
+        self.best_path = self.last_path = None
+
+    # -- state for resume --------------------------------------------------------------------------
+    def save_state(self) -> Path:
+        state = {"version": 1, "epoch": self.epoch, "batch": self.batch, "step": self.step,
+                 "model": {k: v.detach().clone() for k, v in self.module.state_dict().items()},
+                 "optimizer": self.opt.state_dict(), "rng": self.rng,
+                 "history": self.history, "best": self.best, "best_epoch": self.best_epoch,
+                 "bad_epochs": self.bad_epochs, "loss_sum": self.loss_sum,
+                 "loss_n": self.loss_n, "seed": self.seed, "batch_size": self.batch_size,
+                 "n_train": len(self.prepared.train)}
+        target = self.out / STATE_FILE
+        tmp = target.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, target)
+        return target
+
+    def load_state(self) -> None:
+        path = self.out / STATE_FILE
+        if not path.is_file():
+            raise LayerscopeError(f"nothing to resume: {str(path)!r} is missing; train without "
+                                  f"--resume first")
+        state = torch.load(path, weights_only=True, map_location="cpu")
+        for key, want in (("seed", self.seed), ("batch_size", self.batch_size),
+                          ("n_train", len(self.prepared.train))):
+            if state.get(key) != want:
+                raise LayerscopeError(
+                    f"cannot resume: the saved run has {key}={state.get(key)} but this one has "
+                    f"{want}; use the same settings")
+        self.module.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.epoch, self.batch, self.step = state["epoch"], state["batch"], state["step"]
+        self.rng = state["rng"]
+        self.history, self.best = state["history"], state["best"]
+        self.best_epoch, self.bad_epochs = state["best_epoch"], state["bad_epochs"]
+        self.loss_sum, self.loss_n = state["loss_sum"], state["loss_n"]
+        torch.set_rng_state(self.rng)
+        for name in ("best", "last"):
+            if (self.out / name).is_dir():
+                setattr(self, f"{name}_path", str(self.out / name))
+
+    # -- checkpoints -------------------------------------------------------------------------------
+    def save_checkpoint(self, name: str, extra: dict) -> str:
+        from layerscope.models import save_checkpoint
+
+        info = self.info
+        spec = info["spec"] or f"module:{type(self.module).__name__}"
+        path = save_checkpoint(self.module, self.out / name, spec=spec, config=info["config"],
+                               task=info["task"], input_shape=info["input_shape"],
+                               extra={"trained": {**_plain(self.settings), **extra}})
+        return str(path)
+
+    # -- epochs and steps --------------------------------------------------------------------------
+    def order(self, epoch: int) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(len(self.prepared.train), generator=gen)
+
+    def run(self) -> TrainResult:
+        self.stopped = "finished"
+        try:
+            self._epochs()
+        except KeyboardInterrupt:
+            self.stopped = "interrupted"
+            self.last_path = self.save_checkpoint("last", {"epoch": self.epoch,
+                                                           "interrupted_at_step": self.step})
+            self.save_state()
+            self.log(f"interrupted at step {self.step}: saved {self.last_path} and "
+                     f"{self.out / STATE_FILE}; continue with resume=True (--resume)")
+        finally:
+            if self.monitor is not None:
+                self.monitor.close()
+        return self.result()
+
+    def result(self) -> TrainResult:
+        plots = []
+        if self.monitor is not None:
+            plots = plot_metrics(self.monitor.path, self.out)
+        r = TrainResult(task=self.obj.task, metric=self.obj.metric,
+                        higher_is_better=self.obj.higher_is_better, history=self.history,
+                        best_metric=self.best, best_epoch=self.best_epoch, out_dir=str(self.out),
+                        best_checkpoint=self.best_path, last_checkpoint=self.last_path,
+                        state_file=str(self.out / STATE_FILE),
+                        metrics_file=str(self.monitor.path) if self.monitor else None,
+                        plots=plots, flags=list(self.monitor.flags) if self.monitor else [],
+                        stopped=self.stopped, steps=self.step, settings=_plain(self.settings))
+        if self.history:
+            import matplotlib.pyplot as plt
+
+            fig = r.plot()
+            fig.savefig(self.out / "history.png", dpi=90)
+            plt.close(fig)
+            r.plots.append(str(self.out / "history.png"))
+        return r
+
+    def _epochs(self) -> None:
+        from tqdm import tqdm
+
+        torch.set_rng_state(self.rng)
+        while self.epoch < self.epochs:
+            order = self.order(self.epoch)
+            starts = list(range(0, len(order), self.batch_size))
+            bar = tqdm(total=len(starts), initial=self.batch, disable=not self.progress,
+                       desc=f"epoch {self.epoch + 1}/{self.epochs}", file=sys.stderr,
+                       leave=False, dynamic_ncols=True)
+            try:
+                self._train_mode()
+                while self.batch < len(starts):
+                    index = order[starts[self.batch]:starts[self.batch] + self.batch_size]
+                    loss = self._step(index)
+                    self.batch += 1
+                    self.step += 1
+                    self.rng = torch.get_rng_state()
+                    bar.update(1)
+                    if self.step % 10 == 0 or self.batch == len(starts):
+                        bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+                    for fn in self.callbacks:
+                        fn(step=self.step, epoch=self.epoch, loss=loss)
+            finally:
+                bar.close()
+            if self._end_epoch():
+                self.stopped = "early-stopping"
+                break
+
+    def _train_mode(self) -> None:
+        self.module.train()
+        self.plan.apply_modes()
+
+    def _step(self, index: torch.Tensor) -> float:
+        items, labels = self.prepared.train.take(index)
+        watching = self.monitor is not None and self.monitor.active(self.step)
+        with self.monitor.watch(self.step) if watching else nullcontext():
+            output = self.call(items)
+        loss = self.obj.loss(output, items, labels)
+        if not torch.isfinite(loss):
+            self._non_finite(items, f"the loss became {float(loss)}")
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if watching:
+            self.monitor.after_backward()
+        if self.clip_grad is not None or watching:
+            params = [p for g in self.opt.param_groups for p in g["params"] if p.grad is not None]
+            if self.clip_grad is not None:
+                total = torch.nn.utils.clip_grad_norm_(params, self.clip_grad)
+            else:
+                total = torch.nn.utils.get_total_norm([p.grad for p in params])
+            if not torch.isfinite(total):
+                self._non_finite_grad()
+        if watching:
+            self.monitor.before_step()
+        self.opt.step()
+        value = float(loss.detach())
+        self.loss_sum += value * len(items)
+        self.loss_n += len(items)
+        if watching:
+            self.monitor.finish(step=self.step, epoch=self.epoch, loss=value)
+        return value
+
+    def _end_epoch(self) -> bool:
+        figures = self._evaluate()
+        row = {"epoch": self.epoch + 1, "step": self.step,
+               "train_loss": self.loss_sum / max(self.loss_n, 1), **figures}
+        self.history.append(row)
+        metric = figures.get(self.obj.metric)
+        better = metric is not None and (
+            self.best is None or (metric > self.best if self.obj.higher_is_better
+                                  else metric < self.best))
+        self.epoch += 1
+        self.batch, self.loss_sum, self.loss_n = 0, 0.0, 0
+        if better:
+            self.best, self.best_epoch, self.bad_epochs = metric, self.epoch, 0
+            self.best_path = self.save_checkpoint(
+                "best", {"epoch": self.epoch, self.obj.metric: metric})
+        else:
+            self.bad_epochs += 1
+        self.last_path = self.save_checkpoint("last", {"epoch": self.epoch,
+                                                       self.obj.metric: metric})
+        self.save_state()
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in row.items()
+                          if isinstance(v, float) and k != "epoch")
+        if self.progress:
+            self.log(f"epoch {self.epoch}/{self.epochs}: {shown}")
+        return self.patience is not None and self.bad_epochs >= self.patience
+
+    def _evaluate(self) -> dict:
+        self.module.eval()
+        held = self.prepared.held_out
+        n = len(held)
+        batches = (held.take(torch.arange(i, min(i + self.batch_size, n)))
+                   for i in range(0, n, self.batch_size))
+        try:
+            with torch.no_grad():
+                figures = self.obj.evaluate(self.call, batches)
+        finally:
+            self._train_mode()
+        return figures
+
+    # -- NaN / inf -----------------------------------------------------------------------------------
+    def _non_finite(self, items, what: str):
+        layer = first_non_finite_layer(self.module, lambda: self.call(items))
+        where = (f"first non-finite output: layer {layer!r}" if layer
+                 else "every layer's output was finite (the loss itself overflowed)")
+        self._stop(f"{what} at step {self.step} (epoch {self.epoch + 1}); {where}", layer)
+
+    def _non_finite_grad(self):
+        bad = None
+        for name, module in self.module.named_modules():
+            if any(p.grad is not None and not torch.isfinite(p.grad).all()
+                   for p in module.parameters(recurse=False)):
+                bad = name     # the last in forward order is the first reached by backward
+        self._stop(f"the gradients became non-finite at step {self.step} (epoch "
+                   f"{self.epoch + 1}); first non-finite gradient: layer {bad!r}", bad)
+
+    def _stop(self, message: str, layer):
+        kept = self.last_path or "none written yet"
+        if self.monitor is not None:
+            self.monitor.close()
+        result = self.result()
+        result.stopped = "non-finite"
+        raise NonFiniteLossError(f"{message}; training stopped, last good checkpoint: {kept}; "
+                                 f"lower lr or set clip_grad", step=self.step, layer=layer,
+                                 result=result)
+
+
+def first_non_finite_layer(module: nn.Module, forward) -> str | None:
+    """The first module (in the order they finish) whose output holds NaN or inf, re-running
+    ``forward`` once with hooks on every module; buffers are restored afterwards.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> class Boom(nn.Module):
+        ...     def forward(self, x): return x / 0.0
+        >>> net = nn.Sequential(nn.Linear(2, 2), Boom(), nn.Linear(2, 1))
+        >>> first_non_finite_layer(net, lambda: net(torch.ones(1, 2)))
+        '1'
+    """
+    from layerscope.layers import primary_tensor
+
+    found: list[str] = []
+
+    def hook_for(name):
+        def hook(mod, args, output):
+            if found:
+                return
+            try:
+                y = primary_tensor(output)
+            except LayerscopeError:
+                return
+            if y.is_floating_point() and not torch.isfinite(y).all():
+                found.append(name or type(module).__name__)
+        return hook
+
+    buffers = {k: v.detach().clone() for k, v in module.named_buffers()}
+    handles = [m.register_forward_hook(hook_for(n)) for n, m in module.named_modules()]
+    try:
+        with torch.no_grad():
+            forward()
+    finally:
+        for h in handles:
+            h.remove()
+        with torch.no_grad():
+            for k, v in module.named_buffers():
+                v.copy_(buffers[k])
+    return found[0] if found else None
+
+
+def _plain(settings: dict) -> dict:
+    from layerscope.results import to_plain
+
+    return to_plain({k: v for k, v in settings.items()})

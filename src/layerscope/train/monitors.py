@@ -1,0 +1,286 @@
+"""Per-layer monitors: gradient norm, update-to-weight ratio, weight norm, activations, dead ReLUs.
+
+Every ``every`` steps (step 0 included) the monitor records, for each block of the Layers view
+and each module holding parameters of its own:
+
+* ``grad_norm``   – L2 norm of the layer's gradients (before clipping), trainable parameters only;
+* ``weight_norm`` – L2 norm of its parameters;
+* ``update_ratio``– ‖W_after − W_before‖ / ‖W_before‖ over the optimizer step;
+* ``act_mean``, ``act_std`` – of its output on that step's training batch (blocks and ReLUs);
+* ``dead_frac``   – for ``nn.ReLU`` modules, the fraction of units that output exactly 0 for every
+  item of the batch (a unit is a feature for (B, D) outputs, a channel for (B, C, H, W), the
+  last dimension for (B, T, D)); for a block, the same over the ReLU modules inside it.
+  ReLUs called as functions (``F.relu``) are invisible to hooks and are not counted.
+
+Hooks are placed only for the forward pass of a monitor step and always removed. A layer whose
+gradient norm is at most ``vanish`` × max(1, weight norm) is flagged as vanishing, one above
+``explode`` × max(1, weight norm) (or non-finite) as exploding; each flag is printed once per
+layer with its step and kept in :attr:`LayerMonitor.flags`.
+
+Example:
+    >>> import torch, tempfile
+    >>> from torch import nn
+    >>> net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1))
+    >>> mon = LayerMonitor(net, every=1, path=tempfile.mkdtemp() + "/m.jsonl", log=None)
+    >>> with mon.watch(0):
+    ...     loss = net(torch.randn(8, 3)).pow(2).mean()
+    >>> loss.backward(); mon.after_backward(); mon.before_step()
+    >>> rows = mon.finish(step=0, epoch=0, loss=float(loss)); mon.close()
+    >>> sorted({r["layer"] for r in rows if r["kind"] == "module"})
+    ['0', '2']
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+_RELUS = (nn.ReLU, nn.ReLU6)
+
+
+def dead_units(y: Tensor) -> tuple[int, int]:
+    """(dead, total) units of an activation: units that are 0 for every item (and position)."""
+    y = y.detach()
+    if y.dim() == 4:
+        alive = (y != 0).any(dim=(0, 2, 3))
+    elif y.dim() >= 2:
+        alive = (y != 0).reshape(-1, y.shape[-1]).any(dim=0)
+    else:
+        alive = (y != 0).any().reshape(1)
+    return int((~alive).sum()), int(alive.numel())
+
+
+class LayerMonitor:
+    """Collects the per-layer figures on monitor steps and appends them to a JSONL file."""
+
+    def __init__(self, model: nn.Module, *, every: int, path, log=print, vanish: float = 1e-7,
+                 explode: float = 1e3, csv: bool = False, append: bool = False):
+        self.model, self.every, self.log = model, int(every), log
+        self.vanish, self.explode = vanish, explode
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self.path.open("a" if append else "w")
+        self.csv_path = self.path.with_suffix(".csv") if csv else None
+        self.flags: list[dict] = []
+        self._flagged: set[tuple[str, str]] = set()
+        self.groups = self._groups(model)            # (name, kind, params)
+        self._act_targets = self._activation_targets(model)
+        self._acts: dict[str, dict] = {}
+        self._grads: dict[str, float] = {}
+        self._before: list[Tensor] | None = None
+
+    # -- what is watched ---------------------------------------------------------------------------
+    @staticmethod
+    def _groups(model: nn.Module) -> list[tuple[str, str, list]]:
+        groups: list[tuple[str, str, list]] = []
+        try:
+            from .freezing import block_layers
+
+            blocks = [layer for layer in block_layers(model) if layer.part is None]
+        except Exception:   # a model without a recognisable block layout: modules only
+            blocks = []
+        for layer in blocks:
+            params = list(layer.module.parameters())
+            if params:
+                groups.append((layer.name, "block", params))
+        for name, module in model.named_modules():
+            params = list(module.parameters(recurse=False))
+            if params:
+                groups.append((name or type(model).__name__, "module", params))
+        return groups
+
+    def _activation_targets(self, model: nn.Module) -> list[tuple[str, str, nn.Module]]:
+        targets = [(n, "block", m) for n, kind, _ in self.groups if kind == "block"
+                   for m in [model.get_submodule(n)]]
+        targets += [(n, "relu", m) for n, m in model.named_modules() if isinstance(m, _RELUS)]
+        return targets
+
+    def active(self, step: int) -> bool:
+        return self.every > 0 and step % self.every == 0
+
+    # -- one monitor step --------------------------------------------------------------------------
+    @contextmanager
+    def watch(self, step: int):
+        """Hooks on the watched layers for one forward pass (no-op off monitor steps)."""
+        if not self.active(step):
+            yield
+            return
+        self._acts = {}
+        handles = []
+        try:
+            for name, kind, module in self._act_targets:
+                handles.append(module.register_forward_hook(self._hook(name, kind)))
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    def _hook(self, name: str, kind: str):
+        def hook(module, args, output):
+            from layerscope.layers import primary_tensor
+
+            try:
+                y = primary_tensor(output).detach()
+            except Exception:
+                return
+            if not y.is_floating_point() or y.numel() == 0:
+                return
+            y32 = y.float()
+            row = {"act_mean": float(y32.mean()),
+                   "act_std": float(y32.std()) if y32.numel() > 1 else 0.0}
+            if kind == "relu":
+                dead, total = dead_units(y)
+                row.update(dead=dead, units=total)
+            self._acts[name] = row
+        return hook
+
+    def after_backward(self) -> None:
+        """Record the gradient norm of every group (call before clipping)."""
+        self._grads = {}
+        for name, kind, params in self.groups:
+            grads = [p.grad for p in params if p.requires_grad and p.grad is not None]
+            if grads:
+                norms = torch._foreach_norm(grads)
+                self._grads[(name, kind)] = float(torch.stack(norms).double().pow(2).sum().sqrt())
+
+    def before_step(self) -> None:
+        """Snapshot the weights for the update ratio (call right before ``optimizer.step()``)."""
+        self._params = [p for p in self.model.parameters()]
+        self._before = [p.detach().clone() for p in self._params]
+
+    def finish(self, *, step: int, epoch: int, loss: float) -> list[dict]:
+        """Compute the rest after ``optimizer.step()``, write the rows, raise flags; the rows."""
+        index = {id(p): i for i, p in enumerate(self._params)}
+        after = [p.detach() for p in self._params]
+        w_norms = torch.stack(torch._foreach_norm(self._before)).double()
+        d_norms = torch.stack(torch._foreach_norm(torch._foreach_sub(after, self._before))).double()
+        rows = [{"step": step, "epoch": epoch, "layer": "(model)", "kind": "loss", "loss": loss}]
+        relu_by_name = {n: a for n, a in self._acts.items() if "dead" in a}
+        for name, kind, params in self.groups:
+            ids = [index[id(p)] for p in params]
+            w = float(w_norms[ids].pow(2).sum().sqrt())
+            d = float(d_norms[ids].pow(2).sum().sqrt())
+            row = {"step": step, "epoch": epoch, "layer": name, "kind": kind,
+                   "grad_norm": self._grads.get((name, kind)), "weight_norm": w,
+                   "update_ratio": d / w if w > 0 else None}
+            row.update({k: v for k, v in self._acts.get(name, {}).items()
+                        if k in ("act_mean", "act_std")})
+            if kind == "block":
+                inside = [a for n, a in relu_by_name.items() if n.startswith(name + ".")]
+                if inside:
+                    units = sum(a["units"] for a in inside)
+                    row["dead_frac"] = sum(a["dead"] for a in inside) / units
+            rows.append(row)
+            if kind == "module":
+                self._check_flags(row)
+        for name, a in relu_by_name.items():
+            rows.append({"step": step, "epoch": epoch, "layer": name, "kind": "relu",
+                         "act_mean": a["act_mean"], "act_std": a["act_std"],
+                         "dead_frac": a["dead"] / a["units"]})
+        for row in rows:
+            self._file.write(json.dumps(_finite(row)) + "\n")
+        self._file.flush()
+        self._before = None
+        self._acts = {}
+        return rows
+
+    def _check_flags(self, row: dict) -> None:
+        g, w = row["grad_norm"], row["weight_norm"]
+        if g is None:
+            return
+        scale = max(1.0, w)
+        if not math.isfinite(g) or g > self.explode * scale:
+            kind = "exploding"
+        elif g <= self.vanish * scale:
+            kind = "vanishing"
+        else:
+            return
+        if (row["layer"], kind) in self._flagged:
+            return
+        self._flagged.add((row["layer"], kind))
+        flag = {"kind": kind, "layer": row["layer"], "step": row["step"], "grad_norm": g,
+                "weight_norm": w}
+        self.flags.append(flag)
+        if self.log is not None:
+            self.log(f"warning: {kind} gradient in layer {row['layer']!r} at step {row['step']}: "
+                     f"gradient norm {g:.3g} (weight norm {w:.3g})")
+
+    def close(self) -> None:
+        self._file.close()
+        if self.csv_path is not None:
+            write_csv(self.path, self.csv_path)
+
+
+def _finite(row: dict) -> dict:
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
+
+
+def read_metrics(path) -> list[dict]:
+    """The rows of a metrics.jsonl file."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def write_csv(jsonl, csv_path) -> Path:
+    """The metrics file as CSV (one row per step and layer)."""
+    import csv
+
+    rows = read_metrics(jsonl)
+    keys: list[str] = []
+    for row in rows:
+        keys += [k for k in row if k not in keys]
+    with open(csv_path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+    return Path(csv_path)
+
+
+def plot_metrics(path, out_dir) -> list[str]:
+    """One PNG per figure (gradient norm, update ratio, weight norm, activation std, dead ReLUs).
+
+    Blocks are drawn when the model has them, otherwise the parameterised modules.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(path)
+    if not rows:
+        return []
+    kinds = {r["kind"] for r in rows}
+    main = "block" if "block" in kinds else "module"
+    written = []
+    for key, title, log in (("grad_norm", "gradient norm", True),
+                            ("update_ratio", "update / weight ratio", True),
+                            ("weight_norm", "weight norm", False),
+                            ("act_std", "activation std", False),
+                            ("dead_frac", "fraction of dead ReLU units", False)):
+        want = ("relu", main) if key == "dead_frac" else (main,)
+        series: dict[str, tuple[list, list]] = {}
+        for r in rows:
+            if r["kind"] in want and r.get(key) is not None:
+                xs, ys = series.setdefault(r["layer"], ([], []))
+                xs.append(r["step"])
+                ys.append(r[key])
+        if not series:
+            continue
+        fig, ax = plt.subplots(figsize=(6.5, 3.8))
+        for layer, (xs, ys) in list(series.items())[:24]:
+            ax.plot(xs, ys, label=layer, linewidth=1)
+        if log and all(y > 0 for _, ys in series.values() for y in ys):
+            ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_title(f"{title} per {'layer' if main == 'block' else 'module'}")
+        ax.legend(fontsize=6, ncol=2)
+        target = Path(out_dir) / f"monitor_{key}.png"
+        fig.tight_layout()
+        fig.savefig(target, dpi=90)
+        plt.close(fig)
+        written.append(str(target))
+    return written
