@@ -106,7 +106,7 @@ def _print(result) -> None:
     console = Console()
     console.print(Panel(escape(f"input: {result.inputs}"), title=escape(result.title),
                         expand=False))
-    full = result.kind == "ffn"
+    full = result.layer_kind == "ffn"
     table = Table()
     table.add_column("#", justify="right")
     table.add_column("step", style="bold")

@@ -306,7 +306,7 @@ def explain_block(model: nn.Module | None, block: nn.Module, x: Tensor, kwargs: 
             f"a feed-forward sublayer, each with a norm and a residual add; people count one block "
             f"as one layer of the model")
     return ExplainResult(
-        title=f"{name} ({type(block).__name__}, {KINDS[kind]})", kind="transformer-block",
+        title=f"{name} ({type(block).__name__}, {KINDS[kind]})", layer_kind="transformer-block",
         layer=name, steps=w.steps, params=int(params), layers_note=note, check=check,
         inputs=inputs, head=head, tensors={**w.tensors, "output": output.detach(),
                                            "step-by-step output": y.detach()})

@@ -177,7 +177,7 @@ def explain_ffn(source, activation: str = "relu") -> ExplainResult:
             f"activation) applied to every token at once. The input x (width {d}) is not a "
             f"layer: it has no weights. Parameters: {d}×{h} + {h} + {h}×{k} + {k} = {params}.")
     return ExplainResult(
-        title=f"feed-forward network {d} → {h} → {k} ({activation})", kind="ffn", layer="ffn",
+        title=f"feed-forward network {d} → {h} → {k} ({activation})", layer_kind="ffn", layer="ffn",
         steps=steps, params=int(params), layers_note=note, inputs=label,
         tensors={"x": x, "z1": z1, "h": h1, "y": y})
 

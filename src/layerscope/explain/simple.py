@@ -236,7 +236,7 @@ def explain_simple(module: nn.Module, x: Tensor, output: Tensor | None = None, *
         check = float((y - output.reshape(y.shape)).abs().max())
     params = sum(p.numel() for p in module.parameters())
     return ExplainResult(
-        title=f"{name} ({type(module).__name__}, {KINDS[kind]})", kind=kind, layer=name,
+        title=f"{name} ({type(module).__name__}, {KINDS[kind]})", layer_kind=kind, layer=name,
         steps=steps, params=int(params), layers_note=note, check=check, inputs=inputs,
         tensors={"output": output.detach(), "step-by-step output": y.detach()})
 

@@ -11,7 +11,7 @@ Example:
     >>> s = step("x", "input", torch.tensor([[1.0, -2.0]]))
     >>> s.shape, s.numbers, s.values
     ([1, 2], [1.0, -2.0], [[1.0, -2.0]])
-    >>> r = ExplainResult(title="demo", kind="ffn", layer="ffn", steps=[s], params=0)
+    >>> r = ExplainResult(title="demo", layer_kind="ffn", layer="ffn", steps=[s], params=0)
     >>> r.summary()
     'demo: 1 steps, 0 parameters, output 1x2'
 """
@@ -67,7 +67,7 @@ class ExplainResult(Result):
     """
 
     title: str
-    kind: str                          # "ffn" | "transformer-block" | "mlp-layer" | "cnn-layer" | ...
+    layer_kind: str                    # "ffn" | "transformer-block" | "mlp-layer" | "cnn-layer" | ...
     layer: str                         # the layer's name (module path), or "ffn"
     steps: list[Step]
     params: int
@@ -89,7 +89,8 @@ class ExplainResult(Result):
         if self.steps:
             text += f", output {'x'.join(map(str, self.steps[-1].shape))}"
         if self.check is not None:
-            text += f"; step-by-step output matches the layer's own forward to {self.check:.2e}"
+            text += (f"; the step-by-step output differs from the layer's own forward output by at "
+                     f"most {self.check:.2e}")
         return text
 
     def plot(self, ax=None):
