@@ -64,12 +64,12 @@ def train(model, data, *, out_dir, epochs: int = 5, batch_size: int = 64, lr: fl
           patience: int | None = None, resume: bool = False, progress: bool = True,
           task: str | None = None, loss: str | None = None, held_out: float = 0.2,
           eval_data=None, limit: int | None = None, max_length: int = 64,
-          metrics_csv: bool = False, callbacks=()) -> TrainResult:
+          metrics_csv: bool = False, plots: bool = True, callbacks=()) -> TrainResult:
     """Train ``model`` on ``data`` and watch every layer; see the module docstring.
 
     ``data``: a dataset name, a ``layerscope.data.Dataset``, a tensor ``X`` (autoencoders,
     token sequences) or a pair ``(X, y)``; ``held_out`` of it is kept for evaluation unless
-    ``eval_data`` is given. ``callbacks`` are called as ``fn(step=, epoch=, loss=)`` after every
+    ``eval_data`` is given. ``plots=False`` skips the PNG files. ``callbacks`` are called as ``fn(step=, epoch=, loss=)`` after every
     optimizer step. Ctrl-C saves ``last/`` and the state and returns with
     ``stopped="interrupted"``; ``resume=True`` continues from there to the same weights an
     uninterrupted run reaches. A NaN/inf loss raises :class:`NonFiniteLossError` naming the
@@ -119,7 +119,8 @@ def train(model, data, *, out_dir, epochs: int = 5, batch_size: int = 64, lr: fl
         loop = _Loop(module=module, call=run, obj=obj, prepared=prepared, opt=opt, plan=plan,
                      monitor=monitor, out=out, info=info, settings=settings, log=log,
                      progress=progress, callbacks=callbacks, clip_grad=clip_grad,
-                     patience=patience, epochs=epochs, batch_size=batch_size, seed=seed)
+                     patience=patience, epochs=epochs, batch_size=batch_size, seed=seed,
+                     plots=plots)
         if resume:
             loop.load_state()
         result = loop.run()
@@ -323,13 +324,14 @@ def _check_fit(run: _Runner, prepared: Prepared, obj, batch_size: int) -> None:
     if task == "causal-lm":
         check_loss_fits(run.module, output, None, obj.loss_name, task)
         return
-    check_loss_fits(run.module, output, labels, obj.loss_name, task)
+    all_labels = prepared.train.labels if prepared.train.labels is not None else labels
+    check_loss_fits(run.module, output, all_labels, obj.loss_name, task)
 
 
 # -- the loop itself --------------------------------------------------------------------------------------
 class _Loop:
     def __init__(self, *, module, call, obj, prepared, opt, plan, monitor, out, info, settings,
-                 log, progress, callbacks, clip_grad, patience, epochs, batch_size, seed):
+                 log, progress, callbacks, clip_grad, patience, epochs, batch_size, seed, plots):
         self.__dict__.update(locals())
         del self.__dict__["self"]
         self.epoch, self.batch, self.step = 0, 0, 0
@@ -412,7 +414,7 @@ class _Loop:
 
     def result(self) -> TrainResult:
         plots = []
-        if self.monitor is not None:
+        if self.monitor is not None and self.plots:
             plots = plot_metrics(self.monitor.path, self.out)
         r = TrainResult(task=self.obj.task, metric=self.obj.metric,
                         higher_is_better=self.obj.higher_is_better, history=self.history,
@@ -422,7 +424,7 @@ class _Loop:
                         metrics_file=str(self.monitor.path) if self.monitor else None,
                         plots=plots, flags=list(self.monitor.flags) if self.monitor else [],
                         stopped=self.stopped, steps=self.step, settings=_plain(self.settings))
-        if self.history:
+        if self.history and self.plots:
             import matplotlib.pyplot as plt
 
             fig = r.plot()
@@ -471,7 +473,7 @@ class _Loop:
             output = self.call(items)
         loss = self.obj.loss(output, items, labels)
         if not torch.isfinite(loss):
-            self._non_finite(items, f"the loss became {float(loss)}")
+            self._non_finite(items, f"the loss became {float(loss.detach())}")
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if watching:
