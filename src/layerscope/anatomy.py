@@ -209,24 +209,43 @@ def unique_params(model: nn.Module) -> int:
 # --- FLOPs ------------------------------------------------------------------------------------
 
 
-def _subtree_flops(counts: dict, root: str, path: str) -> int:
-    key = f"{root}.{path}" if path else root
-    return int(sum(counts.get(key, {}).values()))
+def _called(counts: dict, root: str) -> dict[str, int]:
+    """FLOPs by module path for the modules whose forward ran (the counter's keys are
+    ``Root.path``, each including everything that ran while that module was executing)."""
+    out = {}
+    for key, ops in counts.items():
+        if key == root:
+            out[""] = int(sum(ops.values()))
+        elif key.startswith(root + "."):
+            out[key[len(root) + 1:]] = int(sum(ops.values()))
+    return out
+
+
+def _subtree_flops(called: dict[str, int], path: str) -> int:
+    """FLOPs under ``path``: its own count when its forward ran, else the sum over the outermost
+    called modules inside it (a container whose children are called by someone else)."""
+    if path in called:
+        return called[path]
+    inside = [k for k in called if k and (path == "" or k.startswith(path + "."))]
+    outer = [k for k in inside
+             if not any(k.startswith(o + ".") for o in inside if o != k)]
+    return sum(called[k] for k in outer)
 
 
 def _flops(rows: list[_Row], counts: dict, root: str, paths: dict[int, str],
            cap: Capture) -> list[int]:
     """FLOPs of each row: its subtree (plus an nn.Sequential block's trailing activation) minus
     the rows nested inside it; a split RNN layer is recounted on its own captured input."""
+    called = _called(counts, root)
     subtree = []
     for row in rows:
         layer = row.layer
         if layer.part is not None:
             subtree.append(_rnn_part_flops(layer, cap))
             continue
-        total = _subtree_flops(counts, root, row.path)
+        total = _subtree_flops(called, row.path)
         if layer.output_module is not None:
-            total += _subtree_flops(counts, root, paths.get(id(layer.output_module), ""))
+            total += _subtree_flops(called, paths.get(id(layer.output_module), ""))
         subtree.append(total)
     by_path = {row.path: i for i, row in enumerate(rows) if row.layer.part is None}
     own = list(subtree)

@@ -16,11 +16,10 @@ def layers_data(lay) -> dict:
 
 
 def layers_table(lay):
-    """A rich table: index, name, role and class of every layer, the rule as its caption."""
+    """A rich table: index, name, role and class of every layer."""
     from rich.table import Table
 
-    table = Table(title=f"{type(lay.model).__name__}: {len(lay)} {lay.granularity}",
-                  caption=lay.rule)
+    table = Table(title=f"{type(lay.model).__name__}: {len(lay)} {lay.granularity}")
     for column, justify in (("#", "right"), ("name", "left"), ("role", "left"), ("kind", "left")):
         table.add_column(column, justify=justify)
     for layer in lay:
@@ -48,4 +47,6 @@ def layers_command(
     if as_json:
         print_json(layers_data(lay))
         return
-    Console().print(layers_table(lay))
+    console = Console()
+    console.print(layers_table(lay))
+    console.print(lay.rule, highlight=False, markup=False)
