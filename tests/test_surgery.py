@@ -211,3 +211,57 @@ def test_output_folder_rules(tmp_path):
         save_model(dropped.loaded, dropped.module, tmp_path / "exists")
     save_model(dropped.loaded, dropped.module, tmp_path / "exists", overwrite=True)
     assert (tmp_path / "exists" / "config.json").is_file()
+
+
+# --- quantize ----------------------------------------------------------------------------------
+
+
+def test_quantize_int8_values_match_hand_computation_and_round_trip(tmp_path):
+    import numpy as np
+
+    from layerscope.surgery.quantize import load_quantized, quantize, save_quantized
+
+    model = tiny_llama()
+    snap = snapshot(model)
+    q = quantize(model)
+    assert_unchanged(model, snap)
+    linears = [n for n, m in model.named_modules() if type(m) is nn.Linear]
+    assert q.quantized == linears and q.skipped == []
+    w = model.model.layers[0].mlp.up_proj.weight.detach().numpy().astype(np.float64)
+    qw = q.module.model.layers[0].mlp.up_proj.weight()
+    scale = np.abs(w).max(axis=1) / 127.5  # symmetric int8 over [-128, 127]
+    np.testing.assert_allclose(qw.q_per_channel_scales().numpy(), scale, rtol=1e-6)
+    expected = np.clip(np.round(w / scale[:, None]), -128, 127)
+    got = qw.int_repr().numpy()
+    assert np.abs(got - expected).max() <= 1  # exact halves (the extremes) may round either way
+    assert (got == expected).mean() > 0.99
+    out = save_quantized(q, tmp_path / "q")
+    again = load_quantized(out)
+    x = ids()
+    with torch.no_grad():
+        a = q.module(input_ids=x).logits
+        b = again.module(input_ids=x).logits
+        f = model(input_ids=x).logits
+    assert torch.equal(a, b)
+    assert (a - f).abs().max() < 0.05 * f.abs().max()
+    assert out.joinpath("model.safetensors").stat().st_size < 0.5 * sum(
+        p.numel() * 4 for p in model.parameters())
+
+
+def test_quantize_chosen_blocks_only_and_unsupported_listed():
+    from layerscope.surgery.quantize import quantize
+
+    q = quantize(tiny_llama(), "1")
+    assert q.quantized and all(n.startswith("model.layers.1.") for n in q.quantized)
+    cnn = quantize("cnn:channels=4x8")
+    assert cnn.quantized == ["fc.1", "head"]
+    assert [n for n, _ in cnn.skipped] == ["blocks.0.conv", "blocks.1.conv"]
+
+
+def test_quantize_without_supported_layers_is_a_clear_error():
+    from layerscope.surgery.quantize import quantize
+
+    with pytest.raises(LayerscopeError, match="no layers int8"):
+        quantize(tiny_gpt2())  # Conv1D projections and an lm_head tied to the embedding
+    with pytest.raises(LayerscopeError, match="no layers int8"):
+        quantize(load_model(nn.Sequential(nn.Conv2d(1, 2, 3)), input_shape=(1, 8, 8)))

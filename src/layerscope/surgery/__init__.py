@@ -11,6 +11,9 @@ Example:
 """
 
 from .drop import Dropped, auto_blocks, drop_blocks
+from .measure import SurgeryResult, measure
+from .quantize import Quantized, load_quantized, quantize, save_quantized
 from .save import check_output, folder_bytes, save_model
 
-__all__ = ["drop_blocks", "auto_blocks", "Dropped", "save_model", "check_output", "folder_bytes"]
+__all__ = ["drop_blocks", "auto_blocks", "Dropped", "save_model", "check_output", "folder_bytes",
+           "measure", "SurgeryResult", "quantize", "Quantized", "save_quantized", "load_quantized"]
