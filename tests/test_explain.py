@@ -233,6 +233,48 @@ def test_zoo_mlp_layer_with_batch_norm():
     assert "hidden layer of width 16" in r.layers_note
 
 
+@pytest.mark.parametrize("spec", ["gpt:width=32,depth=2,heads=4",
+                                  "transformer:norm_position=post,width=32,heads=2,depth=2"])
+def test_zoo_transformer_block(spec):
+    from layerscope.models import load_model
+
+    loaded = load_model(spec)
+    r = explain(loaded, 1, head=1)
+    assert r.check <= 1e-5
+    block = loaded.module.blocks[1]
+    names = [s.name for s in r.steps]
+    post = not block.pre
+    assert (names.index("norm 1") > names.index("residual add 1")) == post
+    x = r.tensors["input"][0].double()
+    q, k, _ = (x @ block.attn.qkv.weight.T.double() + block.attn.qkv.bias.double()).split(32, -1)
+    d = 32 // block.attn.heads
+    qh, kh = q[:, d:2 * d], k[:, d:2 * d]   # head 1 of the post-norm block sees x itself
+    if post:
+        scores = (qh @ kh.T / np.sqrt(d)).softmax(-1)
+        torch.testing.assert_close(r.tensors["attention weights (head 1)"][0].double(), scores,
+                                   atol=1e-6, rtol=0)
+    else:
+        weights = r.tensors["attention weights (head 1)"][0]
+        assert torch.all(weights.triu(1) == 0)  # the GPT is causal
+        torch.testing.assert_close(weights.sum(-1), torch.ones(weights.shape[0]))
+
+
+def test_resnet_block_with_projection_shortcut():
+    from layerscope.models import load_model
+
+    loaded = load_model("resnet:width=8,depth=2")
+    x = torch.randn(1, 1, 28, 28, generator=torch.Generator().manual_seed(3))
+    r = explain(loaded, 1, x)
+    block = loaded.module.blocks[1]
+    assert not isinstance(block.shortcut, nn.Identity) and r.check <= 1e-5
+    assert [s.name for s in r.steps][-2:] == ["residual add", "activation 2"]
+    with torch.no_grad():
+        h = loaded.module.blocks[0](loaded.module.stem(x))
+        conv1 = F.conv2d(h, block.conv1.weight, None, stride=2, padding=1)
+    assert r.step("conv 1").shape == list(conv1.shape[1:])
+    np.testing.assert_allclose(r.step("conv 1").numbers, conv1[0, 0, 0, :6].numpy(), atol=1e-5)
+
+
 def test_training_mode_is_refused_and_left_alone():
     from layerscope.zoo import build
 

@@ -9,6 +9,7 @@ Three layouts are understood, recognised by the parts a block holds:
   residual add, RMSNorm, SwiGLU feed-forward, residual add (Mistral, Qwen, SmolLM2 alike).
 * GPT-2 blocks (``ln_1``, ``attn.c_attn``, ``mlp.c_fc``): LayerNorm, causal attention, residual
   add, LayerNorm, feed-forward, residual add.
+* The zoo's ``transformer``/``gpt`` blocks (``norm1``, ``attn.qkv``, ``ff.up``), pre- or post-norm.
 
 Every step is computed here from the block's own weights on the input the block really received
 (caught with a hook on the real forward); the last number is the max absolute difference
@@ -40,6 +41,7 @@ KINDS = {
     "bert": "BERT-like encoder block (post-norm)",
     "llama": "Llama-like decoder block (pre-norm RMSNorm, rotary, grouped KV, SwiGLU)",
     "gpt2": "GPT-2 block (pre-norm)",
+    "zoo": "zoo transformer block (pre- or post-norm)",
 }
 
 
@@ -68,6 +70,9 @@ def block_kind(module: nn.Module) -> str | None:
         return "llama"
     if _has(module, "ln_1", "attn.c_attn", "attn.c_proj", "ln_2", "mlp.c_fc", "mlp.c_proj"):
         return "gpt2"
+    if _has(module, "norm1", "attn.qkv", "attn.proj", "norm2", "ff.up", "ff.act", "ff.down") \
+            and hasattr(module, "pre") and hasattr(module.attn, "heads"):
+        return "zoo"
     return None
 
 
@@ -258,9 +263,49 @@ def _gpt2(w: _Walk, block: nn.Module, x: Tensor, mask: Tensor) -> Tensor:
     return w.add("residual add 2", "residual add 1 + ffn down: the block's output", r1 + down)
 
 
-def _is_decoder(model: nn.Module | None, kind: str) -> bool:
+def _zoo(w: _Walk, block: nn.Module, x: Tensor, mask: Tensor) -> Tensor:
+    att, ff = block.attn, block.ff
+    D = x.shape[-1]
+    n = att.heads
+    d = D // n
+
+    def norm(name, value, module, label):
+        if isinstance(module, nn.Identity):
+            return value
+        return w.add(name, f"LayerNorm: (x − mean)/√(var + ε)·γ + β ({label})",
+                     _layer_norm(value, module))
+
+    def add(name, x_, y_, what):
+        if not block.residual:
+            return y_
+        return w.add(name, f"{what} (residual connection)", x_ + y_)
+
+    h = norm("norm 1", x, block.norm1, "pre-norm") if block.pre else x
+    q, k, v = _linear(h, att.qkv).split(D, dim=2)
+    w.add("Q", "h·W_Qᵀ + b_Q (first third of qkv)", q)
+    w.add("K", "h·W_Kᵀ + b_K (second third of qkv)", k)
+    w.add("V", "h·W_Vᵀ + b_V (last third of qkv)", v)
+    ctx = _attention(w, _heads(q, n, d), _heads(k, n, d), _heads(v, n, d), n, n, d,
+                     1 / math.sqrt(d), mask, "this block")
+    a = w.add("attention output", "context·W_Oᵀ + b_O (proj)", _linear(ctx, att.proj))
+    r1 = add("residual add 1", x, a, "x + attention output")
+    if not block.pre:
+        r1 = norm("norm 1", r1, block.norm1, "post-norm")
+    h = norm("norm 2", r1, block.norm2, "pre-norm") if block.pre else r1
+    up = w.add("ffn up", f"h·W_upᵀ + b_up ({up_width(ff.up)} units)", _linear(h, ff.up))
+    g = w.add("ffn activation", f"{type(ff.act).__name__}, element by element", ff.act(up))
+    down = w.add("ffn down", "a·W_downᵀ + b_down", _linear(g, ff.down))
+    y = add("residual add 2", r1, down, "residual add 1 + ffn down")
+    if not block.pre:
+        y = norm("norm 2", y, block.norm2, "post-norm")
+    return y
+
+
+def _is_decoder(model: nn.Module | None, block: nn.Module, kind: str) -> bool:
     if kind in ("llama", "gpt2"):
         return True
+    if kind == "zoo":
+        return bool(block.attn.causal)
     return bool(getattr(getattr(model, "config", None), "is_decoder", False))
 
 
@@ -289,21 +334,23 @@ def explain_block(model: nn.Module | None, block: nn.Module, x: Tensor, kwargs: 
             out = block(x, **kwargs)
             output = out[0] if isinstance(out, tuple) else out
         B, T, D = x.shape
-        mask = _mask(batch_mask, B, T, _is_decoder(model, kind), x.dtype, x.device)
+        mask = _mask(batch_mask, B, T, _is_decoder(model, block, kind), x.dtype, x.device)
         w = _Walk(head)
         w.add("input", f"the hidden states entering the block ({T} tokens × {D})", x)
         if kind == "bert":
             y = _bert(w, block, x, mask)
         elif kind == "llama":
             y = _llama(w, block, x, mask, kwargs)
-        else:
+        elif kind == "gpt2":
             y = _gpt2(w, block, x, mask)
+        else:
+            y = _zoo(w, block, x, mask)
         check = float((y - output).abs().max())
     params = sum(p.numel() for p in block.parameters())
     attn_params = sum(p.numel() for n_, p in block.named_parameters()
                       if n_.split(".")[0] in ("attention", "self_attn", "attn"))
     note = (f"1 layer (one {KINDS[kind]}): an attention sublayer ({attn_params:,} parameters) and "
-            f"a feed-forward sublayer, each with a norm and a residual add; people count one block "
+            f"a feed-forward sublayer, each with its norm and residual add; people count one block "
             f"as one layer of the model")
     return ExplainResult(
         title=f"{name} ({type(block).__name__}, {KINDS[kind]})", layer_kind="transformer-block",

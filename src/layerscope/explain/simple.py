@@ -30,6 +30,7 @@ from .steps import ExplainResult, Step, step
 KINDS = {
     "mlp-layer": "MLP layer (linear, norm, activation)",
     "cnn-layer": "CNN layer (conv, norm, activation, pool)",
+    "residual-block": "ResNet block (conv, norm, activation, conv, norm, shortcut add, activation)",
     "linear": "nn.Linear",
     "conv": "nn.Conv2d",
 }
@@ -52,6 +53,10 @@ def simple_kind(module: nn.Module) -> str | None:
         return "mlp-layer"
     if hasattr(module, "conv") and isinstance(getattr(module, "pool", None), nn.Module):
         return "cnn-layer"
+    if all(isinstance(getattr(module, a, None), nn.Conv2d) for a in ("conv1", "conv2")) and \
+            all(isinstance(getattr(module, a, None), nn.Module) for a in ("norm1", "norm2", "act1",
+                                                                          "act2")):
+        return "residual-block"
     if isinstance(module, nn.Linear):
         return "linear"
     if isinstance(module, nn.Conv2d):
@@ -186,6 +191,8 @@ def _walk(kind: str, module: nn.Module, x: Tensor) -> tuple[list[Step], Tensor, 
                 f"{lin.out_features} weight matrix and bias, then the activation); dropout does "
                 f"nothing at inference")
         return steps, y, note
+    if kind == "residual-block":
+        return _residual(module, x, steps, add)
     conv = module.conv
     if isinstance(conv, nn.Conv2d):
         z = add("conv", _conv_formula(conv), _conv2d(x, conv))
@@ -206,6 +213,34 @@ def _walk(kind: str, module: nn.Module, x: Tensor) -> tuple[list[Step], Tensor, 
     add("pool", text, y)
     note = (f"1 layer: a conv block with {width} output channels (convolution, norm, activation, "
             f"pooling); dropout does nothing at inference")
+    return steps, y, note
+
+
+def _residual(module: nn.Module, x: Tensor, steps: list[Step], add):
+    z = add("conv 1", _conv_formula(module.conv1), _conv2d(x, module.conv1))
+    normed = _norm(z, module.norm1)
+    if normed is not None:
+        z = add("norm 1", normed[1], normed[0])
+    z = add("activation 1", _act_formula(module.act1), module.act1(z))
+    z = add("conv 2", _conv_formula(module.conv2), _conv2d(z, module.conv2))
+    normed = _norm(z, module.norm2)
+    if normed is not None:
+        z = add("norm 2", normed[1], normed[0])
+    shortcut = getattr(module, "shortcut", None)
+    if shortcut is not None:
+        if isinstance(shortcut, nn.Identity):
+            s, text = x, "x (identity shortcut)"
+        else:  # a 1×1 projection with its norm where the channels or the side change
+            s, text = x, "x through the 1×1 projection shortcut"
+            for part in shortcut:
+                s = _conv2d(s, part) if isinstance(part, nn.Conv2d) else \
+                    (_norm(s, part) or (s, ""))[0]
+        z = add("residual add", f"norm 2 + {text}", z + s)
+    y = add("activation 2", _act_formula(module.act2), module.act2(z))
+    width = module.conv2.out_channels
+    note = (f"1 layer: a residual block of two 3×3 convolutions with {width} channels "
+            f"({'with' if shortcut is not None else 'without'} a skip connection); people count "
+            f"it as one block, or as two conv layers")
     return steps, y, note
 
 
