@@ -346,3 +346,15 @@ def test_cli_errors_exit_2_without_traceback(tmp_path, capsys, args, message):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err
     assert "Traceback" not in err and err.count("\n") == 1
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import layerscope.cli.cmd_explain as cmd
+    import layerscope.explain as pkg
+    from layerscope.explain import block, capture, ffn, simple, steps
+
+    for module in (pkg, block, capture, ffn, simple, steps, cmd):
+        failed, _ = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+        assert failed == 0, module.__name__

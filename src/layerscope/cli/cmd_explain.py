@@ -46,10 +46,8 @@ def explain_command(
 ) -> None:
     """Show one layer's computation step by step: shapes and numbers at every step.
 
-    Examples: `layerscope explain --example seed002`, `layerscope explain --ffn W.json
-    --activation gelu`, `layerscope explain minilm --layer 2 --input "The cat sat." --head 3`,
-    `layerscope explain cnn --layer 0`.
-    """
+    Examples: `layerscope explain --example seed002`; `layerscope explain --ffn W.json --activation gelu`; `layerscope explain minilm --layer 2 --input "The cat sat." --head 3`; `layerscope explain cnn --layer 0`.
+    """  # noqa: E501
     from layerscope.errors import LayerscopeError
 
     source = ffn or example
