@@ -154,17 +154,17 @@ def test_llama_gqa_block(tiny_llama):
     att = tiny_llama.model.layers[1].self_attn
     n_kv = tiny_llama.config.num_key_value_heads
     assert n_kv < tiny_llama.config.num_attention_heads
-    r = explain(tiny_llama, 1, ids, head=3)
+    r = explain(tiny_llama, 1, ids, head=2)
     assert r.check <= 1e-5
     names = [s.name for s in r.steps]
     assert names.index("norm 1") < names.index("Q") < names.index("Q rotated") \
-        < names.index("attention weights (head 3)") < names.index("residual add 1") \
+        < names.index("attention weights (head 2)") < names.index("residual add 1") \
         < names.index("ffn gate") < names.index("residual add 2")
     assert r.step("K").shape == [7, n_kv * att.head_dim]
     attentions = _eager_attentions(tiny_llama, input_ids=ids)
-    torch.testing.assert_close(r.tensors["attention weights (head 3)"][0], attentions[1][0, 3],
+    torch.testing.assert_close(r.tensors["attention weights (head 2)"][0], attentions[1][0, 2],
                                atol=1e-6, rtol=0)
-    weights = np.array(r.step("attention weights (head 3)").values)
+    weights = np.array(r.step("attention weights (head 2)").values)
     assert np.allclose(np.triu(weights, 1), 0)  # causal: no looking ahead
     with torch.no_grad():
         hidden = tiny_llama(input_ids=ids, output_hidden_states=True).hidden_states
