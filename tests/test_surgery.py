@@ -265,3 +265,143 @@ def test_quantize_without_supported_layers_is_a_clear_error():
         quantize(tiny_gpt2())  # Conv1D projections and an lm_head tied to the embedding
     with pytest.raises(LayerscopeError, match="no layers int8"):
         quantize(load_model(nn.Sequential(nn.Conv2d(1, 2, 3)), input_shape=(1, 8, 8)))
+
+
+# --- prune -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scope", ["layer", "global"])
+def test_magnitude_pruning_zeroes_the_smallest_weights(scope):
+    import numpy as np
+
+    from layerscope.surgery.prune import prune_magnitude
+
+    model = tiny_llama()
+    snap = snapshot(model)
+    pruned = prune_magnitude(model, 0.3, scope=scope)
+    assert_unchanged(model, snap)
+    names = [n for n, m in model.named_modules() if type(m) is nn.Linear]
+    assert sorted(pruned.layers) == sorted(names)
+    before = {n: model.get_submodule(n).weight.detach().abs().numpy().ravel() for n in names}
+    after = {n: pruned.module.get_submodule(n).weight.detach().numpy().ravel() for n in names}
+    assert not any(hasattr(pruned.module.get_submodule(n), "weight_orig") for n in names)
+    if scope == "layer":
+        for n in names:
+            w, z = before[n], after[n] == 0
+            assert z.sum() == round(0.3 * w.size)
+            assert w[z].max() <= w[~z].min()
+    else:
+        w = np.concatenate([before[n] for n in names])
+        z = np.concatenate([after[n] for n in names]) == 0
+        assert z.sum() == round(0.3 * w.size)
+        assert w[z].max() <= w[~z].min()
+        assert len({round(v, 3) for v in pruned.layers.values()}) > 1  # layers differ globally
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.0, 1.5, "x"])
+def test_sparsity_outside_range_is_refused(value):
+    from layerscope.surgery.prune import prune_magnitude, prune_structured
+
+    with pytest.raises(LayerscopeError, match="sparsity"):
+        prune_magnitude(tiny_llama(), value)
+    with pytest.raises(LayerscopeError, match="sparsity"):
+        prune_structured(tiny_llama(), value, "neurons")
+
+
+def _zeroed_out_columns(model, pruned, block_path, out_path, removed_key, unit=1, conv1d=False):
+    """A copy of the original with the removed units' outgoing weights zeroed."""
+    ref = copy.deepcopy(model)
+    for name, info in pruned.layers.items():
+        layer = ref.get_submodule(f"{name}.{out_path}")
+        for j in info[removed_key]:
+            cols = slice(j * unit, (j + 1) * unit)
+            with torch.no_grad():
+                if conv1d:
+                    layer.weight[cols, :] = 0
+                else:
+                    layer.weight[:, cols] = 0
+    return ref
+
+
+@pytest.mark.parametrize("make,out_path,conv1d", [
+    (tiny_llama, "mlp.down_proj", False),
+    (tiny_bert, "output.dense", False),
+    (tiny_gpt2, "mlp.c_proj", True),
+])
+def test_structured_neurons_shrink_and_reload(tmp_path, make, out_path, conv1d):
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    from layerscope.surgery import save_model
+    from layerscope.surgery.prune import prune_structured
+
+    model = make()
+    snap = snapshot(model)
+    pruned = prune_structured(model, 0.25, "neurons")
+    assert_unchanged(model, snap)
+    block0 = next(iter(pruned.layers))
+    w = model.get_submodule(f"{block0}.{out_path}").weight
+    width = w.shape[0] if conv1d else w.shape[1]
+    for v in pruned.layers.values():
+        assert len(v["removed"]) == round(0.25 * width) and v["neurons"] == width - len(v["removed"])
+    n_before = sum(p.numel() for p in model.parameters())
+    assert sum(p.numel() for p in pruned.module.parameters()) < n_before
+    out = save_model(pruned.loaded, pruned.module, tmp_path / "p")
+    auto = AutoModelForCausalLM if hasattr(model, "lm_head") else AutoModel
+    reloaded = auto.from_pretrained(str(out)).eval()
+    ref = _zeroed_out_columns(model, pruned, None, out_path, "removed", conv1d=conv1d)
+    x = ids()
+    with torch.no_grad():
+        torch.testing.assert_close(main_tensor(reloaded(input_ids=x)), main_tensor(ref(input_ids=x)),
+                                   atol=1e-5, rtol=1e-5)
+
+
+def test_structured_heads_llama_keeps_gqa_and_reloads(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from layerscope.surgery import save_model
+    from layerscope.surgery.prune import prune_structured
+
+    model = tiny_llama()  # 4 query heads in 2 key/value groups of 2, head_dim 8
+    pruned = prune_structured(model, 0.5, "heads")
+    assert pruned.module.config.num_key_value_heads == 1
+    assert pruned.module.config.num_attention_heads == 2
+    out = save_model(pruned.loaded, pruned.module, tmp_path / "h")
+    reloaded = AutoModelForCausalLM.from_pretrained(str(out)).eval()
+    assert reloaded.model.layers[0].self_attn.q_proj.weight.shape == (16, 32)
+    ref = _zeroed_out_columns(model, pruned, None, "self_attn.o_proj", "removed_kv_groups", unit=16)
+    x = ids()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(input_ids=x).logits, ref(input_ids=x).logits,
+                                   atol=1e-5, rtol=1e-5)
+    with pytest.raises(LayerscopeError, match="Llama-style attention"):
+        prune_structured(tiny_bert(), 0.5, "heads")
+
+
+def test_structured_channels_zoo_cnn(tmp_path):
+    from layerscope.surgery import save_model
+    from layerscope.surgery.prune import prune_structured
+
+    torch.manual_seed(0)
+    loaded = load_model("cnn:channels=8x16,hidden=32")
+    with torch.no_grad():  # non-trivial batch-norm statistics
+        for block in loaded.module.blocks:
+            block.norm.running_mean.uniform_(-0.5, 0.5)
+            block.norm.running_var.uniform_(0.5, 2.0)
+    pruned = prune_structured(loaded, 0.5, "channels")
+    assert pruned.module.config.channels == [4, 8]
+    out = save_model(pruned.loaded, pruned.module, tmp_path / "c")
+    again = load_model(str(out))
+    # independent reference: the original with the removed channels cut off where they are read
+    ref = copy.deepcopy(loaded.module)
+    convs = [b.conv for b in ref.blocks]
+    kept0 = (pruned.module.blocks[0].conv.weight[:, None] == loaded.module.blocks[0].conv.weight[None]
+             ).flatten(2).all(-1).any(0)
+    kept1 = (pruned.module.blocks[1].conv.weight[:, None]
+             == loaded.module.blocks[1].conv.weight[None, :, kept0]).flatten(2).all(-1).any(0)
+    with torch.no_grad():
+        convs[1].weight[:, ~kept0] = 0
+        ref.fc[1].weight.view(32, 16, -1)[:, ~kept1] = 0
+    x = torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(again.module(x), ref(x), atol=1e-5, rtol=1e-5)
+    assert kept0.sum() == 4 and kept1.sum() == 8

@@ -115,9 +115,7 @@ def _renumber(blocks: nn.ModuleList) -> None:
 
 def _rebuild_zoo(loaded, module: nn.Module, removed: list[int], n_before: int) -> nn.Module:
     """A fresh zoo network built from the updated config, with the dropped copy's weights."""
-    from layerscope.builtin_models import build_zoo
-
-    from .save import zoo_spec
+    from .save import rebuild_zoo
 
     config = dataclasses.asdict(module.config)
     changed = False
@@ -133,21 +131,14 @@ def _rebuild_zoo(loaded, module: nn.Module, removed: list[int], n_before: int) -
     if not changed:
         raise LayerscopeError(f"zoo model {loaded.ref!r} has no depth setting to update; its blocks "
                               f"cannot be dropped")
-    spec = zoo_spec(loaded)
     try:
-        fresh = build_zoo(spec, **config)
+        return rebuild_zoo(loaded, module, **{k: config[k] for k in config
+                                              if config[k] != getattr(module.config, k)})
     except LayerscopeError as exc:
-        raise LayerscopeError(f"dropping blocks {removed} from {loaded.ref!r} gives an invalid "
-                              f"network: {exc}") from exc
-    want = {k: tuple(v.shape) for k, v in fresh.state_dict().items()}
-    got = {k: tuple(v.shape) for k, v in module.state_dict().items()}
-    if want != got:
         raise LayerscopeError(
             f"blocks {removed} of {loaded.ref!r} change the shape of what flows through them "
-            f"(e.g. channels or pooling), so they cannot be dropped; pick shape-preserving blocks")
-    fresh.load_state_dict(module.state_dict())
-    fresh.train(module.training)
-    return fresh
+            f"(e.g. channels or pooling), so they cannot be dropped; pick shape-preserving "
+            f"blocks") from exc
 
 
 def drop_blocks(model, layers, *, blocks: str | None = None) -> Dropped:

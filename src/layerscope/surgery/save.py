@@ -65,6 +65,28 @@ def zoo_config(module: nn.Module) -> dict:
     return dataclasses.asdict(config)
 
 
+def rebuild_zoo(loaded, module: nn.Module, **changes) -> nn.Module:
+    """A fresh zoo network from ``module.config`` with ``changes``, holding ``module``'s weights.
+
+    The config dataclass is rebuilt first, so values it derives (a CNN's width and depth from
+    its channels) stay consistent; a weight that does not fit raises :class:`LayerscopeError`.
+    """
+    from layerscope.builtin_models import build_zoo
+
+    values = {**dataclasses.asdict(module.config), **changes}
+    config = type(module.config)(**values)
+    fresh = build_zoo(zoo_spec(loaded), **dataclasses.asdict(config))
+    want = {k: tuple(v.shape) for k, v in fresh.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    if want != got:
+        bad = sorted(k for k in want.keys() | got.keys() if want.get(k) != got.get(k))
+        raise LayerscopeError(f"the changed {loaded.ref!r} no longer fits its zoo config "
+                              f"(e.g. {bad[0]}: {got.get(bad[0])} vs {want.get(bad[0])})")
+    fresh.load_state_dict(module.state_dict())
+    fresh.train(module.training)
+    return fresh
+
+
 def save_model(loaded, module: nn.Module, out, *, overwrite: bool = False,
                extra: dict | None = None) -> Path:
     """Save ``module`` (the changed copy of ``loaded.module``) in the model's own format.
@@ -112,4 +134,4 @@ def _parent(target: Path) -> Path:
     return target.parent
 
 
-__all__ = ["check_output", "save_model", "folder_bytes", "source_path", "zoo_spec", "zoo_config"]
+__all__ = ["rebuild_zoo", "check_output", "save_model", "folder_bytes", "source_path", "zoo_spec", "zoo_config"]
