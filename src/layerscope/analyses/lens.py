@@ -1,0 +1,284 @@
+"""The logit lens: what a causal LM would predict if it stopped after each layer.
+
+The residual stream after the embeddings and after each block is decoded through the model's
+own final norm (applied to that hidden state, so with its own statistics) and its unembedding:
+``lm_head(norm(h_l))``. After the last block this is exactly the model's logits. Per layer, over
+a data set: next-token accuracy and loss over real tokens (padding excluded), top-1 agreement
+with the model's final prediction and KL(final ‖ lens) averaged over real tokens; for one prompt,
+the top-k tokens at every layer and position.
+
+Example:
+    >>> import torch
+    >>> from transformers import LlamaConfig, LlamaForCausalLM
+    >>> from layerscope.analyses.lens import logit_lens
+    >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+    ...                   num_attention_heads=2, num_key_value_heads=2)
+    >>> _ = torch.manual_seed(0)
+    >>> lm = LlamaForCausalLM(cfg).eval()
+    >>> res = logit_lens(lm, torch.randint(0, 50, (4, 6)), prompt=torch.tensor([1, 2, 3]), top_k=3)
+    >>> res.layers, res.kl[-1] < 1e-6, len(res.top_tokens[0]), len(res.top_tokens[0][0])
+    (['embeddings', 'model.layers.0', 'model.layers.1'], True, 3, 3)
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from layerscope.errors import LayerscopeError
+from layerscope.results import Result
+
+from .importance import (
+    Stack,
+    build_stack,
+    iter_batches,
+    main_output,
+    prepare,
+    real_mask,
+    record_forward,
+    tail_matches,
+    token_ids,
+)
+
+_METRICS = ("nll", "correct", "kl", "agree")
+
+
+def lens_stack(model, blocks: str | None = None) -> Stack:
+    """The model's blocks, final norm and LM head; LayerscopeError when it has no LM head."""
+    stack = build_stack(model, blocks)
+    if stack.task != "causal-lm" or stack.head is None:
+        raise LayerscopeError(
+            f"model {stack.loaded.ref!r} ({type(stack.module).__name__}) has no LM head: the logit "
+            f"lens needs a causal language model such as smollm2")
+    if stack.norm is None:
+        raise LayerscopeError(
+            f"cannot find the final norm of {type(stack.module).__name__} (looked for "
+            f"model.norm, transformer.ln_f, ...); the logit lens needs it")
+    return stack
+
+
+def _states(stack: Stack, enc) -> tuple[Any, list[Tensor]]:
+    """The model output and the residual stream after the embeddings and after each block."""
+    rec = record_forward(stack, enc)
+    if not tail_matches(stack, rec):
+        raise LayerscopeError(
+            f"lm_head(norm(last block output)) does not reproduce {type(stack.module).__name__}'s "
+            f"logits (it may scale or cap them); the logit lens cannot decode this model")
+    return rec.output, [rec.block_input(0)] + list(rec.outs)
+
+
+def lens_logits(model, inputs, *, blocks: str | None = None) -> tuple[list[str], list[Tensor]]:
+    """Per layer, the lens logits ``(B, T, V)`` of one batch (``inputs``: an Encoded batch, a
+    ``(B, T)`` tensor of token ids or a list of texts). The last equals the model's logits."""
+    stack = lens_stack(model, blocks)
+    enc = next(iter(iter_batches(stack.loaded, inputs, batch_size=1 << 30, max_length=None)))[0]
+    with torch.inference_mode():
+        _, states = _states(stack, prepare(stack, enc))
+        return ["embeddings"] + stack.names, [stack.tail(h).float() for h in states]
+
+
+class LensStats:
+    """Per-layer sums over real tokens; ``merge`` adds them (exact)."""
+
+    def __init__(self, n_layers: int):
+        self.sums = {k: np.zeros(n_layers) for k in _METRICS}
+        self.n_next = 0       # next-token positions (both ends real)
+        self.n_tokens = 0     # real tokens
+        self.n_items = 0
+
+    def update(self, stack: Stack, enc) -> None:
+        output, states = _states(stack, enc)
+        ids = token_ids(enc)
+        mask = real_mask(enc, ids.shape)
+        valid = mask[:, :-1] & mask[:, 1:]
+        targets = ids[:, 1:][valid]
+        final = F.log_softmax(main_output(output, "causal-lm").float()[mask], dim=-1)
+        final_top = final.argmax(-1)
+        for layer, h in enumerate(states):
+            logits = stack.tail(h).float()
+            logp = F.log_softmax(logits[mask], dim=-1)
+            next_logits = logits[:, :-1][valid]
+            self.sums["nll"][layer] += float(F.cross_entropy(next_logits, targets, reduction="sum"))
+            self.sums["correct"][layer] += int((next_logits.argmax(-1) == targets).sum())
+            kl = (final.exp() * (final - logp)).sum(-1)
+            self.sums["kl"][layer] += float(kl.double().sum())
+            self.sums["agree"][layer] += int((logp.argmax(-1) == final_top).sum())
+        self.n_next += int(valid.sum())
+        self.n_tokens += int(mask.sum())
+        self.n_items += enc.size
+
+    def merge(self, other: "LensStats") -> "LensStats":
+        if len(other.sums["kl"]) != len(self.sums["kl"]):
+            raise LayerscopeError("cannot merge logit-lens statistics over different layers")
+        for k in _METRICS:
+            self.sums[k] = self.sums[k] + other.sums[k]
+        self.n_next += other.n_next
+        self.n_tokens += other.n_tokens
+        self.n_items += other.n_items
+        return self
+
+    def result(self) -> dict[str, list[float]]:
+        if self.n_tokens == 0:
+            raise LayerscopeError("the data has no real tokens; pass non-empty texts")
+        per_next = max(self.n_next, 1)
+        nan = float("nan")
+        return {"loss": (self.sums["nll"] / per_next).tolist() if self.n_next else [nan] * len(self.sums["nll"]),
+                "accuracy": (self.sums["correct"] / per_next).tolist() if self.n_next else [nan] * len(self.sums["nll"]),
+                "kl": np.maximum(self.sums["kl"] / self.n_tokens, 0.0).tolist(),
+                "top1_agreement": (self.sums["agree"] / self.n_tokens).tolist()}
+
+
+def _token_text(tokenizer, i: int) -> str:
+    return tokenizer.decode([i]) if tokenizer is not None else str(i)
+
+
+def prompt_top_k(stack: Stack, prompt, k: int) -> tuple[list[str], list, list]:
+    """The prompt's tokens, and per layer × position the top-k tokens and their probabilities."""
+    if isinstance(prompt, str):
+        if stack.loaded.tokenizer is None:
+            raise LayerscopeError("this model has no tokenizer; pass the prompt as a tensor of token ids")
+        if not prompt.strip():
+            raise LayerscopeError("the prompt is empty; pass some text")
+        enc = stack.loaded.encode([prompt])
+    elif isinstance(prompt, Tensor) and not prompt.is_floating_point() and prompt.dim() == 1 and prompt.numel():
+        enc = stack.loaded.encode(prompt.unsqueeze(0))
+    else:
+        raise LayerscopeError("the prompt must be text or a 1-D tensor of token ids")
+    from layerscope.sweep import model_device
+
+    enc = prepare(stack, enc.to(model_device(stack.module)))
+    ids = token_ids(enc)[0]
+    keep = real_mask(enc, token_ids(enc).shape)[0]
+    tok = stack.loaded.tokenizer
+    vocab = None
+    _, states = _states(stack, enc)
+    tokens, probs = [], []
+    for h in states:
+        p = F.softmax(stack.tail(h).float()[0][keep], dim=-1)
+        vocab = p.shape[-1]
+        top = torch.topk(p, min(k, vocab), dim=-1)
+        tokens.append([[_token_text(tok, int(i)) for i in row] for row in top.indices])
+        probs.append(top.values.tolist())
+    return [_token_text(tok, int(i)) for i in ids[keep]], tokens, probs
+
+
+@dataclass
+class LensResult(Result):
+    """Per layer ("embeddings", then each block): next-token ``accuracy`` and ``loss`` over real
+    tokens, ``top1_agreement`` with the model's own prediction, ``kl`` = KL(final ‖ lens) in nats
+    averaged over real tokens; for ``prompt``: ``top_tokens[layer][position]`` (k strings) and
+    ``top_probs`` alike."""
+
+    model: str
+    layers: list[str]
+    accuracy: list[float]
+    loss: list[float]
+    kl: list[float]
+    top1_agreement: list[float]
+    n_items: int
+    n_tokens: int
+    prompt: str | None
+    prompt_tokens: list[str] | None
+    top_k: int
+    top_tokens: list[list[list[str]]] | None
+    top_probs: list[list[list[float]]] | None
+    seconds: float
+
+    def first_layer_reaching(self, agreement: float = 0.5) -> int | None:
+        """The first layer whose top-1 agrees with the final prediction at least this often."""
+        for i, a in enumerate(self.top1_agreement):
+            if a >= agreement:
+                return i
+        return None
+
+    def summary(self) -> str:
+        best = int(np.nanargmax(self.accuracy))
+        half = self.first_layer_reaching(0.5)
+        reach = f"; top-1 agrees with the final prediction on half the tokens from layer " \
+                f"{self.layers[half]}" if half is not None else ""
+        mid = len(self.layers) // 2
+        return (f"logit lens over {self.n_tokens} tokens: next-token accuracy {self.accuracy[0]:.1%} "
+                f"at the embeddings, {self.accuracy[mid]:.1%} at {self.layers[mid]}, "
+                f"{self.accuracy[-1]:.1%} at the last layer (best {self.layers[best]}); "
+                f"KL(final ‖ lens) falls from {self.kl[0]:.3g} to {self.kl[-2]:.3g} nats one layer "
+                f"before the end{reach}")
+
+    def plot(self, ax=None):
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        with_prompt = self.top_tokens is not None
+        fig, axes = plt.subplots(1, 2 if with_prompt else 1,
+                                 figsize=(15, 5) if with_prompt else (7, 4), squeeze=False)
+        left = axes[0][0]
+        x = np.arange(len(self.layers))
+        left.plot(x, self.kl, marker="o", color="C3", label="KL(final ‖ lens)")
+        left.set(xlabel="layer (0 = embeddings)", ylabel="KL (nats)", title="logit lens")
+        right = left.twinx()
+        right.plot(x, self.accuracy, marker=".", color="C0", label="next-token accuracy")
+        right.plot(x, self.top1_agreement, marker=".", color="C2", label="top-1 = final top-1")
+        right.set(ylabel="fraction", ylim=(0, 1))
+        lines = left.get_legend_handles_labels()
+        more = right.get_legend_handles_labels()
+        left.legend(lines[0] + more[0], lines[1] + more[1], loc="center right", fontsize=8)
+        if with_prompt:
+            grid = np.array([[pos[0] for pos in layer] for layer in self.top_probs])
+            hm = axes[0][1]
+            im = hm.imshow(grid, aspect="auto", origin="lower", cmap="Blues", vmin=0, vmax=1)
+            for li, layer in enumerate(self.top_tokens):
+                for pi, pos in enumerate(layer):
+                    hm.text(pi, li, repr(pos[0])[1:-1][:8], ha="center", va="center", fontsize=6)
+            hm.set_xticks(range(len(self.prompt_tokens)))
+            hm.set_xticklabels([repr(t)[1:-1][:10] for t in self.prompt_tokens], rotation=60, fontsize=7)
+            hm.set(ylabel="layer", title="top-1 next token per layer × position")
+            fig.colorbar(im, ax=hm, label="probability")
+        fig.tight_layout()
+        return fig
+
+
+def logit_lens(model, data=None, *, prompt=None, top_k: int = 5, blocks: str | None = None,
+               batch_size: int = 8, max_length: int | None = 128, limit: int | None = None,
+               progress: bool = False) -> LensResult:
+    """The logit lens of a causal LM over ``data`` (texts, a Dataset or reference, a (N, T)
+    tensor of token ids) and, for ``prompt`` (text or 1-D token ids), the top-k tokens per layer.
+    Without data the statistics are computed on the prompt."""
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise LayerscopeError(f"top_k must be a positive integer; got {top_k!r}")
+    if data is None and prompt is None:
+        raise LayerscopeError("pass data to average over, a prompt, or both")
+    stack = lens_stack(model, blocks)
+    t0 = time.perf_counter()
+    stats = LensStats(len(stack.blocks) + 1)
+    prompt_text = prompt if isinstance(prompt, str) else None
+    with torch.inference_mode():
+        if prompt is not None:
+            prompt_tokens, tokens, probs = prompt_top_k(stack, prompt, top_k)
+        else:
+            prompt_tokens = tokens = probs = None
+        source = data if data is not None else ([prompt] if isinstance(prompt, str) else prompt.unsqueeze(0))
+        from tqdm.auto import tqdm
+
+        bar = tqdm(disable=not progress, unit="item", desc="logit lens")
+        for enc, _ in iter_batches(stack.loaded, source, batch_size=batch_size,
+                                   max_length=max_length, limit=limit):
+            stats.update(stack, prepare(stack, enc))
+            bar.update(enc.size)
+        bar.close()
+    values = stats.result()
+    return LensResult(model=stack.loaded.ref, layers=["embeddings"] + stack.names,
+                      accuracy=values["accuracy"], loss=values["loss"], kl=values["kl"],
+                      top1_agreement=values["top1_agreement"], n_items=stats.n_items,
+                      n_tokens=stats.n_tokens, prompt=prompt_text, prompt_tokens=prompt_tokens,
+                      top_k=top_k, top_tokens=tokens, top_probs=probs,
+                      seconds=time.perf_counter() - t0)
+
+
+__all__ = ["logit_lens", "lens_logits", "lens_stack", "LensResult", "LensStats", "prompt_top_k"]
