@@ -5,6 +5,10 @@ network's config dataclass and each value is converted to the field's type: whol
 decimals, ``true``/``false``, words, and lists of whole numbers written ``32x64`` or ``32-64``.
 Keyword overrides passed to :func:`build` win over the spec (lists may be given as lists).
 
+Most networks take ``width`` and ``depth``; where layers differ in size (the CNN's channels,
+the ResNet's stages, the autoencoder's hidden layers) a list option such as ``channels=16x32``
+gives each size and so sets width and depth.
+
 Every network has ``.config`` (its dataclass), ``.input_shape`` (per item), ``.task``
 ("classification", "regression", "causal-lm", "autoencoder" or "gan") and
 ``.example_input(batch_size=2)``. Classifiers return logits: train them with cross-entropy and
@@ -17,8 +21,10 @@ Example:
     (3, True, (64,), 'classification')
     >>> net(net.example_input(batch_size=5)).shape
     torch.Size([5, 10])
-    >>> zoo.build("cnn", channels="8x16").config.channels
-    [8, 16]
+    >>> zoo.build("cnn:width=8,depth=3").config.channels
+    [8, 16, 32]
+    >>> zoo.build("cnn", channels="8x8").config.depth
+    2
 """
 
 from __future__ import annotations
@@ -121,7 +127,15 @@ def build_config(spec: str, **overrides):
                 raise LayerscopeError(
                     f"{key!r} is not an option of zoo model {name!r}; valid keys: {', '.join(valid)}")
             values[key] = _convert(value, types[key], key, name, valid)
-    return cls(**values)
+    config = cls(**values)
+    for key, value in values.items():  # a list option (channels=...) sets width and depth itself
+        if getattr(config, key) != value:
+            implied = ", ".join(f"{k}={_show(getattr(config, k))}" for k in values
+                                if getattr(config, k) != values[k])
+            raise LayerscopeError(
+                f"zoo spec {spec!r}: the options contradict each other (they imply {implied}); "
+                f"give either the list or width/depth")
+    return config
 
 
 def build(spec: str, **overrides) -> nn.Module:
@@ -191,6 +205,10 @@ def _convert(value, kind, key: str, name: str, valid: list[str]):
                     str: "a word"}[kind]
         raise bad(expected) from None
     return value
+
+
+def _show(value) -> str:
+    return "x".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
 def _whole(value) -> int:

@@ -1,6 +1,7 @@
 """A fully connected autoencoder: encoder, bottleneck, decoder; reconstruction error flags anomalies.
 
-The encoder narrows the input through ``hidden`` to ``bottleneck`` units; the decoder mirrors it
+The encoder narrows the input through ``depth`` hidden layers (``width`` units, then half as
+many each layer, or the sizes in ``hidden``) to ``bottleneck`` units; the decoder mirrors it
 back. Trained to reproduce normal data (mean squared error), it reconstructs unusual items
 badly, so ``anomaly_score(x)``, the per-item reconstruction error, ranks anomalies. Inputs are
 flat feature vectors (8x8 digits = 64 features, or table rows); images are flattened and the
@@ -10,7 +11,7 @@ reconstruction comes back in the input's shape. The output layer is linear, so s
 Example:
     >>> import torch
     >>> from layerscope.zoo.autoencoder import Autoencoder, AutoencoderConfig
-    >>> ae = Autoencoder(AutoencoderConfig(hidden=[32], bottleneck=4))
+    >>> ae = Autoencoder(AutoencoderConfig(width=32, depth=1, bottleneck=4))
     >>> x = torch.randn(5, 64)
     >>> ae(x).shape, ae.encode(x).shape, ae.anomaly_score(x).shape
     (torch.Size([5, 64]), torch.Size([5, 4]), torch.Size([5]))
@@ -25,21 +26,26 @@ from torch import Tensor, nn
 
 from layerscope.errors import LayerscopeError
 
-from .base import ZooModel, activation, check_choice, check_dropout, check_positive, norm1d
+from .base import (ZooModel, activation, check_choice, check_dropout, check_positive, norm1d,
+                   widths)
 
 
 @dataclass
 class AutoencoderConfig:
     in_features: int = 64          # input size after flattening
-    hidden: list[int] = field(default_factory=lambda: [32, 16])  # encoder layer widths
+    width: int = 32                # units in the first encoder layer; each next one halves
+    depth: int = 2                 # hidden layers in the encoder (the decoder mirrors them)
+    hidden: list[int] = field(default_factory=list)  # encoder widths, e.g. 48x24; when given
+                                   # it sets width and depth
     bottleneck: int = 8            # size of the code
     activation: str = "relu"       # relu | gelu | tanh | silu | leaky_relu
     norm: str = "none"             # none | batch | layer
     dropout: float = 0.0
 
     def __post_init__(self):
-        check_positive(in_features=self.in_features, hidden=self.hidden,
-                       bottleneck=self.bottleneck)
+        check_positive(in_features=self.in_features, width=self.width, depth=self.depth,
+                       hidden=self.hidden, bottleneck=self.bottleneck)
+        self.hidden, self.width, self.depth = widths(self.hidden, self.width, self.depth, 0.5)
         check_choice("activation", self.activation, ("relu", "gelu", "tanh", "silu", "leaky_relu"))
         check_choice("norm", self.norm, ("none", "batch", "layer"))
         check_dropout(self.dropout)

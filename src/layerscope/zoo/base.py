@@ -41,6 +41,19 @@ def check_positive(**values: int) -> None:
                 raise LayerscopeError(f"{key}={value} must be a positive whole number (at least 1)")
 
 
+def widths(given: list[int], width: int, depth: int, factor: float) -> tuple[list[int], int, int]:
+    """Per-layer sizes: ``given`` when not empty, else ``width`` scaled by ``factor`` per layer.
+
+    Returns the sizes with the width and depth they imply, so a config stays consistent.
+
+    Example:
+        >>> widths([], 16, 3, 2), widths([8, 8], 16, 3, 2), widths([], 32, 3, 0.5)
+        (([16, 32, 64], 16, 3), ([8, 8], 8, 2), ([32, 16, 8], 32, 3))
+    """
+    sizes = list(given) or [max(1, int(width * factor ** i)) for i in range(depth)]
+    return sizes, sizes[0], len(sizes)
+
+
 def check_dropout(p: float) -> None:
     if not 0.0 <= p < 1.0:
         raise LayerscopeError(f"dropout={p} must be at least 0 and below 1")
@@ -106,6 +119,15 @@ class ZooModel(nn.Module):
             raise LayerscopeError(
                 f"predict_proba needs a classifier; this {type(self).__name__} does {self.task}")
         return torch.softmax(self(x), dim=-1)
+
+    @property
+    def layerscope_blocks(self) -> str:
+        """Where the blocks are, as ``Layers(model, blocks=...)`` takes it: ``"blocks"``.
+
+        The Layers view finds stacks of two or more blocks by itself; this names the stack
+        also when ``depth=1`` leaves a single block.
+        """
+        return "blocks"
 
     def num_parameters(self) -> int:
         """Trainable and frozen parameters, each shared tensor counted once."""

@@ -8,9 +8,9 @@ digits, ``(1, 28, 28)`` images in 10 classes.
 Example:
     >>> import torch
     >>> from layerscope.zoo.cnn import CNN, CNNConfig
-    >>> net = CNN(CNNConfig(channels=[8, 16], separable=True))
-    >>> net(torch.randn(3, 1, 28, 28)).shape
-    torch.Size([3, 10])
+    >>> net = CNN(CNNConfig(width=8, depth=3, separable=True))
+    >>> net.config.channels, net(torch.randn(3, 1, 28, 28)).shape
+    ([8, 16, 32], torch.Size([3, 10]))
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from torch import Tensor, nn
 
 from layerscope.errors import LayerscopeError
 
-from .base import ZooModel, activation, check_choice, check_dropout, check_positive, norm2d
+from .base import (ZooModel, activation, check_choice, check_dropout, check_positive, norm2d,
+                   widths)
 
 
 @dataclass
@@ -29,7 +30,10 @@ class CNNConfig:
     in_channels: int = 1           # 1 for grey images, 3 for colour
     image_size: int = 28           # height = width of the input images
     n_classes: int = 10
-    channels: list[int] = field(default_factory=lambda: [32, 64])  # one conv block per entry
+    width: int = 32                # channels of the first conv block; each next block doubles
+    depth: int = 2                 # conv blocks (each halves the image side)
+    channels: list[int] = field(default_factory=list)  # per-block channels, e.g. 16x32x32;
+                                   # when given it sets width and depth
     kernel_size: int = 3           # odd; padding keeps the side until the pooling
     hidden: int = 128              # units of the fully connected layer before the head
     activation: str = "relu"       # relu | gelu | tanh | silu | leaky_relu
@@ -41,16 +45,15 @@ class CNNConfig:
 
     def __post_init__(self):
         check_positive(in_channels=self.in_channels, image_size=self.image_size,
-                       n_classes=self.n_classes, channels=self.channels,
-                       kernel_size=self.kernel_size, hidden=self.hidden)
-        if not self.channels:
-            raise LayerscopeError("channels is empty; give at least one, e.g. channels=32x64")
+                       n_classes=self.n_classes, width=self.width, depth=self.depth,
+                       channels=self.channels, kernel_size=self.kernel_size, hidden=self.hidden)
+        self.channels, self.width, self.depth = widths(self.channels, self.width, self.depth, 2)
         if self.kernel_size % 2 == 0:
             raise LayerscopeError(f"kernel_size={self.kernel_size} must be odd, e.g. 3 or 5")
         if self.image_size >> len(self.channels) < 1:
             raise LayerscopeError(
                 f"{len(self.channels)} pooling blocks shrink a {self.image_size}-pixel image to "
-                f"nothing; use at most {self.image_size.bit_length() - 1} channels entries")
+                f"nothing; use depth={self.image_size.bit_length() - 1} or less")
         check_choice("activation", self.activation, ("relu", "gelu", "tanh", "silu", "leaky_relu"))
         check_choice("norm", self.norm, ("none", "batch", "layer"))
         check_choice("pool", self.pool, ("max", "avg"))

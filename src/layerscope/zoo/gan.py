@@ -132,6 +132,12 @@ class GAN(ZooModel):
     def input_shape(self) -> tuple:
         return (self.config.noise_dim,)   # forward reads noise, not data
 
+    @property
+    def layerscope_blocks(self) -> str:
+        """Every block in the order ``forward`` runs them: generator's, then discriminator's."""
+        return ",".join(f"{part}.blocks.{i}" for part in ("generator", "discriminator")
+                        for i in range(len(getattr(self, part).blocks)))
+
     def forward(self, z: Tensor) -> Tensor:
         if z.dim() != 2 or z.shape[1] != self.config.noise_dim:
             raise LayerscopeError(

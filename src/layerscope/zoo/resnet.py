@@ -9,9 +9,9 @@ task is MNIST, ``(1, 28, 28)`` images in 10 classes.
 Example:
     >>> import torch
     >>> from layerscope.zoo.resnet import ResNet, ResNetConfig
-    >>> net = ResNet(ResNetConfig(channels=[8, 16], depth=2))
-    >>> len(net.blocks), net(torch.randn(2, 1, 28, 28)).shape
-    (4, torch.Size([2, 10]))
+    >>> net = ResNet(ResNetConfig(width=8, depth=2, blocks=2))   # 2 stages of 2 blocks
+    >>> net.config.channels, len(net.blocks), net(torch.randn(2, 1, 28, 28)).shape
+    ([8, 16], 4, torch.Size([2, 10]))
 """
 
 from __future__ import annotations
@@ -20,9 +20,8 @@ from dataclasses import dataclass, field
 
 from torch import Tensor, nn
 
-from layerscope.errors import LayerscopeError
-
-from .base import ZooModel, activation, check_choice, check_dropout, check_positive, norm2d
+from .base import (ZooModel, activation, check_choice, check_dropout, check_positive, norm2d,
+                   widths)
 
 
 @dataclass
@@ -30,8 +29,11 @@ class ResNetConfig:
     in_channels: int = 1
     image_size: int = 28
     n_classes: int = 10
-    channels: list[int] = field(default_factory=lambda: [16, 32, 64])  # one stage per entry
-    depth: int = 1                 # residual blocks per stage
+    width: int = 16                # channels of the first stage; each next stage doubles them
+    depth: int = 3                 # stages; each after the first halves the image side
+    blocks: int = 1                # residual blocks per stage
+    channels: list[int] = field(default_factory=list)  # per-stage channels, e.g. 16x32x32;
+                                   # when given it sets width and depth
     activation: str = "relu"       # relu | gelu | tanh | silu | leaky_relu
     norm: str = "batch"            # none | batch | layer (GroupNorm with one group)
     dropout: float = 0.0           # before the head
@@ -39,9 +41,9 @@ class ResNetConfig:
 
     def __post_init__(self):
         check_positive(in_channels=self.in_channels, image_size=self.image_size,
-                       n_classes=self.n_classes, channels=self.channels, depth=self.depth)
-        if not self.channels:
-            raise LayerscopeError("channels is empty; give at least one stage, e.g. channels=16x32")
+                       n_classes=self.n_classes, width=self.width, depth=self.depth,
+                       blocks=self.blocks, channels=self.channels)
+        self.channels, self.width, self.depth = widths(self.channels, self.width, self.depth, 2)
         check_choice("activation", self.activation, ("relu", "gelu", "tanh", "silu", "leaky_relu"))
         check_choice("norm", self.norm, ("none", "batch", "layer"))
         check_dropout(self.dropout)
@@ -87,7 +89,7 @@ class ResNet(ZooModel):
                                   norm2d(config.norm, c0), activation(config.activation))
         blocks, c_in = [], c0
         for stage, c_out in enumerate(config.channels):
-            for i in range(config.depth):
+            for i in range(config.blocks):
                 stride = 2 if stage > 0 and i == 0 else 1   # each later stage halves the side
                 blocks.append(ResidualBlock(c_in, c_out, stride, config))
                 c_in = c_out
