@@ -141,6 +141,8 @@ def test_minilm_block_matches_its_own_output_and_attention():
     torch.testing.assert_close(r.tensors["step-by-step output"], out.hidden_states[4],
                                atol=1e-5, rtol=0)
     T = enc.kwargs["input_ids"].shape[1]
+    assert r.tokens == loaded.tokenizer.convert_ids_to_tokens(enc.kwargs["input_ids"][0])
+    assert r.tokens[0] == "[CLS]" and len(r.tokens) == T
     assert r.step("attention weights (head 5)").shape == [T, T]
     attentions = _eager_attentions(loaded.module, **enc.kwargs)
     torch.testing.assert_close(r.tensors["attention weights (head 5)"][0], attentions[3][0, 5],

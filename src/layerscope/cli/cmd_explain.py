@@ -85,13 +85,20 @@ def _fmt(v: float) -> str:
     return f"{v:.6f}" if abs(v) < 1e4 else f"{v:.4g}"
 
 
-def _matrix(title: str, values) -> "Table":
+def _matrix(title: str, values, labels: list[str] | None = None) -> "Table":
+    from rich.markup import escape
     from rich.table import Table
 
     rows = values if isinstance(values[0], list) else [values]
-    table = Table(title=title, show_header=False, title_justify="left")
-    for row in rows:
-        table.add_row(*[_fmt(v) for v in row])
+    labelled = labels is not None and len(labels) == len(rows) == len(rows[0])
+    table = Table(title=title, show_header=labelled, title_justify="left")
+    if labelled:
+        table.add_column("")
+        for label in labels:
+            table.add_column(escape(label), justify="right")
+    for i, row in enumerate(rows):
+        cells = [_fmt(v) for v in row]
+        table.add_row(*([escape(labels[i])] + cells if labelled else cells))
     return table
 
 
@@ -102,8 +109,10 @@ def _print(result) -> None:
     from rich.table import Table
 
     console = Console()
-    console.print(Panel(escape(f"input: {result.inputs}"), title=escape(result.title),
-                        expand=False))
+    text = f"input: {result.inputs}"
+    if result.tokens:
+        text += f"\ntokens: {' '.join(result.tokens)}"
+    console.print(Panel(escape(text), title=escape(result.title), expand=False))
     full = result.layer_kind == "ffn"
     table = Table()
     table.add_column("#", justify="right")
@@ -121,10 +130,12 @@ def _print(result) -> None:
     for i, s in enumerate(result.steps):
         small = s.values is not None and len(s.values) <= 12
         if (full and s.values is not None) or (s.name.startswith("attention weights") and small):
+            # attention weights: one row per query token, one column per key token
             title = f"{i}. {s.name} ({'×'.join(map(str, s.shape))})"
             if s.name.startswith("attention weights"):
                 title += ": rows = queries, columns = keys"
-            console.print(_matrix(escape(title), s.values))
+            console.print(_matrix(escape(title), s.values,
+                                  result.tokens if s.name.startswith("attention") else None))
     console.print(f"parameters: {result.params:,}", markup=False)
     console.print(f"layers: {result.layers_note}", markup=False)
     if result.check is not None:

@@ -89,11 +89,7 @@ def _encode(loaded, inputs):
         if not inputs.strip():
             raise LayerscopeError("the input text is empty; give --input \"some text\"")
         enc = loaded.encode([inputs])
-        tokens = ""
-        if loaded.tokenizer is not None and "input_ids" in enc.kwargs:
-            toks = loaded.tokenizer.convert_ids_to_tokens(enc.kwargs["input_ids"][0].tolist())
-            tokens = f" -> tokens {toks}"
-        return enc, f"text {inputs!r}{tokens}"
+        return enc, f"text {inputs!r}"
     if inputs is None:
         return loaded.example(1), f"the model's example input {tuple(loaded.input_shape or ())}"
     if isinstance(inputs, str) and not Path(inputs).suffix:
@@ -145,6 +141,8 @@ def explain(model, layer=0, inputs=None, *, head: int = 0, blocks: str | None = 
                                head=head, output=seen.output, batch_mask=enc.mask, inputs=label)
     else:
         result = explain_simple(module, seen.input, seen.output, name=target.name, inputs=label)
+    if loaded.modality == "text" and loaded.tokenizer is not None and "input_ids" in enc.kwargs:
+        result.tokens = loaded.tokenizer.convert_ids_to_tokens(enc.kwargs["input_ids"][0].tolist())
     result.layers_note += (f". It is block {target.index} of the {len(view)} blocks of "
                            f"{type(loaded.module).__name__} ({view.rule})")
     return result

@@ -75,6 +75,7 @@ class ExplainResult(Result):
     check: float | None = None
     inputs: str = ""                   # what went in (the text, the file, the example input)
     head: int | None = None
+    tokens: list[str] | None = None    # the input tokens of a text model (rows of the steps)
     tensors: dict = field(default_factory=dict, metadata={"serialize": False}, repr=False)
 
     def step(self, name: str) -> Step:
