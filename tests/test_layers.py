@@ -372,3 +372,23 @@ def test_primary_tensor_of_model_outputs(tiny_bert):
     assert primary_tensor(out) is out.last_hidden_state
     with pytest.raises(LayerscopeError, match="no tensor"):
         primary_tensor((None, "x"))
+
+
+def test_efficientnet_like_blocks():
+    from efficientnet_lite_pytorch import EfficientNet
+
+    torch.manual_seed(0)
+    net = EfficientNet.from_name("efficientnet-lite0").eval()  # the architecture, random weights
+    lay = Layers(net)
+    assert lay.family == "efficientnet" and len(lay) == 16
+    assert [n for n, _ in lay.found.before] == ["_conv_stem", "_bn0"]
+    assert [n for n, _ in lay.found.after] == ["_conv_head", "_bn1", "_fc"]
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad(), lay.capture(inputs=True) as cap:
+        logits = cap.call(net, x)
+        # the head applied by hand to the last block's output gives the model's logits
+        h = net._swish(net._bn1(net._conv_head(cap.outputs["_blocks.15"])))
+        manual = net._fc(h.mean((2, 3)))
+    torch.testing.assert_close(manual, logits)
+    for k in range(15):  # each block reads the previous block's output
+        assert cap.inputs[f"_blocks.{k + 1}"] is cap.outputs[f"_blocks.{k}"]
