@@ -232,11 +232,23 @@ def _subtree_flops(called: dict[str, int], path: str) -> int:
     return sum(called[k] for k in outer)
 
 
-def _flops(rows: list[_Row], counts: dict, root: str, paths: dict[int, str],
+def _trailing(model: nn.Module, row: _Row, paths: dict[int, str]) -> list[str]:
+    """Paths of the parameter-free siblings an nn.Sequential block spans after its module."""
+    if row.layer.output_module is None:
+        return []
+    end = paths.get(id(row.layer.output_module), "")
+    parent = row.path.rpartition(".")[0]
+    names = [f"{parent}.{n}" if parent else n for n in model.get_submodule(parent)._modules]
+    if row.path not in names or end not in names:
+        return [end]
+    return names[names.index(row.path) + 1:names.index(end) + 1]
+
+
+def _flops(model: nn.Module, rows: list[_Row], counts: dict, paths: dict[int, str],
            cap: Capture) -> list[int]:
     """FLOPs of each row: its subtree (plus an nn.Sequential block's trailing activation) minus
     the rows nested inside it; a split RNN layer is recounted on its own captured input."""
-    called = _called(counts, root)
+    called = _called(counts, type(model).__name__)
     subtree = []
     for row in rows:
         layer = row.layer
@@ -244,8 +256,8 @@ def _flops(rows: list[_Row], counts: dict, root: str, paths: dict[int, str],
             subtree.append(_rnn_part_flops(layer, cap))
             continue
         total = _subtree_flops(called, row.path)
-        if layer.output_module is not None:
-            total += _subtree_flops(called, paths.get(id(layer.output_module), ""))
+        for path in _trailing(model, row, paths):
+            total += _subtree_flops(called, path)
         subtree.append(total)
     by_path = {row.path: i for i, row in enumerate(rows) if row.layer.part is None}
     own = list(subtree)
@@ -352,7 +364,7 @@ def anatomy(model, *, granularity: str = "blocks", blocks: str | None = None, ex
                 module(*args, **kwargs)
             with capture as cap:
                 cap.call(module, *args, **kwargs)
-            flops = _flops(rows, counter.get_flop_counts(), root, paths, cap)
+            flops = _flops(module, rows, counter.get_flop_counts(), paths, cap)
             block_outputs = cap.outputs
             if granularity != "blocks":
                 with layers_by["blocks"].capture(stop_early=True) as blocks_cap:

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from layerscope.errors import LayerscopeError
-from layerscope.layouts import (RNN_TYPES, Found, counts_as_sublayer, find_layout, has_params,
+from layerscope.layouts import (RNN_TYPES, Found, counts_as_sublayer, find_layout,
                                 role_of)
 
 GRANULARITIES = ("blocks", "sublayers", "modules")
