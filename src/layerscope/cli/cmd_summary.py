@@ -27,22 +27,38 @@ def summary_table(result):
     """
     from rich.table import Table
 
+    rows = result.rows()
+    names = [r["name"] + (f" (tied to {r['tied_to']})" if r["tied_to"] else "") for r in rows]
+    params = [f"{r['params']:,}" for r in rows]
+    flops = [f"{r['flops']:,}" for r in rows]
+    shapes = [f"{_shape(r['input_shape'])} -> {_shape(r['output_shape'])}" for r in rows]
+    rest = bool(result.rest_params or result.rest_flops)
+    if rest:
+        names.append("(rest: outside the rows)")
+        params.append(f"{result.rest_params:,}")
+        flops.append(f"{result.rest_flops:,}")
+        shapes.append("")
+    total_params, total_flops = f"{result.total_params:,}", f"{result.total_flops:,}"
+
+    def widest(cells, footer=""):
+        return max([len(c) for c in cells] + [len(footer)])
+
     table = Table(title=f"{result.model} ({result.granularity}) on {result.example}",
                   show_footer=True)
-    table.add_column("#", justify="right", footer="")
-    table.add_column("name", footer="total", no_wrap=True)
-    table.add_column("role", no_wrap=True)
-    table.add_column("input -> output", no_wrap=True)
-    table.add_column("params", justify="right", footer=f"{result.total_params:,}", no_wrap=True)
-    table.add_column("FLOPs", justify="right", footer=f"{result.total_flops:,}", no_wrap=True)
-    for row in result.rows():
-        name = row["name"] + (f" (tied to {row['tied_to']})" if row["tied_to"] else "")
-        table.add_row("" if row["index"] is None else str(row["index"]), name, row["role"],
-                      f"{_shape(row['input_shape'])} -> {_shape(row['output_shape'])}",
-                      f"{row['params']:,}", f"{row['flops']:,}")
-    if result.rest_params or result.rest_flops:
-        table.add_row("", "(rest: outside the rows)", "", "", f"{result.rest_params:,}",
-                      f"{result.rest_flops:,}")
+    # numbers and names never shrink (a narrow terminal wraps the shapes instead)
+    table.add_column("#", justify="right", footer="", no_wrap=True)
+    table.add_column("name", footer="total", no_wrap=True, min_width=widest(names, "total"))
+    table.add_column("role")
+    table.add_column("input -> output", overflow="fold")
+    table.add_column("params", justify="right", footer=total_params, no_wrap=True,
+                     min_width=widest(params, total_params))
+    table.add_column("FLOPs", justify="right", footer=total_flops, no_wrap=True,
+                     min_width=widest(flops, total_flops))
+    for i, row in enumerate(rows):
+        table.add_row("" if row["index"] is None else str(row["index"]), names[i], row["role"],
+                      shapes[i], params[i], flops[i])
+    if rest:
+        table.add_row("", names[-1], "", "", params[-1], flops[-1])
     return table
 
 
