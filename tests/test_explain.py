@@ -277,6 +277,46 @@ def test_resnet_block_with_projection_shortcut():
     np.testing.assert_allclose(r.step("conv 1").numbers, conv1[0, 0, 0, :6].numpy(), atol=1e-5)
 
 
+def test_lstm_layers_of_a_multi_layer_lstm_match_lstm_cell():
+    torch.manual_seed(0)
+    lstm = nn.LSTM(3, 5, num_layers=3).eval()   # time-first, as nn.LSTM is by default
+    x = torch.randn(7, 2, 3)
+    r = explain(lstm, 1, x)
+    assert r.layer == "l1" and r.check <= 1e-5
+    assert r.step("hidden state, all steps").shape == [7, 5]
+    cell = nn.LSTMCell(5, 5)
+    with torch.no_grad():
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            getattr(cell, name).copy_(getattr(lstm, f"{name}_l1"))
+        layer0 = nn.LSTM(3, 5)
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            getattr(layer0, f"{name}_l0").copy_(getattr(lstm, f"{name}_l0"))
+        h0, c0 = cell(layer0(x)[0][0])   # layer 1 at t = 0, from a zero state
+    np.testing.assert_allclose(r.step("hidden t=0").values, h0[0].numpy(), atol=1e-6)
+    np.testing.assert_allclose(r.step("cell t=0").values, c0[0].numpy(), atol=1e-6)
+    assert r.params == 4 * 5 * (5 + 5 + 2)
+
+
+def test_zoo_gru_layer_matches_gru_cell():
+    from layerscope.models import load_model
+
+    loaded = load_model("gru:width=8,depth=2")
+    x = torch.randn(1, 32, 1, generator=torch.Generator().manual_seed(4))
+    r = explain(loaded, 0, x)
+    assert r.check <= 1e-5
+    rnn = loaded.module.blocks[0].rnn
+    cell = nn.GRUCell(1, 8)
+    with torch.no_grad():
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            getattr(cell, name).copy_(getattr(rnn, f"{name}_l0"))
+        h = torch.zeros(1, 8)
+        for t in range(32):
+            h = cell(x[:, t], h)
+    np.testing.assert_allclose(r.step("hidden t=31").values, h[0].numpy(), atol=1e-6)
+    with pytest.raises(LayerscopeError, match="bidirectional"):
+        explain(nn.LSTM(2, 3, bidirectional=True, batch_first=True).eval(), 0, torch.randn(1, 4, 2))
+
+
 def test_training_mode_is_refused_and_left_alone():
     from layerscope.zoo import build
 
@@ -355,8 +395,8 @@ def test_docstring_examples_run():
 
     import layerscope.cli.cmd_explain as cmd
     import layerscope.explain as pkg
-    from layerscope.explain import block, capture, ffn, simple, steps
+    from layerscope.explain import block, capture, ffn, recurrent, simple, steps
 
-    for module in (pkg, block, capture, ffn, simple, steps, cmd):
+    for module in (pkg, block, capture, ffn, recurrent, simple, steps, cmd):
         failed, _ = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert failed == 0, module.__name__

@@ -3,7 +3,7 @@
 * :func:`explain_ffn` walks a two-layer feed-forward network given as matrices in a JSON file
   (``seed002`` is the shipped worked example).
 * :func:`explain` walks one block of a real model on a real input: a transformer block
-  (BERT-like, Llama-like, GPT-2), an MLP layer or a CNN layer, ending with the max absolute
+  (BERT-like, Llama-like, GPT-2, the zoo's), an MLP, CNN, ResNet or LSTM/GRU layer, ending with the max absolute
   difference between the step-by-step result and the block's own forward output.
 
 Example:
@@ -26,6 +26,7 @@ from layerscope.errors import LayerscopeError
 from .block import KINDS as BLOCK_KINDS
 from .block import block_kind, explain_block
 from .ffn import explain_ffn, load_ffn
+from .recurrent import explain_recurrent, recurrent_kind
 from .simple import KINDS as SIMPLE_KINDS
 from .simple import explain_simple, simple_kind
 from .steps import ExplainResult, Step
@@ -104,7 +105,7 @@ def _encode(loaded, inputs):
         inputs = torch.as_tensor(inputs)
     if loaded.input_shape is not None and inputs.dim() == len(loaded.input_shape):
         inputs = inputs.unsqueeze(0)  # one item without its batch dimension
-    return loaded.encode(inputs[:1]), f"{label} {tuple(inputs.shape[1:])}"
+    return loaded.encode(inputs), f"{label} {tuple(inputs.shape)}"
 
 
 def explain(model, layer=0, inputs=None, *, head: int = 0, blocks: str | None = None,
@@ -122,11 +123,7 @@ def explain(model, layer=0, inputs=None, *, head: int = 0, blocks: str | None = 
     view = Layers(loaded, "blocks", blocks=blocks)
     target = view[layer]
     module = target.module
-    if target.part is not None:
-        raise LayerscopeError(
-            f"layer {target.name!r} is one layer of a multi-layer {type(module).__name__}, which "
-            f"explain cannot walk; it walks {_kinds()}")
-    kind = block_kind(module) or simple_kind(module)
+    kind = block_kind(module) or simple_kind(module) or recurrent_kind(module)
     if kind is None:
         raise LayerscopeError(
             f"layer {target.name!r} is a {type(module).__name__}, which explain cannot walk; "
@@ -139,6 +136,9 @@ def explain(model, layer=0, inputs=None, *, head: int = 0, blocks: str | None = 
     if block_kind(module):
         result = explain_block(loaded.module, module, seen.input, seen.kwargs, name=target.name,
                                head=head, output=seen.output, batch_mask=enc.mask, inputs=label)
+    elif recurrent_kind(module):
+        result = explain_recurrent(module, seen.input, seen.output, name=target.name,
+                                   part=target.part, inputs=label)
     else:
         result = explain_simple(module, seen.input, seen.output, name=target.name, inputs=label)
     if loaded.modality == "text" and loaded.tokenizer is not None and "input_ids" in enc.kwargs:
@@ -149,8 +149,9 @@ def explain(model, layer=0, inputs=None, *, head: int = 0, blocks: str | None = 
 
 
 def _kinds() -> str:
-    return "; ".join(list(BLOCK_KINDS.values()) + list(SIMPLE_KINDS.values()))
+    return "; ".join(list(BLOCK_KINDS.values()) + list(SIMPLE_KINDS.values())
+                     + ["LSTM/GRU layers (one-directional)"])
 
 
-__all__ = ["explain", "explain_ffn", "explain_block", "explain_simple", "load_ffn",
+__all__ = ["explain", "explain_ffn", "explain_block", "explain_simple", "explain_recurrent", "load_ffn",
            "load_tensor_file", "ExplainResult", "Step", "DEFAULT_TEXT"]
