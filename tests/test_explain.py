@@ -333,9 +333,16 @@ def test_input_file_and_unknown_layer_kind(tmp_path):
     x = torch.randn(1, 28, 28, generator=torch.Generator().manual_seed(2))
     np.save(tmp_path / "x.npy", x.numpy())
     torch.save(x, tmp_path / "x.pt")
+    from safetensors.torch import save_file
+
+    save_file({"input": x.contiguous(), "other": torch.zeros(2)}, str(tmp_path / "x.safetensors"))
     a = explain(loaded, 1, tmp_path / "x.npy")
     b = explain(loaded, 1, str(tmp_path / "x.pt"))
-    assert a.check <= 1e-5 and a.steps[-1].numbers == b.steps[-1].numbers
+    c = explain(loaded, 1, tmp_path / "x.safetensors")
+    assert a.check <= 1e-5 and a.steps[-1].numbers == b.steps[-1].numbers == c.steps[-1].numbers
+    (tmp_path / "x.txt").write_text("1 2 3")
+    with pytest.raises(LayerscopeError, match="unknown type '.txt'"):
+        explain(loaded, 1, tmp_path / "x.txt")
     net = nn.Sequential(nn.Conv1d(2, 4, 3), nn.Tanh(), nn.Conv1d(4, 4, 3))
     with pytest.raises(LayerscopeError, match="Conv1d, which explain cannot walk; it walks "
                                               "BERT-like.*CNN layer"):
