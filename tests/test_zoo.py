@@ -173,13 +173,12 @@ def test_config_is_json_data_that_rebuilds_the_same_network():
 # -- learning --------------------------------------------------------------------------------------
 def test_mlp_learns_sklearn_digits():
     from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
 
     digits = load_digits()
-    x_train, x_test, y_train, y_test = train_test_split(
-        digits.data / 16.0, digits.target, test_size=0.25, random_state=0, stratify=digits.target)
-    x_train, x_test = (torch.tensor(a, dtype=torch.float32) for a in (x_train, x_test))
-    y_train, y_test = torch.tensor(y_train), torch.tensor(y_test)
+    order = torch.randperm(len(digits.target), generator=torch.Generator().manual_seed(0))
+    x = torch.tensor(digits.data / 16.0, dtype=torch.float32)[order]
+    y = torch.tensor(digits.target)[order]
+    x_train, x_test, y_train, y_test = x[450:], x[:450], y[450:], y[:450]
     torch.manual_seed(0)
     net = zoo.build("mlp")
     optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
@@ -480,3 +479,64 @@ def test_gan_forward_is_discriminator_of_generator():
         gan(torch.randn(2, 64))
     with pytest.raises(LayerscopeError, match="64 features"):
         gan.discriminator(torch.randn(2, 10))
+
+
+# -- options and the `layerscope zoo` command ----------------------------------------------------
+def test_every_option_is_described():
+    from layerscope.zoo.describe import options
+
+    for name in zoo.names():
+        opts = options(name)
+        assert [o.name for o in opts] == [f.name for f in dataclasses.fields(zoo.config_class(name))]
+        assert all(o.help for o in opts), [o.name for o in opts if not o.help]
+        built = dataclasses.asdict(zoo.build_config(name))
+        assert {o.name: o.default for o in opts} == built
+    sep = next(o for o in options("cnn-dw") if o.name == "separable")
+    assert sep.default is True and "preset by 'cnn-dw'" in sep.help
+    assert next(o for o in options("cnn") if o.name == "channels").type.startswith("list")
+
+
+def test_cli_lists_the_zoo_with_defaults(capsys):
+    from layerscope.cli import main
+
+    assert main(["zoo", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in rows] == list(zoo.names())
+    gpt = next(r for r in rows if r["name"] == "gpt")["options"]
+    assert gpt["depth"] == zoo.build_config("gpt").depth and gpt["tie_weights"] is True
+    assert main(["zoo"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in zoo.names()) and "depth=2" in out
+
+
+def test_cli_shows_one_network(capsys):
+    from layerscope.cli import main
+
+    assert main(["zoo", "gpt:depth=2,width=32,heads=2,vocab_size=50", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    net = zoo.build("gpt:depth=2,width=32,heads=2,vocab_size=50")
+    assert info["task"] == "causal-lm" and info["parameters"] == _n(net)
+    assert info["output_shape"] == [2, 64, 50] and info["input_dtype"] == "int64"
+    assert info["blocks"] == ["blocks.0", "blocks.1"]
+    depth = next(o for o in info["options"] if o["name"] == "depth")
+    assert depth["value"] == 2 and depth["default"] == 3
+    assert info["example"]["cli"] == "layerscope summary gpt:depth=2,width=32"
+    namespace: dict = {}
+    exec(info["example"]["python"], namespace)          # the shown Python runs as printed
+    assert namespace["out"].shape == (2, 64, 128)
+    assert main(["zoo", "resnet"]) == 0
+    out = capsys.readouterr().out
+    assert "options of resnet" in out and "blocks: 3" in out
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["zoo", "vgg"], "unknown zoo model 'vgg'; known ones: mlp"),
+    (["zoo", "mlp:depth=0"], "depth=0 must be a positive whole number"),
+    (["zoo", "gpt:colour=red"], "valid keys: vocab_size"),
+])
+def test_cli_bad_names_exit_2_with_one_line(capsys, args, fragment):
+    from layerscope.cli import main
+
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and fragment in err and err.count("\n") == 1

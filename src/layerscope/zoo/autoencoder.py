@@ -40,7 +40,7 @@ class AutoencoderConfig:
     bottleneck: int = 8            # size of the code
     activation: str = "relu"       # relu | gelu | tanh | silu | leaky_relu
     norm: str = "none"             # none | batch | layer
-    dropout: float = 0.0
+    dropout: float = 0.0           # after each hidden layer's activation
 
     def __post_init__(self):
         check_positive(in_features=self.in_features, width=self.width, depth=self.depth,

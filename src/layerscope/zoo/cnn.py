@@ -29,7 +29,7 @@ from .base import (ZooModel, activation, check_choice, check_dropout, check_posi
 class CNNConfig:
     in_channels: int = 1           # 1 for grey images, 3 for colour
     image_size: int = 28           # height = width of the input images
-    n_classes: int = 10
+    n_classes: int = 10            # logits out
     width: int = 32                # channels of the first conv block; each next block doubles
     depth: int = 2                 # conv blocks (each halves the image side)
     channels: list[int] = field(default_factory=list)  # per-block channels, e.g. 16x32x32;

@@ -26,9 +26,9 @@ from .base import (ZooModel, activation, check_choice, check_dropout, check_posi
 
 @dataclass
 class ResNetConfig:
-    in_channels: int = 1
-    image_size: int = 28
-    n_classes: int = 10
+    in_channels: int = 1           # 1 for grey images, 3 for colour
+    image_size: int = 28           # height = width of the input images
+    n_classes: int = 10            # logits out
     width: int = 16                # channels of the first stage; each next stage doubles them
     depth: int = 3                 # stages; each after the first halves the image side
     blocks: int = 1                # residual blocks per stage

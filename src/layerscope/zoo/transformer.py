@@ -49,19 +49,19 @@ class GPTConfig:
 
 @dataclass
 class TransformerConfig:
-    vocab_size: int = 128
-    seq_len: int = 64
-    width: int = 64
-    depth: int = 2
-    heads: int = 4
-    ff_mult: int = 4
-    activation: str = "gelu"
-    norm: str = "layer"
-    norm_position: str = "pre"
-    dropout: float = 0.1
-    residual: bool = True
+    vocab_size: int = 128          # token ids 0..vocab_size-1 (128 = ASCII characters)
+    seq_len: int = 64              # tokens per item (learned positions)
+    width: int = 64                # embedding size d_model
+    depth: int = 2                 # transformer blocks
+    heads: int = 4                 # attention heads; must divide width
+    ff_mult: int = 4               # feed-forward hidden size = ff_mult * width
+    activation: str = "gelu"       # relu | gelu | tanh | silu, inside the feed-forward sublayer
+    norm: str = "layer"            # layer | none
+    norm_position: str = "pre"     # pre (norm, sublayer, add) | post (sublayer, add, norm)
+    dropout: float = 0.1           # on attention weights and sublayer outputs
+    residual: bool = True          # residual connections around both sublayers
     task: str = "classification"   # classification (n_classes logits) | regression (one unit)
-    n_classes: int = 2
+    n_classes: int = 2             # logits out for classification
 
     def __post_init__(self):
         _check(self)
