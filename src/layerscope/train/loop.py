@@ -112,8 +112,17 @@ def train(model, data, *, out_dir, epochs: int = 5, batch_size: int = 64, lr: fl
         plan = plan_freezing(module, freeze=freeze, freeze_bn=freeze_bn)
         run = _Runner(module, obj, info, dev, max_length)
         _check_fit(run, prepared, obj, batch_size)
-        groups = param_groups(module, lr, layer_lr=layer_lr, lr_decay=lr_decay)
-        opt = _optimizer(optimizer, groups, lr, weight_decay)
+        obj.module = module
+        if task == "gan":
+            if layer_lr or lr_decay:
+                raise LayerscopeError("layer_lr / lr_decay are not supported for GANs; give lr")
+            opt = OptimizerPair(
+                _optimizer(optimizer, param_groups(module.generator, lr), lr, weight_decay, gan=True),
+                _optimizer(optimizer, param_groups(module.discriminator, lr), lr, weight_decay,
+                           gan=True))
+        else:
+            groups = param_groups(module, lr, layer_lr=layer_lr, lr_decay=lr_decay)
+            opt = _optimizer(optimizer, groups, lr, weight_decay)
         monitor = LayerMonitor(module, every=monitor_every, path=out / "metrics.jsonl",
                                log=log, csv=metrics_csv, append=resume) if monitor_every else None
         loop = _Loop(module=module, call=run, obj=obj, prepared=prepared, opt=opt, plan=plan,
@@ -258,11 +267,30 @@ def _check_settings(epochs, batch_size, lr, optimizer, monitor_every, clip_grad,
         raise LayerscopeError(f"patience={patience} must be at least 1 epoch")
 
 
-def _optimizer(name: str, groups, lr: float, weight_decay: float):
+def _optimizer(name: str, groups, lr: float, weight_decay: float, gan: bool = False):
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=0.9, weight_decay=weight_decay)
     cls = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
-    return cls(groups, lr=lr, weight_decay=weight_decay)
+    betas = (0.5, 0.999) if gan else (0.9, 0.999)   # the usual GAN setting (Radford et al.)
+    return cls(groups, lr=lr, weight_decay=weight_decay, betas=betas)
+
+
+class OptimizerPair:
+    """The generator's and the discriminator's optimizers, saved and restored together."""
+
+    def __init__(self, g, d):
+        self.g, self.d = g, d
+
+    @property
+    def param_groups(self):
+        return self.g.param_groups + self.d.param_groups
+
+    def state_dict(self) -> dict:
+        return {"g": self.g.state_dict(), "d": self.d.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.g.load_state_dict(state["g"])
+        self.d.load_state_dict(state["d"])
 
 
 def _logger(progress: bool):
@@ -293,6 +321,8 @@ class _Runner:
 
 def _check_fit(run: _Runner, prepared: Prepared, obj, batch_size: int) -> None:
     """One forward pass on a few training items in eval mode (no statistics change) + checks."""
+    if obj.task == "gan":
+        return          # the GAN reads noise; prepare() checked the items against its output
     items, labels = prepared.train.take(torch.arange(min(len(prepared.train), batch_size, 8)))
     was = {m: m.training for m in run.module.modules()}
     run.module.eval()
@@ -315,6 +345,8 @@ def _check_fit(run: _Runner, prepared: Prepared, obj, batch_size: int) -> None:
 
         output = primary_tensor(output)
     task = obj.task
+    if task == "gan":
+        return
     if task == "autoencoder":
         if tuple(output.shape) != tuple(items.shape):
             raise LayerscopeError(
@@ -468,6 +500,8 @@ class _Loop:
 
     def _step(self, index: torch.Tensor) -> float:
         items, labels = self.prepared.train.take(index)
+        if self.obj.task == "gan":
+            return self._gan_step(items)
         watching = self.monitor is not None and self.monitor.active(self.step)
         with self.monitor.watch(self.step) if watching else nullcontext():
             output = self.call(items)
@@ -492,6 +526,41 @@ class _Loop:
         value = float(loss.detach())
         self.loss_sum += value * len(items)
         self.loss_n += len(items)
+        if watching:
+            self.monitor.finish(step=self.step, epoch=self.epoch, loss=value)
+        return value
+
+    def _gan_step(self, real: torch.Tensor) -> float:
+        """One discriminator step, then one generator step; returns the sum of both losses."""
+        bce = torch.nn.functional.binary_cross_entropy_with_logits
+        gan, dev = self.module, self.call.device
+        real = real.to(dev)
+        watching = self.monitor is not None and self.monitor.active(self.step)
+        z = torch.randn(len(real), gan.config.noise_dim, device=dev)
+        with self.monitor.watch(self.step) if watching else nullcontext():
+            fake = gan.generator(z)
+            d_real, d_fake = gan.discriminator(real), gan.discriminator(fake.detach())
+            d_loss = bce(d_real, torch.ones_like(d_real)) + bce(d_fake, torch.zeros_like(d_fake))
+        if not torch.isfinite(d_loss):
+            self._non_finite(real, f"the discriminator loss became {float(d_loss.detach())}")
+        self.opt.d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        if watching:
+            self.monitor.after_backward()
+            self.monitor.before_step()
+        self.opt.d.step()
+        d_out = gan.discriminator(fake)
+        g_loss = bce(d_out, torch.ones_like(d_out))
+        if not torch.isfinite(g_loss):
+            self._non_finite(real, f"the generator loss became {float(g_loss.detach())}")
+        self.opt.g.zero_grad(set_to_none=True)
+        g_loss.backward()
+        if watching:
+            self.monitor.after_backward(only=gan.generator.parameters())
+        self.opt.g.step()
+        value = float(d_loss.detach()) + float(g_loss.detach())
+        self.loss_sum += value * len(real)
+        self.loss_n += len(real)
         if watching:
             self.monitor.finish(step=self.step, epoch=self.epoch, loss=value)
         return value

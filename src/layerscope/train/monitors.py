@@ -139,10 +139,18 @@ class LayerMonitor:
             self._acts[name] = row
         return hook
 
-    def after_backward(self) -> None:
-        """Record the gradient norm of every group (call before clipping)."""
-        self._grads = {}
+    def after_backward(self, only=None) -> None:
+        """Record the gradient norm of every group (call before clipping).
+
+        With ``only`` (parameters), record just the groups made entirely of those and keep the
+        rest (a GAN's generator step after its discriminator step).
+        """
+        keep = None if only is None else {id(p) for p in only}
+        if keep is None:
+            self._grads = {}
         for name, kind, params in self.groups:
+            if keep is not None and not all(id(p) in keep for p in params):
+                continue
             grads = [p.grad for p in params if p.requires_grad and p.grad is not None]
             if grads:
                 norms = torch._foreach_norm(grads)

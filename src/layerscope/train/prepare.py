@@ -162,6 +162,15 @@ def adapt(items, labels, *, info: dict, meta: dict, fit: bool) -> Split:
         if info["task"] == "causal-lm":
             return Split(text_chunks(items, length, info["vocab_size"]), None)
         return Split(char_ids(items, length, info["vocab_size"]), labels)
+    if info["task"] == "gan":
+        want = info["config"].get("out_features")
+        flat = items.reshape(len(items), -1).float()
+        if want is not None and flat.shape[1] != want:
+            raise LayerscopeError(
+                f"data items have shape {_fmt(tuple(items.shape[1:]))} ({flat.shape[1]} values) "
+                f"but the GAN generates items of {want} values; build it with "
+                f"out_features={flat.shape[1]}")
+        return Split(flat, labels)
     if info["task"] == "causal-lm":
         if items.is_floating_point():
             raise LayerscopeError(
