@@ -157,9 +157,9 @@ def _attention(w: _Walk, q: Tensor, k: Tensor, v: Tensor, n_heads: int, n_kv: in
     scores = (q @ k.transpose(-1, -2)) * scaling + mask
     weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
     context = weights @ v
+    scale = f"1/√{d}" if abs(scaling * math.sqrt(d) - 1) < 1e-9 else f"1/√{d}, rescaled"
     w.add(f"attention scores (head {h})",
-          f"Q_h·K_hᵀ × {scaling:.4g} (= 1/√{d}{'' if abs(scaling * math.sqrt(d) - 1) < 1e-9 else ', rescaled'})"
-          f" + mask{kv_note}; rows = queries, columns = keys",
+          f"Q_h·K_hᵀ × {scaling:.4g} (= {scale}) + mask{kv_note}; rows = queries, columns = keys",
           scores[:, h])
     w.add(f"attention weights (head {h})", "softmax over each row of the scores (rows sum to 1)",
           weights[:, h])
@@ -187,7 +187,7 @@ def _bert(w: _Walk, block: nn.Module, x: Tensor, mask: Tensor) -> Tensor:
     r1 = w.add("residual add 1", "x + attention output", x + a)
     h1 = w.add("norm 1", "LayerNorm: (r − mean)/√(var + ε)·γ + β (post-norm)",
                _layer_norm(r1, block.attention.output.LayerNorm))
-    up = w.add("ffn up", f"h·W_upᵀ + b_up ({up_width(block.intermediate.dense)} units)",
+    up = w.add("ffn up", f"h·W_upᵀ + b_up ({_width(block.intermediate.dense)} units)",
                _linear(h1, block.intermediate.dense))
     act_name = getattr(cfg, "hidden_act", type(block.intermediate.intermediate_act_fn).__name__)
     g = w.add("ffn activation", f"{act_name}, element by element", block.intermediate.intermediate_act_fn(up))
@@ -197,7 +197,7 @@ def _bert(w: _Walk, block: nn.Module, x: Tensor, mask: Tensor) -> Tensor:
                  _layer_norm(r2, block.output.LayerNorm))
 
 
-def up_width(module: nn.Module) -> int:
+def _width(module: nn.Module) -> int:
     return module.out_features if isinstance(module, nn.Linear) else module.weight.shape[-1]
 
 
@@ -234,8 +234,8 @@ def _llama(w: _Walk, block: nn.Module, x: Tensor, mask: Tensor, kwargs: dict) ->
     h1 = w.add("norm 2", "RMSNorm (pre-norm)", _rms_norm(r1, block.post_attention_layernorm))
     mlp = block.mlp
     act_name = getattr(cfg, "hidden_act", None) or type(mlp.act_fn).__name__
-    gate = w.add("ffn gate", f"h·W_gateᵀ ({up_width(mlp.gate_proj)} units)", _linear(h1, mlp.gate_proj))
-    up = w.add("ffn up", f"h·W_upᵀ ({up_width(mlp.up_proj)} units)", _linear(h1, mlp.up_proj))
+    gate = w.add("ffn gate", f"h·W_gateᵀ ({_width(mlp.gate_proj)} units)", _linear(h1, mlp.gate_proj))
+    up = w.add("ffn up", f"h·W_upᵀ ({_width(mlp.up_proj)} units)", _linear(h1, mlp.up_proj))
     g = w.add("ffn activation", f"{act_name}(gate) × up (SwiGLU)", mlp.act_fn(gate) * up)
     down = w.add("ffn down", "a·W_downᵀ", _linear(g, mlp.down_proj))
     return w.add("residual add 2", "residual add 1 + ffn down: the block's output", r1 + down)
@@ -255,7 +255,7 @@ def _gpt2(w: _Walk, block: nn.Module, x: Tensor, mask: Tensor) -> Tensor:
     a = w.add("attention output", "context·W_O + b_O (c_proj)", _linear(ctx, att.c_proj))
     r1 = w.add("residual add 1", "x + attention output", x + a)
     h1 = w.add("norm 2", "LayerNorm (pre-norm)", _layer_norm(r1, block.ln_2))
-    up = w.add("ffn up", f"h·W_up + b_up ({up_width(block.mlp.c_fc)} units)", _linear(h1, block.mlp.c_fc))
+    up = w.add("ffn up", f"h·W_up + b_up ({_width(block.mlp.c_fc)} units)", _linear(h1, block.mlp.c_fc))
     act_name = getattr(getattr(block.mlp, "config", None), "activation_function", None) \
         or type(block.mlp.act).__name__
     g = w.add("ffn activation", f"{act_name}, element by element", block.mlp.act(up))
@@ -292,7 +292,7 @@ def _zoo(w: _Walk, block: nn.Module, x: Tensor, mask: Tensor) -> Tensor:
     if not block.pre:
         r1 = norm("norm 1", r1, block.norm1, "post-norm")
     h = norm("norm 2", r1, block.norm2, "pre-norm") if block.pre else r1
-    up = w.add("ffn up", f"h·W_upᵀ + b_up ({up_width(ff.up)} units)", _linear(h, ff.up))
+    up = w.add("ffn up", f"h·W_upᵀ + b_up ({_width(ff.up)} units)", _linear(h, ff.up))
     g = w.add("ffn activation", f"{type(ff.act).__name__}, element by element", ff.act(up))
     down = w.add("ffn down", "a·W_downᵀ + b_down", _linear(g, ff.down))
     y = add("residual add 2", r1, down, "residual add 1 + ffn down")
