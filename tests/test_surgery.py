@@ -405,3 +405,121 @@ def test_structured_channels_zoo_cnn(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(again.module(x), ref(x), atol=1e-5, rtol=1e-5)
     assert kept0.sum() == 4 and kept1.sum() == 8
+
+
+# --- sensitivity -------------------------------------------------------------------------------
+
+
+def test_prune_sensitivity_equals_pruning_each_block_alone():
+    from layerscope.surgery.prune import prune_magnitude
+    from layerscope.surgery.sensitivity import prune_sensitivity
+
+    torch.manual_seed(0)
+    loaded = load_model("mlp:depth=3,width=64")
+    snap = snapshot(loaded.module)
+    x = torch.randn(40, 64, generator=torch.Generator().manual_seed(3))
+    y = torch.randint(0, 10, (40,), generator=torch.Generator().manual_seed(4))
+    res = prune_sensitivity(loaded, _Labelled(x, y), sparsities=[0.5, 0.95])
+    assert_unchanged(loaded.module, snap)
+    assert res.metric == "accuracy" and res.layers == ["blocks.0", "blocks.1", "blocks.2"]
+    with torch.no_grad():
+        assert res.baseline == pytest.approx(float((loaded.module(x).argmax(1) == y).float().mean()))
+        for i, name in enumerate(res.layers):
+            for j, s in enumerate(res.sparsities):
+                alone = prune_magnitude(loaded, s, name).module
+                acc = float((alone(x).argmax(1) == y).float().mean())
+                assert res.values[i][j] == pytest.approx(acc)
+    assert set(res.suggest(1.0).values()) == {0.95}
+
+
+class _Labelled:
+    """A minimal labelled dataset (the contract's Dataset: items, labels, batches)."""
+
+    def __init__(self, items, labels):
+        self.items, self.labels = items, labels
+        self.modality, self.task = "tensor", "classification"
+
+    def __len__(self):
+        return len(self.labels)
+
+    def batches(self, batch_size):
+        for start in range(0, len(self), batch_size):
+            yield (self.items[start:start + batch_size], self.labels[start:start + batch_size], start)
+
+
+# --- early exit --------------------------------------------------------------------------------
+
+
+def _trained_digits_mlp():
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = torch.tensor(digits.data, dtype=torch.float32) / 16.0
+    y = torch.tensor(digits.target)
+    torch.manual_seed(0)
+    loaded = load_model("mlp:depth=3,width=64,dropout=0")
+    net = loaded.module
+    net.train()
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    for step in range(150):
+        idx = torch.randint(0, len(y), (128,))
+        loss = nn.functional.cross_entropy(net(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    net.eval()
+    return loaded, x, y
+
+
+def test_early_exit_on_trained_zoo_mlp():
+    from sklearn.model_selection import train_test_split
+
+    from layerscope.surgery.early_exit import early_exit
+
+    loaded, x, y = _trained_digits_mlp()
+    snap = snapshot(loaded.module)
+    res = early_exit(loaded, (x, y), thresholds=[1e-9, 0.9, 1.0])
+    assert_unchanged(loaded.module, snap)
+    assert not any(m._forward_hooks for m in loaded.module.modules())
+    _, te = train_test_split(range(len(y)), test_size=0.3, random_state=0, stratify=y.numpy())
+    with torch.no_grad():
+        full = float((loaded.module(x[te]).argmax(1) == y[te]).float().mean())
+    assert res.exits[-1] == "model" and res.exit_accuracy[-1] == pytest.approx(full)
+    assert full > 0.85
+    assert res.accuracy[0] == pytest.approx(res.exit_accuracy[0]) and res.layers_used[0] == 1.0
+    assert res.layers_used[1] < 3.0 and abs(res.accuracy[1] - full) < 0.05
+    assert res.layers_used[0] <= res.layers_used[1] <= res.layers_used[2]
+    assert 0.0 < res.latency_saved[1] < 1.0
+    assert "threshold" in res.summary()
+
+
+def test_exit_head_matches_scikit_learn():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from layerscope.surgery.early_exit import fit_head
+
+    rng = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 5, generator=rng).numpy()
+    for y in ((x[:, 0] > 0).astype(int), (x[:, :2].sum(1) > 0).astype(int) + (x[:, 2] > 1)):
+        head = fit_head(x, y)
+        ref = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(x, y)
+        import numpy as np
+
+        np.testing.assert_allclose(head.proba(x), ref.predict_proba(x), atol=1e-6)
+
+
+def test_early_exit_minilm_sentiment():
+    from layerscope.surgery.early_exit import early_exit
+
+    good = ["wonderful", "great", "lovely", "excellent", "delightful", "brilliant"]
+    bad = ["terrible", "awful", "boring", "dreadful", "horrible", "dull"]
+    things = ["movie", "meal", "book", "trip", "show"]
+    texts = [f"The {t} was {a}." for t in things for a in good + bad]
+    labels = torch.tensor([int(a in good) for t in things for a in good + bad])
+    res = early_exit("minilm", (texts, labels), thresholds=[0.6, 0.9, 1.0])
+    assert res.exits[-1] == "probe:encoder.layer.5" and len(res.exits) == 6
+    assert res.full_accuracy >= 0.8
+    assert res.layers_used[-1] == 6.0 and res.latency_saved[-1] == pytest.approx(0.0, abs=1e-9)
+    assert res.layers_used[0] <= res.layers_used[1]
