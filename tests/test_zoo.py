@@ -483,17 +483,15 @@ def test_gan_forward_is_discriminator_of_generator():
 
 # -- options and the `layerscope zoo` command ----------------------------------------------------
 def test_every_option_is_described():
-    from layerscope.zoo.describe import options
-
     for name in zoo.names():
-        opts = options(name)
+        opts = zoo.options(name)
         assert [o.name for o in opts] == [f.name for f in dataclasses.fields(zoo.config_class(name))]
         assert all(o.help for o in opts), [o.name for o in opts if not o.help]
         built = dataclasses.asdict(zoo.build_config(name))
         assert {o.name: o.default for o in opts} == built
-    sep = next(o for o in options("cnn-dw") if o.name == "separable")
+    sep = next(o for o in zoo.options("cnn-dw") if o.name == "separable")
     assert sep.default is True and "preset by 'cnn-dw'" in sep.help
-    assert next(o for o in options("cnn") if o.name == "channels").type.startswith("list")
+    assert next(o for o in zoo.options("cnn") if o.name == "channels").type.startswith("list")
 
 
 def test_cli_lists_the_zoo_with_defaults(capsys):

@@ -85,6 +85,19 @@ def names() -> dict[str, str]:
     return {name: entry.description for name, entry in _REGISTRY.items()}
 
 
+def options(name: str) -> list:
+    """Each option of ``name``: type, default and meaning (see :mod:`layerscope.zoo.describe`).
+
+    Example:
+        >>> from layerscope import zoo
+        >>> [o.name for o in zoo.options("gpt")][:4]
+        ['vocab_size', 'seq_len', 'width', 'depth']
+    """
+    from .describe import options as _options
+
+    return _options(name)
+
+
 def config_class(name: str) -> type:
     """The config dataclass of the zoo network ``name``."""
     entry = _entry(name)
@@ -223,4 +236,4 @@ def _whole(value) -> int:
     raise ValueError(value)
 
 
-__all__ = ["build", "build_config", "config_class", "names", "parse_spec"]
+__all__ = ["build", "build_config", "config_class", "names", "options", "parse_spec"]
