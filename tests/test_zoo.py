@@ -470,7 +470,12 @@ def test_gan_forward_is_discriminator_of_generator():
     with torch.no_grad():
         fake = gan.generator(z)
         assert torch.equal(gan(z), gan.discriminator(fake))
-    assert fake.shape == (4, 64) and fake.abs().max() <= 1
+    assert fake.shape == (4, 64) and 0 <= fake.min() and fake.max() <= 1   # digits' range
+    tanh = zoo.build(SMALL["gan"][0] + ",output=tanh").eval()
+    tanh.load_state_dict(gan.state_dict())
+    with torch.no_grad():   # the same pre-activation, read through tanh instead of sigmoid
+        assert torch.allclose(tanh.generator(z), 2 * torch.sigmoid(2 * torch.logit(fake)) - 1,
+                              atol=1e-4)
     assert gan.sample(5).shape == (5, 64)
     W = 16
     assert _n(gan.discriminator) == (64 * W + W) + (W * W + W) + (W + 1)

@@ -1,8 +1,8 @@
 """A generative adversarial network: an MLP generator and an MLP discriminator in one module.
 
-The generator maps noise ``z`` (B, noise_dim) to fake items (B, out_features) in [-1, 1]
-(its last block ends in tanh, so scale the data to that range, e.g. ``pixels / 8 - 1`` for 8x8
-digits). The discriminator maps an item to one logit, "real" when positive; train both with
+The generator maps noise ``z`` (B, noise_dim) to fake items (B, out_features); its last block
+ends in a sigmoid for data in [0, 1] (layerscope's digits and MNIST pixels) or, with
+``output=tanh``, in a tanh for data scaled to [-1, 1]. The discriminator maps an item to one logit, "real" when positive; train both with
 ``nn.BCEWithLogitsLoss`` (the sigmoid lives in the loss).
 
 ``forward(z)`` is the whole adversarial path, ``discriminator(generator(z))``: the logit the
@@ -44,6 +44,7 @@ class GANConfig:
     norm: str = "batch"            # none | batch | layer, in the generator's hidden layers
     dropout: float = 0.0           # in the discriminator's hidden layers
     residual: bool = False         # add each hidden layer's input to its output (sizes match)
+    output: str = "sigmoid"        # sigmoid (items in [0, 1]) | tanh (items in [-1, 1])
 
     def __post_init__(self):
         check_positive(out_features=self.out_features, noise_dim=self.noise_dim,
@@ -51,6 +52,7 @@ class GANConfig:
         check_choice("activation", self.activation, ("relu", "gelu", "tanh", "silu", "leaky_relu"))
         check_choice("norm", self.norm, ("none", "batch", "layer"))
         check_dropout(self.dropout)
+        check_choice("output", self.output, ("sigmoid", "tanh"))
 
 
 class Dense(nn.Module):
@@ -79,7 +81,7 @@ def _stack(n_in: int, config: GANConfig, norm: str, dropout: float) -> nn.Module
 
 
 class Generator(nn.Module):
-    """Noise (B, noise_dim) -> hidden layers -> output layer (linear, tanh) -> (B, out_features).
+    """Noise (B, noise_dim) -> hidden layers -> output layer (linear, sigmoid or tanh).
 
     The output layer is the last of ``blocks``, so the Layers view sees the generated items.
     """
@@ -88,11 +90,12 @@ class Generator(nn.Module):
         super().__init__()
         self.blocks = _stack(config.noise_dim, config, config.norm, 0.0)
         self.blocks.append(Dense(config.width, config.out_features, config, "none", 0.0,
-                                 act=nn.Tanh(), residual=False))
+                                 act=nn.Sigmoid() if config.output == "sigmoid" else nn.Tanh(),
+                                 residual=False))
 
     def forward(self, z: Tensor) -> Tensor:
         for block in self.blocks:
-            z = block(z)                 # (B, width), then (B, out_features) in [-1, 1]
+            z = block(z)                 # (B, width), then (B, out_features) in the data range
         return z
 
 
