@@ -2,15 +2,16 @@
 
 The generator maps noise ``z`` (B, noise_dim) to fake items (B, out_features); its last block
 ends in a sigmoid for data in [0, 1] (layerscope's digits and MNIST pixels) or, with
-``output=tanh``, in a tanh for data scaled to [-1, 1]. The discriminator maps an item to one logit, "real" when positive; train both with
-``nn.BCEWithLogitsLoss`` (the sigmoid lives in the loss).
+``output=tanh``, in a tanh for data scaled to [-1, 1]. The discriminator maps an item to one
+logit, "real" when positive; train both with ``nn.BCEWithLogitsLoss`` (its sigmoid lives in the
+loss).
 
 ``forward(z)`` is the whole adversarial path, ``discriminator(generator(z))``: the logit the
 discriminator gives to generated items, which is what the generator's loss reads. So
 ``example_input`` is a noise batch, and the Layers view walks every block in the order they
 run: the generator's hidden layers, its output layer (the fake items), then the
 discriminator's hidden layers. Draw samples with ``gan.generator(z)`` or ``gan.sample(n)``.
-The reference data is sklearn's 8x8 digits (64 features).
+The reference data is sklearn's 8x8 digits (64 features; ``out_features=784`` for MNIST).
 
 Example:
     >>> import torch
