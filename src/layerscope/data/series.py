@@ -84,7 +84,10 @@ def timeseries(series: str = "sunspots", seq_len: int = 32) -> Dataset:
     meta = {
         "description": f"{description}: {len(windows):,} windows of {seq_len} standardised "
                        "values, label = the next value",
-        "source": source, "licence": "public domain (statsmodels data set, BSD-3-Clause package)",
+        "source": "statsmodels 0.15 data set, shipped in layerscope", "source_detail": source,
+        "licence": "public domain",
+        "licence_detail": "marked public domain in statsmodels (BSD-3-Clause); see "
+                          "layerscope/data/files/LICENSES.txt",
         "citation": citation, "size": len(windows), "values": len(raw), "series": series,
         "seq_len": seq_len, "window": seq_len, "ordered": True, "mean": mean, "std": std,
     }

@@ -33,9 +33,11 @@ SOURCES = {"movie": "movie-review snippets", "tweet": "tweets",
 CITATION = ("Hutto, C.J. & Gilbert, E.E. (2014). VADER: A Parsimonious Rule-based Model for "
             "Sentiment Analysis of Social Media Text. Eighth International Conference on "
             "Weblogs and Social Media (ICWSM-14), Ann Arbor, MI.")
-SOURCE = ("vaderSentiment 3.3.2 sdist, additional_resources/hutto_ICWSM_2014.tar.gz "
-          "(*_GroundTruth.txt); shipped as layerscope/data/files/sentences.tsv.gz")
-LICENCE = "MIT (Copyright (c) 2016 C.J. Hutto); see layerscope/data/files/LICENSES.txt"
+SOURCE = "vaderSentiment 3.3.2 sdist, shipped in layerscope"
+SOURCE_DETAIL = ("additional_resources/hutto_ICWSM_2014.tar.gz (*_GroundTruth.txt) of the "
+                 "vaderSentiment 3.3.2 sdist, shipped as layerscope/data/files/sentences.tsv.gz")
+LICENCE = "MIT"
+LICENCE_DETAIL = "Copyright (c) 2016 C.J. Hutto; see layerscope/data/files/LICENSES.txt"
 #: the 95 printable ASCII characters plus newline: token id = code point, 128 ids in all
 ASCII_VOCAB = [chr(i) for i in range(128)]
 
@@ -61,7 +63,8 @@ def sentences(source: str | None = None) -> Dataset:
         "description": "English sentences, each with the mean sentiment score of about 20 human "
                        "raters on a scale from -4 (most negative) to 4 (most positive): "
                        + ", ".join(f"{counts[k]:,} {SOURCES[k]}" for k in SOURCES if counts[k]),
-        "source": SOURCE, "licence": LICENCE, "citation": CITATION, "size": len(rows),
+        "source": SOURCE, "source_detail": SOURCE_DETAIL, "licence": LICENCE,
+        "licence_detail": LICENCE_DETAIL, "citation": CITATION, "size": len(rows),
     }
     return Dataset("sentences", [r[3] for r in rows],
                    torch.tensor([r[2] for r in rows], dtype=torch.float32),
@@ -92,7 +95,8 @@ def char_corpus(seq_len: int = 64) -> Dataset:
         "description": f"character-level language modelling: the sentences as {len(ids):,} ASCII "
                        f"characters (accents dropped), {n:,} windows of {seq_len}; the label at "
                        "each position is the next character; token id = ASCII code (128 ids)",
-        "source": SOURCE, "licence": LICENCE, "citation": CITATION, "size": n,
+        "source": SOURCE, "source_detail": SOURCE_DETAIL, "licence": LICENCE,
+        "licence_detail": LICENCE_DETAIL, "citation": CITATION, "size": n,
         "vocab": list(ASCII_VOCAB), "seq_len": seq_len, "characters": len(ids),
     }
     return Dataset("text", items, labels, modality="sequence", task="language-modeling",
