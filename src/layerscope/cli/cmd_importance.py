@@ -1,0 +1,96 @@
+"""``layerscope importance MODEL DATA``: the effect of removing each block, Block Influence,
+angular distance; with ``--curve``, the objective after removing k blocks by each criterion."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .app import app
+from .common import BlocksOpt, JsonOpt, ModelArg, TrustRemoteCodeOpt, model_from_cli, print_json
+
+DataArg = Annotated[str, typer.Argument(
+    help="A built-in dataset name (e.g. sentences) or a file: .txt (one item per line), "
+         ".csv/.jsonl (a text column).", metavar="DATA", show_default=False)]
+LimitOpt = Annotated[Optional[int], typer.Option("--limit", help="Use only N items of DATA.",
+                                                 show_default=False)]
+PlotOpt = Annotated[Optional[Path], typer.Option("--plot", help="Write the figure to this PNG file.",
+                                                 show_default=False)]
+
+
+def load_data(ref: str, limit: int | None):
+    """DATA as the command line gives it: a dataset reference for ``layerscope.data``; a plain
+    ``.txt`` file (one item per line) is read directly if that module is unavailable."""
+    try:
+        from layerscope.data import load_dataset
+    except ImportError:
+        path = Path(ref)
+        if path.suffix != ".txt" or not path.is_file():
+            raise
+        from layerscope.errors import LayerscopeError
+
+        items = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if not items:
+            raise LayerscopeError(f"{ref} has no non-empty lines; put one text per line")
+        return items[:limit] if limit is not None else items
+    return load_dataset(ref, limit=limit)
+
+
+def save_plot(result, path: Path | None) -> None:
+    if path is not None:
+        import matplotlib.pyplot as plt
+
+        fig = result.plot()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+
+
+@app.command("importance")
+def importance_command(
+    model: ModelArg,
+    data: DataArg,
+    limit: LimitOpt = None,
+    curve: Annotated[bool, typer.Option("--curve", help="Also remove k = 1..--max-k blocks chosen "
+                                        "by each criterion (block-influence, angular, single, last).")] = False,
+    max_k: Annotated[int, typer.Option("--max-k", help="Most blocks removed together with --curve.")] = 4,
+    method: Annotated[str, typer.Option("--method", help="auto, prefix (re-run only the blocks "
+                                        "after the removed one) or naive (full forwards).")] = "auto",
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Items per forward pass.")] = 16,
+    max_length: Annotated[int, typer.Option("--max-length", help="Longest text in tokens.")] = 128,
+    plot: PlotOpt = None,
+    blocks: BlocksOpt = None,
+    trust_remote_code: TrustRemoteCodeOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Which blocks matter: the model's own objective with each block removed (skipped)."""
+    from layerscope.analyses.importance import build_stack, layer_importance, removal_curve
+
+    loaded = model_from_cli(model, blocks=blocks, trust_remote_code=trust_remote_code)
+    if curve:
+        n_blocks = len(build_stack(loaded, blocks).blocks)
+        if not 1 <= max_k <= n_blocks:
+            from layerscope.errors import LayerscopeError
+
+            raise LayerscopeError(f"max_k must be between 1 and {n_blocks} (the number of blocks); got {max_k}")
+    items = load_data(data, limit)
+    res = layer_importance(loaded, items, blocks=blocks, batch_size=batch_size,
+                           max_length=max_length, method=method, progress=not as_json)
+    result = res
+    if curve:
+        result = removal_curve(loaded, items, max_k=max_k, importance=res, blocks=blocks,
+                               batch_size=batch_size, max_length=max_length, method=method,
+                               progress=not as_json)
+    save_plot(result, plot)
+    if as_json:
+        print_json({**res.to_dict(), "curve": result.to_dict()} if curve else res.to_dict())
+        return
+    typer.echo(res.summary())
+    for i, name in enumerate(res.layers):
+        typer.echo(f"  {i:>3} {name:<28} {res.objective} {res.metric[i]:<12.5g} "
+                   f"BI {res.block_influence[i]:.4f}")
+    if curve:
+        typer.echo(result.summary())
+        for c, values in result.curves.items():
+            typer.echo(f"  {c:<16} " + " ".join(f"{v:.4g}" for v in values))
