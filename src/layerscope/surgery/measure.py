@@ -76,8 +76,9 @@ class SurgeryResult(Result):
         nz = ""
         if self.nonzero_after / max(self.params_after, 1) < self.nonzero_before / max(self.params_before, 1) - 0.005:
             nz = f" ({self.nonzero_after / max(self.params_after, 1):.0%} nonzero)"
-        return (f"{self.operation} {self.model}: params {_count(self.params_before)} -> "
-                f"{_count(self.params_after)}{nz}{size}, latency {self.latency_ms_before:.3g} -> "
+        big = self.params_before >= 1e5
+        return (f"{self.operation} {self.model}: params {_count(self.params_before, big)} -> "
+                f"{_count(self.params_after, big)}{nz}{size}, latency {self.latency_ms_before:.3g} -> "
                 f"{self.latency_ms_after:.3g} ms (x{self.speedup:.2f} faster), "
                 f"{self.quality_metric} {self.quality_before:.4g} -> {self.quality_after:.4g} "
                 f"on {self.n_items} items")
@@ -102,8 +103,8 @@ class SurgeryResult(Result):
         return fig
 
 
-def _count(n: int) -> str:
-    return f"{n / 1e6:.2f}M" if n >= 1e5 else str(n)
+def _count(n: int, millions: bool) -> str:
+    return f"{n / 1e6:.3g}M" if millions else str(n)
 
 
 # --- counts ------------------------------------------------------------------------------------
