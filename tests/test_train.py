@@ -319,3 +319,61 @@ def test_series_windows_are_split_in_time_with_a_persistence_baseline(tmp_path):
     persistence = float(((windows[:, -2] - windows[:, -1]) ** 2).mean())
     assert r.history[0]["persistence_mse"] == pytest.approx(persistence, rel=1e-5)
     assert r.settings["n_held_out"] == 80
+
+
+# -- CLI and real data ---------------------------------------------------------------------------------
+def test_cli_trains_and_writes_a_checkpoint_load_model_reads(tmp_path, capsys):
+    from layerscope.cli import main
+    from layerscope.data import load_dataset
+    from layerscope.models import load_model
+
+    out = tmp_path / "run"
+    code = main(["train", "mlp:width=32,depth=1", "digits", "-o", str(out), "--epochs", "3",
+                 "--lr", "0.01",
+                 "--limit", "300", "--no-progress", "--monitor-every", "5", "--csv",
+                 "--no-plots"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "best accuracy" in printed and str(out / "best") in printed
+    loaded = load_model(str(out / "best"))
+    assert loaded.meta["checkpoint"]["trained"]["data"] == "digits"
+    data = load_dataset("digits", limit=300, seed=0)
+    _, test = data.split(test_fraction=0.2, seed=0)
+    with torch.no_grad():
+        acc = float((loaded.module(test.items).argmax(1) == test.labels).float().mean())
+    best = json.loads((out / "result.json").read_text())["best_metric"]
+    assert acc == pytest.approx(best)
+    assert (out / "metrics.csv").read_text().startswith("step,epoch,layer,kind")
+
+
+def test_cli_bad_input_exits_2_with_one_line(capsys, tmp_path):
+    from layerscope.cli import main
+
+    assert main(["train", "cnn", "nosuchdata", "-o", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown dataset 'nosuchdata'") and "mnist" in err
+    assert main(["train", "cnn", "digits", "-o", str(tmp_path), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "(64,)" in err and "(1, 28, 28)" in err and "Traceback" not in err
+
+
+def test_minilm_transfer_with_frozen_blocks_and_a_new_head(tmp_path, minilm):
+    from layerscope.data import load_dataset
+
+    data = load_dataset("sentences", limit=80, seed=0)
+    before = {k: v.clone() for k, v in minilm.state_dict().items()}
+    r = train("minilm", data, out_dir=tmp_path, epochs=1, batch_size=32, lr=1e-3,
+              freeze="blocks:0-3", max_length=24, monitor_every=1, **FAST)
+    trained = _weights(tmp_path / "last")
+    frozen = [k for k in trained if k.startswith("encoder.encoder.layer.") and
+              int(k.split(".")[3]) <= 3]
+    assert frozen and all(torch.equal(trained[k], before[k[len("encoder."):]]) for k in frozen)
+    assert not torch.equal(trained["encoder.encoder.layer.5.output.dense.weight"],
+                           before["encoder.layer.5.output.dense.weight"])
+    assert trained["head.weight"].shape == (1, 384)
+    assert r.task == "regression" and math.isfinite(r.history[0]["eval_mse"])
+    rows = read_metrics(tmp_path / "metrics.jsonl")
+    blocks = {x["layer"] for x in rows if x["kind"] == "block"}
+    assert {f"encoder.encoder.layer.{i}" for i in range(6)} <= blocks
+    assert all(x["grad_norm"] is None for x in rows
+               if x["kind"] == "block" and x["layer"] == "encoder.encoder.layer.0")

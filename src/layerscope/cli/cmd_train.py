@@ -98,6 +98,7 @@ def train_command(
     device: Annotated[Optional[str], typer.Option(
         "--device", help="cpu or cuda (default: cuda when available).", show_default=False)] = None,
     csv: Annotated[bool, typer.Option("--csv", help="Also write metrics.csv.")] = False,
+    no_plots: Annotated[bool, typer.Option("--no-plots", help="Skip the PNG plots.")] = False,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -118,7 +119,8 @@ def train_command(
                    monitor_every=monitor_every, clip_grad=clip_grad, freeze=freeze,
                    freeze_bn=freeze_bn, layer_lr=parse_layer_lr(layer_lr), lr_decay=lr_decay,
                    patience=patience, resume=resume, progress=not no_progress, task=task,
-                   loss=loss, held_out=held_out, limit=limit, metrics_csv=csv)
+                   loss=loss, held_out=held_out, limit=limit, metrics_csv=csv,
+                   plots=not no_plots)
     if as_json:
         print_json(result.to_dict())
     else:

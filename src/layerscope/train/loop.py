@@ -98,8 +98,9 @@ def train(model, data, *, out_dir, epochs: int = 5, batch_size: int = 64, lr: fl
                 "layer_lr": layer_lr, "lr_decay": lr_decay, "patience": patience,
                 "loss": obj.loss_name, "held_out": held_out, "n_train": len(prepared.train),
                 "n_held_out": len(prepared.held_out), "device": str(dev)}
+    settings.update({k: v for k, v in prepared.meta.items() if v is not None})
     if task == "causal-lm":
-        settings["unigram_entropy"] = unigram_entropy(prepared.train.items[:, 1:])
+        settings["unigram_entropy"] = unigram_entropy(prepared.train.labels)
     log = _logger(progress)
     cuda = dev.type == "cuda"   # CPU kernels are deterministic already; switching costs imports
     old_det = torch.are_deterministic_algorithms_enabled()
@@ -355,6 +356,10 @@ def _check_fit(run: _Runner, prepared: Prepared, obj, batch_size: int) -> None:
         return
     if task == "causal-lm":
         check_loss_fits(run.module, output, None, obj.loss_name, task)
+        if output.shape[:2] != labels.shape[:2]:
+            raise LayerscopeError(
+                f"the language model returned {tuple(output.shape)} for inputs "
+                f"{tuple(items.shape)}; it must give (batch, time, vocab) logits")
         return
     all_labels = prepared.train.labels if prepared.train.labels is not None else labels
     check_loss_fits(run.module, output, all_labels, obj.loss_name, task)

@@ -5,7 +5,9 @@ Data may be a ``layerscope.data.Dataset`` (or its name, loaded with ``load_datas
 adapted to the model only where the meaning is unambiguous: a flat vector reshaped to the
 model's per-item shape when the sizes agree, texts turned into character ids (``ord(c)``,
 clamped to the vocabulary) for zoo token models, and a single series cut into windows whose
-target is the next value. Anything else that does not fit raises an error stating both shapes.
+target is the next value (standardised with the training part's mean and std). GAN data
+outside [-1, 1] is scaled linearly to it with the training split's minimum and maximum (the
+generator ends in tanh). Anything else that does not fit raises an error stating both shapes.
 
 Example:
     >>> import torch
@@ -160,7 +162,7 @@ def adapt(items, labels, *, info: dict, meta: dict, fit: bool) -> Split:
                 f"model {info['ref']!r} takes tensors of shape {_fmt(shape)}; got text")
         length = shape[0] + (1 if info["task"] == "causal-lm" else 0)
         if info["task"] == "causal-lm":
-            return Split(text_chunks(items, length, info["vocab_size"]), None)
+            return _shifted(text_chunks(items, length, info["vocab_size"]))
         return Split(char_ids(items, length, info["vocab_size"]), labels)
     if info["task"] == "gan":
         want = info["config"].get("out_features")
@@ -170,6 +172,12 @@ def adapt(items, labels, *, info: dict, meta: dict, fit: bool) -> Split:
                 f"data items have shape {_fmt(tuple(items.shape[1:]))} ({flat.shape[1]} values) "
                 f"but the GAN generates items of {want} values; build it with "
                 f"out_features={flat.shape[1]}")
+        if fit:
+            lo, hi = float(flat.min()), float(flat.max())
+            meta["gan_scale"] = (lo, hi) if (lo < -1 or hi > 1) and hi > lo else None
+        if meta.get("gan_scale"):          # the generator ends in tanh: data to [-1, 1]
+            lo, hi = meta["gan_scale"]
+            flat = (flat - lo) / (hi - lo) * 2 - 1
         return Split(flat, labels)
     if info["task"] == "causal-lm":
         if items.is_floating_point():
@@ -177,13 +185,17 @@ def adapt(items, labels, *, info: dict, meta: dict, fit: bool) -> Split:
                 f"model {info['ref']!r} is a language model over token ids; got float data of "
                 f"shape {tuple(items.shape)}")
         items = items.long()
-        if items.dim() == 1:
-            items = _chunks(items, shape[0] + 1)
-        if items.shape[1] > shape[0] + 1:
+        if labels is not None and tuple(labels.shape) == tuple(items.shape):
+            split = Split(items, labels.long())      # next-token targets given by the data
+        else:
+            if items.dim() == 1:
+                items = _chunks(items, shape[0] + 1)
+            split = _shifted(items)
+        if split.items.shape[1] > shape[0]:
             raise LayerscopeError(
-                f"token sequences of length {items.shape[1]} exceed the model's seq_len "
-                f"{shape[0]} (+1 for the next-token target); cut them or build with a larger seq_len")
-        return Split(items, None)
+                f"token sequences of length {split.items.shape[1]} exceed the model's seq_len "
+                f"{shape[0]}; cut them or build the model with seq_len={split.items.shape[1]}")
+        return split
     if info.get("sequence_model") and labels is None and (
             items.dim() == 1 or (items.dim() == 2 and 1 in items.shape)):
         return _windows(items.reshape(-1).float(), shape[0], meta, fit)
@@ -199,6 +211,11 @@ def adapt(items, labels, *, info: dict, meta: dict, fit: bool) -> Split:
     elif items.is_floating_point() or not items.dtype.is_floating_point:
         items = items.float()
     return Split(items, labels)
+
+
+def _shifted(chunks: Tensor) -> Split:
+    """Inputs = every token but the last, targets = every token but the first."""
+    return Split(chunks[:, :-1].contiguous(), chunks[:, 1:].contiguous())
 
 
 def _windows(series: Tensor, length: int, meta: dict, fit: bool) -> Split:
@@ -238,4 +255,4 @@ def _chunks(ids: Tensor, length: int) -> Tensor:
 
 
 def _fmt(shape) -> str:
-    return "(" + ", ".join(map(str, shape)) + ")" if shape is not None else "(unknown)"
+    return str(tuple(shape)) if shape is not None else "(unknown)"

@@ -123,11 +123,8 @@ class Regression(Objective):
 
 
 class CausalLM(Objective):
-    def inputs(self, items):
-        return items[:, :-1]
-
     def loss(self, output, items, labels):
-        target = items[:, 1:].to(output.device)
+        target = labels.to(output.device)
         return F.cross_entropy(output.reshape(-1, output.shape[-1]).float(), target.reshape(-1))
 
 
