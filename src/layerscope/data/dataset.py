@@ -116,7 +116,8 @@ def take_limit(data: Dataset, limit: int | None, seed: int = 0) -> Dataset:
     ``limit`` in time order instead, so a limited series is still a series."""
     if limit is None:
         return data
-    if isinstance(limit, bool) or int(limit) != limit or int(limit) <= 0:
+    whole = isinstance(limit, (int, np.integer)) or (isinstance(limit, float) and limit.is_integer())
+    if isinstance(limit, bool) or not whole or limit <= 0:
         raise LayerscopeError(f"limit={limit!r} must be a positive whole number of items, e.g. 500")
     limit = int(limit)
     if data.meta.get("ordered"):
