@@ -65,6 +65,7 @@ def main() -> None:
     model = load_model("smollm2")
     load_s = time.perf_counter() - t0
     texts, source = real_sentences(args.items)
+    texts.sort(key=len)  # batches of similar lengths: less padding, same numbers
     imp = layer_importance(model, texts, batch_size=16, max_length=args.max_length, progress=True)
     print(imp.summary(), flush=True)
     curve = removal_curve(model, texts, max_k=args.max_k, importance=imp, batch_size=16,

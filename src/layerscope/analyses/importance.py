@@ -362,6 +362,10 @@ class _Objective:
     def value(self, key: tuple) -> dict[str, float]:  # pragma: no cover - overridden
         raise NotImplementedError
 
+    def add_final(self, key: tuple, h: Tensor, stack: "Stack") -> None:
+        """Add the output computed by the model's tail from the last block's output ``h``."""
+        self.add(key, stack.tail(h))
+
 
 class LMObjective(_Objective):
     """Next-token loss over real tokens; the metric is perplexity."""
@@ -380,6 +384,13 @@ class LMObjective(_Objective):
         nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), self.targets.reshape(-1),
                               reduction="none").view(self.targets.shape)
         self._add(key, nll=nll[self.valid].double().sum(), n=self.valid.sum())
+
+    def add_final(self, key, h, stack):
+        # the norm acts per position, so decoding only the scored positions is exact and skips
+        # the (vocabulary-wide) head on padding and on each sequence's last token
+        logits = stack.head(stack.norm(h[:, :-1][self.valid])).float()
+        nll = F.cross_entropy(logits, self.targets[self.valid], reduction="sum")
+        self._add(key, nll=nll.double(), n=self.valid.sum())
 
     def value(self, key):
         s = self.sums[key]
@@ -642,7 +653,7 @@ def run_removals(stack: Stack, data, sets: Sequence[tuple[int, ...]], *, batch_s
             for s in sets:
                 skip = set(s)
                 if use_prefix:
-                    objective.add(tuple(s), stack.tail(replay(stack, rec, skip)))
+                    objective.add_final(tuple(s), replay(stack, rec, skip), stack)
                     block_calls += L - min(skip) - len(skip)
                 else:
                     objective.add(tuple(s), main_output(naive_forward(stack, enc, skip), stack.task))
