@@ -398,6 +398,30 @@ def test_bad_references(tmp_path):
         load_dataset(str(tmp_path / "latin.txt"))
 
 
+def test_data_refs_with_inline_options(tmp_path):
+    co2 = load_dataset("timeseries:series=co2,seq_len=8")
+    assert co2.items.shape == (2284 - 8, 8, 1) and co2.meta["series"] == "co2"
+    _write_csv(tmp_path / "r.csv", ["review", "stars"], [["ok", "1.5"], ["bad", "0"]])
+    ds = load_dataset(f"{tmp_path / 'r.csv'}:text_column=review,label_column=stars")
+    assert ds.items == ["ok", "bad"] and ds.labels.tolist() == [1.5, 0.0]
+    with pytest.raises(LayerscopeError, match="seq_len='x'"):
+        load_dataset("text:seq_len=x")
+    with pytest.raises(LayerscopeError, match="cannot read option"):
+        load_dataset("text:seq_len=4,oops")
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import layerscope.cli.cmd_datasets as cmd
+    import layerscope.data as pkg
+    from layerscope.data import builtin, dataset, files, images, labels, series, text_corpus
+
+    for module in (pkg, builtin, dataset, files, images, labels, series, text_corpus, cmd):
+        failed, _ = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+        assert failed == 0, module.__name__
+
+
 # ---------------------------------------------------------------- CLI
 
 

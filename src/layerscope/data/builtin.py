@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Callable
 
 from layerscope.errors import LayerscopeError
@@ -66,16 +67,53 @@ def builtin_datasets() -> dict[str, str]:
     return {name: b.summary for name, b in sorted(BUILTINS.items())}
 
 
+def _option_value(text: str):
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text.strip()
+
+
+def parse_data_ref(ref: str) -> tuple[str, dict]:
+    """Split ``name:key=value,...`` (as on the command line) into the name and its options; a
+    reference without options, or an existing file whose name holds ':', is returned whole.
+
+    Example:
+        >>> parse_data_ref("timeseries:series=co2,seq_len=16")
+        ('timeseries', {'series': 'co2', 'seq_len': 16})
+        >>> parse_data_ref("reviews.csv:text_column=review")
+        ('reviews.csv', {'text_column': 'review'})
+    """
+    head, sep, rest = ref.rpartition(":")
+    if not sep or "=" not in rest or not head or Path(ref).exists():
+        return ref, {}
+    options = {}
+    for part in filter(None, (p.strip() for p in rest.split(","))):
+        key, eq, value = part.partition("=")
+        if not eq or not key.strip():
+            raise LayerscopeError(f"cannot read option {part!r} in {ref!r}; write name:key=value,"
+                                  "key=value, e.g. text:seq_len=32")
+        options[key.strip()] = _option_value(value)
+    return head, options
+
+
 def load_dataset(ref, *, limit: int | None = None, seed: int = 0, **options) -> Dataset:
     """A built-in data set by name, or a data file or folder (see ``layerscope.data.files``);
     ``limit`` keeps the first N items after a shuffle seeded with ``seed``; other options go to
-    the loader (e.g. ``seq_len=16``, ``text_column="review"``). A ``Dataset`` is passed through
-    (limited if asked)."""
+    the loader (e.g. ``seq_len=16``, ``text_column="review"``), and may also be written in the
+    reference as on the command line: ``"text:seq_len=32"``, ``"reviews.csv:label_column=stars"``.
+    A ``Dataset`` is passed through (limited if asked)."""
     if isinstance(ref, Dataset):
         return take_limit(ref, limit, seed)
     if limit is not None:   # check before any loading work
         take_limit(Dataset("check", [], None, "text", None), limit, seed)
-    ref = str(ref)
+    ref, inline = parse_data_ref(str(ref))
+    options = {**inline, **options}
     name = ref.strip().lower()
     if name in BUILTINS:
         data = BUILTINS[name].load(**options)

@@ -110,16 +110,26 @@ class Dataset:
         return f"{self.name}: {len(self):,} items, {kind}, {task}{classes}"
 
 
+def positive_int(name: str, value, what: str) -> int:
+    """``value`` as an int when it is a whole number above 0, else a LayerscopeError naming it.
+
+    Example:
+        >>> positive_int("seq_len", 32.0, "a number of steps, e.g. 32")
+        32
+    """
+    whole = isinstance(value, (int, np.integer)) or (isinstance(value, float) and value.is_integer())
+    if isinstance(value, bool) or not whole or value <= 0:
+        raise LayerscopeError(f"{name}={value!r} must be a positive whole number: {what}")
+    return int(value)
+
+
 def take_limit(data: Dataset, limit: int | None, seed: int = 0) -> Dataset:
     """The first ``limit`` items after a seeded shuffle (all of them, shuffled, if fewer).
     ``None`` keeps the data set as it is. Ordered data (windows of a series) keep the first
     ``limit`` in time order instead, so a limited series is still a series."""
     if limit is None:
         return data
-    whole = isinstance(limit, (int, np.integer)) or (isinstance(limit, float) and limit.is_integer())
-    if isinstance(limit, bool) or not whole or limit <= 0:
-        raise LayerscopeError(f"limit={limit!r} must be a positive whole number of items, e.g. 500")
-    limit = int(limit)
+    limit = positive_int("limit", limit, "a whole number of items, e.g. 500")
     if data.meta.get("ordered"):
         return data.subset(range(min(limit, len(data))))
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(int(seed)))

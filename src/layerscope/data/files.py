@@ -34,7 +34,7 @@ import torch
 
 from layerscope.errors import LayerscopeError
 
-from .dataset import Dataset
+from .dataset import Dataset, positive_int
 from .labels import labels_from_tensor, labels_from_values
 
 TEXT_COLUMNS = ("text", "sentence", "sentence1", "content")
@@ -254,8 +254,13 @@ def load_image_folder(path: Path, size=None, mode: str = "RGB", pixels: str = "0
     if not files:
         raise LayerscopeError(f"folder {str(path)!r} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}); "
                               "put images in it, one subfolder per class")
-    target = (int(size), int(size)) if isinstance(size, (int, str)) else \
-        (tuple(int(s) for s in size) if size is not None else None)
+    if size is None:
+        target = None
+    elif isinstance(size, (tuple, list)) and len(size) == 2:
+        target = tuple(positive_int("size", s, "pixels, e.g. 224 or (224, 224)") for s in size)
+    else:
+        side = positive_int("size", size, "pixels, e.g. 224 or (224, 224)")
+        target = (side, side)
     arrays = []
     for file, _ in files:
         try:

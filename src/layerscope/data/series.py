@@ -30,7 +30,7 @@ import torch
 
 from layerscope.errors import LayerscopeError
 
-from .dataset import Dataset
+from .dataset import Dataset, positive_int
 
 SERIES = {
     "sunspots": ("sunspots.csv", "SUNACTIVITY", "yearly sunspot activity 1700-2008",
@@ -68,9 +68,7 @@ def series_values(name: str) -> np.ndarray:
 def timeseries(series: str = "sunspots", seq_len: int = 32) -> Dataset:
     """Windows of ``seq_len`` standardised values ``(N, seq_len, 1)`` float32 and the next value
     ``(N,)`` float32, in time order."""
-    if int(seq_len) <= 0:
-        raise LayerscopeError(f"seq_len={seq_len} must be a positive number of steps, e.g. 32")
-    seq_len = int(seq_len)
+    seq_len = positive_int("seq_len", seq_len, "a number of steps, e.g. 32")
     raw = series_values(series)
     if len(raw) <= seq_len + 1:
         raise LayerscopeError(f"series {series!r} has {len(raw)} values: too short for windows of "

@@ -25,7 +25,7 @@ import torch
 
 from layerscope.errors import LayerscopeError
 
-from .dataset import Dataset
+from .dataset import Dataset, positive_int
 
 SENTENCES_FILE = "sentences.tsv.gz"
 SOURCES = {"movie": "movie-review snippets", "tweet": "tweets",
@@ -81,9 +81,7 @@ def to_ascii(text: str) -> str:
 def char_corpus(seq_len: int = 64) -> Dataset:
     """The sentences joined by newlines as ASCII character ids, cut into non-overlapping windows:
     items int64 ``(N, seq_len)``, labels the next character at each position ``(N, seq_len)``."""
-    if int(seq_len) <= 0:
-        raise LayerscopeError(f"seq_len={seq_len} must be a positive number of characters, e.g. 64")
-    seq_len = int(seq_len)
+    seq_len = positive_int("seq_len", seq_len, "a number of characters, e.g. 64")
     text = "\n".join(to_ascii(r[3]) for r in _rows()) + "\n"
     ids = torch.tensor(list(text.encode("ascii")), dtype=torch.int64)
     n = (len(ids) - 1) // seq_len
