@@ -1,0 +1,591 @@
+"""Linear probes for every layer at once, from streaming sufficient statistics.
+
+One pass over the data accumulates, per layer and per cross-validation fold, the sums
+``n, Σx, XᵀX, XᵀY, Σy, YᵀY`` (float64) of the training items, and keeps the rows of the held-out
+items (a seeded hash of the item index decides the split, so one pass suffices and batching does
+not matter). The probe is ridge regression on standardised features — for classes, ridge on
+one-hot targets (a least-squares classifier whose decisions equal scikit-learn's
+``RidgeClassifier``) — solved in closed form from those sums. The penalty is chosen by k-fold
+cross-validation computed from the same sums (squared error on the held-out fold, for every
+penalty of the grid from one eigendecomposition per fold), then refitted on all training items.
+
+Reported per layer: held-out accuracy with a Wilson 95% interval, or R² with a bootstrap 95%
+interval over held-out items; next to two controls: the majority-class (or training-mean)
+baseline, and the same probe on *random features*: i.i.d. standard Gaussian vectors of the same
+width as the widest probed layer, drawn from a generator seeded by each item's index (so they
+carry no information about the item; the control shows what a probe of that width scores by
+chance with this many training items — Hewitt & Liang 2019 motivate such controls).
+
+Example:
+    >>> import torch
+    >>> from layerscope.analyses.probe import LinearProbe
+    >>> g = torch.Generator().manual_seed(0)
+    >>> X = torch.randn(200, 5, generator=g); y = (X[:, 0] > 0).long()
+    >>> LinearProbe(alpha=1.0).fit(X[:150], y[:150]).score(X[150:], y[150:]) > 0.9
+    True
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from layerscope.errors import LayerscopeError
+from layerscope.reducers import BatchInfo, Reducer
+from layerscope.results import Result
+
+ALPHAS = tuple(float(a) for a in np.logspace(-2, 5, 15))
+RANDOM = "random features"
+
+
+# --- hashing items into splits ----------------------------------------------------------------
+
+
+def _unit_hash(indices: np.ndarray, seed: int, salt: int) -> np.ndarray:
+    """A uniform number in [0, 1) per item index (splitmix64 of index, seed and salt)."""
+    with np.errstate(over="ignore"):
+        z = (np.asarray(indices, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+             + np.uint64(seed * 1_000_003 + salt * 7919 + 1))
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def split_items(indices, test_fraction: float = 0.2, folds: int = 3, seed: int = 0) -> np.ndarray:
+    """Fold number per item index: ``-1`` for held-out (test) items, ``0..folds-1`` for training.
+
+    Example:
+        >>> split_items(range(8), test_fraction=0.25, folds=2, seed=0).tolist()
+        [-1, -1, 0, 1, -1, 0, 0, 0]
+    """
+    idx = np.asarray(list(indices) if not isinstance(indices, np.ndarray) else indices, dtype=np.int64)
+    test = _unit_hash(idx, seed, 1) < test_fraction
+    fold = np.floor(_unit_hash(idx, seed, 2) * folds).astype(np.int64)
+    return np.where(test, -1, fold)
+
+
+def random_features(indices, width: int, seed: int = 0) -> Tensor:
+    """The random-features control: N(0, 1) rows of ``width`` drawn per item index (seeded)."""
+    return torch.from_numpy(np.stack([
+        np.random.default_rng([seed, 7, int(i)]).standard_normal(width) for i in indices
+    ]).astype(np.float32)) if len(indices) else torch.zeros(0, width)
+
+
+# --- sufficient statistics and the closed-form ridge ------------------------------------------
+
+
+class RidgeStats:
+    """Additive sums of rows ``x`` (d) and targets ``y`` (c): n, Σx, XᵀX, XᵀY, Σy, YᵀY (float64)."""
+
+    def __init__(self, d: int, c: int):
+        self.n = 0
+        self.sx = np.zeros(d)
+        self.sxx = np.zeros((d, d))
+        self.sxy = np.zeros((d, c))
+        self.sy = np.zeros(c)
+        self.syy = np.zeros((c, c))
+
+    def add(self, x: Tensor, y: Tensor) -> None:
+        x, y = x.double(), y.double()
+        self.n += x.shape[0]
+        self.sx += x.sum(0).cpu().numpy()
+        self.sxx += (x.T @ x).cpu().numpy()
+        self.sxy += (x.T @ y).cpu().numpy()
+        self.sy += y.sum(0).cpu().numpy()
+        self.syy += (y.T @ y).cpu().numpy()
+
+    def grow_targets(self, c: int) -> None:
+        """Widen the target columns to ``c`` (new classes seen later in the stream)."""
+        extra = c - self.sy.shape[0]
+        if extra > 0:
+            self.sxy = np.pad(self.sxy, ((0, 0), (0, extra)))
+            self.sy = np.pad(self.sy, (0, extra))
+            self.syy = np.pad(self.syy, ((0, extra), (0, extra)))
+
+    def __add__(self, other: "RidgeStats") -> "RidgeStats":
+        out = copy.deepcopy(self)
+        c = max(self.sy.shape[0], other.sy.shape[0])
+        out.grow_targets(c)
+        o = copy.deepcopy(other)
+        o.grow_targets(c)
+        out.n += o.n
+        for k in ("sx", "sxx", "sxy", "sy", "syy"):
+            setattr(out, k, getattr(out, k) + getattr(o, k))
+        return out
+
+    def __sub__(self, other: "RidgeStats") -> "RidgeStats":
+        neg = copy.deepcopy(other)
+        neg.n = -neg.n
+        for k in ("sx", "sxx", "sxy", "sy", "syy"):
+            setattr(neg, k, -getattr(neg, k))
+        return self + neg
+
+
+@dataclass
+class RidgeFit:
+    """A fitted probe in raw feature space: ``predict(x) = x @ coef + intercept``."""
+
+    coef: np.ndarray        # (d, c)
+    intercept: np.ndarray   # (c,)
+    alpha: float
+
+    def predict(self, x) -> np.ndarray:
+        return np.asarray(x, dtype=np.float64) @ self.coef + self.intercept
+
+
+def _standardised(s: RidgeStats, standardize: bool):
+    """Centred (and scaled) Gram and cross products, with the mean and scale used."""
+    n = max(s.n, 1)
+    mu, my = s.sx / n, s.sy / n
+    c = s.sxx - n * np.outer(mu, mu)
+    cxy = s.sxy - n * np.outer(mu, my)
+    scale = np.ones_like(mu)
+    if standardize:
+        var = np.clip(np.diag(c) / n, 0.0, None)
+        scale = np.sqrt(var)
+        scale[scale < 1e-12 * max(1.0, float(np.abs(mu).max(initial=0.0)))] = 1.0
+        c = c / np.outer(scale, scale)
+        cxy = cxy / scale[:, None]
+    return c, cxy, mu, my, scale
+
+
+def fit_ridge(s: RidgeStats, alphas, standardize: bool = True) -> list[RidgeFit]:
+    """The ridge solution for each penalty, from one eigendecomposition of the centred Gram."""
+    c, cxy, mu, my, scale = _standardised(s, standardize)
+    lam, v = np.linalg.eigh(c)
+    lam = np.clip(lam, 0.0, None)
+    proj = v.T @ cxy
+    fits = []
+    for a in alphas:
+        w = v @ (proj / (lam + a)[:, None])
+        coef = w / scale[:, None]
+        fits.append(RidgeFit(coef, my - mu @ coef, float(a)))
+    return fits
+
+
+def squared_error(fit: RidgeFit, s: RidgeStats) -> float:
+    """Σᵢ ‖yᵢ − predict(xᵢ)‖² over the items summarised in ``s``, from the sums alone."""
+    a, b = fit.coef, fit.intercept
+    return float(np.trace(s.syy) - 2 * np.sum(a * s.sxy) - 2 * b @ s.sy
+                 + np.sum(a * (s.sxx @ a)) + 2 * b @ (a.T @ s.sx) + s.n * b @ b)
+
+
+def choose_alpha(folds: list[RidgeStats], alphas, standardize: bool = True) -> tuple[float, list[float]]:
+    """The penalty with the least k-fold squared error (and every penalty's mean error per item)."""
+    folds = [f for f in folds if f.n > 0]
+    if len(alphas) == 1 or len(folds) < 2:
+        return float(alphas[0]), []
+    total = folds[0]
+    for f in folds[1:]:
+        total = total + f
+    err = np.zeros(len(alphas))
+    for f in folds:
+        for i, fit in enumerate(fit_ridge(total - f, alphas, standardize)):
+            err[i] += squared_error(fit, f)
+    err /= total.n
+    return float(alphas[int(np.argmin(err))]), err.tolist()
+
+
+def _targets(y: Tensor, classification: bool, n_classes: int) -> Tensor:
+    if classification:
+        return torch.nn.functional.one_hot(y.long(), n_classes).double()
+    return y.double().reshape(len(y), -1)
+
+
+# --- intervals ---------------------------------------------------------------------------------
+
+
+def wilson(correct: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score interval for a proportion (95% by default).
+
+    Example:
+        >>> [round(v, 4) for v in wilson(80, 100)]
+        [0.7112, 0.8666]
+    """
+    if n == 0:
+        return float("nan"), float("nan")
+    p = correct / n
+    den = 1 + z * z / n
+    mid = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return mid - half, mid + half
+
+
+def r2_score(y: np.ndarray, pred: np.ndarray) -> float:
+    y, pred = np.asarray(y, float).reshape(len(y), -1), np.asarray(pred, float).reshape(len(y), -1)
+    ss_tot = ((y - y.mean(0)) ** 2).sum()
+    return float(1 - ((y - pred) ** 2).sum() / ss_tot) if ss_tot > 0 else 0.0
+
+
+def bootstrap_r2(y: np.ndarray, pred: np.ndarray, n_boot: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile bootstrap interval of R² over held-out items."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(y), size=(n_boot, len(y)))
+    yb = np.asarray(y, float).reshape(len(y), -1)[idx]
+    pb = np.asarray(pred, float).reshape(len(y), -1)[idx]
+    ss_tot = ((yb - yb.mean(1, keepdims=True)) ** 2).sum((1, 2))
+    ss_res = ((yb - pb) ** 2).sum((1, 2))
+    r2 = np.where(ss_tot > 0, 1 - ss_res / np.where(ss_tot > 0, ss_tot, 1), 0.0)
+    lo, hi = np.percentile(r2, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+# --- the estimator -----------------------------------------------------------------------------
+
+
+class LinearProbe:
+    """A ridge probe with scikit-learn habits: ``fit(X, y)``, ``predict``, ``score``.
+
+    ``task`` is "classification" (one-hot ridge, argmax decision), "regression" or "auto"
+    (integer labels mean classes). ``alpha=None`` picks the penalty from ``alphas`` by
+    ``folds``-fold cross-validation on the sufficient statistics. Features are standardised
+    (mean 0, variance 1 over the training items) unless ``standardize=False``.
+
+    Example:
+        >>> import torch
+        >>> X = torch.randn(100, 3); y = X @ torch.tensor([1.0, -2.0, 0.5])
+        >>> round(LinearProbe(alpha=1e-6).fit(X, y).score(X, y), 6)
+        1.0
+    """
+
+    def __init__(self, alpha: float | None = None, *, task: str = "auto", alphas=ALPHAS,
+                 folds: int = 3, standardize: bool = True, seed: int = 0):
+        self.alpha, self.task, self.alphas, self.folds = alpha, task, tuple(alphas), folds
+        self.standardize, self.seed = standardize, seed
+
+    def fit(self, X, y) -> "LinearProbe":
+        X = torch.as_tensor(np.asarray(X) if not isinstance(X, Tensor) else X).reshape(len(X), -1)
+        y = torch.as_tensor(np.asarray(y) if not isinstance(y, Tensor) else y)
+        if len(X) != len(y):
+            raise LayerscopeError(f"{len(X)} rows of features but {len(y)} labels; give one label per row")
+        self.classification_ = _is_classification(y, self.task)
+        if self.classification_:
+            self.classes_, y_idx = np.unique(y.numpy(), return_inverse=True)
+            if len(self.classes_) < 2:
+                raise LayerscopeError("the labels hold a single class; a probe needs at least two classes")
+            targets = _targets(torch.from_numpy(y_idx.reshape(-1)), True, len(self.classes_))
+        else:
+            targets = _targets(y, False, 0)
+        fold = split_items(np.arange(len(X)), 0.0, self.folds, self.seed)
+        stats = []
+        for f in range(self.folds):
+            s = RidgeStats(X.shape[1], targets.shape[1])
+            rows = torch.from_numpy(np.flatnonzero(fold == f))
+            if len(rows):
+                s.add(X[rows], targets[rows])
+            stats.append(s)
+        alpha, self.cv_error_ = (float(self.alpha), []) if self.alpha is not None else choose_alpha(
+            stats, self.alphas, self.standardize)
+        total = stats[0]
+        for s in stats[1:]:
+            total = total + s
+        self.fit_ = fit_ridge(total, [alpha], self.standardize)[0]
+        self.alpha_ = alpha
+        return self
+
+    def decision_function(self, X) -> np.ndarray:
+        return self.fit_.predict(np.asarray(X, dtype=np.float64).reshape(len(X), -1))
+
+    def predict(self, X) -> np.ndarray:
+        out = self.decision_function(X)
+        if self.classification_:
+            return self.classes_[out.argmax(1)]
+        return out[:, 0] if out.shape[1] == 1 else out
+
+    def score(self, X, y) -> float:
+        """Accuracy for classes, R² for regression."""
+        y = np.asarray(y)
+        pred = self.predict(X)
+        return float((pred == y).mean()) if self.classification_ else r2_score(y, pred)
+
+
+def _is_classification(y: Tensor, task: str) -> bool:
+    if task in ("classification", "regression"):
+        return task == "classification"
+    if task != "auto":
+        raise LayerscopeError(f"unknown probe task kind {task!r}; use classification, regression or auto")
+    return not torch.is_floating_point(y) or bool(torch.all(y == y.round()) and y.unique().numel() <= 20)
+
+
+# --- the reducer: all layers in one pass -------------------------------------------------------
+
+
+class ProbeStats(Reducer):
+    """Per layer and fold the ridge sums of the training items; the held-out rows kept as they are.
+
+    ``random_width`` (default: the widest layer seen in the first batch; 0 for none) adds the
+    random-features control as an extra pseudo-layer.
+    """
+
+    def __init__(self, classification: bool, *, layers: list[str] | None = None, view: str = "mean",
+                 test_fraction: float = 0.2, folds: int = 3, seed: int = 0,
+                 random_width: int | None = None):
+        if not 0.0 < test_fraction < 1.0:
+            raise LayerscopeError(f"test_fraction must be between 0 and 1; got {test_fraction}")
+        self.classification, self.view = classification, view
+        self.layers = list(layers) if layers is not None else None
+        self.test_fraction, self.folds, self.seed = test_fraction, folds, seed
+        self.random_width = random_width
+        self.n_classes = 0
+        self.stats: dict[str, list[RidgeStats]] = {}
+        self.test_rows: dict[str, list[Tensor]] = {}
+        self.test_y: list[Tensor] = []
+        self.test_index: list[np.ndarray] = []
+        self.order: list[str] = []
+
+    def update(self, acts: dict[str, Tensor], batch: BatchInfo) -> None:
+        if batch.labels is None:
+            raise LayerscopeError("a probe needs labels; give data with labels or a probing task")
+        y = batch.labels.detach().cpu()
+        if len(y) != batch.size:
+            raise LayerscopeError(f"a batch of {batch.size} items came with {len(y)} labels; give one label per item")
+        if not torch.all(torch.isfinite(y.double())):
+            raise LayerscopeError("labels hold NaN or inf; drop those items before probing")
+        idx = np.arange(batch.start, batch.start + batch.size)
+        fold = split_items(idx, self.test_fraction, self.folds, self.seed)
+        if self.classification:
+            if torch.is_floating_point(y) and not torch.all(y == y.round()):
+                raise LayerscopeError("classification probes need integer class labels; use a regression probe")
+            if int(y.min()) < 0:
+                raise LayerscopeError("class labels must be 0, 1, 2, ...; got a negative label")
+            self.n_classes = max(self.n_classes, int(y.max()) + 1)
+        targets = _targets(y, self.classification, max(self.n_classes, 1))
+        acts = {k: v.reshape(v.shape[0], -1) for k, v in acts.items()
+                if self.layers is None or k in self.layers}
+        if self.random_width is None:
+            self.random_width = max((v.shape[1] for v in acts.values()), default=0)
+        if self.random_width:
+            acts[RANDOM] = random_features(idx, self.random_width, self.seed)
+        test = torch.from_numpy(fold < 0)
+        for name, x in acts.items():
+            if name not in self.stats:
+                self.order.append(name)
+                self.stats[name] = [RidgeStats(x.shape[1], targets.shape[1]) for _ in range(self.folds)]
+                self.test_rows[name] = []
+            x = x.detach().float().cpu()
+            for f, s in enumerate(self.stats[name]):
+                s.grow_targets(targets.shape[1])
+                rows = torch.from_numpy(np.flatnonzero(fold == f))
+                if len(rows):
+                    s.add(x[rows], targets[rows])
+            self.test_rows[name].append(x[test].clone())
+        self.test_y.append(y[test].clone())
+        self.test_index.append(idx[fold < 0])
+
+    def merge(self, other: "ProbeStats") -> "ProbeStats":
+        self._check_mergeable(other)
+        out = copy.deepcopy(self)
+        out.n_classes = max(self.n_classes, other.n_classes)
+        for name in other.order:
+            if name not in out.stats:
+                out.order.append(name)
+                out.stats[name] = copy.deepcopy(other.stats[name])
+                out.test_rows[name] = [t.clone() for t in other.test_rows[name]]
+            else:
+                out.stats[name] = [a + b for a, b in zip(out.stats[name], other.stats[name])]
+                out.test_rows[name] += [t.clone() for t in other.test_rows[name]]
+        out.test_y += [t.clone() for t in other.test_y]
+        out.test_index += list(other.test_index)
+        return out
+
+    def result(self, *, alphas=ALPHAS, standardize: bool = True, classes: list[str] | None = None,
+               task_name: str | None = None, n_boot: int = 1000) -> "ProbeResult":
+        return probe_result(self, alphas=alphas, standardize=standardize, classes=classes,
+                            task_name=task_name, n_boot=n_boot)
+
+
+# --- the result --------------------------------------------------------------------------------
+
+
+@dataclass
+class ProbeResult(Result):
+    """Held-out probe scores per layer, with 95% intervals and two controls."""
+
+    layers: list[str]
+    task: str                   # the probing task's name (e.g. "sentiment" or "labels")
+    kind: str                   # "classification" | "regression"
+    metric: str                 # "accuracy" | "r2"
+    score: list[float]
+    ci_low: list[float]
+    ci_high: list[float]
+    alpha: list[float]
+    n_train: int
+    n_test: int
+    baseline: float             # majority class accuracy / R² of the training mean, held out
+    random_features: float      # the same probe on Gaussian features of random_width
+    random_ci: list[float]
+    random_width: int
+    classes: list[str] | None = None
+    method: str = ("ridge on standardised features (one-hot targets for classes), closed form "
+                   "from XᵀX; penalty by k-fold CV on the sums")
+    interval: str = ""
+
+    @property
+    def peak(self) -> int:
+        return int(np.argmax(self.score))
+
+    def summary(self) -> str:
+        i = self.peak
+        return (f"{self.task}: {self.metric} peaks at layer {i} ({self.layers[i]}) with "
+                f"{self.score[i]:.3f} [{self.ci_low[i]:.3f}, {self.ci_high[i]:.3f}] on {self.n_test} "
+                f"held-out items; baseline {self.baseline:.3f}, random features {self.random_features:.3f}")
+
+    def plot(self, ax=None):
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig = ax.figure if ax is not None else plt.figure(figsize=(7, 4))
+        ax = ax or fig.add_subplot(111)
+        x = np.arange(len(self.layers))
+        ax.plot(x, self.score, marker="o", label=f"probe ({self.metric})")
+        ax.fill_between(x, self.ci_low, self.ci_high, alpha=0.25, label="95% interval")
+        ax.axhline(self.baseline, color="gray", ls="--", label="baseline")
+        ax.axhline(self.random_features, color="tab:red", ls=":", label=f"random features (d={self.random_width})")
+        ax.set_xticks(x, [str(i) for i in x])
+        ax.set_xlabel("layer")
+        ax.set_ylabel(self.metric)
+        ax.set_title(f"probe: {self.task} (n_test={self.n_test})")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        return fig
+
+
+def _evaluate(fit: RidgeFit, x: np.ndarray, y: np.ndarray, classification: bool, n_boot: int, seed: int):
+    pred = fit.predict(x)
+    if classification:
+        correct = int((pred.argmax(1) == y).sum())
+        lo, hi = wilson(correct, len(y))
+        return correct / len(y), lo, hi
+    return r2_score(y, pred), *bootstrap_r2(y, pred, n_boot, seed)
+
+
+def probe_result(stats: ProbeStats, *, alphas=ALPHAS, standardize: bool = True,
+                 classes: list[str] | None = None, task_name: str | None = None,
+                 n_boot: int = 1000) -> ProbeResult:
+    """Fit every layer's probe from the reducer's sums and score it on the held-out rows."""
+    if not stats.order:
+        raise LayerscopeError("the probe saw no data; pass at least a few dozen labelled items")
+    y_test = torch.cat(stats.test_y).numpy() if stats.test_y else np.zeros(0)
+    first = stats.stats[stats.order[0]]
+    n_train = sum(s.n for s in first)
+    if len(y_test) < 2 or n_train < 4:
+        total = n_train + len(y_test)
+        raise LayerscopeError(
+            f"too few items for a held-out probe: {total} items gave {n_train} for training and "
+            f"{len(y_test)} held out; use at least {int(math.ceil(10 / stats.test_fraction))} items")
+    train_y = sum(s.sy for s in first) if stats.classification else None
+    if stats.classification:
+        counts = np.bincount(y_test.astype(np.int64), minlength=len(train_y)) + train_y
+        if (counts > 0).sum() < 2:
+            raise LayerscopeError("the labels hold a single class; a probe needs at least two classes")
+        majority = int(np.argmax(train_y))
+        baseline = float((y_test == majority).mean())
+    else:
+        mean = sum(s.sy for s in first) / n_train
+        baseline = r2_score(y_test, np.broadcast_to(mean, (len(y_test), len(mean))))
+    scores, lo, hi, chosen = [], [], [], []
+    names = [n for n in stats.order if n != RANDOM]
+    rand = None
+    for name in stats.order:
+        alpha, _ = choose_alpha(stats.stats[name], alphas, standardize)
+        total = stats.stats[name][0]
+        for s in stats.stats[name][1:]:
+            total = total + s
+        fit = fit_ridge(total, [alpha], standardize)[0]
+        x_test = torch.cat(stats.test_rows[name]).double().numpy()
+        out = _evaluate(fit, x_test, y_test, stats.classification, n_boot, stats.seed)
+        if name == RANDOM:
+            rand = out
+            continue
+        scores.append(out[0]); lo.append(out[1]); hi.append(out[2]); chosen.append(alpha)
+    kind = "classification" if stats.classification else "regression"
+    return ProbeResult(
+        layers=names, task=task_name or "labels", kind=kind,
+        metric="accuracy" if stats.classification else "r2", score=scores, ci_low=lo, ci_high=hi,
+        alpha=chosen, n_train=int(n_train), n_test=int(len(y_test)), baseline=baseline,
+        random_features=rand[0] if rand else float("nan"),
+        random_ci=[rand[1], rand[2]] if rand else [], random_width=int(stats.random_width or 0),
+        classes=classes,
+        interval="Wilson 95%" if stats.classification else f"bootstrap 95% over held-out items ({n_boot} resamples)",
+    )
+
+
+# --- the analysis: reducers / from_reducers / probe ---------------------------------------------
+
+
+def reducers(data, *, layers=None, view: str = "mean", test_fraction: float = 0.2, folds: int = 3,
+             seed: int = 0, random_width: int | None = None) -> list[Reducer]:
+    """The reducers a probe needs in a sweep over ``data`` (a Dataset with labels)."""
+    return [ProbeStats(_data_is_classification(data), layers=layers, view=view,
+                       test_fraction=test_fraction, folds=folds, seed=seed, random_width=random_width)]
+
+
+def from_reducers(reds: list[Reducer], *, data=None, alphas=ALPHAS, task_name: str | None = None) -> ProbeResult:
+    """The ProbeResult from the swept reducers of :func:`reducers`."""
+    stats = next(r for r in reds if isinstance(r, ProbeStats))
+    classes = getattr(data, "classes", None) if data is not None else None
+    name = task_name or (data.meta.get("probe_task") if data is not None and hasattr(data, "meta") else None)
+    return stats.result(alphas=alphas, classes=classes, task_name=name)
+
+
+def _data_is_classification(data) -> bool:
+    labels = getattr(data, "labels", None)
+    if labels is None:
+        raise LayerscopeError("the data has no labels; choose a probing task (length, bigram-shift, sentiment) or labelled data")
+    if len(labels) != len(data):
+        raise LayerscopeError(f"the data has {len(data)} items but {len(labels)} labels; give one label per item")
+    task = getattr(data, "task", None)
+    if task in ("classification", "regression"):
+        return task == "classification"
+    return _is_classification(torch.as_tensor(labels), "auto")
+
+
+def probe(model, data, *, task: str | None = None, layers=None, granularity: str = "blocks",
+          view: str = "mean", test_fraction: float = 0.2, folds: int = 3, seed: int = 0,
+          alphas=ALPHAS, random_width: int | None = None, limit: int | None = None,
+          batch_size: int = 32, max_length: int | None = 128, progress: bool = False) -> ProbeResult:
+    """Probe every layer of ``model`` for the labels of ``data`` (or a built-in ``task``) in one pass.
+
+    ``task``: None (the data's own labels), or "length", "bigram-shift", "sentiment",
+    "sentiment-score" (see :mod:`layerscope.analyses.probe_tasks`).
+
+    Example:
+        >>> import torch
+        >>> from layerscope.data import Dataset
+        >>> X = torch.randn(300, 4); ds = Dataset("toy", X, (X[:, 0] > 0).long(), "tensor", "classification")
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+        >>> res = probe(net, ds)
+        >>> res.metric, len(res.layers) == len(res.score), res.score[0] > res.baseline
+        ('accuracy', True, True)
+    """
+    from layerscope.sweep import sweep
+
+    data = prepare_data(data, task, limit=limit, seed=seed)
+    reds = reducers(data, layers=None, view=view, test_fraction=test_fraction, folds=folds,
+                    seed=seed, random_width=random_width)
+    sweep(model, data, reducers=reds, layers=layers, granularity=granularity,
+          batch_size=batch_size, max_length=max_length, progress=progress)
+    return from_reducers(reds, data=data, alphas=alphas)
+
+
+def prepare_data(data, task: str | None, *, limit: int | None = None, seed: int = 0):
+    """The labelled Dataset to probe: ``data`` itself, or a built-in probing task made from it."""
+    if isinstance(data, str):
+        from layerscope.data import load_dataset
+
+        data = load_dataset(data, limit=limit, seed=seed)
+    elif limit is not None and hasattr(data, "subset"):
+        data = data.subset(range(min(limit, len(data))))
+    if task in (None, "labels"):
+        return data
+    from layerscope.analyses.probe_tasks import make_task
+
+    return make_task(task, data, seed=seed)
