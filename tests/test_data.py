@@ -214,6 +214,14 @@ def test_series_split_is_in_time_order_without_overlap():
     assert torch.equal(train.items, ds.items[:len(train)])
 
 
+def test_series_limit_keeps_time_order():
+    ds = load_dataset("sunspots", seq_len=5)
+    limited = load_dataset("sunspots", seq_len=5, limit=40, seed=3)
+    assert torch.equal(limited.items, ds.items[:40]) and torch.equal(limited.labels, ds.labels[:40])
+    with pytest.raises(LayerscopeError, match="without overlap"):
+        load_dataset("sunspots", limit=20).split(0.2)
+
+
 def test_split_bad_fraction(digits):
     for bad in (0, 1, -0.1, 1.5):
         with pytest.raises(LayerscopeError, match="between 0 and 1"):
@@ -279,7 +287,12 @@ def test_csv_with_string_labels(tmp_path):
     ds = load_dataset(str(tmp_path / "r.csv"))
     assert ds.items == [r[0] for r in rows]
     assert ds.classes == ["neg", "pos"] and ds.labels.tolist() == [1, 0, 1]
-    assert ds.task == "classification"
+    assert ds.task == "classification" and repr(ds) == (
+        "Dataset(r: 3 items, texts, classification, 2 classes)")
+    (tmp_path / "multi.csv").write_text('text,label\n"two\nlines",1\nplain,0\n', encoding="utf-8")
+    multi = load_dataset(str(tmp_path / "multi.csv"))
+    with open(tmp_path / "multi.csv", newline="", encoding="utf-8") as f:
+        assert multi.items == [row["text"] for row in csv.DictReader(f)] == ["two\nlines", "plain"]
 
 
 def test_csv_float_and_integer_labels_and_named_columns(tmp_path):
@@ -365,6 +378,8 @@ def test_arrays_npy_npz_safetensors(tmp_path):
     with pytest.raises(LayerscopeError, match="it holds: a, b"):
         load_dataset(str(tmp_path / "ab.safetensors"))
     assert len(load_dataset(str(tmp_path / "ab.safetensors"), items_key="a", labels_key="b")) == 4
+    np.savez(tmp_path / "neg.npz", x=x, y=y - 1)
+    assert load_dataset(str(tmp_path / "neg.npz")).classes == ["-1", "0", "1"]
     np.savez(tmp_path / "bad.npz", x=x, y=y[:3])
     with pytest.raises(LayerscopeError, match="7 items but 3 labels"):
         load_dataset(str(tmp_path / "bad.npz"))

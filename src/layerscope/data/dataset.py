@@ -48,6 +48,9 @@ class Dataset:
                 f"data set {self.name!r} has {len(self.items)} items but {len(self.labels)} labels;"
                 " give one label per item")
 
+    def __repr__(self) -> str:
+        return f"Dataset({self.describe()})"
+
     def __len__(self) -> int:
         return len(self.items)
 
@@ -76,7 +79,11 @@ class Dataset:
                 " use more data or another test_fraction")
         if self.meta.get("ordered"):
             gap = int(self.meta.get("window", 0))  # windows straddling the cut would share values
-            train_end = max(n - n_test - gap, 1)
+            train_end = n - n_test - gap
+            if train_end < 1:
+                raise LayerscopeError(
+                    f"data set {self.name!r} has {n} windows of {gap}: too few to hold out "
+                    f"{test_fraction:.0%} without overlap; use more data or a shorter seq_len")
             return self.subset(range(train_end)), self.subset(range(n - n_test, n))
         from sklearn.model_selection import train_test_split
 

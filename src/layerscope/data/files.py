@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import inspect
+import io
 import json
 from pathlib import Path
 
@@ -108,7 +109,7 @@ def load_text_lines(path: Path) -> Dataset:
 def _read_csv(path: Path) -> tuple[list[str], list[dict]]:
     text = _read_text(path)
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-    reader = csv.DictReader(text.splitlines(), delimiter=delimiter)
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
     rows = [row for row in reader if any((v or "").strip() for v in row.values() if isinstance(v, str))]
     return list(reader.fieldnames or []), rows
 

@@ -59,5 +59,7 @@ def labels_from_tensor(labels: Tensor) -> tuple[Tensor, list[str] | None, str]:
     labels = labels.to(torch.int64)
     if labels.dim() != 1:
         return labels, None, "classification"
+    if len(labels) and int(labels.min()) < 0:
+        return labels_from_values(labels.tolist())
     top = int(labels.max()) if len(labels) else -1
     return labels, [str(i) for i in range(top + 1)], "classification"
