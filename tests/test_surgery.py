@@ -528,3 +528,105 @@ def test_early_exit_minilm_sentiment():
     assert res.full_accuracy >= 0.8
     assert res.layers_used[-1] == 6.0 and res.latency_saved[-1] == pytest.approx(0.0, abs=1e-9)
     assert res.layers_used[0] <= res.layers_used[1]
+
+
+# --- measure -----------------------------------------------------------------------------------
+
+
+def test_measure_perplexity_matches_transformers_loss(tmp_path):
+    from layerscope.surgery import drop_blocks, measure, save_model
+
+    model = tiny_llama()
+    x = ids(4, 9)
+    dropped = drop_blocks(model, "2")
+    out = save_model(dropped.loaded, dropped.module, tmp_path / "d")
+    res = measure(model, dropped.loaded, x, operation="drop", output=out, repeats=3)
+    with torch.no_grad():
+        ppl_before = float(torch.exp(model(input_ids=x, labels=x).loss))
+        ppl_after = float(torch.exp(dropped.module(input_ids=x, labels=x).loss))
+    assert res.quality_metric == "perplexity"
+    assert res.quality_before == pytest.approx(ppl_before, rel=1e-5)
+    assert res.quality_after == pytest.approx(ppl_after, rel=1e-5)
+    assert res.params_before - res.params_after == sum(
+        p.numel() for p in model.model.layers[2].parameters())
+    assert res.bytes_after == sum(f.stat().st_size for f in out.iterdir())
+    assert res.latency_ms_before > 0 and res.latency_ms_after > 0
+    assert "perplexity" in res.summary() and res.to_dict()["kind"] == "SurgeryResult"
+    import matplotlib.figure
+
+    assert isinstance(res.plot(), matplotlib.figure.Figure)
+
+
+def test_measure_embedding_cosine_by_hand():
+    import numpy as np
+
+    from layerscope.surgery import measure, quantize
+
+    model = tiny_bert()
+    q = quantize(model)
+    x = ids(5, 6)
+    res = measure(model, q.loaded, x, operation="quantize", repeats=2)
+    with torch.no_grad():
+        a = model(input_ids=x).last_hidden_state.mean(1).numpy()
+        b = q.module(input_ids=x).last_hidden_state.mean(1).numpy()
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert res.quality_metric == "embedding cosine"
+    assert res.quality_after == pytest.approx(float(cos.mean()), rel=1e-5)
+    assert res.quality_before == 1.0
+    assert res.params_after == res.params_before  # int8 weights are still counted
+
+
+# --- CLI ---------------------------------------------------------------------------------------
+
+
+def run_cli(args, capsys):
+    from layerscope.cli import main
+
+    code = main(args)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_cli_drop_saves_reloadable_model_and_reports(tmp_path, capsys):
+    import json
+
+    from transformers import AutoModelForCausalLM
+
+    src = tmp_path / "src"
+    tiny_llama().save_pretrained(str(src))
+    code, out, err = run_cli(["drop", str(src), "--layers", "1-2", "-o", str(tmp_path / "o"),
+                              "--json"], capsys)
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["removed"] == [1, 2] and data["quality_metric"] == "perplexity"
+    assert AutoModelForCausalLM.from_pretrained(str(tmp_path / "o")).config.num_hidden_layers == 2
+    for args, message in [
+        (["drop", str(src), "--layers", "1", "-o", str(tmp_path / "o")], "exists"),
+        (["drop", str(src), "--layers", "1", "-o", str(src)], "overlaps the input"),
+        (["drop", str(src), "--layers", "4", "-o", str(tmp_path / "x")], "out of range"),
+        (["drop", str(src), "--layers", "0-3", "-o", str(tmp_path / "x")], "leaves no model"),
+        (["prune", str(src), "--sparsity", "1", "-o", str(tmp_path / "x")], "sparsity"),
+    ]:
+        code, out, err = run_cli(args, capsys)
+        last = err.strip().splitlines()[-1]
+        assert code == 2 and last.startswith("error: ") and message in last, (args, err)
+        assert "Traceback" not in err
+
+
+def test_cli_prune_and_quantize(tmp_path, capsys):
+    from layerscope.surgery import load_quantized
+
+    code, out, err = run_cli(["prune", "cnn:channels=8x16", "--structured", "channels",
+                              "--sparsity", "0.5", "-o", str(tmp_path / "p")], capsys)
+    assert code == 0, err
+    assert load_model(str(tmp_path / "p")).module.config.channels == [4, 8]
+    code, out, err = run_cli(["quantize", "mlp:depth=2,width=32", "-o", str(tmp_path / "q")],
+                             capsys)
+    assert code == 0, err
+    assert "quantized layers: 3" in out
+    assert load_quantized(tmp_path / "q").meta["quantized"] == ["blocks.0.linear",
+                                                                "blocks.1.linear", "head"]
+    gpt2 = tmp_path / "gpt2"
+    tiny_gpt2().save_pretrained(str(gpt2))
+    code, out, err = run_cli(["quantize", str(gpt2), "-o", str(tmp_path / "g")], capsys)
+    assert code == 2 and "no layers int8" in err

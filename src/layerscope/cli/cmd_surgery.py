@@ -43,6 +43,12 @@ def _dataset(ref: str | None, limit: int | None):
     return load_dataset(ref, limit=limit)
 
 
+def _folder(model: str) -> Path | None:
+    """MODEL as a folder, when it is one (the output may not be it)."""
+    path = Path(model).expanduser()
+    return path if path.is_dir() else None
+
+
 def _report(result, extra: dict, as_json: bool) -> None:
     if as_json:
         print_json({**(result.to_dict() if result is not None else {}), **extra})
@@ -92,6 +98,7 @@ def drop_command(
 
     if (layers is None) == (auto is None):
         raise LayerscopeError("give either --layers (e.g. --layers 21-29) or --auto N with --data")
+    check_output(out, source=_folder(model), overwrite=overwrite)
     loaded = model_from_cli(model, blocks=blocks, input_shape=input_shape,
                             trust_remote_code=trust_remote_code)
     check_output(out, source=source_path(loaded), overwrite=overwrite)
@@ -166,7 +173,7 @@ def prune_command(
     if out is None:
         raise LayerscopeError("say where to write the pruned model: -o OUT")
     check_sparsity(sparsity)
-    check_output(out, source=source_path(loaded), overwrite=overwrite)
+    check_output(out, source=source_path(loaded) or _folder(model), overwrite=overwrite)
     if structured:
         pruned = prune_structured(loaded, sparsity, structured, blocks=blocks)
     else:
@@ -201,6 +208,7 @@ def quantize_command(
     from layerscope.surgery import quantize, save_quantized
     from layerscope.surgery.save import check_output, folder_bytes, source_path
 
+    check_output(out, source=_folder(model), overwrite=overwrite)
     loaded = model_from_cli(model, blocks=blocks, input_shape=input_shape,
                             trust_remote_code=trust_remote_code)
     check_output(out, source=source_path(loaded), overwrite=overwrite)

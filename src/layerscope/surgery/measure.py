@@ -257,11 +257,19 @@ def quality(before, after, data, *, batch_size: int = 8, max_length: int | None 
 
 def saved_bytes(loaded, module: nn.Module) -> int | None:
     """Size of ``module`` saved in ``loaded``'s format (to a temporary folder), or None."""
+    import dataclasses
+
+    from .quantize import Quantized, _is_quantized_linear, save_quantized
     from .save import folder_bytes, save_model
 
+    quantized = [n for n, m in module.named_modules() if _is_quantized_linear(m)]
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            path = save_model(loaded, module, f"{tmp}/m")
+            if quantized:
+                path = save_quantized(Quantized(dataclasses.replace(loaded, module=module),
+                                                quantized), f"{tmp}/m")
+            else:
+                path = save_model(loaded, module, f"{tmp}/m")
         except LayerscopeError:
             return None
         return folder_bytes(path)
