@@ -630,3 +630,44 @@ def test_cli_prune_and_quantize(tmp_path, capsys):
     tiny_gpt2().save_pretrained(str(gpt2))
     code, out, err = run_cli(["quantize", str(gpt2), "-o", str(tmp_path / "g")], capsys)
     assert code == 2 and "no layers int8" in err
+
+
+def test_cli_early_exit_on_digits(tmp_path, capsys):
+    import json
+
+    code, out, err = run_cli(["early-exit", "mlp:depth=2,width=32", "digits", "--limit", "300",
+                              "--threshold", "0.9", "--json", "-o", str(tmp_path / "heads")], capsys)
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["thresholds"] == [0.9] and data["n_train"] + data["n_test"] == 300
+    assert (tmp_path / "heads" / "exit_heads.safetensors").is_file()
+
+
+def test_auto_blocks_by_influence_matches_hand_computed_block_influence():
+    import numpy as np
+
+    from layerscope.surgery import auto_blocks
+
+    model = tiny_llama()
+    x = ids(4, 8)
+    seen = {}
+
+    def hook(i):
+        def fn(mod, args, kwargs, output):
+            h_in = args[0] if args else kwargs["hidden_states"]
+            h_out = output[0] if isinstance(output, tuple) else output
+            seen[i] = torch.nn.functional.cosine_similarity(h_in, h_out, dim=-1).flatten()
+        return fn
+
+    handles = [b.register_forward_hook(hook(i), with_kwargs=True)
+               for i, b in enumerate(model.model.layers)]
+    try:
+        with torch.no_grad():
+            model(input_ids=x)
+    finally:
+        for h in handles:
+            h.remove()
+    influence = [1 - float(seen[i].mean()) for i in range(4)]
+    assert auto_blocks(model, x, 2, by="influence") == sorted(np.argsort(influence)[:2].tolist())
+    with pytest.raises(LayerscopeError, match="unknown criterion"):
+        auto_blocks(model, x, 1, by="nope")
