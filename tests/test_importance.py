@@ -87,19 +87,22 @@ def hand_perplexity(model, batches, skip: set[int]) -> float:
     return math.exp(nll / n)
 
 
-def hand_embedding_divergence(model, batches, skip: set[int]) -> float:
-    """Mean over items of 1 - cos between the intact and the new mean-pooled sentence embedding."""
-    def embed(out, mask):
-        h = out.last_hidden_state.double().numpy()
-        m = mask.numpy()[..., None].astype(float)
-        e = (h * m).sum(1) / m.sum(1)
-        return e / np.linalg.norm(e, axis=1, keepdims=True)
-
-    divs = []
+def sentence_embeddings(model, batches, skip: set[int]) -> list[np.ndarray]:
+    """Per batch, the mean-pooled (real tokens), L2-normalised embeddings with ``skip`` removed."""
+    out = []
     for enc in batches:
-        a, b = embed(hooked_forward(model, enc, set()), enc.mask), embed(hooked_forward(model, enc, skip), enc.mask)
-        divs.extend(1 - (a * b).sum(1))
-    return float(np.mean(divs))
+        h = hooked_forward(model, enc, skip).last_hidden_state.double().numpy()
+        m = enc.mask.numpy()[..., None].astype(float)
+        e = (h * m).sum(1) / m.sum(1)
+        out.append(e / np.linalg.norm(e, axis=1, keepdims=True))
+    return out
+
+
+def hand_embedding_divergence(model, batches, skip: set[int], intact=None) -> float:
+    """Mean over items of 1 - cos between the intact and the new mean-pooled sentence embedding."""
+    intact = intact or sentence_embeddings(model, batches, set())
+    new = sentence_embeddings(model, batches, skip)
+    return float(np.mean(np.concatenate([1 - (a * b).sum(1) for a, b in zip(intact, new)])))
 
 
 @pytest.mark.parametrize("name", ["tiny_llama", "tiny_gpt2"])
@@ -142,8 +145,9 @@ def test_minilm_removal_equals_hooked_full_forward(minilm_importance, minilm, mi
         tok = minilm_tokenizer(TEXTS[start:start + 4], padding=True, return_tensors="pt", truncation=True,
                                max_length=128)
         batches.append(Encoded(args=(), kwargs=dict(tok), mask=tok["attention_mask"], size=len(tok["input_ids"])))
+    intact = sentence_embeddings(minilm, batches, set())
     for i in range(6):
-        assert res.metric[i] == pytest.approx(hand_embedding_divergence(minilm, batches, {i}), abs=1e-5)
+        assert res.metric[i] == pytest.approx(hand_embedding_divergence(minilm, batches, {i}, intact), abs=1e-5)
     # removing the first block of a sentence encoder changes the embedding more than a middle one
     assert max(res.metric) > 0.01 and min(res.metric) >= 0
 
@@ -286,14 +290,13 @@ def test_cli_importance_json_and_exit_codes(tmp_path, capsys):
 
     data = tmp_path / "s.txt"
     data.write_text("\n".join(TEXTS) + "\n")
-    assert main(["importance", "minilm", str(data), "--limit", "4", "--json"]) == 0
-    out = json.loads(capsys.readouterr().out)
-    assert out["kind"] == "ImportanceResult" and len(out["metric"]) == 6 and out["n_items"] == 4
     png = tmp_path / "c.png"
     assert main(["importance", "minilm", str(data), "--limit", "4", "--curve", "--max-k", "2",
-                 "--plot", str(png)]) == 0
-    text = capsys.readouterr().out
-    assert "best criterion" in text and png.stat().st_size > 1000
+                 "--json", "--plot", str(png)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["kind"] == "ImportanceResult" and len(out["metric"]) == 6 and out["n_items"] == 4
+    assert out["curve"]["kind"] == "RemovalCurveResult" and out["curve"]["removed"]["last"] == [[5], [4, 5]]
+    assert png.stat().st_size > 1000
     assert main(["importance", "minilm", str(data), "--curve", "--max-k", "9"]) == 2
     err = capsys.readouterr().err
     assert "error: max_k must be between 1 and 6" in err and "Traceback" not in err
