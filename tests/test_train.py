@@ -360,7 +360,7 @@ def test_cli_bad_input_exits_2_with_one_line(capsys, tmp_path):
 def test_minilm_transfer_with_frozen_blocks_and_a_new_head(tmp_path, minilm):
     from layerscope.data import load_dataset
 
-    data = load_dataset("sentences", limit=80, seed=0)
+    data = load_dataset("sentences", limit=64, seed=0)
     before = {k: v.clone() for k, v in minilm.state_dict().items()}
     r = train("minilm", data, out_dir=tmp_path, epochs=1, batch_size=32, lr=1e-3,
               freeze="blocks:0-3", max_length=24, monitor_every=1, **FAST)
@@ -377,3 +377,35 @@ def test_minilm_transfer_with_frozen_blocks_and_a_new_head(tmp_path, minilm):
     assert {f"encoder.encoder.layer.{i}" for i in range(6)} <= blocks
     assert all(x["grad_norm"] is None for x in rows
                if x["kind"] == "block" and x["layer"] == "encoder.encoder.layer.0")
+
+
+def test_gan_alternates_generator_and_discriminator_steps_and_is_judged(tmp_path):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+
+    from layerscope.models import load_model
+
+    g = torch.Generator().manual_seed(0)
+    real = torch.tanh(torch.randn(120, 8, generator=g) + 0.5)
+    spec = "gan:out_features=8,noise_dim=4,width=16,depth=1"
+    torch.manual_seed(0)
+    start = zoo.build(spec).state_dict()
+    r = train(spec, real[:90], eval_data=real[90:], out_dir=tmp_path, epochs=2, batch_size=30,
+              lr=1e-3, monitor_every=1, **FAST)
+    gan = load_model(str(tmp_path / "last")).module.eval()
+    for part in ("generator", "discriminator"):
+        key = next(k for k in start if k.startswith(part) and k.endswith("linear.weight"))
+        assert not torch.equal(start[key], gan.state_dict()[key]), part
+    z = torch.randn(30, 4, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        fake = gan.generator(z)
+    x = torch.cat([real[90:], fake]).double().numpy()
+    folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=0)
+    acc = cross_val_score(LogisticRegression(max_iter=500), x, [1] * 30 + [0] * 30, cv=folds).mean()
+    assert r.history[-1]["c2st_accuracy"] == pytest.approx(acc)
+    gap = float((real[90:].mean(0) - fake.mean(0)).abs().mean())
+    assert r.history[-1]["mean_gap"] == pytest.approx(gap, rel=1e-5)
+    rows = read_metrics(tmp_path / "metrics.jsonl")
+    graded = {x["layer"] for x in rows if x["kind"] == "module" and x["grad_norm"]}
+    assert any(n.startswith("generator.") for n in graded)
+    assert any(n.startswith("discriminator.") for n in graded)

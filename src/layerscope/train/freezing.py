@@ -1,7 +1,9 @@
 """Freezing layers, the BatchNorm policy, and per-layer learning rates (optimizer param groups).
 
 ``freeze`` picks layers of the Layers view (blocks granularity): ``"blocks:0-2"``, ``"0,1"``,
-module names such as ``"fc,blocks.0"``, or a list of those. A frozen layer is frozen whole:
+module names such as ``"fc,blocks.0"``, or a list of those. Freezing block 0 also freezes what
+runs before it (embeddings, stem): with the first k blocks frozen, nothing below block k needs a
+gradient, so the backward pass stops there. A frozen layer is frozen whole:
 its parameters get ``requires_grad=False`` and every BatchNorm inside it is kept in eval mode,
 so its running statistics stay fixed too (``requires_grad=False`` alone would not stop them).
 
@@ -81,7 +83,11 @@ def resolve_layers(model: nn.Module, spec) -> list[tuple[str, nn.Module]]:
             if part in named and not re.fullmatch(r"-?\d+(\s*-\s*-?\d+)?", part):
                 found[part] = named[part]
                 continue
-            for layer in _layers(model).select(part):
+            layers = _layers(model)
+            for layer in layers.select(part):
+                if layer.index == 0:
+                    for path, module in getattr(layers.found, "before", []) or []:
+                        found[path] = module
                 found[layer.name] = layer.module
     if not found:
         raise LayerscopeError(f"freeze={spec!r} picks no layer; use e.g. 'blocks:0-2' or a module name")

@@ -159,14 +159,19 @@ class LayerMonitor:
     def before_step(self) -> None:
         """Snapshot the weights for the update ratio (call right before ``optimizer.step()``)."""
         self._params = [p for p in self.model.parameters()]
-        self._before = [p.detach().clone() for p in self._params]
+        self._trainable = [i for i, p in enumerate(self._params) if p.requires_grad]
+        self._before = [p.detach().clone() for p in (self._params[i] for i in self._trainable)]
 
     def finish(self, *, step: int, epoch: int, loss: float) -> list[dict]:
         """Compute the rest after ``optimizer.step()``, write the rows, raise flags; the rows."""
         index = {id(p): i for i, p in enumerate(self._params)}
-        after = [p.detach() for p in self._params]
-        w_norms = torch.stack(torch._foreach_norm(self._before)).double()
-        d_norms = torch.stack(torch._foreach_norm(torch._foreach_sub(after, self._before))).double()
+        w_norms = torch.stack(torch._foreach_norm([p.detach() for p in self._params])).double()
+        d_norms = torch.zeros_like(w_norms)          # frozen parameters do not move
+        if self._trainable:
+            after = [self._params[i].detach() for i in self._trainable]
+            moved = torch._foreach_norm(torch._foreach_sub(after, self._before))
+            d_norms[self._trainable] = torch.stack(moved).double()
+            w_norms[self._trainable] = torch.stack(torch._foreach_norm(self._before)).double()
         rows = [{"step": step, "epoch": epoch, "layer": "(model)", "kind": "loss", "loss": loss}]
         relu_by_name = {n: a for n, a in self._acts.items() if "dead" in a}
         for name, kind, params in self.groups:
