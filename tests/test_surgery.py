@@ -362,7 +362,9 @@ def test_structured_heads_llama_keeps_gqa_and_reloads(tmp_path):
     from layerscope.surgery.prune import prune_structured
 
     model = tiny_llama()  # 4 query heads in 2 key/value groups of 2, head_dim 8
+    snap = snapshot(model)
     pruned = prune_structured(model, 0.5, "heads")
+    assert_unchanged(model, snap)
     assert pruned.module.config.num_key_value_heads == 1
     assert pruned.module.config.num_attention_heads == 2
     out = save_model(pruned.loaded, pruned.module, tmp_path / "h")
@@ -387,7 +389,9 @@ def test_structured_channels_zoo_cnn(tmp_path):
         for block in loaded.module.blocks:
             block.norm.running_mean.uniform_(-0.5, 0.5)
             block.norm.running_var.uniform_(0.5, 2.0)
+    snap = snapshot(loaded.module)
     pruned = prune_structured(loaded, 0.5, "channels")
+    assert_unchanged(loaded.module, snap)
     assert pruned.module.config.channels == [4, 8]
     out = save_model(pruned.loaded, pruned.module, tmp_path / "c")
     again = load_model(str(out))
