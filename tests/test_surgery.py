@@ -159,6 +159,7 @@ def test_drop_zoo_mlp_checkpoint_reloads_and_equals_skipped(tmp_path):
     torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_drop_minilm_integration(tmp_path):
     from transformers import AutoModel
 
@@ -519,6 +520,7 @@ def test_exit_head_matches_scikit_learn():
         np.testing.assert_allclose(head.proba(x), ref.predict_proba(x), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_early_exit_minilm_sentiment():
     from layerscope.surgery.early_exit import early_exit
 
