@@ -111,6 +111,8 @@ def main() -> None:
     parser.add_argument("--out", default=str(Path(tempfile.gettempdir()) / "layerscope-zoo"),
                         help="where the runs' checkpoints, metrics and plots go")
     parser.add_argument("--table", default=str(ROOT / "docs" / "ZOO_RESULTS.md"))
+    parser.add_argument("--table-only", action="store_true",
+                        help="rewrite the table from the rows.json of an earlier run in --out")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(2)
@@ -120,6 +122,9 @@ def main() -> None:
     cache = Path(args.out) / "rows.json"
     rows = json.loads(cache.read_text()) if cache.is_file() else {}
     load = [os.getloadavg()[0]]
+    if args.table_only:
+        write_table(Path(args.table), rows, rows.get("_load", load))
+        return
     for name, model, data, kw in RUNS:
         if wanted and name not in wanted:
             continue
@@ -134,12 +139,15 @@ def main() -> None:
                       "epochs_run": len(result.history), "flags": len(result.flags)}
         load.append(os.getloadavg()[0])
         print(f"{name}: {text} | {base} | {'pass' if ok else 'FAIL'} | {seconds:.0f} s", flush=True)
+        rows["_load"] = sorted(set(rows.get("_load", []) + load))
         cache.parent.mkdir(parents=True, exist_ok=True)
         cache.write_text(json.dumps(rows, indent=1))
     write_table(Path(args.table), rows, load)
 
 
 def write_table(path: Path, rows: dict, load: list) -> None:
+    from layerscope.cli.cmd_train import DEFAULT_DATA
+
     order = [name for name, *_ in RUNS if name in rows]
     lines = [
         "# Zoo results", "",
@@ -172,7 +180,24 @@ def write_table(path: Path, rows: dict, load: list) -> None:
               "logistic-regression digit classifier trained on real digits reading 1,000 samples "
               "(mean top-class probability; classes that get at least 2 % of the samples);",
               "- MiniLM-L6: blocks 0-3 frozen, new linear head on the mean-pooled embedding, "
-              "1,500 sentences, one epoch; R² of the sentiment score on held-out sentences.", ""]
+              "1,500 sentences, one epoch; R² of the sentiment score on held-out sentences.", "",
+              "## Train one yourself", "",
+              "`layerscope train MODEL [DATA] -o DIR` trains on the zoo network's reference data "
+              "when DATA is left out:", "",
+              "| model | default data |", "|---|---|",
+              *[f"| `{m}` | {d} |" for m, d in DEFAULT_DATA.items()], "",
+              "```bash",
+              "layerscope train cnn mnist -o runs/cnn --epochs 6 --lr 2e-3",
+              "layerscope train mlp -o runs/mlp --epochs 30 --batch-size 32 --lr 2e-3",
+              "layerscope train minilm sentences -o runs/minilm --freeze blocks:0-3 --limit 1500 "
+              "--epochs 1",
+              "layerscope summary runs/cnn/best      # checkpoints load back everywhere",
+              "```", "",
+              "Each run folder holds `best/` and `last/` checkpoints, `train_state.pt` (for "
+              "`--resume`), `metrics.jsonl` with the per-layer monitors (gradient norm, "
+              "update/weight ratio, weight norm, activation mean/std, dead ReLU fraction every "
+              "`--monitor-every` steps), `monitor_*.png` plots, `history.png` and `result.json`.",
+              ""]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))
 

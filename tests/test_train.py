@@ -409,3 +409,19 @@ def test_gan_alternates_generator_and_discriminator_steps_and_is_judged(tmp_path
     graded = {x["layer"] for x in rows if x["kind"] == "module" and x["grad_norm"]}
     assert any(n.startswith("generator.") for n in graded)
     assert any(n.startswith("discriminator.") for n in graded)
+
+
+def test_exploding_gradients_are_flagged_and_clipping_bounds_the_step(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(32, 4, generator=g) * 1e4          # huge inputs: huge gradients
+    y = torch.randn(32, generator=g)
+    torch.manual_seed(0)
+    net = nn.Linear(4, 1)
+    r = train(net, (x, y), eval_data=(x[:4], y[:4]), out_dir=tmp_path, epochs=1, batch_size=32,
+              optimizer="sgd", lr=0.1, clip_grad=1.0, monitor_every=1, task="regression", **FAST)
+    flag = r.flags[0]
+    assert flag["kind"] == "exploding" and flag["layer"] == "Linear" and flag["step"] == 0
+    row = next(x for x in read_metrics(tmp_path / "metrics.jsonl") if x["kind"] == "module")
+    assert row["grad_norm"] > 1e6                       # recorded before clipping
+    moved = row["update_ratio"] * row["weight_norm"]
+    assert moved == pytest.approx(0.1 * 1.0, rel=1e-4)  # SGD's first step: lr * clipped norm

@@ -68,12 +68,20 @@ def train(model, data, *, out_dir, epochs: int = 5, batch_size: int = 64, lr: fl
     """Train ``model`` on ``data`` and watch every layer; see the module docstring.
 
     ``data``: a dataset name, a ``layerscope.data.Dataset``, a tensor ``X`` (autoencoders,
-    token sequences) or a pair ``(X, y)``; ``held_out`` of it is kept for evaluation unless
-    ``eval_data`` is given. ``plots=False`` skips the PNG files. ``callbacks`` are called as ``fn(step=, epoch=, loss=)`` after every
-    optimizer step. Ctrl-C saves ``last/`` and the state and returns with
-    ``stopped="interrupted"``; ``resume=True`` continues from there to the same weights an
-    uninterrupted run reaches. A NaN/inf loss raises :class:`NonFiniteLossError` naming the
-    first layer whose output (or gradient) was not finite, keeping the last good checkpoint.
+    token sequences, one series) or a pair ``(X, y)``; ``held_out`` of it is kept for
+    evaluation unless ``eval_data`` is given; ``limit`` keeps N items of a named data set.
+
+    ``task`` / ``loss`` default to the model's task and its usual loss. ``freeze``,
+    ``freeze_bn``, ``layer_lr`` and ``lr_decay``: see :mod:`layerscope.train.freezing`.
+    ``monitor_every`` (0 = off): see :mod:`layerscope.train.monitors`. ``clip_grad`` clips the
+    total gradient norm. ``patience`` stops after that many epochs without a better held-out
+    metric. ``max_length`` truncates texts for tokenizer models. ``plots=False`` skips the PNG
+    files. ``callbacks`` are called as ``fn(step=, epoch=, loss=)`` after every optimizer step.
+
+    Ctrl-C saves ``last/`` and the state and returns with ``stopped="interrupted"``;
+    ``resume=True`` continues from there to the same weights an uninterrupted run reaches.
+    A NaN/inf loss raises :class:`NonFiniteLossError` naming the first layer whose output (or
+    gradient) was not finite; the checkpoints written before it are kept.
     """
     _check_settings(epochs, batch_size, lr, optimizer, monitor_every, clip_grad, patience)
     started = time.perf_counter()
