@@ -677,3 +677,16 @@ def test_auto_blocks_by_influence_matches_hand_computed_block_influence():
     assert auto_blocks(model, x, 2, by="influence") == sorted(np.argsort(influence)[:2].tolist())
     with pytest.raises(LayerscopeError, match="unknown criterion"):
         auto_blocks(model, x, 1, by="nope")
+
+
+def test_cli_prune_sensitivity(capsys):
+    import json
+
+    code, out, err = run_cli(["prune", "mlp:depth=2,width=32", "--sensitivity", "--data", "digits",
+                              "--limit", "100", "--sparsities", "0.5,0.9", "--json"], capsys)
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["metric"] == "accuracy" and data["sparsities"] == [0.5, 0.9]
+    assert sorted(data["suggested"]) == ["blocks.0", "blocks.1"]
+    code, out, err = run_cli(["prune", "mlp", "--sensitivity"], capsys)
+    assert code == 2 and "--data" in err.strip().splitlines()[-1]
