@@ -73,6 +73,9 @@ def smollm2_stage(tmp: Path, out: dict) -> None:
                           importance=imp, batch_size=16, max_length=64)
     out["smollm2_curve"] = curve.to_dict()
     out["smollm2_curve_png"] = save_fig(curve.plot(), "smollm2_removal.png")
+    from layerscope.surgery.measure import saved_bytes
+
+    size = saved_bytes(lm, lm.module)
     results = {}
     k = 5
     chosen = curve.removed["block-influence"][k - 1]
@@ -82,25 +85,25 @@ def smollm2_stage(tmp: Path, out: dict) -> None:
     again = load_model(str(path))
     results["drop 5 (block influence)"] = row(measure(lm, again, held, operation="drop",
                                                       output=path, changes={"removed": chosen},
-                                                      max_length=64))
+                                                      max_length=64, bytes_before=size))
     log("SmolLM2: quantize")
     q = quantize(lm)
     path = save_quantized(q, tmp / "smol-q")
     again = load_quantized(path)
     results["int8 dynamic"] = row(measure(lm, again, held, operation="quantize", output=path,
-                                          changes={"skipped": q.skipped}, max_length=64))
+                                          changes={"skipped": q.skipped}, max_length=64, bytes_before=size))
     log("SmolLM2: structured neurons 25%")
     p = prune_structured(lm, 0.25, "neurons")
     path = save_model(p.loaded, p.module, tmp / "smol-neurons")
     results["25% FFN neurons"] = row(measure(lm, load_model(str(path)), held,
                                              operation="prune neurons", output=path,
-                                             max_length=64))
+                                             max_length=64, bytes_before=size))
     log("SmolLM2: magnitude 30%")
     p = prune_magnitude(lm, 0.3)
     path = save_model(p.loaded, p.module, tmp / "smol-mag")
     results["30% magnitude"] = row(measure(lm, load_model(str(path)), held,
                                            operation="prune magnitude", output=path,
-                                           max_length=64))
+                                           max_length=64, bytes_before=size))
     out["smollm2"] = results
 
 

@@ -277,11 +277,14 @@ def saved_bytes(loaded, module: nn.Module) -> int | None:
 
 def measure(before, after, data=None, *, operation: str, output=None, changes: dict | None = None,
             batch_size: int = 8, max_length: int | None = 128, limit: int | None = None,
-            repeats: int = 15, bytes_after: int | None = None) -> SurgeryResult:
+            repeats: int = 15, bytes_after: int | None = None,
+            bytes_before: int | None = None) -> SurgeryResult:
     """Compare ``before`` and ``after`` (LoadedModels, or references) on held-out ``data``.
 
     ``data``: a Dataset, texts, a tensor, or a dataset reference; ``None`` uses an example batch.
-    ``output``: the saved folder of ``after`` (its size is the "after" size).
+    ``output``: the saved folder of ``after`` (its size is the "after" size). ``bytes_before``
+    skips saving ``before`` to a temporary folder to size it (pass it when measuring many
+    surgeries of one large model).
     """
     from layerscope.sweep import as_model
 
@@ -302,7 +305,8 @@ def measure(before, after, data=None, *, operation: str, output=None, changes: d
         operation=operation, model=before.ref, output=str(output) if output else None,
         changes=dict(changes or {}), params_before=p_before, params_after=p_after,
         nonzero_before=nz_before, nonzero_after=nz_after,
-        bytes_before=saved_bytes(before, before.module), bytes_after=bytes_after,
+        bytes_before=bytes_before if bytes_before is not None else saved_bytes(before, before.module),
+        bytes_after=bytes_after,
         latency_ms_before=lat_b, latency_ms_after=lat_a, latency_ratio_iqr=iqr,
         quality_metric=metric, quality_before=q_before, quality_after=q_after, n_items=n,
         repeats=repeats)
