@@ -4,7 +4,10 @@ by each criterion (Block Influence, angular distance, least harmful single remov
 Writes docs/importance/*.png, docs/importance/smollm2.json and docs/IMPORTANCE.md (numbers
 computed here, nothing typed in by hand). Run by hand, about 10-20 minutes on 2 CPU cores:
 
-    HF_HUB_OFFLINE=1 .venv/bin/python scripts/importance_figures.py [--items 64] [--max-k 12]
+    HF_HUB_OFFLINE=1 .venv/bin/python scripts/importance_figures.py [--items 48] [--max-k 10]
+    HF_HUB_OFFLINE=1 .venv/bin/python scripts/importance_figures.py --lens   # then the logit lens
+
+``--lens`` adds (or replaces) a "Logit lens" section at the end of docs/IMPORTANCE.md.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ def real_sentences(n: int, seed: int = 0, min_words: int = 8) -> tuple[list[str]
 
 def table(headers: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |" for r in rows]
     return "\n".join(lines)
 
 
@@ -55,8 +58,13 @@ def main() -> None:
     parser.add_argument("--max-k", type=int, default=12)
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--lens", action="store_true", help="only the logit-lens section")
+    parser.add_argument("--prompt", default="The capital of France is")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.lens:
+        lens_section(args)
+        return
 
     from layerscope.analyses.importance import removal_curve, layer_importance
     from layerscope.models import load_model
@@ -139,6 +147,46 @@ against {imp.baseline:.2f} intact); the sets removed at k = {k_last}:
 """
     (ROOT / "docs" / "IMPORTANCE.md").write_text(md)
     print(f"wrote {ROOT / 'docs' / 'IMPORTANCE.md'} in {time.perf_counter() - t0:.0f} s")
+
+
+def lens_section(args) -> None:
+    from layerscope.analyses.lens import logit_lens
+
+    texts, source = real_sentences(args.items)
+    texts.sort(key=len)
+    res = logit_lens("smollm2", texts, prompt=args.prompt, top_k=5, batch_size=8,
+                     max_length=args.max_length, progress=True)
+    print(res.summary(), flush=True)
+    OUT.mkdir(parents=True, exist_ok=True)
+    res.plot().savefig(OUT / "smollm2_lens.png", dpi=110)
+    res.to_json(OUT / "smollm2_lens.json")
+    rows = [[name, f"{res.accuracy[i]:.3f}", f"{res.loss[i]:.2f}", f"{res.kl[i]:.3f}",
+             f"{res.top1_agreement[i]:.3f}", repr(res.top_tokens[i][-1][0])]
+            for i, name in enumerate(res.layers)]
+    half = res.first_layer_reaching(0.5)
+    best = max(range(len(res.layers)), key=lambda i: res.accuracy[i])
+    text = f"""## Logit lens
+
+Each layer's residual stream decoded through SmolLM2's final RMSNorm and its (tied) unembedding
+(`scripts/importance_figures.py --lens`, {datetime.date.today().isoformat()}): {res.n_items}
+sentences from {source} ({res.n_tokens} tokens), at most {args.max_length} tokens each. Next-token
+accuracy is {res.accuracy[0]:.1%} straight from the embeddings, {res.accuracy[len(res.layers) // 2]:.1%}
+at {res.layers[len(res.layers) // 2]} and {res.accuracy[-1]:.1%} at the last layer (highest:
+{res.layers[best]}, {res.accuracy[best]:.1%}). The lens agrees with the model's final top-1 on half
+the tokens from {res.layers[half] if half is not None else "no layer before the last"} on.
+For the prompt {args.prompt!r} the last position's top-1 is
+{", ".join(f"{res.layers[i]}: {res.top_tokens[i][-1][0]!r}" for i in range(0, len(res.layers), 5))}
+and finally {res.top_tokens[-1][-1][0]!r} (top-5: {", ".join(repr(t) for t in res.top_tokens[-1][-1])}).
+
+![logit lens: KL and accuracy per layer, top-1 tokens per layer and position](importance/smollm2_lens.png)
+
+{table(["layer", "next-token accuracy", "loss", "KL(final ‖ lens)", "top-1 = final", "top-1 after the prompt"], rows)}
+"""
+    path = ROOT / "docs" / "IMPORTANCE.md"
+    old = path.read_text() if path.exists() else ""
+    cut = old.find("## Logit lens")
+    path.write_text((old[:cut] if cut >= 0 else old).rstrip("\n") + "\n\n" + text)
+    print(f"wrote the logit-lens section of {path}")
 
 
 if __name__ == "__main__":
