@@ -1,0 +1,53 @@
+"""``layerscope embed MODEL DATA --layers ... --method pca|tsne --plot out.png``: 2-D maps of layers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .app import app
+from .cmd_probe import DataArg, save_plot
+from .common import (BlocksOpt, GranularityOpt, JsonOpt, LayersOpt, ModelArg, TrustRemoteCodeOpt,
+                     model_from_cli, parse_layers, print_json)
+
+
+@app.command("embed")
+def embed_command(
+    model: ModelArg,
+    data: DataArg,
+    layers: LayersOpt = None,
+    method: Annotated[str, typer.Option("--method", help="pca or tsne.")] = "pca",
+    sample: Annotated[int, typer.Option("--sample", help="Items sampled (uniformly) for the map.")] = 1000,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="Use N items of DATA (seeded).",
+                                                 show_default=False)] = None,
+    granularity: GranularityOpt = "blocks",
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the sample and of t-SNE.")] = 0,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Items per forward pass.")] = 32,
+    max_length: Annotated[int, typer.Option("--max-length", help="Longest text in tokens.")] = 128,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Write the maps to this PNG file.",
+                                                 show_default=False)] = None,
+    blocks: BlocksOpt = None,
+    trust_remote_code: TrustRemoteCodeOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Pictures of layers: PCA or t-SNE of layer outputs on a sample, coloured by label."""
+    from layerscope.analyses.pictures import METHODS, embed
+    from layerscope.analyses.probe import prepare_data
+    from layerscope.errors import LayerscopeError
+
+    if method not in METHODS:
+        raise LayerscopeError(f"unknown method {method!r}; use pca or tsne")
+    loaded = model_from_cli(model, blocks=blocks, trust_remote_code=trust_remote_code)
+    items = prepare_data(data, None, limit=limit, seed=seed)
+    res = embed(loaded, items, layers=parse_layers(layers), method=method, sample=sample,
+                granularity=granularity, seed=seed, batch_size=batch_size, max_length=max_length,
+                progress=not as_json)
+    save_plot(res, plot)
+    if as_json:
+        print_json(res.to_dict())
+        return
+    typer.echo(res.summary())
+    if plot is not None:
+        typer.echo(f"  maps written to {plot}")
