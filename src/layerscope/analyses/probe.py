@@ -409,7 +409,7 @@ class ProbeResult(Result):
 
     layers: list[str]
     task: str                   # the probing task's name (e.g. "sentiment" or "labels")
-    kind: str                   # "classification" | "regression"
+    problem: str                # "classification" | "regression"
     metric: str                 # "accuracy" | "r2"
     score: list[float]
     ci_low: list[float]
@@ -476,11 +476,11 @@ def probe_result(stats: ProbeStats, *, alphas=ALPHAS, standardize: bool = True,
     y_test = torch.cat(stats.test_y).numpy() if stats.test_y else np.zeros(0)
     first = stats.stats[stats.order[0]]
     n_train = sum(s.n for s in first)
-    if len(y_test) < 2 or n_train < 4:
+    if len(y_test) < 5 or n_train < 10:
         total = n_train + len(y_test)
         raise LayerscopeError(
             f"too few items for a held-out probe: {total} items gave {n_train} for training and "
-            f"{len(y_test)} held out; use at least {int(math.ceil(10 / stats.test_fraction))} items")
+            f"{len(y_test)} held out (at least 10 and 5 are needed); use at least {int(math.ceil(10 / stats.test_fraction))} items")
     train_y = sum(s.sy for s in first) if stats.classification else None
     if stats.classification:
         counts = np.bincount(y_test.astype(np.int64), minlength=len(train_y)) + train_y
@@ -508,7 +508,7 @@ def probe_result(stats: ProbeStats, *, alphas=ALPHAS, standardize: bool = True,
         scores.append(out[0]); lo.append(out[1]); hi.append(out[2]); chosen.append(alpha)
     kind = "classification" if stats.classification else "regression"
     return ProbeResult(
-        layers=names, task=task_name or "labels", kind=kind,
+        layers=names, task=task_name or "labels", problem=kind,
         metric="accuracy" if stats.classification else "r2", score=scores, ci_low=lo, ci_high=hi,
         alpha=chosen, n_train=int(n_train), n_test=int(len(y_test)), baseline=baseline,
         random_features=rand[0] if rand else float("nan"),

@@ -1,0 +1,199 @@
+"""Probes against scikit-learn's Ridge / RidgeClassifier, controls, intervals, tasks, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import Ridge, RidgeClassifier
+from sklearn.preprocessing import StandardScaler
+
+from layerscope.analyses.probe import (LinearProbe, ProbeStats, RANDOM, bootstrap_r2, probe,
+                                       random_features, split_items, wilson)
+from layerscope.analyses.probe_tasks import bigram_shift, make_task
+from layerscope.data import Dataset
+from layerscope.errors import LayerscopeError
+from layerscope.reducers import BatchInfo, Reservoir
+from layerscope.sweep import sweep
+
+
+def _data(n=300, d=12, classes=None, seed=0):
+    g = np.random.default_rng(seed)
+    X = g.normal(size=(n, d)) * g.uniform(0.5, 3, size=d) + g.normal(size=d)
+    w = g.normal(size=d)
+    y = X @ w + g.normal(size=n)
+    if classes:
+        y = np.digitize(y, np.quantile(y, np.linspace(0, 1, classes + 1)[1:-1]))
+    return X, y
+
+
+@pytest.mark.parametrize("alpha", [0.1, 10.0, 300.0])
+def test_regression_equals_sklearn_ridge_on_standardised_features(alpha):
+    X, y = _data()
+    sc = StandardScaler().fit(X[:200])
+    ref = Ridge(alpha=alpha).fit(sc.transform(X[:200]), y[:200])
+    ours = LinearProbe(alpha=alpha, task="regression").fit(X[:200], y[:200])
+    np.testing.assert_allclose(ours.predict(X[200:]), ref.predict(sc.transform(X[200:])), atol=1e-6, rtol=1e-6)
+    assert ours.score(X[200:], y[200:]) == pytest.approx(ref.score(sc.transform(X[200:]), y[200:]), abs=1e-6)
+
+
+@pytest.mark.parametrize("classes", [2, 4])
+def test_classification_equals_sklearn_ridge_classifier(classes):
+    X, y = _data(classes=classes, seed=classes)
+    sc = StandardScaler().fit(X[:200])
+    ref = RidgeClassifier(alpha=5.0).fit(sc.transform(X[:200]), y[:200])
+    ours = LinearProbe(alpha=5.0).fit(X[:200], y[:200])
+    np.testing.assert_array_equal(ours.predict(X[200:]), ref.predict(sc.transform(X[200:])))
+    assert ours.score(X[200:], y[200:]) == pytest.approx(ref.score(sc.transform(X[200:]), y[200:]), abs=1e-12)
+
+
+def test_cross_validated_penalty_is_the_grid_minimum_of_fold_errors():
+    X, y = _data(n=240, d=30, seed=3)
+    p = LinearProbe(task="regression", alphas=[0.01, 1.0, 100.0, 1e4], folds=3).fit(X, y)
+    fold = split_items(np.arange(240), 0.0, 3, 0)
+    errs = []
+    for a in [0.01, 1.0, 100.0, 1e4]:
+        e = 0.0
+        for f in range(3):
+            tr, te = fold != f, fold == f
+            sc = StandardScaler().fit(X[tr])
+            m = Ridge(alpha=a).fit(sc.transform(X[tr]), y[tr])
+            e += ((m.predict(sc.transform(X[te])) - y[te]) ** 2).sum()
+        errs.append(e / 240)
+    np.testing.assert_allclose(p.cv_error_, errs, rtol=1e-8)
+    assert p.alpha_ == [0.01, 1.0, 100.0, 1e4][int(np.argmin(errs))]
+
+
+def _net_and_data(n=260, seed=0):
+    torch.manual_seed(seed)
+    X = torch.randn(n, 6)
+    y = ((X[:, 0] + 0.5 * X[:, 1]) > 0).long()
+    net = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 8))
+    return net, Dataset("toy", X, y, "tensor", "classification", ["no", "yes"])
+
+
+def test_sweep_probe_equals_sklearn_on_the_same_layer_features():
+    net, ds = _net_and_data()
+    stats = ProbeStats(True, folds=3, seed=1)
+    res_rows = Reservoir(capacity=10_000)
+    run = sweep(net, ds, reducers=[stats, res_rows], granularity="modules", batch_size=50, progress=False)
+    res = stats.result(alphas=[3.0])
+    rows = res_rows.result().rows
+    fold = split_items(np.arange(len(ds)), 0.2, 3, 1)
+    tr, te = fold >= 0, fold < 0
+    y = ds.labels.numpy()
+    assert res.n_test == te.sum() and res.n_train == tr.sum() and res.layers == run.layers
+    for i, name in enumerate(run.layers):
+        X = rows[name].astype(np.float64)
+        sc = StandardScaler().fit(X[tr])
+        ref = RidgeClassifier(alpha=3.0).fit(sc.transform(X[tr]), y[tr])
+        assert res.score[i] == pytest.approx(ref.score(sc.transform(X[te]), y[te]), abs=1e-9), name
+        lo, hi = wilson(round(res.score[i] * te.sum()), int(te.sum()))
+        assert (res.ci_low[i], res.ci_high[i]) == pytest.approx((lo, hi))
+    # controls: the majority class of the training items, and Gaussian features of the same width
+    majority = np.bincount(y[tr]).argmax()
+    assert res.baseline == pytest.approx((y[te] == majority).mean())
+    R = random_features(np.arange(len(ds)), res.random_width, 1).numpy().astype(np.float64)
+    sc = StandardScaler().fit(R[tr])
+    ref = RidgeClassifier(alpha=3.0).fit(sc.transform(R[tr]), y[tr])
+    assert res.random_features == pytest.approx(ref.score(sc.transform(R[te]), y[te]), abs=1e-9)
+    assert res.random_width == max(rows[n].shape[1] for n in run.layers)
+    assert max(res.score) > 0.9 > 0.75 > res.random_features
+
+
+def test_merged_halves_equal_one_pass():
+    net, ds = _net_and_data(seed=2)
+    whole = ProbeStats(True, seed=0)
+    a, b = ProbeStats(True, seed=0), ProbeStats(True, seed=0)
+    sweep(net, ds, reducers=[whole], batch_size=64, progress=False)
+    with torch.inference_mode():
+        h = net[0](ds.items)
+    for red, sl in ((a, slice(0, 130)), (b, slice(130, 260))):
+        red.update({"h": h[sl], }, BatchInfo(sl.start, 130, ds.labels[sl]))
+    first = ProbeStats(True, seed=0)
+    first.update({"h": h}, BatchInfo(0, 260, ds.labels))
+    merged = a.merge(b).result()
+    direct = first.result()
+    assert merged.score == pytest.approx(direct.score) and merged.alpha == direct.alpha
+    assert merged.random_features == pytest.approx(direct.random_features)
+    assert whole.result().n_test == direct.n_test
+
+
+def test_regression_probe_r2_with_bootstrap_interval():
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(400, 5, generator=g)
+    y = X[:, 0] * 2 + 0.3 * torch.randn(400, generator=g)
+    net = torch.nn.Sequential(torch.nn.Linear(5, 10))
+    res = probe(net, Dataset("r", X, y, "tensor", "regression"), granularity="modules")
+    assert res.metric == "r2" and res.ci_low[0] <= res.score[0] <= res.ci_high[0]
+    assert res.score[0] > 0.9 and res.baseline <= 0.0 and res.random_features < 0.2
+    pred = np.random.default_rng(1).normal(size=50)
+    lo, hi = bootstrap_r2(pred + 0.1, pred, n_boot=500)
+    assert lo < 1 - 0.01 / pred.var() < hi + 1e-9
+
+
+def test_bad_input():
+    X, y = _data(classes=2)
+    with pytest.raises(LayerscopeError, match="labels"):
+        LinearProbe().fit(X, y[:10])
+    with pytest.raises(LayerscopeError, match="single class"):
+        LinearProbe().fit(X, np.zeros(len(X), dtype=int))
+    net, ds = _net_and_data()
+    with pytest.raises(LayerscopeError, match="too few items"):
+        probe(net, ds.subset(range(6)))
+    with pytest.raises(LayerscopeError, match="unknown probing task"):
+        probe(net, ds, task="colour")
+    with pytest.raises(LayerscopeError, match="no labels"):
+        probe(net, Dataset("u", ds.items, None, "tensor", None))
+    with pytest.raises(LayerscopeError, match="single class"):
+        probe(net, Dataset("one", ds.items, torch.zeros(len(ds), dtype=torch.long), "tensor", "classification"))
+
+
+def test_bigram_shift_labels_are_correct_by_construction():
+    texts = ["the quick brown fox jumps over the lazy dog", "a b", "one two three four five",
+             "so so so so different words here"] * 25
+    items, labels = bigram_shift(texts, seed=3)
+    originals = [t for t in texts if len(t.split()) >= 4]
+    assert len(items) == len(originals) and 0.3 < np.mean(labels) < 0.7
+    for item, lab, orig in zip(items, labels, originals):
+        a, b = item.split(), orig.split()
+        diff = [i for i in range(len(a)) if a[i] != b[i]]
+        if lab == 0:
+            assert diff == []
+        else:
+            assert len(diff) == 2 and diff[1] == diff[0] + 1
+            assert a[diff[0]] == b[diff[1]] and a[diff[1]] == b[diff[0]]
+    assert bigram_shift(texts, seed=3) == (items, labels)
+
+
+def test_length_and_sentiment_tasks():
+    texts = [" ".join(["w"] * k) for k in range(1, 41)]
+    scores = torch.linspace(-3, 3, 40)
+    ds = Dataset("s", texts, scores, "text", "regression")
+    length = make_task("length", ds)
+    counts = np.array([len(t.split()) for t in texts])
+    assert np.all(np.diff(length.labels.numpy()) >= 0) and np.bincount(length.labels.numpy()).tolist() == [8] * 5
+    assert length.classes[0] == "0-8 words"
+    senti = make_task("sentiment", ds, margin=0.5)
+    kept = scores.abs() >= 0.5
+    assert len(senti) == int(kept.sum()) and senti.labels.tolist() == (scores[kept] > 0).long().tolist()
+    assert counts.max() == 40
+    with pytest.raises(LayerscopeError, match="human scores"):
+        make_task("sentiment", Dataset("t", texts, None, "text", None))
+
+
+def test_cli_probe_on_minilm(capsys, tmp_path):
+    from layerscope.cli.app import main
+
+    png = tmp_path / "probe.png"
+    code = main(["probe", "minilm", "sentences", "--task", "sentiment", "--limit", "200",
+                 "--max-length", "32", "--json", "--plot", str(png)])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and png.stat().st_size > 1000
+    assert out["kind"] == "ProbeResult" and out["task"] == "sentiment" and len(out["layers"]) == 6
+    assert out["n_train"] + out["n_test"] < 200  # near-zero scores dropped
+    assert max(out["score"]) > out["baseline"] + 0.1
+    assert main(["probe", "minilm", "sentences", "--task", "colour"]) == 2
+    assert "unknown probing task" in capsys.readouterr().err
