@@ -235,7 +235,7 @@ def test_monitored_gradient_norms_and_updates_match_an_independent_step(tmp_path
     blocks = {r["layer"]: r for r in rows if r["kind"] == "block"}
     assert blocks["blocks.1"]["grad_norm"] == pytest.approx(modules["blocks.1.linear"]["grad_norm"])
     loss_row = next(r for r in rows if r["kind"] == "loss")
-    assert loss_row["loss"] == pytest.approx(float(loss), rel=1e-5)
+    assert loss_row["loss"] == pytest.approx(loss.item(), rel=1e-5)
 
 
 def test_dead_relu_fraction_matches_a_hand_count(tmp_path):

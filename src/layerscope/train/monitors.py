@@ -25,7 +25,7 @@ Example:
     >>> with mon.watch(0):
     ...     loss = net(torch.randn(8, 3)).pow(2).mean()
     >>> loss.backward(); mon.after_backward(); mon.before_step()
-    >>> rows = mon.finish(step=0, epoch=0, loss=float(loss)); mon.close()
+    >>> rows = mon.finish(step=0, epoch=0, loss=loss.item()); mon.close()
     >>> sorted({r["layer"] for r in rows if r["kind"] == "module"})
     ['0', '2']
 """
