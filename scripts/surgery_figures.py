@@ -2,7 +2,9 @@
 
 Run from the repository root (takes ~10-30 min on 2 CPU cores; SmolLM2's first load ~35 s):
 
-    .venv/bin/python scripts/surgery_figures.py
+    .venv/bin/python scripts/surgery_figures.py            # everything
+    .venv/bin/python scripts/surgery_figures.py cnn --resume   # redo one stage, keep the rest
+    .venv/bin/python scripts/surgery_figures.py --doc-only     # re-render from results.json
 
 Every number in the page is computed here: SmolLM2 perplexity after removing 1..10 blocks chosen
 by Block Influence, by angular distance and the last blocks (blocks chosen on one set of
@@ -215,6 +217,18 @@ def exit_table(ee: dict) -> str:
     lines = ["| threshold | accuracy | blocks run (mean) | time saved (est.) |", "|---|---|---|---|"]
     for t, a, u, s in zip(ee["thresholds"], ee["accuracy"], ee["layers_used"], ee["latency_saved"]):
         lines.append(f"| {t:g} | {a:.3f} | {u:.2f} of {len(ee['layers'])} | {s:.0%} |")
+    each = ", ".join(f"{name.replace('probe:', '')} {acc:.3f}"
+                     for name, acc in zip(ee["exits"], ee["exit_accuracy"]))
+    lines += ["", f"Full depth (last exit): accuracy {ee['full_accuracy']:.3f}. Each exit alone: "
+              f"{each}. Heads fitted on {ee['n_train']} items, scored on {ee['n_test']} others."]
+    return "\n".join(lines)
+
+
+def sensitivity_table(sens: dict) -> str:
+    lines = ["| block | " + " | ".join(f"sparsity {s:g}" for s in sens["sparsities"]) + " |",
+             "|---|" + "---|" * len(sens["sparsities"])]
+    for name, row in zip(sens["layers"], sens["values"]):
+        lines.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
     return "\n".join(lines)
 
 
@@ -244,7 +258,9 @@ def write_doc(out: dict) -> None:
         parts += ["## MiniLM-L6 (sentence embeddings)", "",
                   "Quality: cosine similarity of the mean-pooled sentence embedding to the "
                   "original's, on 128 held-out sentences.", "", table(out["minilm"]), "",
-                  "Pruning sensitivity (each block alone, magnitude pruning):", "",
+                  f"Pruning sensitivity: {out['minilm_sensitivity']['metric']} with one block "
+                  f"magnitude-pruned at a time ({out['minilm_sensitivity']['n_items']} sentences):",
+                  "", sensitivity_table(out["minilm_sensitivity"]), "",
                   f"![sensitivity]({out['minilm_sensitivity_png']})", "",
                   "Highest sparsity per block within 1% loss: " + ", ".join(
                       f"{k} {v:g}" for k, v in out["minilm_sensitivity_suggest"].items()), "",
@@ -271,6 +287,9 @@ def write_doc(out: dict) -> None:
 
 
 def main() -> None:
+    if "--doc-only" in sys.argv:  # re-render the page from the saved numbers
+        write_doc(json.loads(STATE.read_text()))
+        return
     out = json.loads(STATE.read_text()) if STATE.exists() and "--resume" in sys.argv else {}
     out.update(date=datetime.date.today().isoformat(), threads=torch.get_num_threads(),
                machine=f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores")
