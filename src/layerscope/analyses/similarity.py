@@ -132,14 +132,40 @@ class CKAStats(Reducer):
             return copy.deepcopy(self)
         if self.zz is None:
             return copy.deepcopy(other)
-        if other.names != self.names or any(
-                not torch.equal(self.shift[n], other.shift[n]) for n in self.names):
-            raise LayerscopeError("CKA sums can be merged only when both were started with the same "
-                                  "layers and shifts (copy an empty CKAStats after its first batch)")
+        if other.names != self.names or other.widths != self.widths:
+            raise LayerscopeError("CKA sums can be merged only over the same layers")
+        other = other._reshifted(self.shift)
         out = copy.deepcopy(self)
         out.n += other.n
         for k in ("zz", "sz", "zq", "qq", "sq"):
             setattr(out, k, getattr(out, k) + getattr(other, k))
+        return out
+
+    def _reshifted(self, shift: dict[str, Tensor]) -> "CKAStats":
+        """The same sums as if this reducer's features had been shifted by ``shift`` instead."""
+        deltas = []
+        for name in self.names:
+            d = self.shift[name] - shift[name]
+            deltas.append(d @ self.proj[name] if self.proj[name] is not None else d)
+        if all(not torch.any(d) for d in deltas):
+            return self
+        D, L, n = sum(self.widths), len(self.names), self.n
+        delta = torch.cat(deltas)
+        m = torch.zeros(D, L, dtype=torch.float64)
+        edges = np.cumsum([0] + self.widths)
+        for i, d in enumerate(deltas):
+            m[edges[i]:edges[i + 1], i] = d
+        c = torch.stack([d @ d for d in deltas])
+        msz = m.T @ self.sz
+        out = copy.copy(self)
+        out.shift = dict(shift)
+        out.sz = self.sz + n * delta
+        out.zz = self.zz + torch.outer(self.sz, delta) + torch.outer(delta, self.sz) + n * torch.outer(delta, delta)
+        out.sq = self.sq + 2 * msz + n * c
+        out.zq = self.zq + 2 * self.zz @ m + torch.outer(self.sz, c) + torch.outer(delta, out.sq)
+        out.qq = (self.qq + 2 * self.zq.T @ m + 2 * m.T @ self.zq + 4 * m.T @ self.zz @ m
+                  + torch.outer(self.sq, c) + torch.outer(c, self.sq) + 2 * torch.outer(msz, c)
+                  + 2 * torch.outer(c, msz) + n * torch.outer(c, c))
         return out
 
     def hsic(self) -> np.ndarray:
