@@ -54,9 +54,12 @@ def project(rows: np.ndarray, method: str = "pca", *, seed: int = 0, perplexity:
             xy = np.hstack([xy, np.zeros_like(xy)])
         return xy, pca.explained_variance_ratio_.tolist()
     from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_limits
 
     perp = min(perplexity, (len(rows) - 1) / 3.0)
-    xy = TSNE(n_components=2, perplexity=perp, init="pca", random_state=seed).fit_transform(rows)
+    # OpenMP threads spin-wait badly on a busy machine; small maps are fastest on one thread
+    with threadpool_limits(limits=1 if len(rows) <= 5000 else None):
+        xy = TSNE(n_components=2, perplexity=perp, init="pca", random_state=seed).fit_transform(rows)
     return xy, []
 
 
