@@ -120,7 +120,7 @@ def similarity_section(layers: Sequence[str], matrix: Sequence[Sequence[float]],
                         f"{layers[lo + 1]} (CKA {fmt(adj[lo], 2)})")
             first_last = matrix[0][len(layers) - 1]
             bits.append(f"first and last layer: CKA {fmt(first_last, 2)}")
-        reading = "; ".join(bits).capitalize() + "." if bits else "Too few layers to compare."
+        reading = _sentence("; ".join(bits)) if bits else "Too few layers to compare."
         y = layers
     else:
         best = [argmax(row) for row in matrix]
@@ -315,3 +315,8 @@ def training_section(steps: Sequence[int], grad_norm: Mapping[str, Sequence[floa
 def _slug(text: str) -> str:
     out = "".join(c if c.isalnum() else "-" for c in str(text).lower()).strip("-")
     return out or "x"
+
+
+def _sentence(text: str) -> str:
+    """``text`` with its first letter upper-cased (the rest kept, unlike ``str.capitalize``) and a full stop."""
+    return (text[:1].upper() + text[1:]).rstrip(".") + "."

@@ -1,0 +1,57 @@
+"""``layerscope report [MODEL] [DATA]``: every layer measured into one HTML page."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .app import app
+from .common import BlocksOpt, InputShapeOpt, JsonOpt, TrustRemoteCodeOpt, print_json
+
+
+@app.command("report")
+def report_command(
+    model: Annotated[str, typer.Argument(
+        help="The model (see `layerscope models`); default: minilm.", metavar="[MODEL]")] = "minilm",
+    data: Annotated[Optional[str], typer.Argument(
+        help="A built-in dataset (see `layerscope datasets`) or a file; default: the built-in "
+             "data that suits the model (sentences for text models).", metavar="[DATA]",
+        show_default=False)] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("layerscope-report"),
+    limit: Annotated[Optional[int], typer.Option(
+        "--limit", help="Items for the main pass (a seeded random subset; default 2000).",
+        show_default=False)] = None,
+    importance_items: Annotated[int, typer.Option(
+        "--importance-items", help="Items for the layer-removal pass.")] = 256,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Items per forward pass.")] = 32,
+    max_length: Annotated[int, typer.Option("--max-length", help="Longest text in tokens.")] = 128,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for the subset and the pictures.")] = 0,
+    open_browser: Annotated[bool, typer.Option("--open", help="Open the report in the browser.")] = False,
+    blocks: BlocksOpt = None,
+    input_shape: InputShapeOpt = None,
+    trust_remote_code: TrustRemoteCodeOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Measure every layer of MODEL on DATA and write OUT/index.html, results.json and figures/."""
+    from layerscope.models import parse_input_shape
+    from layerscope.report.build import build_report
+
+    shape = parse_input_shape(input_shape) if input_shape else None
+    res = build_report(model, data, out, limit=limit, batch_size=batch_size, max_length=max_length,
+                       seed=seed, input_shape=shape, blocks=blocks,
+                       trust_remote_code=trust_remote_code, importance_items=importance_items,
+                       progress=not as_json)
+    if as_json:
+        print_json(res)
+    else:
+        for line in res.findings:
+            typer.echo(f"• {line}")
+        for name, why in res.skipped.items():
+            typer.echo(f"(left out {name}: {why})")
+        typer.echo(f"report: {res.index}  ({res.n_items} items, {res.seconds:.0f} s)")
+    if open_browser:
+        import webbrowser
+
+        webbrowser.open(Path(res.index).resolve().as_uri())
