@@ -33,6 +33,9 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 FIGS = DOCS / "surgery"
 STATE = FIGS / "results.json"
+SMOL_SIZES = (16, 32)  # calibration / held-out sentences: small, SmolLM2 on 2 shared cores is slow
+SMOL_LENGTH = 32       # tokens per sentence at most
+SMOL_MEASURE = {"max_length": SMOL_LENGTH, "repeats": 5}
 
 
 def log(msg: str) -> None:
@@ -67,17 +70,19 @@ def smollm2_stage(tmp: Path, out: dict) -> None:
 
     log("SmolLM2: loading")
     lm = load_model("smollm2")
-    calib, held = sentences(64), sentences(96, skip=64)
-    log("SmolLM2: importance on 64 calibration sentences")
-    imp = layer_importance(lm, calib, batch_size=16, max_length=64)
-    log("SmolLM2: removal curves on 96 held-out sentences")
+    n_calib, n_held = SMOL_SIZES
+    calib, held = sentences(n_calib), sentences(n_held, skip=n_calib)
+    log(f"SmolLM2: importance on {n_calib} calibration sentences")
+    imp = layer_importance(lm, calib, batch_size=16, max_length=SMOL_LENGTH)
+    log(f"SmolLM2: removal curves on {n_held} held-out sentences")
     curve = removal_curve(lm, held, max_k=10, criteria=("block-influence", "angular", "last"),
-                          importance=imp, batch_size=16, max_length=64)
+                          importance=imp, batch_size=16, max_length=SMOL_LENGTH)
+    out["smollm2_sizes"] = {"calibration": n_calib, "held_out": n_held, "max_tokens": SMOL_LENGTH}
     out["smollm2_curve"] = curve.to_dict()
     out["smollm2_curve_png"] = save_fig(curve.plot(), "smollm2_removal.png")
     from layerscope.surgery.measure import saved_bytes
 
-    size = saved_bytes(lm, lm.module)
+    opts = dict(SMOL_MEASURE, bytes_before=saved_bytes(lm, lm.module))
     results = {}
     k = 5
     chosen = curve.removed["block-influence"][k - 1]
@@ -87,25 +92,25 @@ def smollm2_stage(tmp: Path, out: dict) -> None:
     again = load_model(str(path))
     results["drop 5 (block influence)"] = row(measure(lm, again, held, operation="drop",
                                                       output=path, changes={"removed": chosen},
-                                                      max_length=64, bytes_before=size))
+                                                      **opts))
     log("SmolLM2: quantize")
     q = quantize(lm)
     path = save_quantized(q, tmp / "smol-q")
     again = load_quantized(path)
     results["int8 dynamic"] = row(measure(lm, again, held, operation="quantize", output=path,
-                                          changes={"skipped": q.skipped}, max_length=64, bytes_before=size))
+                                          changes={"skipped": q.skipped}, **opts))
     log("SmolLM2: structured neurons 25%")
     p = prune_structured(lm, 0.25, "neurons")
     path = save_model(p.loaded, p.module, tmp / "smol-neurons")
     results["25% FFN neurons"] = row(measure(lm, load_model(str(path)), held,
                                              operation="prune neurons", output=path,
-                                             max_length=64, bytes_before=size))
+                                             **opts))
     log("SmolLM2: magnitude 30%")
     p = prune_magnitude(lm, 0.3)
     path = save_model(p.loaded, p.module, tmp / "smol-mag")
     results["30% magnitude"] = row(measure(lm, load_model(str(path)), held,
                                            operation="prune magnitude", output=path,
-                                           max_length=64, bytes_before=size))
+                                           **opts))
     out["smollm2"] = results
 
 
@@ -250,8 +255,11 @@ def write_doc(out: dict) -> None:
     if "smollm2_curve" in out:
         c = out["smollm2_curve"]
         parts += ["## SmolLM2-135M: removing blocks", "",
-                  f"Blocks chosen on 64 sentences, perplexity on {c['n_items']} other sentences "
-                  f"(intact: {c['baseline']:.2f}).", "",
+                  f"Blocks chosen on {out['smollm2_sizes']['calibration']} sentences, perplexity "
+                  f"on {c['n_items']} other sentences of at most "
+                  f"{out['smollm2_sizes']['max_tokens']} tokens (intact: {c['baseline']:.2f}); a "
+                  f"small sample, as SmolLM2 runs slowly on 2 shared cores: raise SMOL_SIZES in "
+                  f"the script for tighter numbers.", "",
                   f"![removal curve]({out['smollm2_curve_png']})", "",
                   "| blocks removed | " + " | ".join(c["curves"]) + " |",
                   "|---|" + "---|" * len(c["curves"])]

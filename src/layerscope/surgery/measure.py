@@ -74,7 +74,8 @@ class SurgeryResult(Result):
             size = (f", file {self.bytes_before / 2**20:.1f} -> {self.bytes_after / 2**20:.1f} MiB "
                     f"({100 * (self.bytes_after / self.bytes_before - 1):+.0f}%)")
         nz = ""
-        if self.nonzero_after / max(self.params_after, 1) < self.nonzero_before / max(self.params_before, 1) - 0.005:
+        dense_before = self.nonzero_before / max(self.params_before, 1)
+        if self.nonzero_after / max(self.params_after, 1) < dense_before - 0.005:
             nz = f" ({self.nonzero_after / max(self.params_after, 1):.0%} nonzero)"
         big = self.params_before >= 1e5
         return (f"{self.operation} {self.model}: params {_count(self.params_before, big)} -> "

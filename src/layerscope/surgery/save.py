@@ -109,8 +109,9 @@ def save_model(loaded, module: nn.Module, out, *, overwrite: bool = False,
             from layerscope.models import save_checkpoint
 
             shutil.rmtree(staging)
+            task = getattr(module, "task", None)
             save_checkpoint(module, staging, spec=spec, config=zoo_config(module),
-                            task=getattr(module, "task", None) if isinstance(getattr(module, "task", None), str) else None,
+                            task=task if isinstance(task, str) else None,
                             input_shape=loaded.input_shape, extra=extra)
         else:
             raise LayerscopeError(
@@ -134,4 +135,5 @@ def _parent(target: Path) -> Path:
     return target.parent
 
 
-__all__ = ["rebuild_zoo", "check_output", "save_model", "folder_bytes", "source_path", "zoo_spec", "zoo_config"]
+__all__ = ["rebuild_zoo", "check_output", "save_model", "folder_bytes", "source_path", "zoo_spec",
+           "zoo_config"]
