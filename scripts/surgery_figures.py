@@ -292,6 +292,19 @@ def write_doc(out: dict) -> None:
                   f"held-out digits, scored on {out['cnn_exit']['n_test']} others; the model's own "
                   f"head last):", "",
                   exit_table(out["cnn_exit"]), "", f"![early exit]({out['cnn_exit_png']})", ""]
+    parts += ["## Commands", "", "```",
+              "layerscope drop smollm2 --layers 21-29 -o smol-21 --data sentences --limit 64",
+              "layerscope drop minilm --auto 2 --by angular --data sentences -o mini-4",
+              "layerscope prune minilm --sparsity 0.5 --structured neurons -o mini-ffn",
+              "layerscope prune smollm2 --sparsity 0.5 --structured heads -o smol-heads",
+              "layerscope prune cnn --sparsity 0.5 --structured channels -o cnn-half",
+              "layerscope prune minilm --sensitivity --data sentences --limit 64",
+              "layerscope quantize minilm -o mini-int8 --layers 0-3",
+              "layerscope early-exit minilm sentences --binarize 0 --threshold 0.9",
+              "```", "",
+              "Hugging Face results reload with `from_pretrained(OUT)`, zoo results with "
+              "`layerscope.models.load_model(OUT)`, quantized ones with "
+              "`layerscope.surgery.load_quantized(OUT)` (safetensors + JSON, no pickle).", ""]
     parts += ["## Notes", "",
               "- int8 dynamic quantization uses `torch.ao.quantization.quantize_dynamic` "
               "(deprecated in torch 2.13 in favour of torchao, still shipped; on this CPU it was "
