@@ -51,7 +51,7 @@ def test_classification_equals_sklearn_ridge_classifier(classes):
 
 def test_cross_validated_penalty_is_the_grid_minimum_of_fold_errors():
     X, y = _data(n=240, d=30, seed=3)
-    p = LinearProbe(task="regression", alphas=[0.01, 1.0, 100.0, 1e4], folds=3).fit(X, y)
+    p = LinearProbe(task="regression", alphas=[0.01, 1.0, 100.0, 1e4], cv="kfold", folds=3).fit(X, y)
     fold = split_items(np.arange(240), 0.0, 3, 0)
     errs = []
     for a in [0.01, 1.0, 100.0, 1e4]:
@@ -66,6 +66,23 @@ def test_cross_validated_penalty_is_the_grid_minimum_of_fold_errors():
     assert p.alpha_ == [0.01, 1.0, 100.0, 1e4][int(np.argmin(errs))]
 
 
+def test_generalised_cross_validation_equals_the_hat_matrix_formula():
+    X, y = _data(n=150, d=40, seed=5)
+    grid = [0.1, 3.0, 100.0, 3000.0]
+    p = LinearProbe(task="regression", alphas=grid).fit(X, y)
+    Xs = StandardScaler().fit_transform(X)
+    Xc = Xs - Xs.mean(0)
+    gcv = []
+    for a in grid:
+        H = Xc @ np.linalg.solve(Xc.T @ Xc + a * np.eye(40), Xc.T) + np.full((150, 150), 1 / 150)
+        resid = y - H @ y
+        gcv.append((resid @ resid / 150) / (1 - np.trace(H) / 150) ** 2)
+    np.testing.assert_allclose(p.cv_error_, gcv, rtol=1e-8)
+    assert p.alpha_ == grid[int(np.argmin(gcv))]
+    ref = Ridge(alpha=p.alpha_).fit(Xs, y)
+    np.testing.assert_allclose(p.predict(X), ref.predict(Xs), atol=1e-6)
+
+
 def _net_and_data(n=260, seed=0):
     torch.manual_seed(seed)
     X = torch.randn(n, 6)
@@ -76,7 +93,7 @@ def _net_and_data(n=260, seed=0):
 
 def test_sweep_probe_equals_sklearn_on_the_same_layer_features():
     net, ds = _net_and_data()
-    stats = ProbeStats(True, folds=3, seed=1)
+    stats = ProbeStats(True, cv="kfold", folds=3, seed=1)
     res_rows = Reservoir(capacity=10_000)
     run = sweep(net, ds, reducers=[stats, res_rows], granularity="modules", batch_size=50, progress=False)
     res = stats.result(alphas=[3.0])

@@ -5,9 +5,11 @@ One pass over the data accumulates, per layer and per cross-validation fold, the
 items (a seeded hash of the item index decides the split, so one pass suffices and batching does
 not matter). The probe is ridge regression on standardised features — for classes, ridge on
 one-hot targets (a least-squares classifier whose decisions equal scikit-learn's
-``RidgeClassifier``) — solved in closed form from those sums. The penalty is chosen by k-fold
-cross-validation computed from the same sums (squared error on the held-out fold, for every
-penalty of the grid from one eigendecomposition per fold), then refitted on all training items.
+``RidgeClassifier``) — solved in closed form from those sums. The penalty is chosen from a grid
+by generalised cross-validation (``cv="gcv"``, default: every penalty's GCV error from one
+eigendecomposition of the standardised XᵀX per layer) or by k-fold cross-validation computed
+from per-fold sums (``cv="kfold"``: squared error on each held-out fold), then refitted on all
+training items. GCV costs one O(d³) eigendecomposition per layer whatever the number of items.
 
 Reported per layer: held-out accuracy with a Wilson 95% interval, or R² with a bootstrap 95%
 interval over held-out items; next to two controls: the majority-class (or training-mean)
@@ -157,6 +159,10 @@ def _standardised(s: RidgeStats, standardize: bool):
 
 def fit_ridge(s: RidgeStats, alphas, standardize: bool = True) -> list[RidgeFit]:
     """The ridge solution for each penalty, from one eigendecomposition of the centred Gram."""
+    return _ridge_path(s, alphas, standardize)[0]
+
+
+def _ridge_path(s: RidgeStats, alphas, standardize: bool):
     c, cxy, mu, my, scale = _standardised(s, standardize)
     lam, v = np.linalg.eigh(c)
     lam = np.clip(lam, 0.0, None)
@@ -166,7 +172,20 @@ def fit_ridge(s: RidgeStats, alphas, standardize: bool = True) -> list[RidgeFit]
         w = v @ (proj / (lam + a)[:, None])
         coef = w / scale[:, None]
         fits.append(RidgeFit(coef, my - mu @ coef, float(a)))
-    return fits
+    return fits, lam
+
+
+def gcv_fit(s: RidgeStats, alphas, standardize: bool = True) -> tuple[RidgeFit, list[float]]:
+    """The fit whose penalty minimises generalised cross-validation, GCV(α) = (SSE/n) / (1 − df/n)²
+    with df = 1 + Σ λᵢ/(λᵢ + α) (intercept plus the ridge hat matrix's trace), every penalty from
+    one eigendecomposition (Golub, Heath & Wahba 1979)."""
+    fits, lam = _ridge_path(s, alphas, standardize)
+    n = s.n
+    err = []
+    for fit in fits:
+        df = 1.0 + float(np.sum(lam / (lam + fit.alpha)))
+        err.append(squared_error(fit, s) / n / max(1.0 - df / n, 1e-12) ** 2)
+    return fits[int(np.argmin(err))], err
 
 
 def squared_error(fit: RidgeFit, s: RidgeStats) -> float:
@@ -244,7 +263,8 @@ class LinearProbe:
 
     ``task`` is "classification" (one-hot ridge, argmax decision), "regression" or "auto"
     (integer labels mean classes). ``alpha=None`` picks the penalty from ``alphas`` by
-    ``folds``-fold cross-validation on the sufficient statistics. Features are standardised
+    generalised cross-validation (``cv="gcv"``) or ``folds``-fold cross-validation
+    (``cv="kfold"``) on the sufficient statistics. Features are standardised
     (mean 0, variance 1 over the training items) unless ``standardize=False``.
 
     Example:
@@ -255,8 +275,10 @@ class LinearProbe:
     """
 
     def __init__(self, alpha: float | None = None, *, task: str = "auto", alphas=ALPHAS,
-                 folds: int = 3, standardize: bool = True, seed: int = 0):
-        self.alpha, self.task, self.alphas, self.folds = alpha, task, tuple(alphas), folds
+                 cv: str = "gcv", folds: int = 3, standardize: bool = True, seed: int = 0):
+        _check_cv(cv)
+        self.alpha, self.task, self.alphas, self.cv = alpha, task, tuple(alphas), cv
+        self.folds = folds if cv == "kfold" else 1
         self.standardize, self.seed = standardize, seed
 
     def fit(self, X, y) -> "LinearProbe":
@@ -280,13 +302,9 @@ class LinearProbe:
             if len(rows):
                 s.add(X[rows], targets[rows])
             stats.append(s)
-        alpha, self.cv_error_ = (float(self.alpha), []) if self.alpha is not None else choose_alpha(
-            stats, self.alphas, self.standardize)
-        total = stats[0]
-        for s in stats[1:]:
-            total = total + s
-        self.fit_ = fit_ridge(total, [alpha], self.standardize)[0]
-        self.alpha_ = alpha
+        self.fit_, self.cv_error_ = select_fit(stats, [self.alpha] if self.alpha is not None else self.alphas,
+                                               self.cv, self.standardize)
+        self.alpha_ = self.fit_.alpha
         return self
 
     def decision_function(self, X) -> np.ndarray:
@@ -303,6 +321,24 @@ class LinearProbe:
         y = np.asarray(y)
         pred = self.predict(X)
         return float((pred == y).mean()) if self.classification_ else r2_score(y, pred)
+
+
+def _check_cv(cv: str) -> None:
+    if cv not in ("gcv", "kfold"):
+        raise LayerscopeError(f"unknown penalty selection {cv!r}; use gcv or kfold")
+
+
+def select_fit(folds: list[RidgeStats], alphas, cv: str = "gcv", standardize: bool = True):
+    """The refitted probe on all folds with the penalty chosen by ``cv``, and each penalty's error."""
+    total = folds[0]
+    for f in folds[1:]:
+        total = total + f
+    if cv == "gcv" or len(alphas) == 1:
+        if len(alphas) == 1:
+            return fit_ridge(total, alphas, standardize)[0], []
+        return gcv_fit(total, alphas, standardize)
+    alpha, err = choose_alpha(folds, alphas, standardize)
+    return fit_ridge(total, [alpha], standardize)[0], err
 
 
 def _is_classification(y: Tensor, task: str) -> bool:
@@ -324,13 +360,15 @@ class ProbeStats(Reducer):
     """
 
     def __init__(self, classification: bool, *, layers: list[str] | None = None, view: str = "mean",
-                 test_fraction: float = 0.2, folds: int = 3, seed: int = 0,
+                 test_fraction: float = 0.2, cv: str = "gcv", folds: int = 3, seed: int = 0,
                  random_width: int | None = None):
+        _check_cv(cv)
         if not 0.0 < test_fraction < 1.0:
             raise LayerscopeError(f"test_fraction must be between 0 and 1; got {test_fraction}")
         self.classification, self.view = classification, view
         self.layers = list(layers) if layers is not None else None
-        self.test_fraction, self.folds, self.seed = test_fraction, folds, seed
+        self.test_fraction, self.seed, self.cv = test_fraction, seed, cv
+        self.folds = folds if cv == "kfold" else 1
         self.random_width = random_width
         self.n_classes = 0
         self.stats: dict[str, list[RidgeStats]] = {}
@@ -423,7 +461,7 @@ class ProbeResult(Result):
     random_width: int
     classes: list[str] | None = None
     method: str = ("ridge on standardised features (one-hot targets for classes), closed form "
-                   "from XᵀX; penalty by k-fold CV on the sums")
+                   "from XᵀX; penalty by cross-validation on the sums")
     interval: str = ""
 
     @property
@@ -495,17 +533,16 @@ def probe_result(stats: ProbeStats, *, alphas=ALPHAS, standardize: bool = True,
     names = [n for n in stats.order if n != RANDOM]
     rand = None
     for name in stats.order:
-        alpha, _ = choose_alpha(stats.stats[name], alphas, standardize)
-        total = stats.stats[name][0]
-        for s in stats.stats[name][1:]:
-            total = total + s
-        fit = fit_ridge(total, [alpha], standardize)[0]
+        fit, _ = select_fit(stats.stats[name], alphas, stats.cv, standardize)
+        alpha = fit.alpha
         x_test = torch.cat(stats.test_rows[name]).double().numpy()
         out = _evaluate(fit, x_test, y_test, stats.classification, n_boot, stats.seed)
         if name == RANDOM:
             rand = out
             continue
         scores.append(out[0]); lo.append(out[1]); hi.append(out[2]); chosen.append(alpha)
+    method = ProbeResult.method + (" (generalised CV from one eigendecomposition)" if stats.cv == "gcv"
+                                   else f" ({stats.folds}-fold CV)")
     kind = "classification" if stats.classification else "regression"
     return ProbeResult(
         layers=names, task=task_name or "labels", problem=kind,
@@ -513,7 +550,7 @@ def probe_result(stats: ProbeStats, *, alphas=ALPHAS, standardize: bool = True,
         alpha=chosen, n_train=int(n_train), n_test=int(len(y_test)), baseline=baseline,
         random_features=rand[0] if rand else float("nan"),
         random_ci=[rand[1], rand[2]] if rand else [], random_width=int(stats.random_width or 0),
-        classes=classes,
+        classes=classes, method=method,
         interval="Wilson 95%" if stats.classification else f"bootstrap 95% over held-out items ({n_boot} resamples)",
     )
 
@@ -521,11 +558,12 @@ def probe_result(stats: ProbeStats, *, alphas=ALPHAS, standardize: bool = True,
 # --- the analysis: reducers / from_reducers / probe ---------------------------------------------
 
 
-def reducers(data, *, layers=None, view: str = "mean", test_fraction: float = 0.2, folds: int = 3,
-             seed: int = 0, random_width: int | None = None) -> list[Reducer]:
+def reducers(data, *, layers=None, view: str = "mean", test_fraction: float = 0.2, cv: str = "gcv",
+             folds: int = 3, seed: int = 0, random_width: int | None = None) -> list[Reducer]:
     """The reducers a probe needs in a sweep over ``data`` (a Dataset with labels)."""
     return [ProbeStats(_data_is_classification(data), layers=layers, view=view,
-                       test_fraction=test_fraction, folds=folds, seed=seed, random_width=random_width)]
+                       test_fraction=test_fraction, cv=cv, folds=folds, seed=seed,
+                       random_width=random_width)]
 
 
 def from_reducers(reds: list[Reducer], *, data=None, alphas=ALPHAS, task_name: str | None = None) -> ProbeResult:
@@ -549,7 +587,7 @@ def _data_is_classification(data) -> bool:
 
 
 def probe(model, data, *, task: str | None = None, layers=None, granularity: str = "blocks",
-          view: str = "mean", test_fraction: float = 0.2, folds: int = 3, seed: int = 0,
+          view: str = "mean", test_fraction: float = 0.2, cv: str = "gcv", folds: int = 3, seed: int = 0,
           alphas=ALPHAS, random_width: int | None = None, limit: int | None = None,
           batch_size: int = 32, max_length: int | None = 128, progress: bool = False) -> ProbeResult:
     """Probe every layer of ``model`` for the labels of ``data`` (or a built-in ``task``) in one pass.
@@ -569,7 +607,7 @@ def probe(model, data, *, task: str | None = None, layers=None, granularity: str
     from layerscope.sweep import sweep
 
     data = prepare_data(data, task, limit=limit, seed=seed)
-    reds = reducers(data, layers=None, view=view, test_fraction=test_fraction, folds=folds,
+    reds = reducers(data, layers=None, view=view, test_fraction=test_fraction, cv=cv, folds=folds,
                     seed=seed, random_width=random_width)
     sweep(model, data, reducers=reds, layers=layers, granularity=granularity,
           batch_size=batch_size, max_length=max_length, progress=progress)
