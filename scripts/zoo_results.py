@@ -39,11 +39,11 @@ RUNS = [
     ("cnn-dw", "cnn-dw", "mnist", dict(epochs=6, batch_size=64, lr=3e-3)),
     ("resnet", "resnet", "mnist", dict(epochs=8, batch_size=32, lr=1e-3)),
     ("autoencoder", "autoencoder", "digits", dict(epochs=40, batch_size=32, lr=3e-3)),
-    ("lstm", "lstm", "sunspots", dict(epochs=60, batch_size=16, lr=3e-3)),
-    ("gru", "gru", "sunspots", dict(epochs=60, batch_size=16, lr=3e-3)),
-    ("gpt", "gpt", "text", dict(epochs=2, batch_size=64, lr=2e-3, limit=12000)),
-    ("gan", "gan", "digits", dict(epochs=60, batch_size=64, lr=1e-3, monitor_every=200)),
-    ("minilm", "minilm", "sentences", dict(epochs=1, batch_size=32, lr=1e-3, limit=1500,
+    ("lstm", "lstm", "sunspots", dict(epochs=25, batch_size=16, lr=5e-3)),
+    ("gru", "gru", "sunspots", dict(epochs=25, batch_size=16, lr=5e-3)),
+    ("gpt", "gpt", "text", dict(epochs=1, batch_size=64, lr=3e-3, limit=8000)),
+    ("gan", "gan", "digits", dict(epochs=25, batch_size=64, lr=1e-3, monitor_every=200)),
+    ("minilm", "minilm", "sentences", dict(epochs=1, batch_size=32, lr=1e-3, limit=800,
                                            freeze="blocks:0-3", max_length=48)),
 ]
 
@@ -197,7 +197,7 @@ def write_table(path: Path, rows: dict, load: list) -> None:
               "logistic-regression digit classifier trained on real digits reading 1,000 samples "
               "(mean top-class probability; classes that get at least 2 % of the samples);",
               "- MiniLM-L6: blocks 0-3 frozen, new linear head on the mean-pooled embedding, "
-              "1,500 sentences, one epoch; R² of the sentiment score on held-out sentences.", "",
+              "800 sentences, one epoch; R² of the sentiment score on held-out sentences.", "",
               "## Train one yourself", "",
               "`layerscope train MODEL [DATA] -o DIR` trains on the zoo network's reference data "
               "when DATA is left out:", "",
