@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-THREADS = 2
+THREADS = 1
 LAYERS, WIDTH, BATCH = 6, 384, 256
 
 
@@ -90,7 +90,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.one:
         return one(args.one[0], int(args.one[1]))
-    env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "MKL_NUM_THREADS": str(THREADS)}
+    env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "MKL_NUM_THREADS": str(THREADS),
+           "OPENBLAS_NUM_THREADS": str(THREADS)}
     rows = []
     for n in args.sizes:
         res = {}
