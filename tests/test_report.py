@@ -61,3 +61,183 @@ def test_out_dir_clears_an_older_report_first(tmp_path):
 def test_every_chart_kind_draws_as_png(chart):
     png = chart_png(chart, "title")
     assert png.startswith(PNG) and len(png) > 2000
+
+
+# --- real reports ----------------------------------------------------------------------------------
+
+SCRIPT = "<script>window.__injected = true</script> a line that tries to run"
+
+
+@pytest.fixture(scope="module")
+def scored_file(tmp_path_factory):
+    """40 real sentences with their human scores, plus one that carries a script tag."""
+    from layerscope.data import load_dataset
+
+    ds = load_dataset("sentences", limit=40, seed=3)
+    rows = [{"text": t, "label": float(y)} for t, y in zip(ds.items, ds.labels)]
+    rows.append({"text": SCRIPT, "label": -2.5})
+    path = tmp_path_factory.mktemp("data") / "scored.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path, [r["text"] for r in rows]
+
+
+@pytest.fixture(scope="module")
+def minilm_report(scored_file, tmp_path_factory):
+    from layerscope.report.build import build_report
+
+    out = tmp_path_factory.mktemp("rep") / "report"
+    res = build_report("minilm", str(scored_file[0]), out, importance_items=12, progress=False)
+    return res, out
+
+
+def _hsic1(K, L):
+    n = len(K)
+    K, L = K.copy(), L.copy()
+    np.fill_diagonal(K, 0)
+    np.fill_diagonal(L, 0)
+    return ((K * L).sum() + K.sum() * L.sum() / ((n - 1) * (n - 2))
+            - 2 / (n - 2) * K.sum(0) @ L.sum(0)) / (n * (n - 3))
+
+
+def test_minilm_report_numbers_equal_an_independent_computation(minilm_report, scored_file, minilm,
+                                                                minilm_tokenizer):
+    res, out = minilm_report
+    _, texts = scored_file
+    assert res.sections == ["anatomy", "probes", "similarity", "importance", "activations", "pictures"]
+    assert res.skipped == {} and res.n_items == len(texts)
+    payload = json.loads((out / "results.json").read_text())
+    assert payload["format"] == "layerscope-report"
+    enc = minilm_tokenizer(texts, padding=True, truncation=True, max_length=128, return_tensors="pt")
+    with torch.no_grad():
+        hs = minilm(**enc, output_hidden_states=True).hidden_states[1:]
+    mask = enc["attention_mask"].bool()
+    acts = payload["results"]["activations"]
+    assert acts["layers"] == [f"encoder.layer.{i}" for i in range(6)]
+    for i, h in enumerate(hs):
+        real = h[mask].double()
+        assert acts["mean"][i] == pytest.approx(real.mean().item(), rel=1e-4, abs=1e-6)
+        assert acts["max"][i] == pytest.approx(real.max().item(), rel=1e-4)
+    pooled = [((h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)).double().numpy() for h in hs]
+    grams = [p @ p.T for p in pooled]
+    cka = np.asarray(payload["results"]["similarity"]["cka"])
+    for i, j in [(0, 1), (0, 5), (2, 4)]:
+        want = _hsic1(grams[i], grams[j]) / np.sqrt(_hsic1(grams[i], grams[i]) * _hsic1(grams[j], grams[j]))
+        assert cka[i, j] == pytest.approx(want, abs=1e-4)
+    assert np.allclose(np.diag(cka), 1.0, atol=1e-6)
+    probes = {k for k in payload["results"] if k.startswith("probe:")}
+    assert probes == {"probe:sentence length", "probe:bigram shift", "probe:sentiment"}
+    anatomy = payload["results"]["anatomy"]
+    assert anatomy["total_params"] == 22_713_216 and anatomy["counts"]["blocks"] == 6
+    for fig in payload["figures"]:
+        assert (out / fig).read_bytes().startswith(PNG)
+    assert len(payload["figures"]) >= 12
+
+
+def test_minilm_readings_quote_this_runs_numbers(minilm_report):
+    res, out = minilm_report
+    payload = json.loads((out / "results.json").read_text())
+    imp = payload["results"]["importance"]
+    worst = int(np.argmax(imp["metric"]))
+    reading = payload["findings"]["importance"][0]
+    assert f"Removing {imp['layers'][worst]} hurts most" in reading
+    assert f"{imp['metric'][worst]:.3g}"[:4] in reading
+    length = payload["results"]["probe:sentence length"]
+    peak = int(np.argmax(length["score"]))
+    assert any(length["layers"][peak] in f for f in payload["findings"]["probes"])
+
+
+@needs_chromium
+def test_minilm_report_renders_in_chromium_and_data_cannot_run_scripts(minilm_report, tmp_path):
+    from layerscope.report.browser import check_report
+
+    res, out = minilm_report
+    html = (out / "index.html").read_text()
+    assert SCRIPT not in html and "&lt;script&gt;" in html or "\\u003cscript" in html
+    shot = tmp_path / "report.png"
+    check = check_report(out / "index.html", screenshot=shot, width=1200)
+    assert check.console_errors == [] and check.page_errors == [] and check.requests == []
+    assert check.sections == res.sections
+    assert check.charts > 10 and check.charts_rendered == check.charts
+    assert not check.injected and check.width_overflow == 0
+    assert shot.read_bytes().startswith(PNG)
+    phone = check_report(out / "index.html", width=390)
+    assert phone.width_overflow == 0 and phone.console_errors == []
+
+
+def test_an_interrupted_report_leaves_no_index(tmp_path, monkeypatch):
+    from layerscope.data import Dataset
+    from layerscope.report import build
+
+    d = prepare_out_dir(tmp_path / "r")
+    (d / "index.html").write_text("<html>an older report</html>")
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    ds = Dataset("toy", torch.randn(40, 4), torch.randint(0, 3, (40,)), "tensor", "classification")
+
+    def cut(page):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(build, "render_html", cut)
+    with pytest.raises(KeyboardInterrupt):
+        build.build_report(net, ds, d, input_shape=(4,), progress=False)
+    assert not (d / "index.html").exists()
+    assert not [p for p in d.iterdir() if p.name.startswith(".index.html")]
+
+
+def test_report_of_a_trained_zoo_network_shows_its_training(tmp_path):
+    from layerscope.data import load_dataset
+    from layerscope.report.build import build_report
+    from layerscope.train import train
+
+    digits = load_dataset("digits", limit=400)
+    torch.manual_seed(0)
+    train("mlp", digits, out_dir=tmp_path / "run", epochs=2, batch_size=64, lr=1e-2,
+          monitor_every=2, progress=False)
+    res = build_report(str(tmp_path / "run" / "best"), "digits", tmp_path / "rep", limit=300,
+                       importance_items=64, progress=False)
+    assert "training" in res.sections and "probes" in res.sections
+    # the first MLP block widens 64 -> 128, so blocks cannot simply be skipped: the section says why
+    assert "importance" in res.sections or "keep the shape" in res.skipped["layer removal"]
+    payload = json.loads((tmp_path / "rep" / "results.json").read_text())
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = sorted({m["step"] for m in metrics if m["kind"] == "block"})
+    assert payload["results"]["training"]["steps"] == steps
+    probe = payload["results"]["probe:digits labels"]
+    assert max(probe["score"]) > probe["baseline"] + 0.3
+
+
+def test_report_of_a_cnn_has_feature_maps(tmp_path):
+    from layerscope.report.build import build_report
+
+    torch.manual_seed(0)
+    res = build_report("cnn", "mnist", tmp_path / "rep", limit=64, importance_items=16, progress=False)
+    payload = json.loads((tmp_path / "rep" / "results.json").read_text())
+    assert payload["results"]["feature_maps"]["layer"] == "blocks.0"
+    assert any(f.startswith("figures/pictures-image") for f in payload["figures"])
+    assert "pictures" in res.sections
+
+
+def test_cli_report_and_its_errors(tmp_path, scored_file, capsys):
+    from layerscope.cli import main
+
+    out = tmp_path / "cli"
+    code = main(["report", "minilm", str(scored_file[0]), "-o", str(out), "--limit", "24",
+                 "--importance-items", "8", "--json"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    info = json.loads(captured.out)
+    assert info["n_items"] == 24 and (out / "index.html").exists()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    cases = [
+        (["report", "no-such-model"], "no-such-model"),
+        (["report", "minilm", "digits", "-o", str(tmp_path / "x")], "takes text"),
+        (["report", "minilm", str(scored_file[0]), "-o", str(tmp_path / "mine")], "not empty"),
+        (["report", "minilm", str(scored_file[0]), "--limit", "2"], "--limit"),
+    ]
+    for args, needle in cases:
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        last = err.strip().splitlines()[-1]  # progress lines may come before it on stderr
+        assert last.startswith("error: ") and needle in last and "Traceback" not in err
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+    assert not (tmp_path / "x").exists()
