@@ -114,7 +114,7 @@ def test_sweep_similarity_equals_direct_cka_of_layer_features():
     np.testing.assert_allclose(res.cka, np.clip(direct, 0, 1), atol=1e-9)
     two = similarity(net, X, other=net, granularity="modules", chunk=40)
     np.testing.assert_allclose(two.cka, res.cka, atol=1e-9)
-    assert two.n == 90 and "chunks" in two.estimator
+    assert two.n == 90 and "chunks" in two.estimator and "best match per row" in two.summary()
     small = similarity(net, X, granularity="modules", max_width=8)
     assert "projection" in small.estimator and np.allclose(np.diag(small.cka), 1.0)
 

@@ -288,7 +288,7 @@ class SimilarityResult(Result):
 
     def summary(self) -> str:
         m = self.matrix
-        if self.layers == self.other_layers and len(self.layers) > 1:
+        if len(self.models) < 2 and self.layers == self.other_layers and len(self.layers) > 1:
             adj = [m[i, i + 1] for i in range(len(self.layers) - 1)]
             i = int(np.argmax(adj))
             off = m + np.eye(len(m)) * 9
