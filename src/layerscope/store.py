@@ -16,7 +16,7 @@ Example:
     >>> store = record(net, torch.randn(50, 4), out, dtype="float32", batch_size=8, shard_items=16,
     ...                progress=False)
     >>> len(store), store.layers, tuple(store["2"].shape), len(store.manifest["shards"])
-    (50, ['0', '1', '2'], (50, 3), 4)
+    (50, ['0', '2'], (50, 3), 4)
 """
 
 from __future__ import annotations
@@ -365,8 +365,8 @@ class Store:
         >>> out = tempfile.mkdtemp()
         >>> _ = record(net, torch.randn(20, 3), out, dtype="float32", progress=False)
         >>> s = Store(out)
-        >>> len(s), s.view, s.dtype, tuple(s["1"].shape)
-        (20, 'mean', 'float32', (20, 5))
+        >>> len(s), s.view, s.dtype, s.layers, tuple(s["0"].shape)
+        (20, 'mean', 'float32', ['0'], (20, 5))
     """
 
     def __init__(self, path, verify: bool = True):
