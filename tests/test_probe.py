@@ -212,5 +212,6 @@ def test_cli_probe_on_minilm(capsys, tmp_path):
     assert out["kind"] == "ProbeResult" and out["task"] == "sentiment" and len(out["layers"]) == 6
     assert out["n_train"] + out["n_test"] < 200  # near-zero scores dropped
     assert max(out["score"]) > out["baseline"] + 0.1
+    assert out["peak_layer"] == out["layers"][int(np.argmax(out["score"]))]
     assert main(["probe", "minilm", "sentences", "--task", "colour"]) == 2
     assert "unknown probing task" in capsys.readouterr().err

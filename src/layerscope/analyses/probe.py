@@ -463,6 +463,7 @@ class ProbeResult(Result):
     method: str = ("ridge on standardised features (one-hot targets for classes), closed form "
                    "from XᵀX; penalty by cross-validation on the sums")
     interval: str = ""
+    peak_layer: str = ""        # the layer with the highest held-out score
 
     @property
     def peak(self) -> int:
@@ -550,7 +551,7 @@ def probe_result(stats: ProbeStats, *, alphas=ALPHAS, standardize: bool = True,
         alpha=chosen, n_train=int(n_train), n_test=int(len(y_test)), baseline=baseline,
         random_features=rand[0] if rand else float("nan"),
         random_ci=[rand[1], rand[2]] if rand else [], random_width=int(stats.random_width or 0),
-        classes=classes, method=method,
+        classes=classes, method=method, peak_layer=names[int(np.argmax(scores))],
         interval="Wilson 95%" if stats.classification else f"bootstrap 95% over held-out items ({n_boot} resamples)",
     )
 
