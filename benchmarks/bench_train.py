@@ -57,10 +57,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--steps", type=int, default=120)
     parser.add_argument("--every", type=int, default=50)
+    parser.add_argument("--only", default=None, help="run only the cases whose label has this")
     args = parser.parse_args()
     torch.set_num_threads(2)
     lines = []
     for label, (spec, shape, batch) in CASES.items():
+        if args.only and args.only not in label:
+            continue
         one_round(spec, shape, batch, 20, args.every, 0)          # warm-up
         on, off, mon_steps, plain_steps = [], [], [], []
         for r in range(args.rounds):

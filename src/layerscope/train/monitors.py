@@ -71,8 +71,8 @@ class LayerMonitor:
         self.groups = self._groups(model)            # (name, kind, params)
         self._act_targets = self._activation_targets(model)
         self._acts: dict[str, dict] = {}
-        self._grads: dict[str, float] = {}
         self._before: list[Tensor] | None = None
+        self._m = None
 
     # -- what is watched ---------------------------------------------------------------------------
     @staticmethod
@@ -128,16 +128,38 @@ class LayerMonitor:
                 y = primary_tensor(output).detach()
             except Exception:
                 return
-            if not y.is_floating_point() or y.numel() == 0:
+            if not y.is_floating_point() or y.numel() < 2:
                 return
             y32 = y.float()
-            row = {"act_mean": float(y32.mean()),
-                   "act_std": float(y32.std()) if y32.numel() > 1 else 0.0}
+            std, mean = torch.std_mean(y32)
+            row = {"act_mean": mean, "act_std": std}      # tensors; read once in finish()
             if kind == "relu":
-                dead, total = dead_units(y)
-                row.update(dead=dead, units=total)
+                alive = (y != 0).any(dim=(0, 2, 3)) if y.dim() == 4 else \
+                    (y != 0).reshape(-1, y.shape[-1]).any(dim=0)
+                row.update(dead=(~alive).sum(), units=alive.numel())
             self._acts[name] = row
         return hook
+
+    # -- the figures, vectorised: one norm per parameter, then group sums by one matrix product
+    def _matrix(self) -> Tensor:
+        if getattr(self, "_m", None) is None:
+            self._params = list(self.model.parameters())
+            index = {id(p): i for i, p in enumerate(self._params)}
+            m = torch.zeros(len(self.groups), len(self._params), dtype=torch.float64)
+            for g, (_, _, params) in enumerate(self.groups):
+                for p in params:
+                    m[g, index[id(p)]] = 1.0
+            self._m = m
+            self._grad_sq = torch.zeros(len(self.groups), dtype=torch.float64)
+            self._has_grad = torch.zeros(len(self.groups), dtype=torch.bool)
+        return self._m
+
+    def _norms_sq(self, tensors: list, which: list[int]) -> Tensor:
+        out = torch.zeros(len(self._params), dtype=torch.float64)
+        if which:
+            norms = torch.stack(torch._foreach_norm(tensors)).double().cpu()
+            out[which] = norms ** 2
+        return out
 
     def after_backward(self, only=None) -> None:
         """Record the gradient norm of every group (call before clipping).
@@ -145,43 +167,47 @@ class LayerMonitor:
         With ``only`` (parameters), record just the groups made entirely of those and keep the
         rest (a GAN's generator step after its discriminator step).
         """
-        keep = None if only is None else {id(p) for p in only}
-        if keep is None:
-            self._grads = {}
-        for name, kind, params in self.groups:
-            if keep is not None and not all(id(p) in keep for p in params):
-                continue
-            grads = [p.grad for p in params if p.requires_grad and p.grad is not None]
-            if grads:
-                norms = torch._foreach_norm(grads)
-                self._grads[(name, kind)] = float(torch.stack(norms).double().pow(2).sum().sqrt())
+        m = self._matrix()
+        which = [i for i, p in enumerate(self._params) if p.requires_grad and p.grad is not None]
+        sq = m @ self._norms_sq([self._params[i].grad for i in which], which)
+        has = (m[:, which].sum(1) > 0) if which else torch.zeros(len(self.groups), dtype=torch.bool)
+        if only is None:
+            self._grad_sq, self._has_grad = sq, has
+            return
+        keep = torch.zeros(len(self._params), dtype=torch.float64)
+        keep[[i for i, p in enumerate(self._params) if id(p) in {id(q) for q in only}]] = 1.0
+        inside = (m @ (1.0 - keep)) == 0                # groups made only of ``only``'s params
+        self._grad_sq = torch.where(inside, sq, self._grad_sq)
+        self._has_grad = torch.where(inside, has, self._has_grad)
 
     def before_step(self) -> None:
         """Snapshot the weights for the update ratio (call right before ``optimizer.step()``)."""
-        self._params = [p for p in self.model.parameters()]
+        self._matrix()
         self._trainable = [i for i, p in enumerate(self._params) if p.requires_grad]
-        self._before = [p.detach().clone() for p in (self._params[i] for i in self._trainable)]
+        self._before = [self._params[i].detach().clone() for i in self._trainable]
 
     def finish(self, *, step: int, epoch: int, loss: float) -> list[dict]:
         """Compute the rest after ``optimizer.step()``, write the rows, raise flags; the rows."""
-        index = {id(p): i for i, p in enumerate(self._params)}
-        w_norms = torch.stack(torch._foreach_norm([p.detach() for p in self._params])).double()
-        d_norms = torch.zeros_like(w_norms)          # frozen parameters do not move
-        if self._trainable:
-            after = [self._params[i].detach() for i in self._trainable]
-            moved = torch._foreach_norm(torch._foreach_sub(after, self._before))
-            d_norms[self._trainable] = torch.stack(moved).double()
-            w_norms[self._trainable] = torch.stack(torch._foreach_norm(self._before)).double()
+        m, trainable = self._matrix(), self._trainable
+        frozen = [i for i in range(len(self._params)) if i not in set(trainable)]
+        w_sq = self._norms_sq([self._params[i].detach() for i in frozen], frozen)
+        w_sq += self._norms_sq(self._before, trainable)
+        after = [self._params[i].detach() for i in trainable]
+        d_sq = self._norms_sq(torch._foreach_sub(after, self._before) if trainable else [],
+                              trainable)
+        w_all = (m @ w_sq).sqrt().tolist()
+        d_all = (m @ d_sq).sqrt().tolist()
+        g_all = self._grad_sq.sqrt().tolist()
+        has = self._has_grad.tolist()
+        acts = self._read_acts()
         rows = [{"step": step, "epoch": epoch, "layer": "(model)", "kind": "loss", "loss": loss}]
-        relu_by_name = {n: a for n, a in self._acts.items() if "dead" in a}
-        for name, kind, params in self.groups:
-            ids = [index[id(p)] for p in params]
-            w = float(w_norms[ids].pow(2).sum().sqrt())
-            d = float(d_norms[ids].pow(2).sum().sqrt())
+        relu_by_name = {n: a for n, a in acts.items() if "dead" in a}
+        for g, (name, kind, _) in enumerate(self.groups):
+            w, d = w_all[g], d_all[g]
             row = {"step": step, "epoch": epoch, "layer": name, "kind": kind,
-                   "grad_norm": self._grads.get((name, kind)), "weight_norm": w,
+                   "grad_norm": g_all[g] if has[g] else None, "weight_norm": w,
                    "update_ratio": d / w if w > 0 else None}
-            row.update({k: v for k, v in self._acts.get(name, {}).items()
+            row.update({k: v for k, v in acts.get(name, {}).items()
                         if k in ("act_mean", "act_std")})
             if kind == "block":
                 inside = [a for n, a in relu_by_name.items() if n.startswith(name + ".")]
@@ -195,12 +221,23 @@ class LayerMonitor:
             rows.append({"step": step, "epoch": epoch, "layer": name, "kind": "relu",
                          "act_mean": a["act_mean"], "act_std": a["act_std"],
                          "dead_frac": a["dead"] / a["units"]})
-        for row in rows:
-            self._file.write(json.dumps(_finite(row)) + "\n")
+        self._file.write("".join(json.dumps(_finite(row)) + "\n" for row in rows))
         self._file.flush()
         self._before = None
         self._acts = {}
         return rows
+
+    def _read_acts(self) -> dict:
+        """The hooks' tensors as numbers, with one conversion for all of them."""
+        keys = [(n, k) for n, row in self._acts.items() for k, v in row.items()
+                if isinstance(v, Tensor)]
+        if not keys:
+            return {n: dict(row) for n, row in self._acts.items()}
+        values = torch.stack([self._acts[n][k].double().cpu() for n, k in keys]).tolist()
+        out = {n: dict(row) for n, row in self._acts.items()}
+        for (n, k), v in zip(keys, values):
+            out[n][k] = int(v) if k == "dead" else v
+        return out
 
     def _check_flags(self, row: dict) -> None:
         g, w = row["grad_norm"], row["weight_norm"]
