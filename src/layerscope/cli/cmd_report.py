@@ -23,8 +23,9 @@ def report_command(
     limit: Annotated[Optional[int], typer.Option(
         "--limit", help="Items for the main pass (a seeded random subset; default 2000).",
         show_default=False)] = None,
-    importance_items: Annotated[int, typer.Option(
-        "--importance-items", help="Items for the layer-removal pass.")] = 256,
+    importance_items: Annotated[Optional[int], typer.Option(
+        "--importance-items", help="Items for the layer-removal and logit-lens passes "
+        "(default 256; 64 for models above 50M parameters).", show_default=False)] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Items per forward pass.")] = 32,
     max_length: Annotated[int, typer.Option("--max-length", help="Longest text in tokens.")] = 128,
     seed: Annotated[int, typer.Option("--seed", help="Seed for the subset and the pictures.")] = 0,

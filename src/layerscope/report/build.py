@@ -36,7 +36,7 @@ from layerscope.errors import LayerscopeError
 from layerscope.results import Result, to_plain
 
 from . import sections as S
-from .defaults import DEFAULT_LIMIT, IMPORTANCE_ITEMS, default_data
+from .defaults import default_amounts, default_data
 from .outdir import FORMAT, prepare_out_dir
 from .page import Page
 from .png import chart_png
@@ -84,7 +84,7 @@ class _Run:
     probes: list = field(default_factory=list)
 
 
-def _load_data(loaded, data, limit, seed):
+def _load_data(loaded, data, limit, seed, default_limit):
     from layerscope.data import Dataset, load_dataset
 
     if isinstance(data, Dataset):
@@ -95,7 +95,7 @@ def _load_data(loaded, data, limit, seed):
     ref = data if data is not None else default_data(loaded)
     if not isinstance(ref, str):
         raise LayerscopeError(f"DATA must be a dataset name, a file or a Dataset; got {type(ref).__name__}")
-    n = limit if limit is not None else DEFAULT_LIMIT.get(loaded.modality, 2000)
+    n = limit if limit is not None else default_limit
     return load_dataset(ref, limit=n, seed=seed), ref
 
 
@@ -475,13 +475,14 @@ def _write_figures(out: Path, page: Page) -> list[str]:
 def build_report(model="minilm", data=None, out_dir="layerscope-report", *, limit: int | None = None,
                  batch_size: int = 32, max_length: int | None = 128, seed: int = 0,
                  input_shape=None, blocks: str | None = None, trust_remote_code: bool = False,
-                 importance_items: int = IMPORTANCE_ITEMS, progress: bool = True) -> ReportResult:
+                 importance_items: int | None = None, progress: bool = True) -> ReportResult:
     """Analyse ``model`` on ``data`` and write ``out_dir/index.html``, ``results.json`` and PNGs.
 
     ``model``: a reference (see ``layerscope models``), an ``nn.Module`` or a LoadedModel.
     ``data``: a dataset name or file, a :class:`~layerscope.data.Dataset`, or ``None`` for the
     built-in data that suits the model. ``limit`` caps the items of the main pass (default 2,000,
-    a seeded random subset); ``importance_items`` caps the removal pass.
+    a seeded random subset; 500 for models above 50M parameters); ``importance_items`` caps the
+    removal and lens passes (default 256; 64 for large models).
     """
     from layerscope.models import load_model
 
@@ -489,13 +490,17 @@ def build_report(model="minilm", data=None, out_dir="layerscope-report", *, limi
         raise LayerscopeError(f"--limit must be at least 4 (similarity needs n > 3); got {limit}")
     if batch_size < 1:
         raise LayerscopeError(f"--batch-size must be at least 1; got {batch_size}")
+    if importance_items is not None and importance_items < 2:
+        raise LayerscopeError(f"--importance-items must be at least 2; got {importance_items}")
     t0 = time.perf_counter()
     stages = Stages(progress)
     with stages.stage("load", str(model) if isinstance(model, str) else type(model).__name__):
         loaded = load_model(model, input_shape=input_shape, trust_remote_code=trust_remote_code)
         if blocks:
             loaded.meta["blocks"] = blocks
-        dataset, data_name = _load_data(loaded, data, limit, seed)
+        main_items, removal_items = default_amounts(loaded)
+        importance_items = removal_items if importance_items is None else importance_items
+        dataset, data_name = _load_data(loaded, data, limit, seed, main_items)
         if len(dataset) < 4:
             raise LayerscopeError(f"data {data_name!r} has {len(dataset)} items; a report needs at least 4")
         _check_fits(loaded, dataset, max_length)

@@ -18,6 +18,26 @@ from layerscope.errors import LayerscopeError
 DEFAULT_LIMIT = {"text": 2000, "image": 2000, "tensor": 2000, "sequence": 2000}
 #: items for the removal pass, which runs about (L+1)/2 forwards per item
 IMPORTANCE_ITEMS = 256
+#: above this many parameters (SmolLM2 has 135M) the default amounts shrink to keep a report
+#: within minutes on a laptop CPU
+LARGE_MODEL = 50_000_000
+
+
+def default_amounts(loaded) -> tuple[int, int]:
+    """(items for the main pass, items for the removal pass) when the user gives neither.
+
+    Example:
+        >>> from layerscope.models import LoadedModel
+        >>> import torch
+        >>> default_amounts(LoadedModel(torch.nn.Linear(4, 2), ref="lin", family="module",
+        ...                             modality="tensor", task=None, input_shape=(4,)))
+        (2000, 256)
+    """
+    params = sum(p.numel() for p in loaded.module.parameters())
+    main = DEFAULT_LIMIT.get(loaded.modality, 2000)
+    if params > LARGE_MODEL:
+        return main // 4, IMPORTANCE_ITEMS // 4
+    return main, IMPORTANCE_ITEMS
 
 
 def default_data(loaded) -> str:
