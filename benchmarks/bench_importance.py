@@ -46,7 +46,7 @@ def bench(ref: str, texts: list[str], repeats: int, batch_size: int, max_length:
     from layerscope.models import load_model
 
     loaded = load_model(ref)
-    small = texts[:batch_size]
+    small = texts[:2]
     layer_importance(loaded, small, batch_size=batch_size, max_length=max_length, method="naive")
     layer_importance(loaded, small, batch_size=batch_size, max_length=max_length, method="prefix")
     times: dict[str, list[float]] = {"naive": [], "prefix": []}
