@@ -251,7 +251,10 @@ def write_doc(out: dict) -> None:
              f"computed by that script; rerun it to refresh. Latency is the median of "
              f"interleaved runs (before, after, before, ...) of one batch after a warm-up, on a "
              f"shared 2-core machine: read ratios, not absolute times. File sizes are the saved "
-             f"folders (the original saved the same way for \"before\").", ""]
+             f"folders (the original saved the same way for \"before\"). Load average when the "
+             f"run started: {out.get('load_average', 'not recorded')} on 2 cores (other jobs "
+             f"shared the machine): at such loads single latencies swing by 2x, so only large "
+             f"ratios (int8, halved channels) mean much; time them again on a quiet machine.", ""]
     if "smollm2_curve" in out:
         c = out["smollm2_curve"]
         parts += ["## SmolLM2-135M: removing blocks", "",
@@ -267,7 +270,13 @@ def write_doc(out: dict) -> None:
             parts.append(f"| {k} | " + " | ".join(f"{c['curves'][n][i]:.2f} "
                                                   f"({','.join(map(str, c['removed'][n][i]))})"
                                                   for n in c["curves"]) + " |")
-        parts += ["", "Saved, reloaded models on the same held-out sentences:", "",
+        drop = out["smollm2"].get("drop 5 (block influence)")
+        check = ""
+        if drop:
+            check = (f" The saved and reloaded 5-block model gives perplexity "
+                     f"{drop['quality_after']:.2f}; the removal analysis (blocks skipped in the "
+                     f"original) gave {c['curves']['block-influence'][4]:.2f}.")
+        parts += ["", "Saved, reloaded models on the same held-out sentences." + check, "",
                   table(out["smollm2"]), ""]
     if "minilm" in out:
         parts += ["## MiniLM-L6 (sentence embeddings)", "",
@@ -323,6 +332,7 @@ def main() -> None:
         return
     out = json.loads(STATE.read_text()) if STATE.exists() and "--resume" in sys.argv else {}
     out.update(date=datetime.date.today().isoformat(), threads=torch.get_num_threads(),
+               load_average=round(os.getloadavg()[0], 1),
                machine=f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores")
     stages = [("cnn", cnn_stage), ("minilm", minilm_stage), ("minilm_exit", minilm_exit_stage),
               ("smollm2", smollm2_stage)]
