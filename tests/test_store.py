@@ -250,3 +250,27 @@ def test_cli_record(tmp_path):
     assert len(store) == len(SENTENCES) and store.layers == ["encoder.layer.0", "encoder.layer.5"]
     assert store["encoder.layer.5"].shape == (len(SENTENCES), 384)
     assert main(["record", "minilm", str(texts), "-o", str(out), "--layers", "9"]) == 2
+
+
+def test_no_permission_is_clear_and_never_complete(tmp_path, monkeypatch):
+    import builtins
+
+    import layerscope.store as store_module
+
+    net, x = mlp(), torch.randn(20, 6)
+    real_open = builtins.open
+
+    def no_permission(path, *args, **kwargs):
+        if "manifest" not in str(path) and "w" in (args[0] if args else kwargs.get("mode", "r")):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(store_module, "open", no_permission, raising=False)
+    out = tmp_path / "s"
+    with pytest.raises(LayerscopeError, match="Permission denied") as err:
+        record(net, x, out, batch_size=5, shard_items=5, progress=False)
+    assert "\n" not in str(err.value)
+    monkeypatch.undo()
+    assert not (out / "manifest.json").exists() or json.loads((out / "manifest.json").read_text())["complete"] is False
+    with pytest.raises(LayerscopeError):
+        Store(out)

@@ -223,3 +223,37 @@ def test_minilm_moments_against_transformers():
     np.testing.assert_allclose(moments.result().unit_std[name], last.std(0), atol=1e-5)
     order = np.argsort(reservoir.result().indices)
     np.testing.assert_allclose(reservoir.result().rows[name][order], last, atol=1e-4)
+
+
+class _Log(nn.Module):
+    def forward(self, x):
+        return torch.log(x)
+
+
+def test_nonfinite_counted_per_layer_against_numpy():
+    from layerscope.reducers import NonFinite
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 5), _Log(), nn.Linear(5, 3)).eval()
+    x = torch.randn(30, 4)
+    x[3] = 0.0
+    with torch.no_grad():
+        net[0].bias[1] = 0.0  # item 3 is all zeros, so its unit 1 is exactly 0 and its log is -inf
+        h0 = net[0](x).numpy()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            h1 = np.log(h0)
+        h2 = net(x).numpy()
+    counter = NonFinite()
+    run = sweep(load_model(net, input_shape=(4,)), x, reducers=[counter], batch_size=7, progress=False)
+    res = counter.result()
+    # the parameter-free Log joins the Linear before it: two layers, ending at log and at the last Linear
+    assert res.layers == run.layers and len(res.layers) == 2
+    for name, ref in zip(res.layers, (h1, h2)):
+        i = res.layers.index(name)
+        assert res.values[i] == ref.size
+        assert res.nan[i] == int(np.isnan(ref).sum())
+        assert res.posinf[i] == int(np.isposinf(ref).sum())
+        assert res.neginf[i] == int(np.isneginf(ref).sum())
+        assert res.rows[i] == int((~np.isfinite(ref)).any(axis=1).sum())
+    assert res.nan[0] > 0 and res.neginf[0] == 1 and res.posinf == [0, 0]
+    assert "first in " + res.layers[0] in res.summary()
