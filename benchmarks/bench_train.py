@@ -75,7 +75,8 @@ def main() -> None:
                     plain_steps += plain
         ratio = statistics.median(on) / statistics.median(off)
         spread = sorted(a / b for a, b in zip(on, off))
-        single = statistics.median(mon_steps) / statistics.median(plain_steps)
+        single = (statistics.median(mon_steps) / statistics.median(plain_steps)
+                  if mon_steps and plain_steps else float("nan"))  # needs steps > every
         lines.append(f"| {label} | {args.every} | {statistics.median(off) * 1e3:.2f} | "
                      f"{statistics.median(on) * 1e3:.2f} | **{ratio:.3f}** | "
                      f"{spread[0]:.3f}-{spread[-1]:.3f} | {single:.2f} |")

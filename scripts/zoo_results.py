@@ -41,7 +41,7 @@ RUNS = [
     ("autoencoder", "autoencoder", "digits", dict(epochs=40, batch_size=32, lr=3e-3)),
     ("lstm", "lstm", "sunspots", dict(epochs=10, batch_size=16, lr=5e-3)),
     ("gru", "gru", "sunspots", dict(epochs=10, batch_size=16, lr=5e-3)),
-    ("gpt", "gpt", "text", dict(epochs=1, batch_size=64, lr=3e-3, limit=3000)),
+    ("gpt", "gpt", "text", dict(epochs=3, batch_size=64, lr=3e-3, limit=6000)),
     ("gan", "gan", "digits", dict(epochs=12, batch_size=64, lr=1e-3, monitor_every=200)),
     ("minilm", "minilm", "sentences", dict(epochs=1, batch_size=32, lr=1e-3, limit=800,
                                            freeze="blocks:0-3", max_length=48)),
