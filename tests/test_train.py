@@ -377,6 +377,19 @@ def test_minilm_transfer_with_frozen_blocks_and_a_new_head(tmp_path, minilm):
     assert {f"encoder.encoder.layer.{i}" for i in range(6)} <= blocks
     assert all(x["grad_norm"] is None for x in rows
                if x["kind"] == "block" and x["layer"] == "encoder.encoder.layer.0")
+    from layerscope.models import load_model
+
+    back = load_model(str(tmp_path / "last"))
+    assert back.task == "regression" and back.meta["checkpoint"]["zoo"] == "pooled-head"
+    state = back.module.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in trained.items())
+    texts = data.items[:3]
+    enc = back.encode(texts, max_length=24)
+    with torch.no_grad():
+        base = minilm(**enc.kwargs).last_hidden_state  # the untrained encoder, pooled by hand
+    assert back(enc).shape == (3, 1)
+    m = enc.kwargs["attention_mask"].unsqueeze(-1).float()
+    assert not torch.allclose(back.module.head((base * m).sum(1) / m.sum(1)), back(enc))
 
 
 def test_gan_alternates_generator_and_discriminator_steps_and_is_judged(tmp_path):

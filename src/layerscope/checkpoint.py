@@ -99,6 +99,8 @@ def load_checkpoint(path, *, ref: str | None = None):
     weights = folder / WEIGHTS_FILE
     if not weights.is_file():
         raise LayerscopeError(f"checkpoint {str(folder)!r} has no {WEIGHTS_FILE}; save it again")
+    if manifest["zoo"] == "pooled-head":
+        return _load_pooled_head(folder, manifest, weights, ref)
     module = build_zoo(manifest["zoo"], **manifest["config"])
     try:
         missing, unexpected = load_safetensors(module, str(weights), strict=False)
@@ -144,3 +146,33 @@ def _swap_in(staging: Path, target: Path) -> None:
 
 __all__ = ["save_checkpoint", "load_checkpoint", "read_manifest", "CHECKPOINT_FILE",
            "WEIGHTS_FILE"]
+
+
+def _load_pooled_head(folder: Path, manifest: dict, weights: Path, ref: str | None):
+    """A pretrained encoder with the pooled head `layerscope train` gave it: the base model is
+    loaded by its reference, then the trained weights of encoder and head replace its own."""
+    from .models import load_model
+    from .train.heads import PooledHead
+
+    cfg = manifest["config"]
+    try:
+        base = load_model(cfg["base"])
+        module = PooledHead(base.module, int(cfg["n_out"]), task=cfg.get("task", "regression"))
+    except KeyError as exc:
+        raise LayerscopeError(f"checkpoint {str(folder)!r} lacks {exc.args[0]!r} in its config; "
+                              f"save it again with layerscope train") from None
+    try:
+        missing, unexpected = load_safetensors(module, str(weights), strict=False)
+    except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
+        raise LayerscopeError(f"{str(weights)!r} is unreadable or does not fit {cfg['base']!r} with a "
+                              f"{cfg['n_out']}-output head ({type(exc).__name__})") from exc
+    if missing or unexpected:
+        raise LayerscopeError(f"{str(weights)!r} does not fit {cfg['base']!r} with a pooled head: missing "
+                              f"{sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}")
+    module.eval()
+    base.module = module
+    base.ref = ref or str(folder)
+    base.task = manifest.get("task") or cfg.get("task")
+    base.family = f"{base.family}+head"
+    base.meta.update({"path": str(folder), "checkpoint": manifest})
+    return base

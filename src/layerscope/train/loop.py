@@ -184,7 +184,7 @@ def resolve_model(model, train_part, *, seed: int, task: str | None):
     if loaded.modality == "text" and loaded.tokenizer is not None and \
             not hasattr(module, "head") and loaded.task in ("encoder", None):
         module, task = _with_head(loaded, train_part, seed, task)
-        spec = None
+        spec = HEAD_SPEC
     labels = _labels_of(train_part)
     inferred = getattr(module, "task", None) or loaded.task
     task = task or (inferred if inferred not in ("encoder", None) else None)
@@ -195,6 +195,8 @@ def resolve_model(model, train_part, *, seed: int, task: str | None):
             f"cannot tell which task to train {loaded.ref!r} for; pass task= (classification, "
             f"regression, causal-lm or autoencoder)")
     config = getattr(module, "config", None)
+    if spec == HEAD_SPEC:
+        config = None
     info = {"ref": loaded.ref, "spec": spec, "task": task, "modality": loaded.modality,
             "tokenizer": loaded.tokenizer, "input_shape": loaded.input_shape,
             "integer_input": getattr(module, "input_dtype", None) == torch.long
@@ -202,7 +204,20 @@ def resolve_model(model, train_part, *, seed: int, task: str | None):
             "vocab_size": getattr(config, "vocab_size", None),
             "sequence_model": hasattr(config, "cell"),
             "config": dataclasses.asdict(config) if dataclasses.is_dataclass(config) else {}}
+    if spec == HEAD_SPEC:
+        info["config"] = {"base": _portable_ref(loaded.ref), "n_out": module.head.out_features,
+                          "task": task}
     return module, info
+
+
+#: the checkpoint kind of a pretrained encoder with a new pooled head (see ``heads.PooledHead``)
+HEAD_SPEC = "pooled-head"
+
+
+def _portable_ref(ref: str) -> str:
+    """A model reference that still resolves from another working directory."""
+    path = Path(ref).expanduser()
+    return str(path.resolve()) if path.exists() else ref
 
 
 def _is_zoo(ref: str) -> bool:
