@@ -300,3 +300,43 @@ def test_cli_importance_json_and_exit_codes(tmp_path, capsys):
     assert main(["importance", "minilm", str(data), "--curve", "--max-k", "9"]) == 2
     err = capsys.readouterr().err
     assert "error: max_k must be between 1 and 6" in err and "Traceback" not in err
+
+
+class _Residual(torch.nn.Module):
+    def __init__(self, width):
+        super().__init__()
+        self.f = torch.nn.Linear(width, width)
+
+    def forward(self, x):
+        return x + torch.tanh(self.f(x))
+
+
+class _Regressor(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.blocks = torch.nn.ModuleList(_Residual(4) for _ in range(3))
+        self.head = torch.nn.Linear(4, 1)
+
+    def forward(self, x, skip=()):
+        for i, b in enumerate(self.blocks):
+            if i not in skip:
+                x = b(x)
+        return self.head(x).squeeze(-1)
+
+
+def test_regression_removal_is_mse_against_the_labels():
+    from layerscope.data import Dataset
+    from layerscope.models import LoadedModel
+
+    torch.manual_seed(0)
+    net = _Regressor().eval()
+    x = torch.randn(40, 4)
+    y = torch.randn(40)
+    loaded = LoadedModel(net, ref="reg", family="module", modality="tensor", task="regression",
+                         input_shape=(4,))
+    res = layer_importance(loaded, Dataset("r", x, y, "tensor", "regression"), batch_size=16)
+    assert res.objective == "mse"
+    with torch.no_grad():
+        assert res.baseline == pytest.approx(F.mse_loss(net(x), y).item(), rel=1e-5)
+        for i in range(3):
+            assert res.metric[i] == pytest.approx(F.mse_loss(net(x, skip=(i,)), y).item(), rel=1e-5)

@@ -85,7 +85,7 @@ class Stack:
 
 def infer_task(loaded) -> str:
     """The objective family of a loaded model: causal-lm, encoder, classification or other."""
-    if loaded.task in ("causal-lm", "encoder", "classification"):
+    if loaded.task in ("causal-lm", "encoder", "classification", "regression"):
         return loaded.task
     module = loaded.module
     cls = type(module).__name__
@@ -474,6 +474,33 @@ class OutputObjective(_Objective):
         return {"metric": s["div"] / s["n"]}
 
 
+class RegressionObjective(_Objective):
+    """Mean squared error against float labels; without labels, the mean squared change of the
+    output (1 - cos says nothing about a one-number output: it is 0 or 2)."""
+
+    def __init__(self, with_labels: bool):
+        super().__init__()
+        self.with_labels = with_labels
+        self.name = "mse" if with_labels else "output mse change"
+
+    def begin(self, enc, reference, labels):
+        self.ref = reference.float().reshape(len(reference), -1)
+        self.target = labels.to(reference.device).float().reshape(len(self.ref), -1) \
+            if self.with_labels and labels is not None else None
+        if self.with_labels and self.target is None:
+            raise LayerscopeError("some batches have labels and some do not; pass labels for every item")
+        self.add((), reference)
+
+    def add(self, key, output):
+        out = output.float().reshape(len(output), -1)
+        goal = self.target if self.target is not None else self.ref
+        self._add(key, se=((out - goal) ** 2).double().sum(), n=out.numel())
+
+    def value(self, key):
+        s = self.sums[key]
+        return {"metric": s["se"] / s["n"]}
+
+
 def make_objective(task: str, labels) -> _Objective:
     if task == "causal-lm":
         return LMObjective()
@@ -481,6 +508,9 @@ def make_objective(task: str, labels) -> _Objective:
         return EmbeddingObjective()
     if task == "classification":
         return ClassifierObjective(with_labels=labels is not None)
+    if task == "regression":
+        usable = labels is not None and torch.is_floating_point(torch.as_tensor(labels))
+        return RegressionObjective(with_labels=usable)
     return OutputObjective()
 
 
