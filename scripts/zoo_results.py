@@ -42,7 +42,8 @@ RUNS = [
     ("lstm", "lstm", "sunspots", dict(epochs=10, batch_size=16, lr=5e-3)),
     ("gru", "gru", "sunspots", dict(epochs=10, batch_size=16, lr=5e-3)),
     ("gpt", "gpt:width=64,depth=2", "text", dict(epochs=4, batch_size=32, lr=3e-3, limit=8000)),
-    ("gan", "gan:output=tanh", "digits", dict(epochs=60, batch_size=32, lr=1e-3, monitor_every=200)),
+    ("gan", "gan:width=256,dropout=0.3", "digits",
+     dict(epochs=60, batch_size=16, lr=1e-3, monitor_every=200)),
     ("minilm", "minilm", "sentences", dict(epochs=2, batch_size=32, lr=1e-3, limit=3000,
                                            freeze="blocks:0-3", max_length=48)),
 ]
@@ -51,9 +52,10 @@ RUNS = [
 NOTES = {
     "gpt": "a smaller GPT than the zoo default (width 64, depth 2 instead of 128 x 3) so that "
            "about 1,000 optimizer steps fit in roughly two minutes on 2 cores.",
-    "gan": "built with `output=tanh`: the training loop scales the digits (0-16) to [-1, 1] "
-           "for a tanh generator, but the zoo `gan` defaults to a sigmoid output (items in "
-           "[0, 1]), which cannot reach half of that range.",
+    "gan": "wider than the zoo default (width 256 instead of 128) with dropout 0.3 in the "
+           "discriminator and batch size 16 (about 5,400 steps); the C2ST in the result is "
+           "the best epoch's, chosen on the held-out split itself, so the result also gives "
+           "the C2ST of 1,000 fresh samples against the held-out digits (no selection).",
 }
 
 
@@ -74,10 +76,11 @@ def judge(name: str, result, data) -> tuple[str, str, bool]:
                 loss < 0.8 * h)
     if name == "gan":
         extra = gan_digit_judge(result)
-        text = (f"C2ST accuracy {best:.3f}; digit classifier: mean confidence "
+        text = (f"C2ST accuracy {best:.3f} (fresh samples {extra['fresh_c2st']:.3f}); "
+                f"digit classifier: mean confidence "
                 f"{extra['fake_confidence']:.2f}, {extra['fake_classes']} classes covered")
         base = (f"real held-out digits: confidence {extra['real_confidence']:.2f}, "
-                f"{extra['real_classes']} classes; C2ST 0.5 = indistinguishable")
+                f"{extra['real_classes']} classes; C2ST 0.5 = indistinguishable, pass below 0.9")
         return text, base, best < 0.9 and extra["fake_classes"] >= 8
     if name == "minilm":
         r2 = max(r["r2"] for r in result.history)
@@ -105,9 +108,14 @@ def gan_digit_judge(result) -> dict:
         counts = torch.bincount(torch.as_tensor(p.argmax(1)), minlength=10)
         return float(p.max(1).mean()), int((counts >= 0.02 * len(x)).sum())
 
+    from layerscope.train.tasks import c2st_accuracy
+
+    real = scale(test.items.numpy())
+    fresh = c2st_accuracy(torch.as_tensor(real).float(), torch.as_tensor(fake[:len(real)]))
     fc, fk = read(fake)
-    rc, rk = read(scale(test.items.numpy()))
-    return {"fake_confidence": fc, "fake_classes": fk, "real_confidence": rc, "real_classes": rk}
+    rc, rk = read(real)
+    return {"fake_confidence": fc, "fake_classes": fk, "real_confidence": rc, "real_classes": rk,
+            "fresh_c2st": fresh}
 
 
 def settings_text(kw: dict) -> str:
