@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from .app import app
 from .common import (
+    BatchSizeOpt,
+    DataArg,
+    LimitOpt,
+    MaxLengthOpt,
     BlocksOpt,
     GranularityOpt,
     InputShapeOpt,
@@ -25,20 +29,16 @@ from .common import (
 @app.command("record")
 def record_command(
     model: ModelArg,
-    data: Annotated[str, typer.Argument(
-        help="A built-in dataset name (e.g. sentences, digits) or a file: .txt (one item per "
-             "line), .csv/.jsonl (text and label columns), an image folder, .npy/.safetensors.",
-        metavar="DATA", show_default=False)],
+    data: DataArg,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder of the store.",
                                       show_default=False)],
     layers: LayersOpt = None,
     view: Annotated[str, typer.Option("--view", help="mean, first, last, tokens or flat.")] = "mean",
     dtype: Annotated[str, typer.Option("--dtype", help="Storage dtype: float16, bfloat16 or float32.")] = "float16",
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Items per forward pass.")] = 32,
+    batch_size: BatchSizeOpt = 32,
     shard_items: Annotated[int, typer.Option("--shard-items", help="Items per shard file.")] = 4096,
-    limit: Annotated[Optional[int], typer.Option("--limit", help="Use only N items of DATA.",
-                                                 show_default=False)] = None,
-    max_length: Annotated[int, typer.Option("--max-length", help="Longest text in tokens.")] = 128,
+    limit: LimitOpt = None,
+    max_length: MaxLengthOpt = 128,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a different store in the folder.")] = False,
     granularity: GranularityOpt = "blocks",
     blocks: BlocksOpt = None,

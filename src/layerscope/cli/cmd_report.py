@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from .app import app
-from .common import BlocksOpt, InputShapeOpt, JsonOpt, TrustRemoteCodeOpt, print_json
+from .common import (BatchSizeOpt, BlocksOpt, InputShapeOpt, JsonOpt, MaxLengthOpt,
+                     TrustRemoteCodeOpt, print_json)
 
 
 @app.command("report")
@@ -26,8 +27,8 @@ def report_command(
     importance_items: Annotated[Optional[int], typer.Option(
         "--importance-items", help="Items for the layer-removal and logit-lens passes "
         "(default 256; 64 for models above 50M parameters).", show_default=False)] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Items per forward pass.")] = 32,
-    max_length: Annotated[int, typer.Option("--max-length", help="Longest text in tokens.")] = 128,
+    batch_size: BatchSizeOpt = 32,
+    max_length: MaxLengthOpt = 128,
     seed: Annotated[int, typer.Option("--seed", help="Seed for the subset and the pictures.")] = 0,
     open_browser: Annotated[bool, typer.Option("--open", help="Open the report in the browser.")] = False,
     blocks: BlocksOpt = None,

@@ -1,13 +1,17 @@
-"""``layerscope sweep MODEL DATA --stats``: one pass, per-layer activation statistics."""
+"""``layerscope sweep MODEL DATA``: one pass, per-layer activation statistics."""
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from .app import app
 from .common import (
+    BatchSizeOpt,
+    DataArg,
+    LimitOpt,
+    MaxLengthOpt,
     BlocksOpt,
     GranularityOpt,
     InputShapeOpt,
@@ -24,15 +28,12 @@ from .common import (
 @app.command("sweep")
 def sweep_command(
     model: ModelArg,
-    data: Annotated[str, typer.Argument(help="A built-in dataset name or a data file (as for record).",
-                                        metavar="DATA", show_default=False)],
+    data: DataArg,
     layers: LayersOpt = None,
-    stats: Annotated[bool, typer.Option("--stats", help="Per-layer mean/std/min/max and non-finite counts.")] = True,
     view: Annotated[str, typer.Option("--view", help="tokens (every real token), mean, first, last or flat.")] = "tokens",
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Items per forward pass.")] = 32,
-    limit: Annotated[Optional[int], typer.Option("--limit", help="Use only N items of DATA.",
-                                                 show_default=False)] = None,
-    max_length: Annotated[int, typer.Option("--max-length", help="Longest text in tokens.")] = 128,
+    batch_size: BatchSizeOpt = 32,
+    limit: LimitOpt = None,
+    max_length: MaxLengthOpt = 128,
     granularity: GranularityOpt = "blocks",
     blocks: BlocksOpt = None,
     input_shape: InputShapeOpt = None,

@@ -60,6 +60,14 @@ DtypeOpt = Annotated[
                  show_default=False),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print only JSON on stdout.")]
+DataArg = Annotated[str, typer.Argument(
+    help="A built-in dataset name (e.g. sentences, digits; see `layerscope datasets`) or a file: "
+         ".txt (one item per line), .csv/.jsonl (text and label columns), an image folder, "
+         ".npy/.safetensors.", metavar="DATA", show_default=False)]
+BatchSizeOpt = Annotated[int, typer.Option("--batch-size", "-b", help="Items per forward pass.")]
+MaxLengthOpt = Annotated[int, typer.Option("--max-length", help="Longest text in tokens.")]
+LimitOpt = Annotated[Optional[int], typer.Option("--limit", help="Use only N items of DATA.",
+                                                 show_default=False)]
 
 
 def model_from_cli(ref: str, blocks: str | None = None, input_shape: str | tuple | None = None,
@@ -115,5 +123,6 @@ def print_json(data: Any) -> None:
 
 
 __all__ = ["MODEL_HELP", "ModelArg", "InputShapeOpt", "BlocksOpt", "TrustRemoteCodeOpt",
-           "LayersOpt", "GranularityOpt", "DtypeOpt", "JsonOpt", "model_from_cli",
+           "LayersOpt", "GranularityOpt", "DtypeOpt", "JsonOpt", "DataArg", "BatchSizeOpt",
+           "MaxLengthOpt", "LimitOpt", "model_from_cli",
            "parse_input_shape", "parse_layers", "to_jsonable", "print_json"]
