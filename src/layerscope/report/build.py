@@ -106,8 +106,6 @@ def _check_fits(loaded, dataset, max_length) -> None:
     try:
         with torch.inference_mode():
             loaded(enc)
-    except LayerscopeError:
-        raise
     except (RuntimeError, ValueError, TypeError, IndexError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise LayerscopeError(
@@ -158,42 +156,42 @@ class _Relabel:
     def merge(self, other):
         raise LayerscopeError("report probes are not merged")
 
-    def result(self):
-        return self.inner
-
 
 @dataclass
 class _ProbeTask:
     name: str
     kind: str
-    reducer: object
+    stats: object       # the ProbeStats the probe is fitted from
     data: object
+    reducer: object = None  # what the shared sweep feeds (a _Relabel around ``stats``), if any
+
+
+def _shared_task(name: str, kind: str, task_data, labels: torch.Tensor, seed: int) -> _ProbeTask:
+    """A probe fed by the shared sweep, with ``labels`` per item of the swept data (-1: left out)."""
+    from layerscope.analyses import probe as prb
+
+    stats = prb.reducers(task_data, seed=seed)[0]
+    return _ProbeTask(name, kind, stats, task_data, _Relabel(stats, labels))
 
 
 def _probe_tasks(run: _Run) -> list[_ProbeTask]:
     """The probing tasks that fit this data: surface/meaning from sentences, else the labels."""
-    from layerscope.analyses import probe as prb
     from layerscope.analyses.probe_tasks import make_task
 
-    ds = run.dataset
-    out = []
-    if isinstance(ds.items, list) and all(isinstance(t, str) for t in ds.items[:50]):
-        length = make_task("length", ds, seed=run.seed)
-        out.append(_ProbeTask("sentence length", "surface",
-                              _Relabel(prb.reducers(length, seed=run.seed)[0], length.labels), length))
-        if ds.labels is not None and ds.labels.dim() == 1 and ds.labels.is_floating_point():
-            senti = make_task("sentiment", ds, seed=run.seed)
-            y = torch.full((len(ds),), -1, dtype=torch.int64)
-            keep = (ds.labels.abs() >= senti.meta.get("margin", 0.5)).nonzero().flatten()
-            y[keep] = (ds.labels[keep] > 0).long()
-            out.append(_ProbeTask("sentiment", "meaning", _Relabel(prb.reducers(senti, seed=run.seed)[0], y),
-                                  senti))
-        elif ds.labels is not None and ds.labels.dim() == 1:
-            out.append(_ProbeTask(ds.name, "labels",
-                                  _Relabel(prb.reducers(ds, seed=run.seed)[0], ds.labels), ds))
-    elif ds.labels is not None and ds.labels.dim() == 1:
-        out.append(_ProbeTask(f"{ds.name} labels", "labels",
-                              _Relabel(prb.reducers(ds, seed=run.seed)[0], ds.labels), ds))
+    ds, seed = run.dataset, run.seed
+    labelled = ds.labels is not None and ds.labels.dim() == 1
+    if not (isinstance(ds.items, list) and all(isinstance(t, str) for t in ds.items[:50])):
+        return [_shared_task(f"{ds.name} labels", "labels", ds, ds.labels, seed)] if labelled else []
+    length = make_task("length", ds, seed=seed)
+    out = [_shared_task("sentence length", "surface", length, length.labels, seed)]
+    if labelled and ds.labels.is_floating_point():
+        senti = make_task("sentiment", ds, seed=seed)
+        y = torch.full((len(ds),), -1, dtype=torch.int64)
+        keep = (ds.labels.abs() >= senti.meta.get("margin", 0.5)).nonzero().flatten()
+        y[keep] = (ds.labels[keep] > 0).long()
+        out.append(_shared_task("sentiment", "meaning", senti, y, seed))
+    elif labelled:
+        out.append(_shared_task(ds.name, "labels", ds, ds.labels, seed))
     return out
 
 
@@ -241,7 +239,7 @@ def _probe_results(run: _Run, tasks: list[_ProbeTask]) -> None:
     order = {"surface": 0, "syntax": 1, "meaning": 2}
     for t in sorted(tasks, key=lambda t: order.get(t.kind, 3)):
         with run.stages.optional(f"probe {t.name}"):
-            res = prb.from_reducers([t.reducer.result()], data=t.data, task_name=t.name)
+            res = prb.from_reducers([t.stats], data=t.data, task_name=t.name)
             run.results[f"probe:{t.name}"] = res
             metric = "accuracy" if res.metric == "accuracy" else "R²"
             curves[t.name] = {"score": res.score, "metric": metric, "lo": res.ci_low, "hi": res.ci_high,
@@ -265,15 +263,7 @@ def _bigram_shift(run: _Run, n_items: int) -> list[_ProbeTask]:
     red = prb.reducers(task, seed=run.seed)
     sweep(run.loaded, task, reducers=red, batch_size=run.batch_size, max_length=run.max_length,
           progress=run.stages.progress)
-    return [_ProbeTask("bigram shift", "syntax", _Identity(red[0]), task)]
-
-
-class _Identity:
-    def __init__(self, inner):
-        self.inner = inner
-
-    def result(self):
-        return self.inner
+    return [_ProbeTask("bigram shift", "syntax", red[0], task)]
 
 
 def _pictures(run: _Run, sample) -> None:
@@ -538,20 +528,11 @@ def build_report(model="minilm", data=None, out_dir="layerscope-report", *, limi
                    "n_items": len(dataset), "layers": run.layers, "figures": figures,
                    "stages": stages.seconds, "skipped": stages.skipped,
                    "findings": {s.id: s.findings for s in secs},
-                   "results": {k: to_plain(v) for k, v in run.results.items()}}
-        write_atomic(out / "results.json", json.dumps(_finite(payload), indent=1))
+                   "results": run.results}
+        write_atomic(out / "results.json", json.dumps(to_plain(payload), indent=1))
         write_atomic(out / "index.html", render_html(page))
     return ReportResult(model=loaded.ref, data=data_name, out_dir=str(out), index=str(out / "index.html"),
                         n_items=len(dataset), seconds=time.perf_counter() - t0, stages=dict(stages.seconds),
                         sections=[s.id for s in secs], skipped=dict(stages.skipped),
                         findings=_headline(secs))
 
-
-def _finite(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
