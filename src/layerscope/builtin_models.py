@@ -292,9 +292,6 @@ def describe_zoo_module(module: nn.Module, *, ref: str, spec: str) -> LoadedMode
     shape = tuple(module.input_shape) if getattr(module, "input_shape", None) else None
     config = getattr(module, "config", None)
     meta: dict = {"zoo_spec": spec}
-    blocks = getattr(module, "layerscope_blocks", None)
-    if isinstance(blocks, str) and blocks:
-        meta["blocks"] = blocks  # also names a single block (depth=1), which no layout rule finds
     if dataclasses.is_dataclass(config):
         meta["zoo_config"] = dataclasses.asdict(config)
         if "vocab_size" in meta["zoo_config"]:

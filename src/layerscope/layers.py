@@ -95,13 +95,19 @@ def primary_tensor(output) -> Tensor:
         f"outputs a tensor")
 
 
+def _own_blocks(module: nn.Module) -> str | None:
+    """Where a module says its blocks are (zoo networks do, so one block at ``depth=1`` counts)."""
+    named = getattr(module, "layerscope_blocks", None)
+    return named if isinstance(named, str) and named else None
+
+
 def _unwrap(model) -> tuple[nn.Module, str | None]:
     if isinstance(model, nn.Module):
-        return model, None
+        return model, _own_blocks(model)
     module = getattr(model, "module", None)
     if isinstance(module, nn.Module):
         meta = getattr(model, "meta", None) or {}
-        return module, meta.get("blocks")
+        return module, meta.get("blocks") or _own_blocks(module)
     raise LayerscopeError(
         f"Layers takes an nn.Module or a LoadedModel; got {type(model).__name__}")
 
