@@ -1,4 +1,4 @@
-"""Probes against scikit-learn's Ridge / RidgeClassifier, controls, intervals, tasks, CLI."""
+"""Probes against scikit-learn's Ridge / LinearDiscriminantAnalysis, controls, intervals, tasks, CLI."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from sklearn.linear_model import Ridge, RidgeClassifier
+from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+from sklearn.linear_model import Ridge
 from sklearn.preprocessing import StandardScaler
 
 from layerscope.analyses.probe import (LinearProbe, ProbeStats, RANDOM, bootstrap_r2, probe,
@@ -39,14 +40,45 @@ def test_regression_equals_sklearn_ridge_on_standardised_features(alpha):
     assert ours.score(X[200:], y[200:]) == pytest.approx(ref.score(sc.transform(X[200:]), y[200:]), abs=1e-6)
 
 
+class _PlusIdentity:
+    """A scikit-learn covariance estimator: the (biased) empirical covariance plus ``add`` · I."""
+
+    def __init__(self, add):
+        self.add = add
+
+    def fit(self, X):
+        Xc = X - X.mean(0)
+        self.covariance_ = Xc.T @ Xc / len(X) + self.add * np.eye(X.shape[1])
+        return self
+
+
+def sklearn_lda(X, y, alpha):
+    """scikit-learn's LDA on standardised features with covariance (S_W + alpha I) / n."""
+    sc = StandardScaler().fit(X)
+    est = _PlusIdentity(alpha / len(X))
+    return sc, LinearDiscriminantAnalysis(solver="lsqr", covariance_estimator=est).fit(sc.transform(X), y)
+
+
 @pytest.mark.parametrize("classes", [2, 4])
-def test_classification_equals_sklearn_ridge_classifier(classes):
+def test_classification_equals_sklearn_lda(classes):
     X, y = _data(classes=classes, seed=classes)
-    sc = StandardScaler().fit(X[:200])
-    ref = RidgeClassifier(alpha=5.0).fit(sc.transform(X[:200]), y[:200])
+    sc, ref = sklearn_lda(X[:200], y[:200], 5.0)
     ours = LinearProbe(alpha=5.0).fit(X[:200], y[:200])
     np.testing.assert_array_equal(ours.predict(X[200:]), ref.predict(sc.transform(X[200:])))
     assert ours.score(X[200:], y[200:]) == pytest.approx(ref.score(sc.transform(X[200:]), y[200:]), abs=1e-12)
+    if classes > 2:   # the class scores themselves
+        np.testing.assert_allclose(ours.decision_function(X[200:]),
+                                   ref.decision_function(sc.transform(X[200:])), rtol=1e-7, atol=1e-7)
+
+
+def test_lda_does_not_mask_a_middle_class_where_one_hot_least_squares_does():
+    g = np.random.default_rng(0)
+    t = g.uniform(0, 3, 900)
+    X = np.c_[t + 0.05 * g.normal(size=900), g.normal(size=(900, 3))]
+    y = np.floor(t).astype(int)                  # three ordered classes along one direction
+    ls = Ridge(alpha=1e-3).fit(X[:600], np.eye(3)[y[:600]])
+    assert (ls.predict(X[600:]).argmax(1) == 1).mean() < 0.2     # the middle class is masked
+    assert LinearProbe(alpha=1e-3).fit(X[:600], y[:600]).score(X[600:], y[600:]) > 0.9
 
 
 def test_cross_validated_penalty_is_the_grid_minimum_of_fold_errors():
@@ -93,7 +125,7 @@ def _net_and_data(n=260, seed=0):
 
 def test_sweep_probe_equals_sklearn_on_the_same_layer_features():
     net, ds = _net_and_data()
-    stats = ProbeStats(True, cv="kfold", folds=3, seed=1)
+    stats = ProbeStats(True, cv="kfold", folds=3, seed=1, precision="float64")
     res_rows = Reservoir(capacity=10_000)
     run = sweep(net, ds, reducers=[stats, res_rows], granularity="modules", batch_size=50, progress=False)
     res = stats.result(alphas=[3.0])
@@ -104,8 +136,7 @@ def test_sweep_probe_equals_sklearn_on_the_same_layer_features():
     assert res.n_test == te.sum() and res.n_train == tr.sum() and res.layers == run.layers
     for i, name in enumerate(run.layers):
         X = rows[name].astype(np.float64)
-        sc = StandardScaler().fit(X[tr])
-        ref = RidgeClassifier(alpha=3.0).fit(sc.transform(X[tr]), y[tr])
+        sc, ref = sklearn_lda(X[tr], y[tr], 3.0)
         assert res.score[i] == pytest.approx(ref.score(sc.transform(X[te]), y[te]), abs=1e-9), name
         lo, hi = wilson(round(res.score[i] * te.sum()), int(te.sum()))
         assert (res.ci_low[i], res.ci_high[i]) == pytest.approx((lo, hi))
@@ -113,8 +144,7 @@ def test_sweep_probe_equals_sklearn_on_the_same_layer_features():
     majority = np.bincount(y[tr]).argmax()
     assert res.baseline == pytest.approx((y[te] == majority).mean())
     R = random_features(np.arange(len(ds)), res.random_width, 1).numpy().astype(np.float64)
-    sc = StandardScaler().fit(R[tr])
-    ref = RidgeClassifier(alpha=3.0).fit(sc.transform(R[tr]), y[tr])
+    sc, ref = sklearn_lda(R[tr], y[tr], 3.0)
     assert res.random_features == pytest.approx(ref.score(sc.transform(R[te]), y[te]), abs=1e-9)
     assert res.random_width == max(rows[n].shape[1] for n in run.layers)
     assert max(res.score) > 0.9 > 0.75 > res.random_features
@@ -215,3 +245,52 @@ def test_cli_probe_on_minilm(capsys, tmp_path):
     assert out["peak_layer"] == out["layers"][int(np.argmax(out["score"]))]
     assert main(["probe", "minilm", "sentences", "--task", "colour"]) == 2
     assert "unknown probing task" in capsys.readouterr().err
+
+
+def test_sums_are_exact_whatever_the_chunking_and_the_features_mean():
+    from layerscope.analyses.probe import RidgeStats, fit_ridge
+
+    X, y = _data(n=300, d=12, seed=7)
+    X = X + 1e4                                   # a large mean: the shift keeps the centred Gram exact
+    Y = y.reshape(-1, 1)
+    ref = StandardScaler().fit(X[:200])
+    sk = Ridge(alpha=3.0).fit(ref.transform(X[:200]), y[:200])
+    preds = []
+    for chunk in (1, 7, 64, 10_000):
+        s = RidgeStats(12, 1, chunk=chunk)
+        for a in range(0, 200, 33):
+            s.add(torch.from_numpy(X[a:min(a + 33, 200)]), torch.from_numpy(Y[a:min(a + 33, 200)]))
+        np.testing.assert_allclose(s.mean, X[:200].mean(0), rtol=1e-12)
+        preds.append(fit_ridge(s, [3.0])[0].predict(X[200:])[:, 0])
+    for p in preds:
+        np.testing.assert_allclose(p, sk.predict(ref.transform(X[200:])), atol=1e-6)
+
+
+def test_float32_products_match_float64_on_shifted_features():
+    g = np.random.default_rng(3)
+    X = (g.normal(size=(2000, 40)) * g.uniform(0.1, 5, 40) + g.normal(size=40) * 50).astype(np.float32)
+    y = torch.from_numpy((X[:, :3].sum(1) + g.normal(size=2000) * 3 > np.median(X[:, :3].sum(1))).astype(np.int64))
+    out = {}
+    for precision in ("float64", "float32"):
+        red = ProbeStats(True, precision=precision, random_width=0)
+        for a in range(0, 2000, 50):
+            red.update({"h": torch.from_numpy(X[a:a + 50])}, BatchInfo(a, 50, y[a:a + 50]))
+        out[precision] = red.result()
+    assert out["float32"].alpha == out["float64"].alpha
+    assert abs(out["float32"].score[0] - out["float64"].score[0]) <= 1 / out["float64"].n_test
+    assert out["float64"].score[0] > 0.75 > out["float64"].baseline
+    with pytest.raises(LayerscopeError, match="precision"):
+        ProbeStats(True, precision="float16")
+
+
+def test_random_features_are_standard_normal_and_depend_only_on_the_index():
+    R = random_features(np.arange(4000), 64, seed=2).numpy().astype(np.float64)
+    assert abs(R.mean()) < 0.01 and abs(R.std() - 1) < 0.01
+    corr = np.corrcoef(R.T)
+    assert np.abs(corr - np.eye(64)).max() < 0.08          # columns independent (n = 4000)
+    from scipy import stats
+
+    assert stats.kstest(R[:, 5], "norm").pvalue > 0.001
+    again = random_features([3999, 17], 64, seed=2).numpy()
+    np.testing.assert_array_equal(again, R[[3999, 17]].astype(np.float32))
+    assert not np.array_equal(random_features([17], 64, seed=3).numpy(), again[1:])
