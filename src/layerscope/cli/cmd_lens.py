@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -26,20 +27,45 @@ def lens_command(
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Items per forward pass.")] = 8,
     max_length: Annotated[int, typer.Option("--max-length", help="Longest text in tokens.")] = 128,
     plot: PlotOpt = None,
+    tuned: Annotated[bool, typer.Option("--tuned", help="Train a tuned lens (one affine map per "
+                                        "layer) on DATA and compare it with the logit lens on "
+                                        "held-out items.")] = False,
+    epochs: Annotated[int, typer.Option("--epochs", help="Passes over the training part (--tuned).")] = 1,
+    steps: Annotated[Optional[int], typer.Option("--steps", help="Stop training after this many "
+                                                 "batches (--tuned).", show_default=False)] = None,
+    lens_out: Annotated[Optional[Path], typer.Option("--lens-out", help="Save the trained tuned "
+                                                     "lens to this .safetensors file.",
+                                                     show_default=False)] = None,
+    lens_file: Annotated[Optional[Path], typer.Option("--lens", help="Decode through a tuned lens "
+                                                      "saved with --lens-out.", show_default=False)] = None,
     blocks: BlocksOpt = None,
     trust_remote_code: TrustRemoteCodeOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Decode every layer's residual stream through the final norm and the LM head."""
     from layerscope.analyses.lens import lens_stack, logit_lens
+    from layerscope.analyses.tuned_lens import TunedLens
     from layerscope.errors import LayerscopeError
 
     if data is None and prompt is None:
         raise LayerscopeError("pass DATA to average over, --prompt TEXT, or both")
+    if tuned and data is None:
+        raise LayerscopeError("--tuned trains on DATA; pass texts to train and evaluate on")
+    if tuned and lens_file is not None:
+        raise LayerscopeError("pass --tuned to train a tuned lens or --lens FILE to use one, not both")
+    if lens_out is not None and not tuned:
+        raise LayerscopeError("--lens-out saves a lens trained with --tuned; add --tuned")
+    if lens_out is not None and (lens_out.is_dir() or not lens_out.parent.is_dir()):
+        raise LayerscopeError(f"cannot write the lens to {lens_out}: name a file in an existing folder")
     loaded = model_from_cli(model, blocks=blocks, trust_remote_code=trust_remote_code)
     lens_stack(loaded, blocks)  # no LM head: fail before reading any data
+    lens = TunedLens.load(lens_file) if lens_file is not None else None
     items = load_data(data, limit) if data is not None else None
-    res = logit_lens(loaded, items, prompt=prompt, top_k=top_k, blocks=blocks,
+    if tuned:
+        _tuned(loaded, items, epochs=epochs, steps=steps, batch_size=batch_size, max_length=max_length,
+               blocks=blocks, plot=plot, lens_out=lens_out, as_json=as_json)
+        return
+    res = logit_lens(loaded, items, prompt=prompt, top_k=top_k, blocks=blocks, lens=lens,
                      batch_size=batch_size, max_length=max_length, progress=not as_json)
     save_plot(res, plot)
     if as_json:
@@ -57,3 +83,23 @@ def lens_command(
             typer.echo(f"  {name:<24} {cells}")
         last = res.top_tokens[-1][-1]
         typer.echo(f"top-{res.top_k} after the prompt: " + ", ".join(repr(t) for t in last))
+
+
+def _tuned(loaded, items, *, epochs, steps, batch_size, max_length, blocks, plot, lens_out, as_json) -> None:
+    from layerscope.analyses.tuned_lens import train_tuned_lens
+
+    res = train_tuned_lens(loaded, items, epochs=epochs, steps=steps, batch_size=batch_size,
+                           max_length=max_length, blocks=blocks, progress=not as_json)
+    if lens_out is not None:
+        res.lens.save(lens_out)
+    save_plot(res, plot)
+    if as_json:
+        print_json(res.to_dict())
+        return
+    typer.echo(res.summary())
+    typer.echo(f"  {'layer':<24} {'KL logit':>9} {'KL tuned':>9} {'acc logit':>10} {'acc tuned':>10}")
+    for i, name in enumerate(res.layers):
+        typer.echo(f"  {name:<24} {res.logit_kl[i]:>9.3f} {res.tuned_kl[i]:>9.3f} "
+                   f"{res.logit_accuracy[i]:>10.3f} {res.tuned_accuracy[i]:>10.3f}")
+    typer.echo(f"  trained {res.steps} steps on {res.n_train_items} items; {res.n_test_items} held out"
+               + (f"; lens saved to {lens_out}" if lens_out is not None else ""))
