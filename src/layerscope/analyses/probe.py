@@ -131,6 +131,7 @@ class RidgeStats:
         self._rows: list[np.ndarray] = []
         self._targets: list[np.ndarray] = []
         self._pending = 0
+        self._upper: np.ndarray | None = None    # syrk's upper triangles, folded into sxx on reading
 
     # the totals, complete whenever they are read
     sx = property(lambda self: self._total("sx"))
@@ -147,6 +148,9 @@ class RidgeStats:
     def _total(self, key: str) -> np.ndarray:
         if self._pending:
             self._flush()
+        if self._upper is not None:
+            self._sums["sxx"] += np.triu(self._upper) + np.triu(self._upper, 1).T
+            self._upper = None
         return self._sums[key]
 
     def add(self, x: Tensor | np.ndarray, y: Tensor | np.ndarray) -> None:
@@ -167,15 +171,20 @@ class RidgeStats:
         from scipy.linalg import blas
 
         dt = np.float64 if self.dtype == "float64" else np.float32
-        x = np.concatenate(self._rows).astype(dt, copy=False) - self.shift.astype(dt)
+        x = np.concatenate(self._rows) if len(self._rows) > 1 else self._rows[0].copy()
+        x = x.astype(dt, copy=False)
+        np.subtract(x, self.shift.astype(dt), out=x)
         y = np.concatenate(self._targets).astype(np.float64, copy=False)
         self._rows, self._targets, self._pending = [], [], 0
         syrk = blas.dsyrk if dt is np.float64 else blas.ssyrk
         upper = syrk(1.0, x.T, trans=0)          # x.T is Fortran-ordered (d, k): upper of x.T @ x
+        if self._upper is None:
+            self._upper = upper.astype(np.float64)
+        else:
+            np.add(self._upper, upper, out=self._upper)
         s = self._sums
-        s["sxx"] += np.triu(upper) + np.triu(upper, 1).T
         s["sx"] += x.sum(0, dtype=np.float64)
-        s["sxy"] += x.T.astype(np.float64) @ y
+        s["sxy"] += x.T @ y.astype(dt)
         s["sy"] += y.sum(0)
         s["syy"] += y.T @ y
 
@@ -534,7 +543,9 @@ class ProbeStats(Reducer):
             self.random_width = max((v.shape[1] for v in acts.values()), default=0)
         if self.random_width:
             acts[RANDOM] = random_features(idx, self.random_width, self.seed)
-        test = torch.from_numpy(fold < 0)
+        test = torch.from_numpy(np.flatnonzero(fold < 0))
+        parts = [(f, torch.from_numpy(np.flatnonzero(fold == f))) for f in range(self.folds)]
+        parts = [(f, rows, targets[rows]) for f, rows in parts if len(rows)]
         for name, x in acts.items():
             if name not in self.stats:
                 self.order.append(name)
@@ -542,13 +553,12 @@ class ProbeStats(Reducer):
                                     for _ in range(self.folds)]
                 self.test_rows[name] = []
             x = x.detach().float().cpu()
-            for f, s in enumerate(self.stats[name]):
+            for f, rows, t in parts:
+                s = self.stats[name][f]
                 s.grow_targets(targets.shape[1])
-                rows = torch.from_numpy(np.flatnonzero(fold == f))
-                if len(rows):
-                    s.add(x[rows], targets[rows])
-            self.test_rows[name].append(x[test].clone())
-        self.test_y.append(y[test].clone())
+                s.add(x[rows], t)                      # indexing copies: the batch may be reused
+            self.test_rows[name].append(x[test])
+        self.test_y.append(y[test])
         self.test_index.append(idx[fold < 0])
 
     def merge(self, other: "ProbeStats") -> "ProbeStats":
