@@ -154,6 +154,11 @@ def fmt(r) -> list[str]:
     ]
 
 
+def verdict(r) -> bool:
+    worst = (np.array(r["acc32"]) - np.array(r["accb"])).min()
+    return statistics.median(r["r32"]) >= 10 and worst >= -0.01
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", type=int, nargs="+", default=[1500, 6000, 0])
@@ -183,7 +188,15 @@ def main() -> None:
     ]
     for r in results:
         lines += fmt(r)
+    met = [r for r in results if verdict(r)]
+    lines += [
+        f"Target (≥ 10× faster than B at accuracy within 1 point of B on every layer, A32): met in "
+        f"{len(met)} of {len(results)} settings"
+        + (" (" + ", ".join(f"{r['task']} n = {r['n']:,}" for r in met) + ")" if met else "") + ".",
+        "",
+    ]
     text = "\n".join(lines)
+    print(lines[-2])
     if args.write:
         append_section(args.write, "## Probes", text)
 

@@ -245,6 +245,13 @@ def test_cli_probe_on_minilm(capsys, tmp_path):
     assert out["peak_layer"] == out["layers"][int(np.argmax(out["score"]))]
     assert main(["probe", "minilm", "sentences", "--task", "colour"]) == 2
     assert "unknown probing task" in capsys.readouterr().err
+    assert main(["probe", "minilm", "sentences", "--task", "sentiment-score", "--solver", "logistic"]) == 2
+    assert "needs class labels" in capsys.readouterr().err
+    code = main(["probe", "minilm", "sentences", "--task", "length", "--limit", "150", "--max-length", "32",
+                 "--solver", "logistic", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and out["problem"] == "classification" and "logistic" in out["method"]
+    assert max(out["score"]) > out["baseline"] + 0.1
 
 
 def test_sums_are_exact_whatever_the_chunking_and_the_features_mean():
@@ -294,3 +301,32 @@ def test_random_features_are_standard_normal_and_depend_only_on_the_index():
     again = random_features([3999, 17], 64, seed=2).numpy()
     np.testing.assert_array_equal(again, R[[3999, 17]].astype(np.float32))
     assert not np.array_equal(random_features([17], 64, seed=3).numpy(), again[1:])
+
+
+def test_logistic_solver_equals_sklearn_logistic_regression_on_the_same_split():
+    from sklearn.linear_model import LogisticRegression
+
+    X, y = _data(n=400, d=10, classes=3, seed=11)
+    X = torch.from_numpy(X.astype(np.float32))
+    y = torch.from_numpy(y.astype(np.int64))
+    red = ProbeStats(True, solver="logistic", C=0.5, random_width=0, seed=4)
+    for a in range(0, 400, 64):
+        b = min(a + 64, 400)
+        red.update({"h": X[a:b]}, BatchInfo(a, b - a, y[a:b]))
+    half = ProbeStats(True, solver="logistic", C=0.5, random_width=0, seed=4)
+    other = ProbeStats(True, solver="logistic", C=0.5, random_width=0, seed=4)
+    half.update({"h": X[:200]}, BatchInfo(0, 200, y[:200]))
+    other.update({"h": X[200:]}, BatchInfo(200, 200, y[200:]))
+    res, merged = red.result(), half.merge(other).result()
+    fold = split_items(np.arange(400), 0.2, 1, 4)
+    tr, te = fold >= 0, fold < 0
+    Xn, yn = X.numpy().astype(np.float64), y.numpy()
+    sc = StandardScaler().fit(Xn[tr])
+    ref = LogisticRegression(C=0.5, max_iter=5000).fit(sc.transform(Xn[tr]), yn[tr])
+    assert res.score[0] == pytest.approx(ref.score(sc.transform(Xn[te]), yn[te]), abs=1e-12)
+    assert merged.score == res.score and res.alpha == [2.0] and "logistic" in res.method
+    assert res.n_train == tr.sum() and res.n_test == te.sum()
+    with pytest.raises(LayerscopeError, match="needs class labels"):
+        ProbeStats(False, solver="logistic")
+    with pytest.raises(LayerscopeError, match="unknown probe solver"):
+        ProbeStats(True, solver="newton")

@@ -458,6 +458,33 @@ def _check_precision(dtype: str) -> None:
         raise LayerscopeError(f"unknown probe precision {dtype!r}; use float64 or float32")
 
 
+def _check_solver(solver: str, classification: bool, C: float) -> None:
+    if solver not in ("closed", "logistic"):
+        raise LayerscopeError(f"unknown probe solver {solver!r}; use closed or logistic")
+    if solver == "logistic" and not classification:
+        raise LayerscopeError("a logistic probe needs class labels; use the closed-form (ridge) probe for scores")
+    if not C > 0:
+        raise LayerscopeError(f"C must be positive; got {C}")
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, n_classes: int, C: float = 1.0) -> RidgeFit:
+    """scikit-learn's L2 ``LogisticRegression(C)`` on standardised ``x``, written back as a fit in
+    raw feature space with one score column per class (−inf for classes absent from ``y``)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    sc = StandardScaler().fit(x)
+    lr = LogisticRegression(C=C, max_iter=5000).fit(sc.transform(x), y)
+    w = lr.coef_.T if len(lr.classes_) > 2 else np.c_[np.zeros_like(lr.coef_.T), lr.coef_.T]
+    b = lr.intercept_ if len(lr.classes_) > 2 else np.r_[0.0, lr.intercept_]
+    scale = np.where(sc.scale_ > 0, sc.scale_, 1.0)
+    coef = np.zeros((x.shape[1], n_classes))
+    intercept = np.full(n_classes, -np.inf)
+    coef[:, lr.classes_] = w / scale[:, None]
+    intercept[lr.classes_] = b - sc.mean_ @ coef[:, lr.classes_]
+    return RidgeFit(coef, intercept, 1.0 / C)
+
+
 def _check_cv(cv: str) -> None:
     if cv not in ("gcv", "kfold"):
         raise LayerscopeError(f"unknown penalty selection {cv!r}; use gcv or kfold")
@@ -498,14 +525,21 @@ class ProbeStats(Reducer):
     ``random_width`` (default: the widest layer seen in the first batch; 0 for none) adds the
     random-features control as an extra pseudo-layer. ``precision`` is the float type of the
     XᵀX products (see :class:`RidgeStats`); the totals are float64 either way.
+    ``solver="logistic"`` (classes only) also keeps the training rows and fits scikit-learn's
+    L2 ``LogisticRegression(C=C)`` per layer instead of the closed form: the usual probe of the
+    literature, at its usual cost, with memory growing with the data.
     """
 
     def __init__(self, classification: bool, *, layers: list[str] | None = None, view: str = "mean",
                  test_fraction: float = 0.2, cv: str = "gcv", folds: int = 3, seed: int = 0,
-                 random_width: int | None = None, precision: str = PRECISION):
+                 random_width: int | None = None, precision: str = PRECISION,
+                 solver: str = "closed", C: float = 1.0):
         _check_cv(cv)
         _check_precision(precision)
-        self.precision = precision
+        _check_solver(solver, classification, C)
+        self.precision, self.solver, self.C = precision, solver, float(C)
+        self.train_rows: dict[str, list[Tensor]] = {}    # only for solver="logistic"
+        self.train_y: list[Tensor] = []
         if not 0.0 < test_fraction < 1.0:
             raise LayerscopeError(f"test_fraction must be between 0 and 1; got {test_fraction}")
         self.classification, self.view = classification, view
@@ -544,6 +578,7 @@ class ProbeStats(Reducer):
         if self.random_width:
             acts[RANDOM] = random_features(idx, self.random_width, self.seed)
         test = torch.from_numpy(np.flatnonzero(fold < 0))
+        train = torch.from_numpy(np.flatnonzero(fold >= 0))
         parts = [(f, torch.from_numpy(np.flatnonzero(fold == f))) for f in range(self.folds)]
         parts = [(f, rows, targets[rows]) for f, rows in parts if len(rows)]
         for name, x in acts.items():
@@ -558,7 +593,11 @@ class ProbeStats(Reducer):
                 s.grow_targets(targets.shape[1])
                 s.add(x[rows], t)                      # indexing copies: the batch may be reused
             self.test_rows[name].append(x[test])
+            if self.solver == "logistic":
+                self.train_rows.setdefault(name, []).append(x[train])
         self.test_y.append(y[test])
+        if self.solver == "logistic":
+            self.train_y.append(y[train])
         self.test_index.append(idx[fold < 0])
 
     def merge(self, other: "ProbeStats") -> "ProbeStats":
@@ -575,6 +614,9 @@ class ProbeStats(Reducer):
                 out.test_rows[name] += [t.clone() for t in other.test_rows[name]]
         out.test_y += [t.clone() for t in other.test_y]
         out.test_index += list(other.test_index)
+        for name, rows in other.train_rows.items():
+            out.train_rows.setdefault(name, []).extend(t.clone() for t in rows)
+        out.train_y += [t.clone() for t in other.train_y]
         return out
 
     def result(self, *, alphas=ALPHAS, standardize: bool = True, classes: list[str] | None = None,
@@ -679,8 +721,15 @@ def probe_result(stats: ProbeStats, *, alphas=ALPHAS, standardize: bool = True,
     scores, lo, hi, chosen = [], [], [], []
     names = [n for n in stats.order if n != RANDOM]
     rand = None
+    logistic = stats.solver == "logistic"
+    if logistic:
+        y_train = torch.cat(stats.train_y).numpy().astype(np.int64)
     for name in stats.order:
-        fit, _ = select_fit(stats.stats[name], alphas, stats.cv, standardize, stats.classification)
+        if logistic:
+            rows = torch.cat(stats.train_rows[name]).double().numpy()
+            fit = fit_logistic(rows, y_train, len(train_y), stats.C)
+        else:
+            fit, _ = select_fit(stats.stats[name], alphas, stats.cv, standardize, stats.classification)
         alpha = fit.alpha
         x_test = torch.cat(stats.test_rows[name]).double().numpy()
         out = _evaluate(fit, x_test, y_test, stats.classification, n_boot, stats.seed)
@@ -690,6 +739,9 @@ def probe_result(stats: ProbeStats, *, alphas=ALPHAS, standardize: bool = True,
         scores.append(out[0]); lo.append(out[1]); hi.append(out[2]); chosen.append(alpha)
     method = ProbeResult.method + (" (generalised CV from one eigendecomposition)" if stats.cv == "gcv"
                                    else f" ({stats.folds}-fold CV)")
+    if logistic:
+        method = (f"L2 logistic regression (scikit-learn, lbfgs, C={stats.C:g}) per layer on "
+                  f"standardised features; training rows kept in memory; alpha = 1/C")
     kind = "classification" if stats.classification else "regression"
     return ProbeResult(
         layers=names, task=task_name or "labels", problem=kind,
@@ -707,11 +759,11 @@ def probe_result(stats: ProbeStats, *, alphas=ALPHAS, standardize: bool = True,
 
 def reducers(data, *, layers=None, view: str = "mean", test_fraction: float = 0.2, cv: str = "gcv",
              folds: int = 3, seed: int = 0, random_width: int | None = None,
-             precision: str = PRECISION) -> list[Reducer]:
+             precision: str = PRECISION, solver: str = "closed", C: float = 1.0) -> list[Reducer]:
     """The reducers a probe needs in a sweep over ``data`` (a Dataset with labels)."""
     return [ProbeStats(_data_is_classification(data), layers=layers, view=view,
                        test_fraction=test_fraction, cv=cv, folds=folds, seed=seed,
-                       random_width=random_width, precision=precision)]
+                       random_width=random_width, precision=precision, solver=solver, C=C)]
 
 
 def from_reducers(reds: list[Reducer], *, data=None, alphas=ALPHAS, task_name: str | None = None) -> ProbeResult:
@@ -737,14 +789,16 @@ def _data_is_classification(data) -> bool:
 def probe(model, data, *, task: str | None = None, layers=None, granularity: str = "blocks",
           view: str = "mean", test_fraction: float = 0.2, cv: str = "gcv", folds: int = 3, seed: int = 0,
           alphas=ALPHAS, random_width: int | None = None, precision: str = PRECISION,
-          limit: int | None = None, batch_size: int = 32, max_length: int | None = 128,
+          solver: str = "closed", C: float = 1.0, limit: int | None = None,
+          batch_size: int = 32, max_length: int | None = 128,
           progress: bool = False) -> ProbeResult:
     """Probe every layer of ``model`` for the labels of ``data`` (or a built-in ``task``) in one pass.
 
     ``task``: None (the data's own labels), or "length", "bigram-shift", "sentiment",
     "sentiment-score" (see :mod:`layerscope.analyses.probe_tasks`). ``precision``: the float
     type of the streamed XᵀX products, "float32" (default, fast) or "float64" (see
-    :class:`RidgeStats`).
+    :class:`RidgeStats`). ``solver="logistic"``: scikit-learn's ``LogisticRegression(C=C)`` per
+    layer on kept training rows instead of the closed form (classes only).
 
     Example:
         >>> import torch
@@ -759,7 +813,7 @@ def probe(model, data, *, task: str | None = None, layers=None, granularity: str
 
     data = prepare_data(data, task, limit=limit, seed=seed)
     reds = reducers(data, layers=None, view=view, test_fraction=test_fraction, cv=cv, folds=folds,
-                    seed=seed, random_width=random_width, precision=precision)
+                    seed=seed, random_width=random_width, precision=precision, solver=solver, C=C)
     sweep(model, data, reducers=reds, layers=layers, granularity=granularity,
           batch_size=batch_size, max_length=max_length, progress=progress)
     return from_reducers(reds, data=data, alphas=alphas)

@@ -38,6 +38,10 @@ def probe_command(
     granularity: GranularityOpt = "blocks",
     test_fraction: Annotated[float, typer.Option("--test-fraction", help="Share of items held out.")] = 0.2,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the split, the task and the controls.")] = 0,
+    solver: Annotated[str, typer.Option("--solver", help="closed: ridge / regularised LDA from "
+                                        "streamed sums (fast, memory flat); logistic: scikit-learn's "
+                                        "LogisticRegression per layer on kept rows (classes only).")] = "closed",
+    c: Annotated[float, typer.Option("--C", help="Inverse penalty of --solver logistic.")] = 1.0,
     precision: Annotated[str, typer.Option("--precision", help="Float type of the streamed XᵀX "
                                            "products: float32 (fast) or float64.")] = "float32",
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Items per forward pass.")] = 32,
@@ -58,9 +62,8 @@ def probe_command(
         raise LayerscopeError(f"unknown probing task {task!r}; use one of {', '.join(TASKS)} or labels")
     loaded = model_from_cli(model, blocks=blocks, trust_remote_code=trust_remote_code)
     res = probe(loaded, data, task=task, layers=parse_layers(layers), granularity=granularity,
-                test_fraction=test_fraction, seed=seed, precision=precision, limit=limit,
-                batch_size=batch_size,
-                max_length=max_length, progress=not as_json)
+                test_fraction=test_fraction, seed=seed, precision=precision, solver=solver, C=c,
+                limit=limit, batch_size=batch_size, max_length=max_length, progress=not as_json)
     save_plot(res, plot)
     if as_json:
         print_json(res.to_dict())
