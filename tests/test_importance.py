@@ -340,3 +340,38 @@ def test_regression_removal_is_mse_against_the_labels():
         assert res.baseline == pytest.approx(F.mse_loss(net(x), y).item(), rel=1e-5)
         for i in range(3):
             assert res.metric[i] == pytest.approx(F.mse_loss(net(x, skip=(i,)), y).item(), rel=1e-5)
+
+
+def test_blocks_that_change_the_shape_are_left_out_and_the_rest_measured():
+    from layerscope import zoo
+    from layerscope.analyses.importance import choose_blocks
+    from layerscope.data import load_dataset
+
+    torch.manual_seed(0)
+    net = zoo.build("mlp:depth=4,width=32").eval()      # block 0 maps 64 -> 32, blocks 1-3 keep 32
+    digits = load_dataset("digits", limit=96)
+    res = layer_importance(net, digits, batch_size=32)
+    assert res.removable == [False, True, True, True] and res.can_remove() == [1, 2, 3]
+    assert np.isnan(res.metric[0]) and np.isnan(res.block_influence[0])
+    x, y = digits.items, digits.labels
+    with torch.no_grad():
+        h = [x]
+        for b in net.blocks:
+            h.append(b(h[-1]))
+        for i in (1, 2, 3):                                  # skip block i by hand
+            z = h[i]
+            for j in range(i + 1, 4):
+                z = net.blocks[j](z)
+            acc = float((net.head(z).argmax(1) == y).double().mean())
+            assert res.metric[i] == pytest.approx(acc, abs=1e-9)
+            cos = F.cosine_similarity(h[i].double(), h[i + 1].double(), dim=-1)
+            assert res.block_influence[i] == pytest.approx(1 - float(cos.mean()), abs=1e-9)
+    assert res.angular[0][0] is None and res.best_start[0] in (1, 2, 3) and res.best_start[3] is None
+    assert 0 not in choose_blocks(res, "block-influence", 3) and choose_blocks(res, "last", 2) == [2, 3]
+    assert "cannot be removed (blocks.0)" in res.summary()
+    with pytest.raises(LayerscopeError, match="maps .* only blocks that keep the shape"):
+        removal_effect(net, digits, [0])
+    with pytest.raises(LayerscopeError, match="no 4 consecutive blocks|between 1 and 3"):
+        choose_blocks(res, "angular", 4)
+    curve = removal_curve(net, digits, max_k=3, importance=res, batch_size=32)
+    assert curve.removed["single"][-1] == [1, 2, 3]

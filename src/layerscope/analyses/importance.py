@@ -184,6 +184,11 @@ class Recorded:
     def block_input(self, i: int) -> Tensor:
         return _hidden_of(*self.calls[i])
 
+    def removable(self) -> list[bool]:
+        """Per block: whether its output has its input's shape, so that skipping it (identity)
+        leaves the rest of the model a valid input."""
+        return [tuple(self.block_input(i).shape) == tuple(out.shape) for i, out in enumerate(self.outs)]
+
 
 def record_forward(stack: Stack, enc) -> Recorded:
     """Run the model once, keeping each block's positional and keyword arguments and its output."""
@@ -519,6 +524,7 @@ def make_objective(task: str, labels) -> _Objective:
 
 class BlockInfluence(Reducer):
     """ShortGPT's Block Influence: ``1 - mean cos(input, output)`` over real tokens, per block.
+    Blocks whose output shape differs from their input's have none (left out of the result).
 
     Example:
         >>> import torch
@@ -544,8 +550,7 @@ class BlockInfluence(Reducer):
         for name, out in acts.items():
             inp = batch.inputs[name]
             if inp.shape != out.shape:
-                raise LayerscopeError(f"block {name!r} maps width {inp.shape[-1]} to {out.shape[-1]}; "
-                                      f"Block Influence needs blocks that keep the width")
+                continue
             cos = F.cosine_similarity(inp.double(), out.double(), dim=-1)
             self.cos_sum[name] = self.cos_sum.get(name, 0.0) + float(cos.sum())
             self.count[name] = self.count.get(name, 0) + cos.numel()
@@ -565,7 +570,8 @@ class AngularDistance(Reducer):
     """Gromov et al.'s angular distance ``arccos(cos(h_l, h_{l+n}))/pi`` at the last real token.
 
     ``h_l`` is block ``l``'s input and ``h_L`` the last block's output; the blocks must be
-    consecutive. ``result()`` is the (L+1, L+1) matrix of mean distances (upper triangle).
+    consecutive. ``result()`` is the (L+1, L+1) matrix of mean distances (upper triangle); NaN
+    between states of different shapes.
 
     Example:
         >>> import torch
@@ -594,10 +600,21 @@ class AngularDistance(Reducer):
         elif names != self.names:
             raise LayerscopeError("AngularDistance got different blocks in different batches")
         states = [batch.inputs[n].double() for n in names] + [acts[names[-1]].double()]
-        x = F.normalize(torch.stack(states, 0), dim=-1)            # (L+1, B, D)
-        cos = torch.einsum("lbd,mbd->lmb", x, x).clamp(-1.0, 1.0)
-        self.sums += (torch.arccos(cos) / math.pi).sum(-1).cpu().numpy()
-        self.n += x.shape[1]
+        states = [h.reshape(h.shape[0], -1) for h in states]
+        if len({h.shape for h in states}) == 1:
+            x = F.normalize(torch.stack(states, 0), dim=-1)        # (L+1, B, D)
+            cos = torch.einsum("lbd,mbd->lmb", x, x).clamp(-1.0, 1.0)
+            self.sums += (torch.arccos(cos) / math.pi).sum(-1).cpu().numpy()
+        else:   # blocks that change the width: no angle between states of different shapes
+            x = [F.normalize(h, dim=-1) for h in states]
+            for a in range(len(x)):
+                for b in range(a, len(x)):
+                    if x[a].shape != x[b].shape:
+                        self.sums[a, b] = self.sums[b, a] = np.nan
+                        continue
+                    cos = (x[a] * x[b]).sum(-1).clamp(-1.0, 1.0)
+                    self.sums[a, b] = self.sums[b, a] = self.sums[a, b] + float((torch.arccos(cos) / math.pi).sum())
+        self.n += states[0].shape[0]
 
     def merge(self, other: "AngularDistance") -> "AngularDistance":
         self._check_mergeable(other)
@@ -618,17 +635,22 @@ class AngularDistance(Reducer):
         return (self.sums / self.n).tolist()
 
 
-def best_drops(distance: Sequence[Sequence[float]]) -> tuple[list[list[float | None]], list[int], list[float]]:
-    """From the (L+1)² distance matrix: rows ``d(l, l+n)`` for n=1..L, the best start and its value."""
-    d = np.asarray(distance)
+def best_drops(distance: Sequence[Sequence[float]], removable: Sequence[bool] | None = None
+               ) -> tuple[list[list[float | None]], list[int | None], list[float | None]]:
+    """From the (L+1)² distance matrix: rows ``d(l, l+n)`` for n=1..L, the best start and its value.
+    A window is eligible only if every block in it is ``removable`` (None where none is)."""
+    d = np.asarray(distance, dtype=float)
     n_blocks = d.shape[0] - 1
+    ok = np.ones(n_blocks, bool) if removable is None else np.asarray(removable, bool)
     rows, starts, values = [], [], []
     for n in range(1, n_blocks + 1):
-        row = [float(d[l, l + n]) for l in range(n_blocks - n + 1)]
-        best = int(np.argmin(row))
+        row = [float(d[l, l + n]) if ok[l:l + n].all() and np.isfinite(d[l, l + n]) else None
+               for l in range(n_blocks - n + 1)]
+        finite = [(v, l) for l, v in enumerate(row) if v is not None]
+        best = min(finite)[1] if finite else None
         rows.append(row + [None] * (n_blocks - len(row)))
         starts.append(best)
-        values.append(row[best])
+        values.append(row[best] if best is not None else None)
     return rows, starts, values
 
 
@@ -643,20 +665,23 @@ def _feed_reducers(reducers, stack: Stack, rec: Recorded, enc, labels, first: in
         r.update(acts, BatchInfo(first, enc.size, labels, None, ins, enc.mask))
 
 
-def run_removals(stack: Stack, data, sets: Sequence[tuple[int, ...]], *, batch_size: int = 16,
+def run_removals(stack: Stack, data, sets: Sequence[tuple[int, ...]] | None, *, batch_size: int = 16,
                  max_length: int | None = 128, limit: int | None = None, method: str = "auto",
                  reducers: Sequence[Reducer] = (), progress: bool = False) -> dict:
     """Evaluate the objective with each set of blocks removed, in one pass over the data.
 
+    ``sets=None`` removes each removable block (one that keeps its input's shape) on its own.
     Returns ``{"objective", "values": {set: {...}}, "baseline": {...}, "method", "n_items",
-    "seconds", "block_calls"}``; ``reducers`` are fed each batch's block inputs and outputs.
+    "seconds", "block_calls", "removable"}``; ``reducers`` are fed each batch's block inputs and
+    outputs.
     """
     if method not in ("auto", "prefix", "naive"):
         raise LayerscopeError(f"unknown method {method!r}; use auto, prefix or naive")
     L = len(stack.blocks)
-    for s in sets:
+    for s in sets or ():
         if not s or any(not 0 <= i < L for i in s):
             raise LayerscopeError(f"blocks to remove must be between 0 and {L - 1}; got {list(s)}")
+    keep = None
     objective = None
     use_prefix = None
     n_items = block_calls = 0
@@ -669,6 +694,9 @@ def run_removals(stack: Stack, data, sets: Sequence[tuple[int, ...]], *, batch_s
                 stack.loaded, data, batch_size=batch_size, max_length=max_length, limit=limit)):
             enc = prepare(stack, enc)
             rec = record_forward(stack, enc)
+            if keep is None:
+                keep = rec.removable()
+                sets = _removable_sets(stack, rec, keep, sets)
             if use_prefix is None:
                 ok = tail_matches(stack, rec)
                 if method == "prefix" and not ok:
@@ -697,7 +725,26 @@ def run_removals(stack: Stack, data, sets: Sequence[tuple[int, ...]], *, batch_s
         raise LayerscopeError("the data is empty; pass at least one item")
     return {"objective": objective.name, "values": {tuple(s): objective.value(tuple(s)) for s in sets},
             "baseline": objective.value(()), "method": "prefix" if use_prefix else "naive",
-            "n_items": n_items, "seconds": time.perf_counter() - t0, "block_calls": block_calls}
+            "n_items": n_items, "seconds": time.perf_counter() - t0, "block_calls": block_calls,
+            "removable": keep}
+
+
+def _removable_sets(stack: Stack, rec: Recorded, keep: list[bool], sets) -> list[tuple[int, ...]]:
+    """``sets`` checked against the blocks that keep their shape (None: each such block alone)."""
+    if not any(keep):
+        raise LayerscopeError(
+            f"no block of {type(stack.module).__name__} keeps its input's shape, so none can be "
+            f"skipped; removal needs residual-style blocks (pass --blocks to choose others)")
+    if sets is None:
+        return [(i,) for i in range(len(keep)) if keep[i]]
+    for s in sets:
+        bad = [i for i in s if not keep[i]]
+        if bad:
+            i = bad[0]
+            raise LayerscopeError(
+                f"block {stack.names[i]!r} maps {tuple(rec.block_input(i).shape)} to "
+                f"{tuple(rec.outs[i].shape)}; only blocks that keep the shape can be removed")
+    return list(sets)
 
 
 # --- results -------------------------------------------------------------------------------------
@@ -714,7 +761,9 @@ class ImportanceResult(Result):
     ``metric[i]`` is perplexity (causal LMs), embedding ``1 - cos`` (encoders), accuracy or KL
     (classifiers) with block ``i`` removed; ``baseline`` the intact model's value.
     ``angular[n-1][l]`` is ``d(l, l+n)`` (None where ``l + n > L``); ``best_start[n-1]`` the
-    start of the best ``n``-block drop.
+    start of the best ``n``-block drop. Blocks that change the shape of what flows through them
+    cannot be skipped: ``removable[i]`` is False, and their ``metric`` and ``block_influence``
+    are NaN.
     """
 
     model: str
@@ -726,32 +775,41 @@ class ImportanceResult(Result):
     token_divergence: list[float] | None
     block_influence: list[float]
     angular: list[list[float | None]]
-    best_start: list[int]
-    best_angular: list[float]
+    best_start: list[int | None]
+    best_angular: list[float | None]
     method: str
     n_items: int
     seconds: float
     block_calls: int
+    removable: list[bool] | None = None
+
+    def can_remove(self) -> list[int]:
+        """Indices of the blocks that keep their input's shape (all, for residual stacks)."""
+        return [i for i in range(len(self.layers)) if self.removable is None or self.removable[i]]
 
     def effect(self) -> list[float]:
-        """How much worse each removal is than the intact model (positive = worse)."""
+        """How much worse each removal is than the intact model (positive = worse; NaN where a
+        block cannot be removed)."""
         sign = 1.0 if _higher_is_worse(self.objective) else -1.0
         return [sign * (m - self.baseline) for m in self.metric]
 
     def ranking(self) -> list[int]:
-        """Block indices from least to most harmful to remove."""
+        """The removable blocks from least to most harmful to remove."""
         eff = self.effect()
-        return sorted(range(len(eff)), key=lambda i: eff[i])
+        return sorted(self.can_remove(), key=lambda i: eff[i])
 
     def summary(self) -> str:
-        eff = self.effect()
-        worst, least = int(np.argmax(eff)), int(np.argmin(eff))
-        lo_bi = int(np.argmin(self.block_influence))
+        order = self.ranking()
+        worst, least = order[-1], order[0]
+        lo_bi = min(order, key=lambda i: self.block_influence[i])
         n2 = f"; best 2-block drop by angular distance: blocks {self.best_start[1]}-{self.best_start[1] + 1}" \
-            if len(self.best_start) > 1 else ""
+            if len(self.best_start) > 1 and self.best_start[1] is not None else ""
+        fixed = [self.layers[i] for i in range(len(self.layers)) if i not in set(order)]
+        shape = (f"; {len(fixed)} block(s) change the shape and cannot be removed ({', '.join(fixed)})"
+                 if fixed else "")
         return (f"{self.objective} intact {self.baseline:.4g}; removing block {worst} hurts most "
                 f"({self.metric[worst]:.4g}), block {least} least ({self.metric[least]:.4g}); lowest "
-                f"Block Influence: block {lo_bi} ({self.block_influence[lo_bi]:.3g}){n2}")
+                f"Block Influence: block {lo_bi} ({self.block_influence[lo_bi]:.3g}){n2}{shape}")
 
     def plot(self, ax=None):
         import matplotlib
@@ -772,7 +830,8 @@ class ImportanceResult(Result):
         grid = np.array([[np.nan if v is None else v for v in row] for row in self.angular])
         im = axes[2].imshow(grid, aspect="auto", origin="lower",
                             extent=(-0.5, len(x) - 0.5, 0.5, len(x) + 0.5))
-        axes[2].plot(self.best_start, np.arange(1, len(x) + 1), "w.", label="best start")
+        starts = [np.nan if v is None else v for v in self.best_start]
+        axes[2].plot(starts, np.arange(1, len(x) + 1), "w.", label="best start")
         axes[2].set(xlabel="start block l", ylabel="n blocks dropped", title="angular distance d(l, l+n)")
         fig.colorbar(im, ax=axes[2])
         fig.tight_layout()
@@ -848,20 +907,25 @@ def layer_importance(model, data, *, blocks: str | None = None, batch_size: int 
     stack = build_stack(model, blocks)
     L = len(stack.blocks)
     bi, ad = BlockInfluence(), AngularDistance()
-    run = run_removals(stack, data, [(i,) for i in range(L)], batch_size=batch_size,
-                       max_length=max_length, limit=limit, method=method, reducers=[bi, ad],
-                       progress=progress)
-    values = [run["values"][(i,)] for i in range(L)]
+    run = run_removals(stack, data, None, batch_size=batch_size, max_length=max_length, limit=limit,
+                       method=method, reducers=[bi, ad], progress=progress)
+    keep = run["removable"]
+    nan = float("nan")
+    values = [run["values"].get((i,), {}) for i in range(L)]
+    some = next(v for v in values if v)
+
+    def column(key):
+        return [v.get(key, nan) for v in values] if key in some else None
+
     bi_values = bi.result()
-    rows, starts, best = best_drops(ad.result())
+    rows, starts, best = best_drops(ad.result(), keep)
     return ImportanceResult(
         model=stack.loaded.ref, layers=stack.names, objective=run["objective"],
-        baseline=run["baseline"]["metric"], metric=[v["metric"] for v in values],
-        loss=[v["loss"] for v in values] if "loss" in values[0] else None,
-        token_divergence=[v["token_divergence"] for v in values] if "token_divergence" in values[0] else None,
-        block_influence=[bi_values[n] for n in stack.names], angular=rows, best_start=starts,
+        baseline=run["baseline"]["metric"], metric=column("metric"), loss=column("loss"),
+        token_divergence=column("token_divergence"),
+        block_influence=[bi_values.get(n, nan) for n in stack.names], angular=rows, best_start=starts,
         best_angular=best, method=run["method"], n_items=run["n_items"], seconds=run["seconds"],
-        block_calls=run["block_calls"])
+        block_calls=run["block_calls"], removable=keep)
 
 
 def removal_effect(model, data, remove: Sequence, *, blocks: str | None = None, batch_size: int = 16,
@@ -883,18 +947,21 @@ def removal_effect(model, data, remove: Sequence, *, blocks: str | None = None, 
 def choose_blocks(importance: ImportanceResult, criterion: str, k: int) -> list[int]:
     """The ``k`` blocks a criterion removes: lowest Block Influence, the angular distance's best
     ``k`` consecutive blocks, the ``k`` least harmful single removals, or the last ``k``."""
-    L = len(importance.layers)
-    if not 1 <= k <= L:
-        raise LayerscopeError(f"k must be between 1 and {L}; got {k}")
+    ok = importance.can_remove()
+    if not 1 <= k <= len(ok):
+        raise LayerscopeError(f"k must be between 1 and {len(ok)} (the blocks that can be removed); got {k}")
     if criterion == "block-influence":
-        return sorted(np.argsort(importance.block_influence, kind="stable")[:k].tolist())
+        return sorted(sorted(ok, key=lambda i: importance.block_influence[i])[:k])
     if criterion == "angular":
         start = importance.best_start[k - 1]
+        if start is None:
+            raise LayerscopeError(f"no {k} consecutive blocks keep their shape; the angular criterion "
+                                  f"cannot choose {k} blocks here")
         return list(range(start, start + k))
     if criterion == "single":
         return sorted(importance.ranking()[:k])
     if criterion == "last":
-        return list(range(L - k, L))
+        return ok[-k:]
     raise LayerscopeError(f"unknown criterion {criterion!r}; use one of: {', '.join(CRITERIA)}")
 
 

@@ -88,6 +88,9 @@ def importance_command(
         return
     typer.echo(res.summary())
     for i, name in enumerate(res.layers):
+        if i not in res.can_remove():
+            typer.echo(f"  {i:>3} {name:<28} changes the shape: cannot be removed")
+            continue
         typer.echo(f"  {i:>3} {name:<28} {res.objective} {res.metric[i]:<12.5g} "
                    f"BI {res.block_influence[i]:.4f}")
     if curve:

@@ -159,7 +159,8 @@ def importance_section(blocks: Sequence[str], effect: Sequence[float], objective
         b = argmax(block_influence)
         r2 = (f"Block Influence (1 − cos of input and output) is largest at {blocks[b]} "
               f"({fmt(block_influence[b], 3)}) and smallest at "
-              f"{blocks[argmin(block_influence)]} ({fmt(min(block_influence), 3)}).") if b is not None else ""
+              f"{blocks[argmin(block_influence)]} ({fmt(block_influence[argmin(block_influence)], 3)}).") \
+            if b is not None else ""
         agree = _rank_agreement(effect, block_influence)
         if agree is not None:
             r2 += f" Its ranking agrees with the removal effect at Spearman ρ = {fmt(agree, 2)}."
