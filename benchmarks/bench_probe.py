@@ -188,6 +188,17 @@ def main() -> None:
     ]
     for r in results:
         lines += fmt(r)
+    for name in args.tasks:
+        rs = sorted((r for r in results if r["task"] == name), key=lambda r: r["n"])
+        if len(rs) >= 2:
+            a, b = rs[-2], rs[-1]
+            rows = (b["n"] - a["n"]) * 0.8 * len(b["acc32"])
+            ma = (statistics.median(b["t32"]) - statistics.median(a["t32"])) / rows * 1e6
+            mb = (statistics.median(b["tb"]) - statistics.median(a["tb"])) / rows * 1e6
+            lines += [f"{name}: the marginal cost per training row and layer between n = {a['n']:,} and "
+                      f"{b['n']:,} is {ma:.1f} µs for A32 and {mb:.1f} µs for B ({mb / ma:.1f}×): the "
+                      "ratio the speed-up tends to as n grows, since A's fixed cost (one eigendecomposition "
+                      "and one solve per layer) does not grow with n.", ""]
     met = [r for r in results if verdict(r)]
     lines += [
         f"Target (≥ 10× faster than B at accuracy within 1 point of B on every layer, A32): met in "

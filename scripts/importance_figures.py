@@ -8,7 +8,7 @@ computed here, nothing typed in by hand). Run by hand, about 10-20 minutes on 2 
     HF_HUB_OFFLINE=1 .venv/bin/python scripts/importance_figures.py --lens   # then the logit lens
 
 ``--lens`` adds (or replaces) a "Logit lens" section of docs/IMPORTANCE.md, ``--tuned`` a "Tuned
-lens" section (train on 480 sentences, compare on 120 held out; about 10 minutes):
+lens" section (train on 480 sentences, compare on 120 held out; about 15 minutes):
 
     HF_HUB_OFFLINE=1 .venv/bin/python scripts/importance_figures.py --tuned [--steps 60]
 """

@@ -145,6 +145,7 @@ class TunedLensResult(Result):
         axes[0].plot(x, self.tuned_kl, marker="o", label="tuned lens")
         axes[0].set(xlabel="layer (0 = embeddings)", ylabel="KL(final ‖ lens), nats",
                     title=f"held-out, {self.n_test_tokens} tokens")
+        axes[0].set_yscale("symlog", linthresh=0.1)      # the embeddings' KL dwarfs the rest
         axes[0].legend(fontsize=8)
         axes[1].plot(x, self.logit_accuracy, marker=".", label="logit lens")
         axes[1].plot(x, self.tuned_accuracy, marker=".", label="tuned lens")
