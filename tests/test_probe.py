@@ -11,8 +11,8 @@ from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 from sklearn.linear_model import Ridge
 from sklearn.preprocessing import StandardScaler
 
-from layerscope.analyses.probe import (LinearProbe, ProbeStats, RANDOM, bootstrap_r2, probe,
-                                       random_features, split_items, wilson)
+from layerscope.analyses.probe import (LinearProbe, ProbeStats, RANDOM, bootstrap_r2, prepare_data,
+                                       probe, random_features, split_items, wilson)
 from layerscope.analyses.probe_tasks import bigram_shift, make_task
 from layerscope.data import Dataset
 from layerscope.errors import LayerscopeError
@@ -330,3 +330,17 @@ def test_logistic_solver_equals_sklearn_logistic_regression_on_the_same_split():
         ProbeStats(False, solver="logistic")
     with pytest.raises(LayerscopeError, match="unknown probe solver"):
         ProbeStats(True, solver="newton")
+
+
+@pytest.mark.slow
+def test_fewer_items_than_features_float32_chooses_the_penalty_float64_does():
+    # MiniLM's pooled block outputs of 161 sentences (124 training rows, 384 features): float32
+    # products leave rounding-noise eigenvalues that once made GCV pick alpha=0.01 and lose up
+    # to 27 points on some blocks
+    data = prepare_data("sentences", "sentiment", limit=200)
+    reds = [ProbeStats(True, precision=p, random_width=0) for p in ("float64", "float32")]
+    sweep("minilm", data, reducers=reds, batch_size=32, progress=False)
+    a, b = reds[0].result(), reds[1].result()
+    assert a.n_train < 384
+    assert b.alpha == a.alpha and b.score == pytest.approx(a.score, abs=1e-12)
+    assert max(a.score) > a.baseline + 0.1

@@ -266,28 +266,44 @@ def fit_ridge(s: RidgeStats, alphas, standardize: bool = True) -> list[RidgeFit]
 
 
 def _ridge_path(s: RidgeStats, alphas, standardize: bool):
+    """Fits for every penalty, the resolvable eigenvalues and the targets' squared projections.
+
+    Eigenvalues below ``d · eps · λ_max`` (eps of the products' float type) are rounding noise —
+    with fewer items than features, float32 products leave hundreds of them — and are treated as
+    exact zeros, with their directions dropped from the solution."""
     c, cxy, mu, my, scale = _standardised(s, standardize)
     lam, v = np.linalg.eigh(c)
-    lam = np.clip(lam, 0.0, None)
+    eps = np.finfo(np.float32 if s.dtype == "float32" else np.float64).eps
+    noise = lam <= len(lam) * eps * max(float(lam.max(initial=0.0)), 0.0)
+    lam = np.where(noise, 0.0, lam)
     proj = v.T @ cxy
+    proj[noise] = 0.0
     fits = []
     for a in alphas:
         w = v @ (proj / (lam + a)[:, None])
         coef = w / scale[:, None]
         fits.append(RidgeFit(coef, my - mu @ coef, float(a)))
-    return fits, lam
+    return fits, lam, (proj ** 2).sum(1)
 
 
 def gcv_fit(s: RidgeStats, alphas, standardize: bool = True) -> tuple[RidgeFit, list[float]]:
     """The fit whose penalty minimises generalised cross-validation, GCV(α) = (SSE/n) / (1 − df/n)²
     with df = 1 + Σ λᵢ/(λᵢ + α) (intercept plus the ridge hat matrix's trace), every penalty from
-    one eigendecomposition (Golub, Heath & Wahba 1979)."""
-    fits, lam = _ridge_path(s, alphas, standardize)
+    one eigendecomposition (Golub, Heath & Wahba 1979). SSE is computed in the eigenbasis as the
+    least-squares residual plus ``Σ (pᵢ²/λᵢ) α²/(λᵢ + α)²`` (pᵢ: the targets' projections), so
+    that near-interpolating penalties do not subtract two nearly equal numbers; a penalty that
+    leaves no residual degrees of freedom (df ≥ n) is never chosen."""
+    fits, lam, p2 = _ridge_path(s, alphas, standardize)
     n = s.n
+    q = np.divide(p2, lam, out=np.zeros_like(p2), where=lam > 0)
+    ss = float(np.trace(s.syy) - s.sy @ s.sy / max(n, 1))      # Σ ‖y − ȳ‖²
+    resid = max(ss - float(q.sum()), 0.0)                       # the least-squares residual
     err = []
     for fit in fits:
-        df = 1.0 + float(np.sum(lam / (lam + fit.alpha)))
-        err.append(squared_error(fit, s) / n / max(1.0 - df / n, 1e-12) ** 2)
+        a = fit.alpha
+        df = 1.0 + float(np.sum(lam / (lam + a)))
+        sse = resid + float(np.sum(q * a * a / (lam + a) ** 2))
+        err.append(sse / n / (1.0 - df / n) ** 2 if df < n else float("inf"))
     return fits[int(np.argmin(err))], err
 
 

@@ -63,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from . import load_commands
 
+    # the command line shows its own progress; transformers' "Loading weights" bar on every load
+    # is noise there (read when transformers is first imported; a user's setting wins)
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     load_commands()
     args = sys.argv[1:] if argv is None else list(argv)
     if "--debug" in args:
