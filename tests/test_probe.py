@@ -187,6 +187,14 @@ def test_bad_input():
         LinearProbe().fit(X, y[:10])
     with pytest.raises(LayerscopeError, match="single class"):
         LinearProbe().fit(X, np.zeros(len(X), dtype=int))
+    wide = np.random.default_rng(0).normal(size=(20, 40))
+    with pytest.raises(LayerscopeError, match="singular; use a positive alpha"):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            LinearProbe(alpha=0.0).fit(wide, np.arange(20) % 2)
+    from layerscope.analyses.probe import fit_logistic
+
+    with pytest.raises(LayerscopeError, match="single class"):
+        fit_logistic(wide, np.zeros(20, dtype=int), 2)
     net, ds = _net_and_data()
     with pytest.raises(LayerscopeError, match="too few items"):
         probe(net, ds.subset(range(6)))

@@ -333,7 +333,11 @@ def fit_lda(s: RidgeStats, alpha: float, standardize: bool = True) -> RidgeFit:
     means = cxy[:, seen] / counts[seen]                  # class means; the overall mean is 0
     within = c - (cxy[:, seen] * (1.0 / counts[seen])) @ cxy[:, seen].T
     within[np.diag_indices_from(within)] += alpha
-    b = n * solve(within, means, assume_a="pos")
+    try:
+        b = n * solve(within, means, assume_a="pos")
+    except np.linalg.LinAlgError:
+        raise LayerscopeError(f"the within-class scatter plus alpha={alpha:g} is singular; use a "
+                              f"positive alpha (or let cross-validation choose it)") from None
     coef = np.zeros((len(mu), len(counts)))
     intercept = np.full(len(counts), -np.inf)
     coef[:, seen] = b / scale[:, None]
@@ -489,6 +493,8 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, n_classes: int, C: float = 1.0) -
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
+    if len(np.unique(y)) < 2:
+        raise LayerscopeError("the training items hold a single class; a logistic probe needs two")
     sc = StandardScaler().fit(x)
     lr = LogisticRegression(C=C, max_iter=5000).fit(sc.transform(x), y)
     w = lr.coef_.T if len(lr.classes_) > 2 else np.c_[np.zeros_like(lr.coef_.T), lr.coef_.T]
