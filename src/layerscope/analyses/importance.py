@@ -613,7 +613,10 @@ class AngularDistance(Reducer):
                         self.sums[a, b] = self.sums[b, a] = np.nan
                         continue
                     cos = (x[a] * x[b]).sum(-1).clamp(-1.0, 1.0)
-                    self.sums[a, b] = self.sums[b, a] = self.sums[a, b] + float((torch.arccos(cos) / math.pi).sum())
+                    angle = float((torch.arccos(cos) / math.pi).sum())
+                    self.sums[a, b] += angle
+                    if a != b:
+                        self.sums[b, a] += angle
         self.n += states[0].shape[0]
 
     def merge(self, other: "AngularDistance") -> "AngularDistance":

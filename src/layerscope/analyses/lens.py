@@ -107,7 +107,7 @@ class LensStats:
         final = F.log_softmax(main_output(output, "causal-lm").float()[mask], dim=-1)
         final_top = final.argmax(-1)
         for layer, h in enumerate(states):
-            logits = stack.tail(translate(layer, h) if translate is not None else h).float()
+            logits = _decode(stack, layer, h, translate)
             logp = F.log_softmax(logits[mask], dim=-1)
             next_logits = logits[:, :-1][valid]
             self.sums["nll"][layer] += float(F.cross_entropy(next_logits, targets, reduction="sum"))
@@ -140,6 +140,11 @@ class LensStats:
                 "top1_agreement": (self.sums["agree"] / self.n_tokens).tolist()}
 
 
+def _decode(stack: Stack, layer: int, h: Tensor, translate: Translate | None) -> Tensor:
+    """Layer ``layer``'s state through the final norm and the unembedding (float32 logits)."""
+    return stack.tail(translate(layer, h) if translate is not None else h).float()
+
+
 def _token_text(tokenizer, i: int) -> str:
     return tokenizer.decode([i]) if tokenizer is not None else str(i)
 
@@ -166,7 +171,7 @@ def prompt_top_k(stack: Stack, prompt, k: int, translate: Translate | None = Non
     _, states = _states(stack, enc)
     tokens, probs = [], []
     for layer, h in enumerate(states):
-        p = F.softmax(stack.tail(translate(layer, h) if translate is not None else h).float()[0][keep], dim=-1)
+        p = F.softmax(_decode(stack, layer, h, translate)[0][keep], dim=-1)
         vocab = p.shape[-1]
         top = torch.topk(p, min(k, vocab), dim=-1)
         tokens.append([[_token_text(tok, int(i)) for i in row] for row in top.indices])
