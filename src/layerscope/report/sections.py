@@ -40,7 +40,7 @@ def anatomy_section(model: str, counts: Mapping[str, int], rules: Mapping[str, s
     sec = Section("anatomy", "Anatomy")
     parts = [f"{counts[g]} {g}" for g in ("blocks", "sublayers", "modules") if g in counts]
     sec.findings.append(f"{model} has {', '.join(parts)} and {total_params:,} parameters"
-                        + (f" ({fmt_count(total_flops)} FLOPs per {flops_input or 'example'})"
+                        + (f" ({fmt_count(total_flops)} FLOPs on {flops_input or 'one example'})"
                            if _finite(total_flops) else "") + ".")
     for g, rule in rules.items():
         sec.findings.append(f"{g}: {rule}")
