@@ -271,6 +271,13 @@ def logit_lens(model, data=None, *, prompt=None, top_k: int = 5, blocks: str | N
     translate = None
     if lens is not None:
         lens.check_fits(["embeddings"] + stack.names)
+        from layerscope.sweep import model_device
+
+        device = model_device(stack.module)
+        if next(lens.parameters()).device != device:   # a lens loaded on the CPU: use a copy
+            import copy
+
+            lens = copy.deepcopy(lens).to(device)
         translate = lens.translate
     t0 = time.perf_counter()
     stats = LensStats(len(stack.blocks) + 1)
