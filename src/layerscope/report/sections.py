@@ -44,7 +44,7 @@ def anatomy_section(model: str, counts: Mapping[str, int], rules: Mapping[str, s
                            if _finite(total_flops) else "") + ".")
     for g, rule in rules.items():
         sec.findings.append(f"{g}: {rule}")
-    names = [f"{r['index']}: {r['name']}" for r in rows]
+    names = [r["name"] if r["index"] in ("", None) else f"{r['index']}: {r['name']}" for r in rows]
     params = [r.get("params", 0) for r in rows]
     sec.add(Figure("params", "Parameters per layer", largest_sentence("parameters", names, params)
                    + (f"; the listed layers hold {sum(params):,} of {total_params:,}"
