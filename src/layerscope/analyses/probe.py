@@ -146,12 +146,16 @@ class RidgeStats:
         return self.sx / max(self.n, 1) + self.shift
 
     def _total(self, key: str) -> np.ndarray:
+        self._settle()
+        return self._sums[key]
+
+    def _settle(self) -> None:
+        """Sum the buffered rows and fold syrk's upper triangles into a symmetric XᵀX."""
         if self._pending:
             self._flush()
         if self._upper is not None:
             self._sums["sxx"] += np.triu(self._upper) + np.triu(self._upper, 1).T
             self._upper = None
-        return self._sums[key]
 
     def add(self, x: Tensor | np.ndarray, y: Tensor | np.ndarray) -> None:
         x = (x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)).reshape(len(x), -1)
@@ -171,10 +175,9 @@ class RidgeStats:
         from scipy.linalg import blas
 
         dt = np.float64 if self.dtype == "float64" else np.float32
-        x = np.concatenate(self._rows) if len(self._rows) > 1 else self._rows[0].copy()
-        x = x.astype(dt, copy=False)
+        x = np.concatenate(self._rows, dtype=dt)     # a new array: shifted in place below
         np.subtract(x, self.shift.astype(dt), out=x)
-        y = np.concatenate(self._targets).astype(np.float64, copy=False)
+        y = np.concatenate(self._targets, dtype=np.float64)
         self._rows, self._targets, self._pending = [], [], 0
         syrk = blas.dsyrk if dt is np.float64 else blas.ssyrk
         upper = syrk(1.0, x.T, trans=0)          # x.T is Fortran-ordered (d, k): upper of x.T @ x
@@ -201,7 +204,7 @@ class RidgeStats:
     def shifted_to(self, shift: np.ndarray) -> "RidgeStats":
         """A copy whose sums are of ``x − shift`` (the same rows, another reference)."""
         out = copy.deepcopy(self)
-        out._total("sx")
+        out._settle()
         d = out.shift - shift                    # x − shift = (x − old) + d
         s, sx = out._sums, out._sums["sx"].copy()
         s["sxx"] += np.outer(d, sx) + np.outer(sx, d) + out.n * np.outer(d, d)
@@ -216,7 +219,7 @@ class RidgeStats:
         out.grow_targets(c)
         o = other.shifted_to(out.shift) if out.n else copy.deepcopy(other)
         o.grow_targets(c)
-        out._total("sx"), o._total("sx")
+        out._settle(), o._settle()
         if not out.n:
             out.shift = o.shift
         out.n += sign * o.n
@@ -599,26 +602,28 @@ class ProbeStats(Reducer):
             self.random_width = max((v.shape[1] for v in acts.values()), default=0)
         if self.random_width:
             acts[RANDOM] = random_features(idx, self.random_width, self.seed)
+        logistic = self.solver == "logistic"
         test = torch.from_numpy(np.flatnonzero(fold < 0))
         train = torch.from_numpy(np.flatnonzero(fold >= 0))
-        parts = [(f, torch.from_numpy(np.flatnonzero(fold == f))) for f in range(self.folds)]
+        parts = [] if logistic else [(f, torch.from_numpy(np.flatnonzero(fold == f))) for f in range(self.folds)]
         parts = [(f, rows, targets[rows]) for f, rows in parts if len(rows)]
         for name, x in acts.items():
-            if name not in self.stats:
+            if name not in self.test_rows:
                 self.order.append(name)
-                self.stats[name] = [RidgeStats(x.shape[1], targets.shape[1], dtype=self.precision)
-                                    for _ in range(self.folds)]
                 self.test_rows[name] = []
+                if not logistic:
+                    self.stats[name] = [RidgeStats(x.shape[1], targets.shape[1], dtype=self.precision)
+                                        for _ in range(self.folds)]
             x = x.detach().float().cpu()
             for f, rows, t in parts:
                 s = self.stats[name][f]
                 s.grow_targets(targets.shape[1])
                 s.add(x[rows], t)                      # indexing copies: the batch may be reused
             self.test_rows[name].append(x[test])
-            if self.solver == "logistic":
+            if logistic:
                 self.train_rows.setdefault(name, []).append(x[train])
         self.test_y.append(y[test])
-        if self.solver == "logistic":
+        if logistic:
             self.train_y.append(y[train])
         self.test_index.append(idx[fold < 0])
 
@@ -627,13 +632,13 @@ class ProbeStats(Reducer):
         out = copy.deepcopy(self)
         out.n_classes = max(self.n_classes, other.n_classes)
         for name in other.order:
-            if name not in out.stats:
+            if name not in out.test_rows:
                 out.order.append(name)
-                out.stats[name] = copy.deepcopy(other.stats[name])
-                out.test_rows[name] = [t.clone() for t in other.test_rows[name]]
-            else:
-                out.stats[name] = [a + b for a, b in zip(out.stats[name], other.stats[name])]
-                out.test_rows[name] += [t.clone() for t in other.test_rows[name]]
+                out.test_rows[name] = []
+            out.test_rows[name] += [t.clone() for t in other.test_rows[name]]
+            if name in other.stats:
+                out.stats[name] = ([a + b for a, b in zip(out.stats[name], other.stats[name])]
+                                   if name in out.stats else copy.deepcopy(other.stats[name]))
         out.test_y += [t.clone() for t in other.test_y]
         out.test_index += list(other.test_index)
         for name, rows in other.train_rows.items():
@@ -723,33 +728,34 @@ def probe_result(stats: ProbeStats, *, alphas=ALPHAS, standardize: bool = True,
     if not stats.order:
         raise LayerscopeError("the probe saw no data; pass at least a few dozen labelled items")
     y_test = torch.cat(stats.test_y).numpy() if stats.test_y else np.zeros(0)
-    first = stats.stats[stats.order[0]]
-    n_train = sum(s.n for s in first)
+    logistic = stats.solver == "logistic"
+    if logistic:   # rows were kept instead of sums: count the training labels directly
+        y_train = torch.cat(stats.train_y).numpy().astype(np.int64) if stats.train_y else np.zeros(0, np.int64)
+        n_train, sum_y = len(y_train), np.bincount(y_train, minlength=max(stats.n_classes, 1)).astype(float)
+    else:
+        first = stats.stats[stats.order[0]]
+        n_train, sum_y = sum(s.n for s in first), sum(s.sy for s in first)
     if len(y_test) < 5 or n_train < 10:
         total = n_train + len(y_test)
         raise LayerscopeError(
             f"too few items for a held-out probe: {total} items gave {n_train} for training and "
             f"{len(y_test)} held out (at least 10 and 5 are needed); use at least {int(math.ceil(10 / stats.test_fraction))} items")
-    train_y = sum(s.sy for s in first) if stats.classification else None
-    if stats.classification:
-        counts = np.bincount(y_test.astype(np.int64), minlength=len(train_y)) + train_y
+    if stats.classification:      # sum_y: the training items' class counts
+        counts = np.bincount(y_test.astype(np.int64), minlength=len(sum_y)) + sum_y
         if (counts > 0).sum() < 2:
             raise LayerscopeError("the labels hold a single class; a probe needs at least two classes")
-        majority = int(np.argmax(train_y))
+        majority = int(np.argmax(sum_y))
         baseline = float((y_test == majority).mean())
     else:
-        mean = sum(s.sy for s in first) / n_train
+        mean = sum_y / n_train
         baseline = r2_score(y_test, np.broadcast_to(mean, (len(y_test), len(mean))))
     scores, lo, hi, chosen = [], [], [], []
     names = [n for n in stats.order if n != RANDOM]
     rand = None
-    logistic = stats.solver == "logistic"
-    if logistic:
-        y_train = torch.cat(stats.train_y).numpy().astype(np.int64)
     for name in stats.order:
         if logistic:
             rows = torch.cat(stats.train_rows[name]).double().numpy()
-            fit = fit_logistic(rows, y_train, len(train_y), stats.C)
+            fit = fit_logistic(rows, y_train, len(sum_y), stats.C)
         else:
             fit, _ = select_fit(stats.stats[name], alphas, stats.cv, standardize, stats.classification)
         alpha = fit.alpha
