@@ -28,14 +28,13 @@ import datetime
 import os
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
-THREADS = next((int(a.split("=")[1]) for a in sys.argv if a.startswith("--threads=")), None)
-if THREADS is None and "--threads" in sys.argv:
-    THREADS = int(sys.argv[sys.argv.index("--threads") + 1])
-THREADS = THREADS or 1
+# BLAS reads its thread count when numpy loads, so --threads is parsed before that import
+_early = argparse.ArgumentParser(add_help=False)
+_early.add_argument("--threads", type=int, default=1)
+THREADS = _early.parse_known_args()[0].threads
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_var] = str(THREADS)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -807,7 +807,7 @@ class ImportanceResult(Result):
         lo_bi = min(order, key=lambda i: self.block_influence[i])
         n2 = f"; best 2-block drop by angular distance: blocks {self.best_start[1]}-{self.best_start[1] + 1}" \
             if len(self.best_start) > 1 and self.best_start[1] is not None else ""
-        fixed = [self.layers[i] for i in range(len(self.layers)) if i not in set(order)]
+        fixed = [name for name, ok in zip(self.layers, self.removable or []) if not ok]
         shape = (f"; {len(fixed)} block(s) change the shape and cannot be removed ({', '.join(fixed)})"
                  if fixed else "")
         return (f"{self.objective} intact {self.baseline:.4g}; removing block {worst} hurts most "

@@ -25,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from dataclasses import dataclass, field
@@ -183,7 +184,7 @@ def split_data(data, test_fraction: float, seed: int, limit: int | None = None):
     if len(train) < 1 or len(test) < 1:
         raise LayerscopeError(f"{n} items are too few to train a tuned lens and hold some out; "
                               f"pass at least {int(np.ceil(2 / test_fraction))}")
-    return pick(train), pick(test), len(train), len(test)
+    return pick(train), pick(test)
 
 
 def train_tuned_lens(model, data, *, epochs: int = 1, steps: int | None = None, lr: float = 1e-3,
@@ -196,7 +197,7 @@ def train_tuned_lens(model, data, *, epochs: int = 1, steps: int | None = None, 
     if epochs < 1 or (steps is not None and steps < 1) or tokens_per_step < 1 or lr <= 0:
         raise LayerscopeError("epochs, steps and tokens_per_step must be positive integers and lr positive")
     stack = lens_stack(model, blocks)
-    train, test, n_train, n_test = split_data(data, test_fraction, seed, limit)
+    train, test = split_data(data, test_fraction, seed, limit)
     from layerscope.sweep import model_device
 
     device = model_device(stack.module)
@@ -215,34 +216,31 @@ def train_tuned_lens(model, data, *, epochs: int = 1, steps: int | None = None, 
     from tqdm.auto import tqdm
 
     bar = tqdm(disable=not progress, unit="step", desc="tuned lens")
-    for _ in range(epochs):
-        for enc, _labels in iter_batches(stack.loaded, train, batch_size=batch_size, max_length=max_length):
-            enc = prepare(stack, enc)
-            with torch.no_grad():
-                output, states = _states(stack, enc)
-            mask = real_mask(enc, token_ids(enc).shape)
-            final = F.log_softmax(main_output(output, "causal-lm").float()[mask], dim=-1)
-            pick = torch.randperm(len(final), generator=gen)[:tokens_per_step].to(final.device)
-            final = final[pick]
-            if lens is None:
-                lens = TunedLens(layers, states[0].shape[-1]).to(device)
-                opt = torch.optim.Adam(lens.parameters(), lr=lr)
-            opt.zero_grad()
-            total = 0.0
-            for layer in range(len(layers) - 1):
-                h = states[layer][mask][pick].detach()
-                logp = F.log_softmax(decode(lens.translate(layer, h)), dim=-1)
-                kl = (final.exp() * (final - logp)).sum(-1).mean()
-                kl.backward()
-                total += float(kl.detach())
-            torch.nn.utils.clip_grad_norm_(lens.parameters(), 1.0)
-            opt.step()
-            losses.append(total / (len(layers) - 1))
-            bar.update(1)
-            if steps is not None and len(losses) >= steps:
-                break
-        if steps is not None and len(losses) >= steps:
-            break
+    batches = (b for _ in range(epochs)
+               for b in iter_batches(stack.loaded, train, batch_size=batch_size, max_length=max_length))
+    for enc, _labels in itertools.islice(batches, steps):
+        enc = prepare(stack, enc)
+        with torch.no_grad():
+            output, states = _states(stack, enc)
+        mask = real_mask(enc, token_ids(enc).shape)
+        final = F.log_softmax(main_output(output, "causal-lm").float()[mask], dim=-1)
+        pick = torch.randperm(len(final), generator=gen)[:tokens_per_step].to(final.device)
+        final = final[pick]
+        if lens is None:
+            lens = TunedLens(layers, states[0].shape[-1]).to(device)
+            opt = torch.optim.Adam(lens.parameters(), lr=lr)
+        opt.zero_grad()
+        total = 0.0
+        for layer in range(len(layers) - 1):
+            h = states[layer][mask][pick].detach()
+            logp = F.log_softmax(decode(lens.translate(layer, h)), dim=-1)
+            kl = (final.exp() * (final - logp)).sum(-1).mean()
+            kl.backward()
+            total += float(kl.detach())
+        torch.nn.utils.clip_grad_norm_(lens.parameters(), 1.0)
+        opt.step()
+        losses.append(total / (len(layers) - 1))
+        bar.update(1)
     bar.close()
     if lens is None:
         raise LayerscopeError("the training part of the data gave no batch; pass more items")
@@ -259,7 +257,7 @@ def train_tuned_lens(model, data, *, epochs: int = 1, steps: int | None = None, 
         model=stack.loaded.ref, layers=layers, logit_kl=a["kl"], tuned_kl=b["kl"],
         logit_accuracy=a["accuracy"], tuned_accuracy=b["accuracy"],
         logit_agreement=a["top1_agreement"], tuned_agreement=b["top1_agreement"],
-        train_loss=losses, steps=len(losses), n_train_items=n_train, n_test_items=n_test,
+        train_loss=losses, steps=len(losses), n_train_items=len(train), n_test_items=len(test),
         n_test_tokens=logit.n_tokens, seconds=time.perf_counter() - t0, lens=lens)
 
 

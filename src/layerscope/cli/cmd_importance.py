@@ -87,8 +87,9 @@ def importance_command(
         print_json({**res.to_dict(), "curve": result.to_dict()} if curve else res.to_dict())
         return
     typer.echo(res.summary())
+    removable = set(res.can_remove())
     for i, name in enumerate(res.layers):
-        if i not in res.can_remove():
+        if i not in removable:
             typer.echo(f"  {i:>3} {name:<28} changes the shape: cannot be removed")
             continue
         typer.echo(f"  {i:>3} {name:<28} {res.objective} {res.metric[i]:<12.5g} "
