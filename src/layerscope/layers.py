@@ -216,10 +216,10 @@ class Layers(Sequence):
             f"{self._range()}, ranges like 2-4, or names: {shown}")
 
     def capture(self, layers=None, *, inputs: bool = False, kwargs: bool = False,
-                stop_early: bool = False) -> "Capture":
+                stop_early: bool = False, edit=None) -> "Capture":
         """A context manager hooking the chosen layers; see :class:`Capture`."""
         return Capture(self.model, self.select(layers), inputs=inputs, kwargs=kwargs,
-                       stop_early=stop_early)
+                       stop_early=stop_early, edit=edit)
 
 
 def _tokens(spec) -> list:
@@ -325,6 +325,13 @@ class StopForward(Exception):
     """Raised inside a hook after the last wanted layer; caught by :meth:`Capture.call`."""
 
 
+class NotCaptured(LayerscopeError, KeyError):
+    """``cap[name]`` for a layer the capture holds no output of (a ``KeyError`` too)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 def _first_tensor(args, kwargs) -> Tensor | None:
     for value in list(args) + list(kwargs.values()):
         if isinstance(value, Tensor):
@@ -334,25 +341,134 @@ def _first_tensor(args, kwargs) -> Tensor | None:
     return None
 
 
+def replace_primary(output, new: Tensor):
+    """``output`` with its hidden-state tensor (the one :func:`primary_tensor` reads) replaced by
+    ``new``; a tuple, list or ModelOutput keeps its type and every other field.
+
+    Example:
+        >>> import torch
+        >>> out = replace_primary((torch.zeros(2), "cache"), torch.ones(2))
+        >>> out[0].tolist(), out[1]
+        ([1.0, 1.0], 'cache')
+    """
+    if isinstance(output, Tensor):
+        return new
+    if isinstance(output, Mapping):
+        keys = [k for k in ("last_hidden_state", "hidden_states", "logits")
+                if isinstance(output.get(k), Tensor)] or list(output.keys())
+        for key in keys:
+            try:
+                primary_tensor(output[key])
+            except LayerscopeError:
+                continue
+            fields = dict(output.items())
+            fields[key] = replace_primary(output[key], new)
+            try:
+                return type(output)(**fields)
+            except TypeError:
+                return fields
+    elif isinstance(output, (tuple, list)):
+        for i, item in enumerate(output):
+            try:
+                primary_tensor(item)
+            except LayerscopeError:
+                continue
+            items = list(output)
+            items[i] = replace_primary(item, new)
+            if isinstance(output, list):
+                return items
+            return type(output)(*items) if hasattr(output, "_fields") else tuple(items)
+    raise LayerscopeError(
+        f"a layer returned {type(output).__name__}; only a tensor, or a tuple, list or ModelOutput "
+        f"holding one, can be edited")
+
+
 class Capture:
-    """Hooks on chosen layers; outputs (and optionally inputs / keyword arguments) by layer name.
+    """Hooks on chosen layers: outputs (and optionally inputs, call arguments) by layer name, and
+    optional edits of the outputs.
+
+    ``outputs[name]`` (also ``cap[name]``) is the layer's primary output tensor as the rest of the
+    model saw it (after any edit). ``inputs=True`` keeps each layer's first input tensor in
+    ``inputs``; ``kwargs=True`` keeps its keyword arguments in ``kwargs`` and its positional
+    arguments in ``args`` (enough to call the layer again). ``edit`` replaces outputs: a callable
+    ``edit(output, name) -> Tensor`` applied to every captured layer, or a mapping ``{name:
+    callable}`` for some of them; the returned tensor is put back in place of the primary tensor
+    of the module's output (a tuple, list or ModelOutput keeps its structure), returning None
+    leaves the output unchanged. Input hooks run before the layer, so an edit may read
+    ``cap.inputs[name]`` (e.g. to skip a residual block: ``edit=lambda out, n: cap.inputs[n]``).
 
     Every hook is removed on exit, also when the forward pass raises. With ``stop_early`` the
     forward stops after the last wanted layer has produced its output; :meth:`call` then returns
     None.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 2))
+        >>> lay = Layers(net)
+        >>> with lay.capture("0", edit=lambda out, name: torch.zeros_like(out)) as cap:
+        ...     y = cap.call(net, torch.randn(4, 3))
+        >>> torch.equal(y, net[2](torch.zeros(4, 3))), cap["0"].abs().sum().item()
+        (True, 0.0)
     """
 
     def __init__(self, model: nn.Module, layers: list[Layer], *, inputs: bool = False,
-                 kwargs: bool = False, stop_early: bool = False):
+                 kwargs: bool = False, stop_early: bool = False, edit=None):
         self.model = model
         self.layers = list(layers)
         self.want_inputs, self.want_kwargs, self.stop_early = inputs, kwargs, stop_early
         self.outputs: dict[str, Tensor] = {}
         self.inputs: dict[str, Tensor] = {}
         self.kwargs: dict[str, dict] = {}
+        self.args: dict[str, tuple] = {}
         self._handles: list = []
         self._seen: set[str] = set()
         self._wanted = {layer.name for layer in self.layers}
+        self._edits = self._edit_table(edit)
+
+    def _edit_table(self, edit) -> dict:
+        if edit is None:
+            return {}
+        if callable(edit) and not isinstance(edit, Mapping):
+            table = {layer.name: edit for layer in self.layers}
+        elif isinstance(edit, Mapping):
+            unknown = [k for k in edit if k not in self._wanted]
+            if unknown:
+                raise LayerscopeError(
+                    f"edit names layer {unknown[0]!r}, which this capture does not hook; capture "
+                    f"it too (hooked: {', '.join(sorted(self._wanted)[:6])})")
+            bad = [k for k, fn in edit.items() if not callable(fn)]
+            if bad:
+                raise LayerscopeError(f"edit for layer {bad[0]!r} is not callable; give a function "
+                                      f"(output, name) -> tensor")
+            table = dict(edit)
+        else:
+            raise LayerscopeError(f"edit must be a function (output, name) -> tensor or a mapping "
+                                  f"of layer names to such functions; got {type(edit).__name__}")
+        split = [layer.name for layer in self.layers if layer.name in table and layer.part is not None]
+        if split:
+            raise LayerscopeError(
+                f"layer {split[0]!r} is one layer inside a multi-layer RNN, whose inner outputs are "
+                f"recomputed, not hooked; it cannot be edited (edit the whole RNN module instead)")
+        return table
+
+    # -- reading ----------------------------------------------------------------------------------
+    def __getitem__(self, name) -> Tensor:
+        key = name.name if isinstance(name, Layer) else name
+        if key in self.outputs:
+            return self.outputs[key]
+        if key in self._wanted:
+            raise NotCaptured(f"layer {key!r} has produced no output yet; run the forward with "
+                              f"cap.call(...) inside the with-block first")
+        raise NotCaptured(f"layer {key!r} is not hooked by this capture; hooked layers: "
+                          f"{', '.join(sorted(self._wanted)[:6])}")
+
+    def __contains__(self, name) -> bool:
+        return (name.name if isinstance(name, Layer) else name) in self.outputs
+
+    def keys(self) -> list[str]:
+        """The names of the layers with a captured output, in the order they ran."""
+        return list(self.outputs)
 
     def __enter__(self) -> "Capture":
         try:
@@ -386,6 +502,13 @@ class Capture:
         while self._handles:
             self._handles.pop().remove()
 
+    def clear(self) -> None:
+        """Forget what was captured (before the next batch)."""
+        self.outputs.clear()
+        self.inputs.clear()
+        self.kwargs.clear()
+        self.args.clear()
+
     def call(self, fn, *args, **kwargs):
         """Run ``fn(*args, **kwargs)`` (the forward); its output, or None if stopped early."""
         self._seen = set()
@@ -411,12 +534,25 @@ class Capture:
                     self.inputs[name] = t
             if self.want_kwargs:
                 self.kwargs[name] = dict(kwargs)
+                self.args[name] = tuple(args)
         return hook
 
     def _post_hook(self, name: str):
+        edit = self._edits.get(name)
+
         def hook(module, args, kwargs, output):
-            self.outputs[name] = primary_tensor(output)
+            new_output = None
+            if edit is not None:
+                new = edit(primary_tensor(output), name)
+                if new is not None:
+                    if not isinstance(new, Tensor):
+                        raise LayerscopeError(
+                            f"the edit of layer {name!r} returned {type(new).__name__}; return a "
+                            f"tensor (or None to leave the output unchanged)")
+                    new_output = replace_primary(output, new)
+            self.outputs[name] = primary_tensor(output if new_output is None else new_output)
             self._mark(name)
+            return new_output
         return hook
 
     def _rnn_hook(self, group: list[Layer]):
@@ -432,6 +568,7 @@ class Capture:
                     self.inputs[name] = primary_tensor(ins[k])
                 if self.want_kwargs:
                     self.kwargs[name] = dict(kwargs)
+                    self.args[name] = tuple(args)
             for name in parts.values():
                 self._mark(name)
         return hook
@@ -504,5 +641,5 @@ def rnn_layer_outputs(module: nn.Module, x, hx, upto: int, output=None) -> tuple
     return ins, outs
 
 
-__all__ = ["GRANULARITIES", "Layer", "Layers", "Capture", "StopForward", "count_layers",
-           "primary_tensor", "rnn_layer_outputs"]
+__all__ = ["GRANULARITIES", "Layer", "Layers", "Capture", "StopForward", "NotCaptured",
+           "count_layers", "primary_tensor", "replace_primary", "rnn_layer_outputs"]
