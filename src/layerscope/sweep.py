@@ -1,6 +1,7 @@
 """The sweep: one pass over a dataset, every chosen layer's output handed to every reducer.
 
-Each batch is encoded by the model (tokenised and padded per batch for text), moved to the
+The model runs in eval mode for the duration (every module's ``training`` flag is restored
+after, see :mod:`layerscope.modes`). Each batch is encoded by the model (tokenised and padded per batch for text), moved to the
 model's own device, run once under ``torch.inference_mode()`` with hooks on the chosen layers,
 pooled once per view (see :mod:`layerscope.views`), given to each reducer, then dropped: memory
 is bounded by one batch. When no reducer needs a later layer the forward pass stops early.
@@ -26,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from layerscope.errors import LayerscopeError
+from layerscope.modes import evaluating
 from layerscope.reducers import BatchInfo, Reducer
 from layerscope.views import check_view, pool
 
@@ -206,8 +208,9 @@ def sweep(model, data, *, reducers: Sequence[Reducer], layers=None, granularity:
     swept, capture = plan_layers(lay, layers, reducers)
     wants_inputs = any(r.wants_inputs for r in reducers)
     if batch_size == "auto":
-        batch_size = auto_batch_size(loaded, source, lay, capture, memory_budget_mb or 1024.0,
-                                     max_length, dev)
+        with evaluating(loaded):
+            batch_size = auto_batch_size(loaded, source, lay, capture, memory_budget_mb or 1024.0,
+                                         max_length, dev)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise LayerscopeError(f"batch_size must be a positive integer or 'auto'; got {batch_size!r}")
 
@@ -219,7 +222,8 @@ def sweep(model, data, *, reducers: Sequence[Reducer], layers=None, granularity:
     n_items = n_batches = 0
     t0 = time.perf_counter()
     try:
-        with lay.capture(capture, inputs=wants_inputs, stop_early=stop_early) as cap:
+        with evaluating(loaded), \
+                lay.capture(capture, inputs=wants_inputs, stop_early=stop_early) as cap:
             for items, labels, first in source.batches(batch_size, start):
                 with torch.inference_mode():
                     enc = loaded.encode(items, max_length=max_length).to(dev)

@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from layerscope.errors import LayerscopeError
+from layerscope.modes import evaluating
 from layerscope.reducers import BatchInfo, Reducer
 from layerscope.results import Result
 from layerscope.views import pool
@@ -692,7 +693,7 @@ def run_removals(stack: Stack, data, sets: Sequence[tuple[int, ...]] | None, *, 
     from tqdm.auto import tqdm
 
     bar = tqdm(disable=not progress, unit="item", desc="importance")
-    with torch.inference_mode():
+    with evaluating(stack.loaded), torch.inference_mode():
         for first_batch, (enc, labels) in enumerate(iter_batches(
                 stack.loaded, data, batch_size=batch_size, max_length=max_length, limit=limit)):
             enc = prepare(stack, enc)

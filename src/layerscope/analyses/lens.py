@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from layerscope.errors import LayerscopeError
+from layerscope.modes import evaluating
 from layerscope.results import Result
 
 from .importance import (
@@ -79,7 +80,7 @@ def lens_logits(model, inputs, *, blocks: str | None = None) -> tuple[list[str],
     ``(B, T)`` tensor of token ids or a list of texts). The last equals the model's logits."""
     stack = lens_stack(model, blocks)
     enc = next(iter(iter_batches(stack.loaded, inputs, batch_size=1 << 30, max_length=None)))[0]
-    with torch.inference_mode():
+    with evaluating(stack.loaded), torch.inference_mode():
         _, states = _states(stack, prepare(stack, enc))
         return ["embeddings"] + stack.names, [stack.tail(h).float() for h in states]
 
@@ -282,7 +283,7 @@ def logit_lens(model, data=None, *, prompt=None, top_k: int = 5, blocks: str | N
     t0 = time.perf_counter()
     stats = LensStats(len(stack.blocks) + 1)
     prompt_text = prompt if isinstance(prompt, str) else None
-    with torch.inference_mode():
+    with evaluating(stack.loaded), torch.inference_mode():
         if prompt is not None:
             prompt_tokens, tokens, probs = prompt_top_k(stack, prompt, top_k, translate)
         else:

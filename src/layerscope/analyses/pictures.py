@@ -63,9 +63,61 @@ def project(rows: np.ndarray, method: str = "pca", *, seed: int = 0, perplexity:
     return xy, []
 
 
+def dominant_dimensions(rows: np.ndarray, *, share: float = 0.5, ratio: float = 20.0,
+                        most: int = 5) -> list[tuple[int, float]]:
+    """The few dimensions (at most ``most``) that hold at least ``share`` of the total variance,
+    each with a variance at least ``ratio`` times the median dimension's; ``[]`` when none do.
+
+    Such outlier dimensions (common in transformer residual streams) decide a PCA on their own:
+    its first components then show them, not the layer's other directions.
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> x = rng.normal(size=(300, 64)); x[:, 7] *= 100
+        >>> [(d, round(s, 2)) for d, s in dominant_dimensions(x)]
+        [(7, 0.99)]
+    """
+    x = np.asarray(rows, dtype=np.float64).reshape(len(rows), -1)
+    if x.shape[1] < 8 or len(x) < 3:
+        return []
+    var = x.var(0)
+    total = float(var.sum())
+    if not np.isfinite(total) or total <= 0:
+        return []
+    median = float(np.median(var))
+    order = np.argsort(-var, kind="stable")
+    picked, held = [], 0.0
+    for d in order[:most]:
+        if var[d] < ratio * max(median, 1e-300):
+            break
+        picked.append((int(d), float(var[d] / total)))
+        held += var[d] / total
+        if held >= share:
+            return picked
+    return []
+
+
+def outlier_note(layer: str, dims: list[tuple[int, float]], explained: float | None = None) -> str:
+    """One sentence naming the dimensions that dominate ``layer``'s variance (and so its PCA)."""
+    if not dims:
+        return ""
+    names = ", ".join(str(d) for d, _ in dims)
+    held = sum(s for _, s in dims)
+    plural = "s" if len(dims) > 1 else ""
+    pca = (f"the first two principal components explain {explained:.0%} of the variance because "
+           if explained is not None else "")
+    return (f"{pca}{len(dims)} outlier dimension{plural} of {layer} (dimension{plural} {names}) "
+            f"hold{'' if plural else 's'} {held:.0%} of its variance, so a PCA mostly shows "
+            f"{"them" if plural else "it"} (distances, and so t-SNE, too); standardised dimensions would show the rest")
+
+
 @dataclass
 class EmbedResult(Result):
-    """2-D coordinates per layer for the same sampled items, their labels and indices."""
+    """2-D coordinates per layer for the same sampled items, their labels and indices.
+
+    ``seen`` is how many items the data had (the map shows ``len(indices)`` of them);
+    ``outliers`` names, per layer, the few dimensions that dominate its variance (and so a PCA).
+    """
 
     layers: list[str]
     method: str
@@ -74,6 +126,8 @@ class EmbedResult(Result):
     labels: list | None
     explained_variance: dict = field(default_factory=dict)   # PCA: layer -> [ratio1, ratio2]
     seen: int = 0
+    outliers: dict = field(default_factory=dict)             # layer -> [[dimension, share], ...]
+    classes: list | None = None                              # class names when labels are classes
 
     def summary(self) -> str:
         text = f"{self.method.upper()} of {len(self.layers)} layers on {len(self.indices)} of {self.seen} items"
@@ -83,7 +137,15 @@ class EmbedResult(Result):
             if len(self.layers) > 1:
                 last = self.layers[-1]
                 text += f" and {sum(self.explained_variance[last]):.1%} of {last}"
+        notes = [outlier_note(name, [tuple(d) for d in self.outliers[name]])
+                 for name in self.layers if self.outliers.get(name)]
+        if notes:
+            text += "; " + "; ".join(notes)
         return text
+
+    def categorical(self) -> bool:
+        """Whether the labels are classes (drawn with a qualitative palette and a legend)."""
+        return categorical_labels(self.labels, self.classes)
 
     def plot(self, ax=None):
         import matplotlib
@@ -93,17 +155,61 @@ class EmbedResult(Result):
 
         k = len(self.layers)
         fig, axes = plt.subplots(1, k, figsize=(3.4 * k, 3.3), squeeze=False)
-        labels = np.asarray([np.nan if v is None else v for v in self.labels], float) if self.labels else None
+        classes = self.categorical()
+        values = (np.asarray([np.nan if v is None else v for v in self.labels], float)
+                  if self.labels and not classes else None)
+        sc = None
         for a, name in zip(axes[0], self.layers):
             xy = np.asarray(self.coords[name])
-            sc = a.scatter(xy[:, 0], xy[:, 1], c=labels if labels is not None else "tab:blue",
-                           s=8, cmap="coolwarm" if labels is not None else None)
+            if classes:
+                for i, (code, label) in enumerate(class_names(self.labels, self.classes)):
+                    sel = np.asarray([v == code for v in self.labels])
+                    a.scatter(xy[sel, 0], xy[sel, 1], s=8, color=qualitative_color(i), label=label)
+            else:
+                sc = a.scatter(xy[:, 0], xy[:, 1], c=values if values is not None else "tab:blue",
+                               s=8, cmap="coolwarm" if values is not None else None)
             a.set_title(name, fontsize=9)
             a.set_xticks([]); a.set_yticks([])
-        if labels is not None:
+        if classes:
+            handles, labels = axes[0][0].get_legend_handles_labels()
+            fig.legend(handles, labels, loc="center right", fontsize=8, title="class",
+                       markerscale=2)
+            fig.subplots_adjust(right=0.85)
+        elif values is not None and sc is not None:
             fig.colorbar(sc, ax=axes[0].tolist(), label="label")
         fig.suptitle(f"{self.method.upper()} of layer outputs", fontsize=10)
         return fig
+
+
+def categorical_labels(labels, classes=None) -> bool:
+    """Labels that name classes: given class names, or few distinct whole numbers / strings."""
+    if not labels:
+        return False
+    if classes:
+        return True
+    vals = [v for v in labels if v is not None]
+    if any(isinstance(v, str) for v in vals):
+        return True
+    whole = all(float(v).is_integer() for v in vals)
+    return whole and len(set(vals)) <= 20
+
+
+def class_names(labels, classes=None) -> list[tuple]:
+    """``(code, name)`` per distinct label in sorted order; names from ``classes`` when given."""
+    codes = sorted({v for v in labels if v is not None}, key=lambda v: (isinstance(v, str), v))
+    out = []
+    for c in codes:
+        name = classes[int(c)] if classes and not isinstance(c, str) and 0 <= int(c) < len(classes) else c
+        out.append((c, str(name)))
+    return out
+
+
+def qualitative_color(i: int):
+    """The ``i``-th colour of a qualitative palette (tab10, then tab20 for more classes)."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10" if i < 10 else "tab20"]
+    return cmap(i % cmap.N)
 
 
 def reducers(*, layers=None, sample: int = 1000, view: str = "mean", seed: int = 0) -> list[Reducer]:
@@ -112,29 +218,77 @@ def reducers(*, layers=None, sample: int = 1000, view: str = "mean", seed: int =
 
 
 def from_reducers(reds: list[Reducer], *, method: str = "pca", seed: int = 0,
-                  perplexity: float = 30.0) -> EmbedResult:
+                  perplexity: float = 30.0, progress: bool = False, classes=None,
+                  index_map=None, total: int | None = None) -> EmbedResult:
+    """The maps from a swept reservoir; ``index_map[i]`` is the data index of swept item ``i``."""
+    from layerscope.progress import track
+
     res = next(r for r in reds if isinstance(r, Reservoir)).result()
-    coords, var = {}, {}
-    for name in res.rows:
-        xy, ev = project(res.rows[name], method, seed=seed, perplexity=perplexity)
+    coords, var, outliers = {}, {}, {}
+    names = list(res.rows)
+    for name in track(names, desc=method.upper() if method == "pca" else "t-SNE", unit="layer",
+                      enabled=progress and method == "tsne"):
+        rows = np.asarray(res.rows[name], dtype=np.float64)
+        xy, ev = project(rows, method, seed=seed, perplexity=perplexity)
         coords[name] = xy.tolist()
         if ev:
             var[name] = ev
-    return EmbedResult(list(res.rows), method, coords, list(res.indices), res.labels, var, res.seen)
+        dims = dominant_dimensions(rows)
+        if dims:
+            outliers[name] = [[d, s] for d, s in dims]
+    indices = list(res.indices) if index_map is None else [int(index_map[i]) for i in res.indices]
+    return EmbedResult(names, method, coords, indices, res.labels, var,
+                       res.seen if total is None else total, outliers, classes)
+
+
+def sample_items(data, sample: int, seed: int = 0):
+    """``(data restricted to a seeded uniform sample of size sample, the kept indices, total)``.
+
+    Only these items need to run through the model. ``kept`` is ``None`` when everything is kept
+    or when the data cannot be indexed (a stream, which a reservoir then samples as it goes).
+    """
+    from layerscope.data import Dataset, load_dataset
+
+    if isinstance(data, str):
+        data = load_dataset(data)
+    try:
+        total = len(data)
+    except TypeError:
+        return data, None, None
+    if total <= sample:
+        return data, None, total
+    kept = np.sort(np.random.default_rng(seed).choice(total, size=sample, replace=False))
+    if isinstance(data, Dataset):
+        return data.subset(kept.tolist()), kept, total
+    if isinstance(data, torch.Tensor):
+        return data[torch.as_tensor(kept)], kept, total
+    if isinstance(data, np.ndarray):
+        return data[kept], kept, total
+    if isinstance(data, list):
+        return [data[i] for i in kept], kept, total
+    return data, None, total
 
 
 def embed(model, data, *, layers=None, method: str = "pca", sample: int = 1000, view: str = "mean",
           granularity: str = "blocks", seed: int = 0, perplexity: float = 30.0,
           batch_size: int = 32, max_length: int | None = 128, progress: bool = False) -> EmbedResult:
-    """PCA or t-SNE maps of ``layers`` of ``model`` on a sample of ``data``, coloured by label."""
+    """PCA or t-SNE maps of ``layers`` of ``model`` on ``sample`` items of ``data``, coloured by label.
+
+    Only the sampled items run through the model (a seeded uniform sample drawn before the pass).
+    """
     from layerscope.sweep import sweep
 
     if method not in METHODS:
         raise LayerscopeError(f"unknown method {method!r}; use pca or tsne")
+    if sample < 3:
+        raise LayerscopeError(f"a 2-D map needs a sample of at least 3 items; got {sample}")
+    subset, kept, total = sample_items(data, sample, seed)
     reds = reducers(sample=sample, view=view, seed=seed)
-    sweep(model, data, reducers=reds, layers=layers, granularity=granularity,
+    sweep(model, subset, reducers=reds, layers=layers, granularity=granularity,
           batch_size=batch_size, max_length=max_length, progress=progress)
-    return from_reducers(reds, method=method, seed=seed, perplexity=perplexity)
+    classes = getattr(subset, "classes", None)
+    return from_reducers(reds, method=method, seed=seed, perplexity=perplexity, progress=progress,
+                         classes=classes, index_map=kept, total=total)
 
 
 # --- heatmaps of units × items -----------------------------------------------------------------
@@ -247,7 +401,9 @@ def feature_maps(model, image, layer, *, channels=None, max_channels: int = 16,
     from layerscope.sweep import model_device
 
     enc = enc.to(model_device(loaded.module))
-    with torch.inference_mode(), lay.capture([name], stop_early=True) as cap:
+    from layerscope.modes import evaluating
+
+    with evaluating(loaded), torch.inference_mode(), lay.capture([name], stop_early=True) as cap:
         cap.call(loaded, enc)
         out = cap.outputs[name]
     if out.dim() != 4:

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from layerscope.errors import LayerscopeError
+from layerscope.modes import evaluating
 from layerscope.results import Result
 
 from .importance import iter_batches, main_output, prepare, real_mask, token_ids
@@ -198,6 +199,14 @@ def train_tuned_lens(model, data, *, epochs: int = 1, steps: int | None = None, 
         raise LayerscopeError("epochs, steps and tokens_per_step must be positive integers and lr positive")
     stack = lens_stack(model, blocks)
     train, test = split_data(data, test_fraction, seed, limit)
+    with evaluating(stack.loaded):
+        return _train(stack, train, test, epochs=epochs, steps=steps, lr=lr,
+                      tokens_per_step=tokens_per_step, batch_size=batch_size,
+                      max_length=max_length, seed=seed, progress=progress)
+
+
+def _train(stack, train, test, *, epochs, steps, lr, tokens_per_step, batch_size, max_length,
+           seed, progress) -> TunedLensResult:
     from layerscope.sweep import model_device
 
     device = model_device(stack.module)

@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from layerscope.errors import LayerscopeError
+from layerscope.modes import evaluating
 from layerscope.results import Result
 
 DEFAULT_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
@@ -212,6 +213,13 @@ def early_exit(model, data, *, thresholds=DEFAULT_THRESHOLDS, blocks: str | None
     view = Layers(loaded, granularity="blocks", blocks=blocks)
     own_head = infer_task(loaded) == "classification"
     x_tr, y_tr, x_te, y_te = _split(data, test_fraction, seed)
+    with evaluating(loaded):
+        return _early_exit(loaded, view, own_head, x_tr, y_tr, x_te, y_te, thresholds,
+                           batch_size=batch_size, max_length=max_length, C=C, save_to=save_to)
+
+
+def _early_exit(loaded, view, own_head, x_tr, y_tr, x_te, y_te, thresholds, *, batch_size,
+                max_length, C, save_to) -> EarlyExitResult:
     f_tr, _ = _features(loaded, view, x_tr, batch_size=batch_size, max_length=max_length,
                         with_output=False)
     f_te, logits = _features(loaded, view, x_te, batch_size=batch_size, max_length=max_length,

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from layerscope.errors import LayerscopeError
+from layerscope.modes import evaluating
 from layerscope.results import Result
 
 
@@ -242,7 +243,7 @@ def quality(before, after, data, *, batch_size: int = 8, max_length: int | None 
     task = _objective(before)
     first = None
     tracker = None
-    with torch.inference_mode():
+    with evaluating(before, after), torch.inference_mode():
         for enc, labels in iter_batches(before, data, batch_size=batch_size,
                                         max_length=max_length, limit=limit):
             if tracker is None:
@@ -294,10 +295,12 @@ def measure(before, after, data=None, *, operation: str, output=None, changes: d
     before, after = as_model(before), as_model(after)
     if data is None:
         data = before.example(batch_size=batch_size)
-    metric, q_before, q_after, n, first = quality(before, after, data, batch_size=batch_size,
-                                                  max_length=max_length, limit=limit)
-    lat_b, lat_a, iqr = interleaved_latency(before.module, after.module, lambda: before(first),
-                                            lambda: after(first), repeats=repeats)
+    with evaluating(before, after):
+        metric, q_before, q_after, n, first = quality(before, after, data, batch_size=batch_size,
+                                                      max_length=max_length, limit=limit)
+        lat_b, lat_a, iqr = interleaved_latency(before.module, after.module,
+                                                lambda: before(first), lambda: after(first),
+                                                repeats=repeats)
     p_before, nz_before = count_parameters(before.module)
     p_after, nz_after = count_parameters(after.module)
     if bytes_after is None:

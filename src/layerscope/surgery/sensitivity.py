@@ -26,6 +26,7 @@ import torch
 from torch.nn.utils import prune as torch_prune
 
 from layerscope.errors import LayerscopeError
+from layerscope.modes import evaluating
 from layerscope.results import Result
 
 DEFAULT_SPARSITIES = (0.1, 0.3, 0.5, 0.7, 0.9)
@@ -93,12 +94,10 @@ def prune_sensitivity(model, data, *, sparsities=DEFAULT_SPARSITIES, layers=None
                       blocks: str | None = None, batch_size: int = 16,
                       max_length: int | None = 128, limit: int | None = None) -> SensitivityResult:
     """Quality of the model with each block alone magnitude-pruned to each sparsity."""
-    from layerscope.analyses.importance import iter_batches
     from layerscope.layers import Layers
     from layerscope.sweep import as_model
 
-    from .measure import _main, _objective, _Quality
-    from .prune import check_sparsity, prunable
+    from .prune import check_sparsity
 
     loaded = as_model(model)
     sparsities = [check_sparsity(s) for s in sparsities]
@@ -108,6 +107,19 @@ def prune_sensitivity(model, data, *, sparsities=DEFAULT_SPARSITIES, layers=None
     chosen = view.select(layers) if layers is not None else list(view)
     work = copy.deepcopy(loaded.module)
     working = dataclasses.replace(loaded, module=work)
+    with evaluating(loaded, working):
+        return _sensitivity(loaded, working, chosen, sparsities, data, batch_size=batch_size,
+                            max_length=max_length, limit=limit)
+
+
+def _sensitivity(loaded, working, chosen, sparsities, data, *, batch_size, max_length,
+                 limit) -> SensitivityResult:
+    from layerscope.analyses.importance import iter_batches
+
+    from .measure import _main, _objective, _Quality
+    from .prune import prunable
+
+    work = working.module
     task = _objective(loaded)
     batches = list(iter_batches(loaded, data, batch_size=batch_size, max_length=max_length,
                                 limit=limit))
