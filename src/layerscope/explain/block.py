@@ -34,46 +34,26 @@ import torch
 from torch import Tensor, nn
 
 from layerscope.errors import LayerscopeError
+from layerscope.layouts import BLOCK_FAMILIES, attention_parts, block_family, block_roles
 
 from .steps import ExplainResult, Step, step
 
-KINDS = {
-    "bert": "BERT-like encoder block (post-norm)",
-    "llama": "Llama-like decoder block (pre-norm RMSNorm, rotary, grouped KV, SwiGLU)",
-    "gpt2": "GPT-2 block (pre-norm)",
-    "zoo": "zoo transformer block (pre- or post-norm)",
-}
-
-
-def _has(module: nn.Module, *paths: str) -> bool:
-    for path in paths:
-        try:
-            module.get_submodule(path)
-        except AttributeError:
-            return False
-    return True
+KINDS = {fam.name: fam.description for fam in BLOCK_FAMILIES}
 
 
 def block_kind(module: nn.Module) -> str | None:
-    """``"bert"``, ``"llama"`` or ``"gpt2"`` when ``module`` is a transformer block of that layout.
+    """The declared block layout of ``module`` (see :data:`layerscope.layouts.BLOCK_FAMILIES`):
+    ``"bert"``, ``"llama"``, ``"gpt2"`` or ``"zoo"``, else None.
 
     Example:
         >>> from torch import nn
         >>> block_kind(nn.Linear(2, 2)) is None
         True
     """
-    if _has(module, "attention.self.query", "attention.output.dense", "intermediate.dense",
-            "output.dense", "output.LayerNorm"):
-        return "bert"
-    if _has(module, "input_layernorm", "self_attn.q_proj", "self_attn.o_proj",
-            "post_attention_layernorm", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"):
-        return "llama"
-    if _has(module, "ln_1", "attn.c_attn", "attn.c_proj", "ln_2", "mlp.c_fc", "mlp.c_proj"):
-        return "gpt2"
-    if _has(module, "norm1", "attn.qkv", "attn.proj", "norm2", "ff.up", "ff.act", "ff.down") \
-            and hasattr(module, "pre") and hasattr(module.attn, "heads"):
-        return "zoo"
-    return None
+    fam = block_family(module)
+    if fam is None or (fam.name == "zoo" and not hasattr(attention_parts(module).module, "heads")):
+        return None
+    return fam.name
 
 
 # --- the operations, written out -----------------------------------------------------------------
@@ -171,30 +151,27 @@ def _attention(w: _Walk, q: Tensor, k: Tensor, v: Tensor, n_heads: int, n_kv: in
 
 
 def _bert(w: _Walk, block: nn.Module, x: Tensor, mask: Tensor) -> Tensor:
-    sa, cfg = block.attention.self, getattr(block, "config", None)
-    if getattr(sa, "position_embedding_type", "absolute") not in ("absolute", None):
+    roles, cfg = block_roles(block), getattr(block, "config", None)
+    att, ffn, (norm1, norm2) = roles.attention, roles.ffn, (m for _, m in roles.norms)
+    if any(getattr(m, "position_embedding_type", None) not in ("absolute", None)
+           for m in att.module.modules()):
         raise LayerscopeError("this BERT block uses relative position attention, which the "
                               "walk-through does not cover; explain a model with absolute positions")
-    n = sa.num_attention_heads
-    d = sa.attention_head_size
-    q = w.add("Q", "x·W_Qᵀ + b_Q", _linear(x, sa.query))
-    k = w.add("K", "x·W_Kᵀ + b_K", _linear(x, sa.key))
-    v = w.add("V", "x·W_Vᵀ + b_V", _linear(x, sa.value))
+    n, d = att.n_heads, att.head_dim
+    q = w.add("Q", "x·W_Qᵀ + b_Q", _linear(x, att.q))
+    k = w.add("K", "x·W_Kᵀ + b_K", _linear(x, att.k))
+    v = w.add("V", "x·W_Vᵀ + b_V", _linear(x, att.v))
     ctx = _attention(w, _heads(q, n, d), _heads(k, n, d), _heads(v, n, d), n, n, d,
                      1 / math.sqrt(d), mask, "this block")
-    a = w.add("attention output", "context·W_Oᵀ + b_O (output projection)",
-              _linear(ctx, block.attention.output.dense))
+    a = w.add("attention output", "context·W_Oᵀ + b_O (output projection)", _linear(ctx, att.o))
     r1 = w.add("residual add 1", "x + attention output", x + a)
-    h1 = w.add("norm 1", "LayerNorm: (r − mean)/√(var + ε)·γ + β (post-norm)",
-               _layer_norm(r1, block.attention.output.LayerNorm))
-    up = w.add("ffn up", f"h·W_upᵀ + b_up ({_width(block.intermediate.dense)} units)",
-               _linear(h1, block.intermediate.dense))
-    act_name = getattr(cfg, "hidden_act", type(block.intermediate.intermediate_act_fn).__name__)
-    g = w.add("ffn activation", f"{act_name}, element by element", block.intermediate.intermediate_act_fn(up))
-    down = w.add("ffn down", "a·W_downᵀ + b_down", _linear(g, block.output.dense))
+    h1 = w.add("norm 1", "LayerNorm: (r − mean)/√(var + ε)·γ + β (post-norm)", _layer_norm(r1, norm1))
+    up = w.add("ffn up", f"h·W_upᵀ + b_up ({_width(ffn.up)} units)", _linear(h1, ffn.up))
+    act_name = getattr(cfg, "hidden_act", type(ffn.act).__name__)
+    g = w.add("ffn activation", f"{act_name}, element by element", ffn.act(up))
+    down = w.add("ffn down", "a·W_downᵀ + b_down", _linear(g, ffn.down))
     r2 = w.add("residual add 2", "norm 1 + ffn down", h1 + down)
-    return w.add("norm 2", "LayerNorm (post-norm): the block's output",
-                 _layer_norm(r2, block.output.LayerNorm))
+    return w.add("norm 2", "LayerNorm (post-norm): the block's output", _layer_norm(r2, norm2))
 
 
 def _width(module: nn.Module) -> int:
@@ -202,21 +179,23 @@ def _width(module: nn.Module) -> int:
 
 
 def _llama(w: _Walk, block: nn.Module, x: Tensor, mask: Tensor, kwargs: dict) -> Tensor:
-    att = block.self_attn
+    roles = block_roles(block)
+    parts, mlp, (norm1, norm2) = roles.attention, roles.ffn, (m for _, m in roles.norms)
+    att = parts.module
     cfg = getattr(att, "config", None)
-    d = att.head_dim
-    n = att.q_proj.out_features // d
-    n_kv = att.k_proj.out_features // d
+    d = parts.head_dim
+    n = parts.q.out_features // d
+    n_kv = parts.k.out_features // d
     pos = kwargs.get("position_embeddings")
     if pos is None:
         raise LayerscopeError(
             f"the block {type(block).__name__} did not receive rotary position embeddings; "
             f"explain it through its whole model so the positions are computed")
     cos, sin = (t.to(x.dtype) for t in pos)
-    h0 = w.add("norm 1", "RMSNorm: x/√(mean(x²) + ε)·γ (pre-norm)", _rms_norm(x, block.input_layernorm))
-    q = w.add("Q", f"h·W_Qᵀ ({n} heads × {d})", _linear(h0, att.q_proj))
-    k = w.add("K", f"h·W_Kᵀ ({n_kv} key/value heads × {d})", _linear(h0, att.k_proj))
-    v = w.add("V", f"h·W_Vᵀ ({n_kv} key/value heads × {d})", _linear(h0, att.v_proj))
+    h0 = w.add("norm 1", "RMSNorm: x/√(mean(x²) + ε)·γ (pre-norm)", _rms_norm(x, norm1))
+    q = w.add("Q", f"h·W_Qᵀ ({n} heads × {d})", _linear(h0, parts.q))
+    k = w.add("K", f"h·W_Kᵀ ({n_kv} key/value heads × {d})", _linear(h0, parts.k))
+    v = w.add("V", f"h·W_Vᵀ ({n_kv} key/value heads × {d})", _linear(h0, parts.v))
     qh, kh = _heads(q, n, d), _heads(k, n_kv, d)
     if hasattr(att, "q_norm") and hasattr(att, "k_norm"):
         qh, kh = _rms_norm(qh, att.q_norm), _rms_norm(kh, att.k_norm)
@@ -229,44 +208,46 @@ def _llama(w: _Walk, block: nn.Module, x: Tensor, mask: Tensor, kwargs: dict) ->
     w.add("K rotated", "rotary positions: k·cos(θ_t) + rotate_half(k)·sin(θ_t)",
           kh.transpose(1, 2).reshape(B, T, n_kv * d))
     ctx = _attention(w, qh, kh, _heads(v, n_kv, d), n, n_kv, d, att.scaling, mask, "this block")
-    a = w.add("attention output", "context·W_Oᵀ (output projection)", _linear(ctx, att.o_proj))
+    a = w.add("attention output", "context·W_Oᵀ (output projection)", _linear(ctx, parts.o))
     r1 = w.add("residual add 1", "x + attention output", x + a)
-    h1 = w.add("norm 2", "RMSNorm (pre-norm)", _rms_norm(r1, block.post_attention_layernorm))
-    mlp = block.mlp
-    act_name = getattr(cfg, "hidden_act", None) or type(mlp.act_fn).__name__
-    gate = w.add("ffn gate", f"h·W_gateᵀ ({_width(mlp.gate_proj)} units)", _linear(h1, mlp.gate_proj))
-    up = w.add("ffn up", f"h·W_upᵀ ({_width(mlp.up_proj)} units)", _linear(h1, mlp.up_proj))
-    g = w.add("ffn activation", f"{act_name}(gate) × up (SwiGLU)", mlp.act_fn(gate) * up)
-    down = w.add("ffn down", "a·W_downᵀ", _linear(g, mlp.down_proj))
+    h1 = w.add("norm 2", "RMSNorm (pre-norm)", _rms_norm(r1, norm2))
+    act_name = getattr(cfg, "hidden_act", None) or type(mlp.act).__name__
+    gate = w.add("ffn gate", f"h·W_gateᵀ ({_width(mlp.gate)} units)", _linear(h1, mlp.gate))
+    up = w.add("ffn up", f"h·W_upᵀ ({_width(mlp.up)} units)", _linear(h1, mlp.up))
+    g = w.add("ffn activation", f"{act_name}(gate) × up (SwiGLU)", mlp.act(gate) * up)
+    down = w.add("ffn down", "a·W_downᵀ", _linear(g, mlp.down))
     return w.add("residual add 2", "residual add 1 + ffn down: the block's output", r1 + down)
 
 
 def _gpt2(w: _Walk, block: nn.Module, x: Tensor, mask: Tensor) -> Tensor:
-    att = block.attn
-    n, d = att.num_heads, att.head_dim
-    h0 = w.add("norm 1", "LayerNorm: (x − mean)/√(var + ε)·γ + β (pre-norm)", _layer_norm(x, block.ln_1))
-    qkv = _linear(h0, att.c_attn)
+    roles = block_roles(block)
+    parts, mlp, (norm1, norm2) = roles.attention, roles.ffn, (m for _, m in roles.norms)
+    att = parts.module
+    n, d = parts.n_heads, parts.head_dim
+    h0 = w.add("norm 1", "LayerNorm: (x − mean)/√(var + ε)·γ + β (pre-norm)", _layer_norm(x, norm1))
+    qkv = _linear(h0, parts.qkv)
     q, k, v = qkv.split(att.split_size, dim=2)
     w.add("Q", "h·W_Q + b_Q (first third of c_attn)", q)
     w.add("K", "h·W_K + b_K (second third of c_attn)", k)
     w.add("V", "h·W_V + b_V (last third of c_attn)", v)
     ctx = _attention(w, _heads(q, n, d), _heads(k, n, d), _heads(v, n, d), n, n, d, att.scaling,
                      mask, "this block")
-    a = w.add("attention output", "context·W_O + b_O (c_proj)", _linear(ctx, att.c_proj))
+    a = w.add("attention output", "context·W_O + b_O (c_proj)", _linear(ctx, parts.o))
     r1 = w.add("residual add 1", "x + attention output", x + a)
-    h1 = w.add("norm 2", "LayerNorm (pre-norm)", _layer_norm(r1, block.ln_2))
-    up = w.add("ffn up", f"h·W_up + b_up ({_width(block.mlp.c_fc)} units)", _linear(h1, block.mlp.c_fc))
-    act_name = getattr(getattr(block.mlp, "config", None), "activation_function", None) \
-        or type(block.mlp.act).__name__
-    g = w.add("ffn activation", f"{act_name}, element by element", block.mlp.act(up))
-    down = w.add("ffn down", "a·W_down + b_down", _linear(g, block.mlp.c_proj))
+    h1 = w.add("norm 2", "LayerNorm (pre-norm)", _layer_norm(r1, norm2))
+    up = w.add("ffn up", f"h·W_up + b_up ({_width(mlp.up)} units)", _linear(h1, mlp.up))
+    act_name = getattr(getattr(mlp.module, "config", None), "activation_function", None) \
+        or type(mlp.act).__name__
+    g = w.add("ffn activation", f"{act_name}, element by element", mlp.act(up))
+    down = w.add("ffn down", "a·W_down + b_down", _linear(g, mlp.down))
     return w.add("residual add 2", "residual add 1 + ffn down: the block's output", r1 + down)
 
 
 def _zoo(w: _Walk, block: nn.Module, x: Tensor, mask: Tensor) -> Tensor:
-    att, ff = block.attn, block.ff
+    roles = block_roles(block)
+    parts, ff, (norm1_m, norm2_m) = roles.attention, roles.ffn, (m for _, m in roles.norms)
     D = x.shape[-1]
-    n = att.heads
+    n = parts.n_heads
     d = D // n
 
     def norm(name, value, module, label):
@@ -280,24 +261,25 @@ def _zoo(w: _Walk, block: nn.Module, x: Tensor, mask: Tensor) -> Tensor:
             return y_
         return w.add(name, f"{what} (residual connection)", x_ + y_)
 
-    h = norm("norm 1", x, block.norm1, "pre-norm") if block.pre else x
-    q, k, v = _linear(h, att.qkv).split(D, dim=2)
+    pre = roles.norm_position == "pre"
+    h = norm("norm 1", x, norm1_m, "pre-norm") if pre else x
+    q, k, v = _linear(h, parts.qkv).split(D, dim=2)
     w.add("Q", "h·W_Qᵀ + b_Q (first third of qkv)", q)
     w.add("K", "h·W_Kᵀ + b_K (second third of qkv)", k)
     w.add("V", "h·W_Vᵀ + b_V (last third of qkv)", v)
     ctx = _attention(w, _heads(q, n, d), _heads(k, n, d), _heads(v, n, d), n, n, d,
                      1 / math.sqrt(d), mask, "this block")
-    a = w.add("attention output", "context·W_Oᵀ + b_O (proj)", _linear(ctx, att.proj))
+    a = w.add("attention output", "context·W_Oᵀ + b_O (proj)", _linear(ctx, parts.o))
     r1 = add("residual add 1", x, a, "x + attention output")
-    if not block.pre:
-        r1 = norm("norm 1", r1, block.norm1, "post-norm")
-    h = norm("norm 2", r1, block.norm2, "pre-norm") if block.pre else r1
+    if not pre:
+        r1 = norm("norm 1", r1, norm1_m, "post-norm")
+    h = norm("norm 2", r1, norm2_m, "pre-norm") if pre else r1
     up = w.add("ffn up", f"h·W_upᵀ + b_up ({_width(ff.up)} units)", _linear(h, ff.up))
     g = w.add("ffn activation", f"{type(ff.act).__name__}, element by element", ff.act(up))
     down = w.add("ffn down", "a·W_downᵀ + b_down", _linear(g, ff.down))
     y = add("residual add 2", r1, down, "residual add 1 + ffn down")
-    if not block.pre:
-        y = norm("norm 2", y, block.norm2, "post-norm")
+    if not pre:
+        y = norm("norm 2", y, norm2_m, "post-norm")
     return y
 
 
@@ -305,7 +287,7 @@ def _is_decoder(model: nn.Module | None, block: nn.Module, kind: str) -> bool:
     if kind in ("llama", "gpt2"):
         return True
     if kind == "zoo":
-        return bool(block.attn.causal)
+        return bool(attention_parts(block).module.causal)
     return bool(getattr(getattr(model, "config", None), "is_decoder", False))
 
 
@@ -347,8 +329,7 @@ def explain_block(model: nn.Module | None, block: nn.Module, x: Tensor, kwargs: 
             y = _zoo(w, block, x, mask)
         check = float((y - output).abs().max())
     params = sum(p.numel() for p in block.parameters())
-    attn_params = sum(p.numel() for n_, p in block.named_parameters()
-                      if n_.split(".")[0] in ("attention", "self_attn", "attn"))
+    attn_params = sum(p.numel() for p in attention_parts(block).module.parameters())
     note = (f"1 layer (one {KINDS[kind]}): an attention sublayer ({attn_params:,} parameters) and "
             f"a feed-forward sublayer, each with its norm and residual add; people count one block "
             f"as one layer of the model")

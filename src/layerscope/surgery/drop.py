@@ -27,8 +27,7 @@ from typing import Any, Sequence
 from torch import nn
 
 from layerscope.errors import LayerscopeError
-
-_HF_DEPTH_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
+from layerscope.layouts import depth_keys
 
 
 @dataclass
@@ -90,12 +89,10 @@ def _set_container(module: nn.Module, path: str, new: nn.Module) -> None:
 
 def _update_hf_config(config, removed: list[int], n_before: int) -> None:
     keep = [i for i in range(n_before) if i not in set(removed)]
-    updated = False
-    for key in _HF_DEPTH_KEYS:
-        if getattr(config, key, None) == n_before:
-            setattr(config, key, len(keep))
-            updated = True
-    if not updated:
+    keys = depth_keys(config, n_before)
+    for key in keys:
+        setattr(config, key, len(keep))
+    if not keys:
         raise LayerscopeError(f"{type(config).__name__} has no layer count equal to {n_before}; "
                               f"cannot update the config after dropping blocks")
     for key, value in list(vars(config).items()):

@@ -42,15 +42,7 @@ from torch import Tensor, nn
 from torch.nn.utils import prune as torch_prune
 
 from layerscope.errors import LayerscopeError
-
-_FFN_PAIRS = (  # (input projections, output projection) inside one block
-    (("mlp.gate_proj", "mlp.up_proj"), "mlp.down_proj"),
-    (("mlp.up_proj",), "mlp.down_proj"),
-    (("intermediate.dense",), "output.dense"),
-    (("mlp.c_fc",), "mlp.c_proj"),
-    (("mlp.fc1",), "mlp.fc2"),
-)
-_WIDTH_KEYS = ("intermediate_size", "n_inner", "ffn_dim", "d_ff")
+from layerscope.layouts import FFN_WIDTH_KEYS, attention_parts, ffn_parts
 
 
 @dataclass
@@ -196,13 +188,13 @@ def _prune_neurons(module: nn.Module, block_names: list[str], sparsity: float) -
     sizes = {}
     for name in block_names:
         block = module.get_submodule(name)
-        pair = next(((ins, out) for ins, out in _FFN_PAIRS
-                     if all(_has(block, p) for p in ins + (out,))), None)
-        if pair is None:
-            raise LayerscopeError(f"block {name!r} has no feed-forward layers layerscope knows "
-                                  f"(gate/up/down_proj, intermediate/output, c_fc/c_proj, fc1/fc2)")
-        ins = [block.get_submodule(p) for p in pair[0]]
-        out = block.get_submodule(pair[1])
+        ffn = ffn_parts(block, getattr(module, "config", None))
+        if ffn is None or ffn.experts or ffn.up is None or ffn.down is None:
+            what = "a mixture of experts" if ffn is not None and ffn.experts else \
+                "no feed-forward input/output projections layerscope can find"
+            raise LayerscopeError(f"block {name!r} has {what}; neuron pruning needs one "
+                                  f"feed-forward per block (see layerscope.layouts.ffn_parts)")
+        ins, out = ffn.inputs, ffn.down
         w_in = torch.cat([_rows_out(layer) for layer in ins], dim=1)  # (I, H * n_in)
         w_out = _rows_out(out).t()                                     # (I, H)
         score = w_in.norm(dim=1) * w_out.norm(dim=1)
@@ -215,14 +207,6 @@ def _prune_neurons(module: nn.Module, block_names: list[str], sparsity: float) -
     return sizes
 
 
-def _has(block: nn.Module, path: str) -> bool:
-    try:
-        block.get_submodule(path)
-        return True
-    except AttributeError:
-        return False
-
-
 def _prune_heads(module: nn.Module, block_names: list[str], sparsity: float) -> dict:
     config = module.config
     n_heads = config.num_attention_heads
@@ -231,28 +215,35 @@ def _prune_heads(module: nn.Module, block_names: list[str], sparsity: float) -> 
     sizes = {}
     for name in block_names:
         block = module.get_submodule(name)
-        attn = getattr(block, "self_attn", None)
-        if attn is None or not all(hasattr(attn, p) for p in ("q_proj", "k_proj", "v_proj", "o_proj")):
+        attn = attention_parts(block, config)
+        if attn is None or attn.fused or not all(isinstance(m, nn.Linear) for m in (attn.q, attn.k, attn.v, attn.o)) \
+                or not _head_dim_in_config(config):
             raise LayerscopeError(
-                f"block {name!r} has no Llama-style attention (q/k/v/o_proj); head pruning works on "
-                f"those only (BERT/GPT-2 tie head size to hidden_size / heads), try --structured neurons")
+                f"block {name!r} has no Llama-style attention (separate q/k/v/o projections and a "
+                f"head size in the config); head pruning works on those only (BERT/GPT-2 tie head size to "
+                f"hidden_size / heads), try --structured neurons")
         d = attn.head_dim
-        q = attn.q_proj.weight.detach().view(n_kv, group * d, -1)
-        k = attn.k_proj.weight.detach().view(n_kv, d, -1)
-        v = attn.v_proj.weight.detach().view(n_kv, d, -1)
-        o = attn.o_proj.weight.detach().view(-1, n_kv, group * d).transpose(0, 1)
+        q = attn.q.weight.detach().view(n_kv, group * d, -1)
+        k = attn.k.weight.detach().view(n_kv, d, -1)
+        v = attn.v.weight.detach().view(n_kv, d, -1)
+        o = attn.o.weight.detach().view(-1, n_kv, group * d).transpose(0, 1)
         score = torch.stack([t.flatten(1).norm(dim=1) for t in (q, k, v, o)]).norm(dim=0)
         keep = _n_keep(n_kv, sparsity)
         kv_idx = torch.sort(torch.topk(score, keep).indices).values
         kv_units = (kv_idx[:, None] * d + torch.arange(d)).flatten()
         q_units = (kv_idx[:, None] * group * d + torch.arange(group * d)).flatten()
-        _keep_out(attn.q_proj, q_units)
-        _keep_out(attn.k_proj, kv_units)
-        _keep_out(attn.v_proj, kv_units)
-        _keep_in(attn.o_proj, q_units)
+        _keep_out(attn.q, q_units)
+        _keep_out(attn.k, kv_units)
+        _keep_out(attn.v, kv_units)
+        _keep_in(attn.o, q_units)
         sizes[name] = {"kv_heads": keep, "heads": keep * group,
                        "removed_kv_groups": sorted(set(range(n_kv)) - set(kv_idx.tolist()))}
     return sizes
+
+
+def _head_dim_in_config(config) -> bool:
+    """Whether the config can state a head size apart from ``hidden_size / heads``."""
+    return "head_dim" in config.to_dict() or hasattr(type(config), "head_dim")
 
 
 def _prune_channels(module: nn.Module, sparsity: float) -> dict:
@@ -324,7 +315,7 @@ def prune_structured(model, sparsity: float, structure: str = "neurons", *,
         if structure == "neurons":
             sizes = _prune_neurons(module, names, sparsity)
             width = next(iter(sizes.values()))["neurons"]
-            keys = [k for k in _WIDTH_KEYS if hasattr(config, k)]
+            keys = [k for k in FFN_WIDTH_KEYS if hasattr(config, k)]
             if not keys:
                 raise LayerscopeError(f"{type(config).__name__} has no feed-forward width setting")
             for key in keys:
@@ -332,7 +323,7 @@ def prune_structured(model, sparsity: float, structure: str = "neurons", *,
         else:
             sizes = _prune_heads(module, names, sparsity)
             first = next(iter(sizes.values()))
-            config.head_dim = module.get_submodule(names[0]).self_attn.head_dim
+            config.head_dim = attention_parts(module.get_submodule(names[0]), config).head_dim
             config.num_attention_heads = first["heads"]
             config.num_key_value_heads = first["kv_heads"]
         meta["hf_config"] = config.to_dict()

@@ -1,0 +1,31 @@
+"""Where a model keeps its layers and what each part is: stacks of blocks, and a map of roles.
+
+``discover`` finds the block stacks (the generic rule), ``roles`` names the parts around and
+inside the blocks (embeddings, final norm, output head, attention, feed-forward, norms, the
+config key of the depth). Every other module of layerscope asks here instead of naming module
+paths or architecture classes itself.
+
+Example:
+    >>> from torch import nn
+    >>> from layerscope.layouts import find_layout
+    >>> mlp = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    >>> found = find_layout(mlp)
+    >>> [b.path for b in found.blocks], found.family
+    (['0', '2'], 'sequential')
+    >>> found.blocks[0].output_path  # the block's output is read after its activation
+    '1'
+"""
+
+from .discover import (REGISTRY, RNN_TYPES, STACK_NAMES, BlockRef, Found, counts_as_sublayer,
+                       explicit_blocks, find_layout, has_params, role_of)
+from .roles import (BLOCK_FAMILIES, DEPTH_KEYS, FFN_WIDTH_KEYS, AttentionParts, BlockFamily,
+                    BlockRoles, FFNParts, block_family, depth_keys, require,
+                    attention_parts, block_norms, block_roles, depth_key, embeddings,
+                    ffn_parts, final_norm, infer_task, output_head)
+
+__all__ = ["BlockRef", "Found", "REGISTRY", "RNN_TYPES", "STACK_NAMES", "find_layout",
+           "explicit_blocks", "role_of", "counts_as_sublayer", "has_params",
+           "AttentionParts", "FFNParts", "BlockRoles", "attention_parts", "ffn_parts",
+           "block_norms", "block_roles", "final_norm", "output_head", "embeddings", "infer_task",
+           "depth_key", "depth_keys", "require", "block_family", "BlockFamily",
+           "BLOCK_FAMILIES", "DEPTH_KEYS", "FFN_WIDTH_KEYS"]
