@@ -41,9 +41,9 @@ def every_section():
          for i, (n, p, f) in enumerate(zip(LAYERS, [100, 300, 300, 300], [0, 10, 10, 40]))],
         total_params=1000, total_flops=60)
     probes = S.probes_section(LAYERS, {
-        "sentiment": {"score": [0.1, 0.5, 0.7, 0.6], "metric": "R²", "lo": [0, 0.4, 0.6, 0.5],
-                      "hi": [0.2, 0.6, 0.8, 0.7], "baseline": 0.0, "control": [0.05, 0.1, 0.1, 0.1],
-                      "kind": "meaning"},
+        "sentiment": {"score": [0.1, 0.5, 0.7, 0.6], "metric": "R²", "lo": [0, 0.4, 0.66, 0.5],
+                      "hi": [0.2, 0.6, 0.74, 0.64], "baseline": 0.0, "control": [0.05, 0.1, 0.1, 0.1],
+                      "n_test": 400, "kind": "meaning"},
         "length" + EVIL: {"score": [0.9, 0.8, 0.7, 0.6], "metric": "accuracy", "baseline": 0.3},
     })
     m = rng.uniform(0.2, 0.9, (4, 4))
@@ -70,7 +70,8 @@ def every_section():
 def test_readings_state_the_numbers():
     anatomy, probes, similarity, importance, activations, *_ = every_section()
     assert "3 blocks, 9 sublayers, 14 modules and 1,000 parameters" in anatomy.findings[0]
-    assert probes.findings[0].startswith("sentiment is best decoded at block 1 (R² 0.7")
+    assert probes.findings[0].startswith("Sentiment is best decoded at block 1: 0.70 [0.66, 0.74] "
+                                         "against baseline 0.00")
     assert "random-feature control 0.1" in probes.findings[0]
     assert "Removing block 2 hurts most (1 − cos 0.4" in importance.findings[0]
     assert "removing block 1 hurts least (0.05)" in importance.findings[0]

@@ -108,7 +108,7 @@ def outlier_note(layer: str, dims: list[tuple[int, float]], explained: float | N
            if explained is not None else "")
     return (f"{pca}{len(dims)} outlier dimension{plural} of {layer} (dimension{plural} {names}) "
             f"hold{'' if plural else 's'} {held:.0%} of its variance, so a PCA mostly shows "
-            f"{"them" if plural else "it"} (distances, and so t-SNE, too); standardised dimensions would show the rest")
+            f"{'them' if plural else 'it'} (distances, and so t-SNE, too); standardised dimensions would show the rest")
 
 
 @dataclass

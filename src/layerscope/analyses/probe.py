@@ -685,10 +685,11 @@ class ProbeResult(Result):
         return int(np.argmax(self.score))
 
     def summary(self) -> str:
-        i = self.peak
-        return (f"{self.task}: {self.metric} peaks at layer {i} ({self.layers[i]}) with "
-                f"{self.score[i]:.3f} [{self.ci_low[i]:.3f}, {self.ci_high[i]:.3f}] on {self.n_test} "
-                f"held-out items; baseline {self.baseline:.3f}, random features {self.random_features:.3f}")
+        from layerscope.analyses.claims import peak_claim  # names a peak only when intervals allow
+
+        claim = peak_claim(self.task, self.layers, self.score, self.ci_low, self.ci_high,
+                           baseline=self.baseline, n_test=self.n_test, metric=self.metric)
+        return f"{claim.sentence}; random features {self.random_features:.3f}"
 
     def plot(self, ax=None):
         import matplotlib

@@ -19,9 +19,12 @@ def embed_command(
     data: DataArg,
     layers: LayersOpt = None,
     method: Annotated[str, typer.Option("--method", help="pca or tsne.")] = "pca",
-    sample: Annotated[int, typer.Option("--sample", help="Items sampled (uniformly) for the map.")] = 1000,
-    limit: Annotated[Optional[int], typer.Option("--limit", help="Use N items of DATA (seeded).",
-                                                 show_default=False)] = None,
+    sample: Annotated[str, typer.Option("--sample", help="Items sampled (seeded, uniformly) for the "
+                                        "map; only these run through the model. 'all' maps every "
+                                        "item.", metavar="N|all")] = "1000",
+    limit: Annotated[Optional[str], typer.Option("--limit", help="Draw the sample from the first N "
+                                                 "items of DATA after a seeded shuffle (default: all).",
+                                                 show_default=False, metavar="N|all")] = None,
     granularity: GranularityOpt = "blocks",
     seed: Annotated[int, typer.Option("--seed", help="Seed of the sample and of t-SNE.")] = 0,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Items per forward pass.")] = 32,
@@ -34,14 +37,23 @@ def embed_command(
 ) -> None:
     """Pictures of layers: PCA or t-SNE of layer outputs on a sample, coloured by label."""
     from layerscope.analyses.pictures import METHODS, embed
-    from layerscope.analyses.probe import prepare_data
     from layerscope.errors import LayerscopeError
 
     if method not in METHODS:
         raise LayerscopeError(f"unknown method {method!r}; use pca or tsne")
+    from layerscope.progress import announce
+
+    from .limits import load_limited, parse_limit
+
+    n_sample = parse_limit(sample, 1000)
     loaded = model_from_cli(model, blocks=blocks, trust_remote_code=trust_remote_code)
-    items = prepare_data(data, None, limit=limit, seed=seed)
-    res = embed(loaded, items, layers=parse_layers(layers), method=method, sample=sample,
+    items = load_limited(data, limit, default=None, seed=seed, what="items", say=limit is not None)
+    n_sample = len(items) if n_sample is None else min(n_sample, len(items))
+    if n_sample < 3:
+        raise LayerscopeError(f"a 2-D map needs at least 3 items; --sample/--limit give {n_sample}")
+    announce(f"mapping {n_sample:,} of {len(items):,} items of {getattr(items, 'name', data)} (--sample N|all): only they run "
+             f"through the model")
+    res = embed(loaded, items, layers=parse_layers(layers), method=method, sample=n_sample,
                 granularity=granularity, seed=seed, batch_size=batch_size, max_length=max_length,
                 progress=not as_json)
     save_plot(res, plot)

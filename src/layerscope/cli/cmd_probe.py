@@ -8,12 +8,14 @@ from typing import Annotated, Optional
 import typer
 
 from .app import app
+from .limits import DEFAULT_ITEMS, limit_option, load_limited
 from .common import (BlocksOpt, GranularityOpt, JsonOpt, LayersOpt, ModelArg, TrustRemoteCodeOpt,
                      model_from_cli, parse_layers, print_json)
 
 DataArg = Annotated[str, typer.Argument(
     help="A built-in dataset (e.g. sentences) or a file with labels (.csv/.jsonl).",
     metavar="DATA", show_default=False)]
+LimitOpt = limit_option(DEFAULT_ITEMS)
 TASKS_HELP = "length, bigram-shift, sentiment, sentiment-score, or labels (the data's own labels)."
 
 
@@ -32,8 +34,7 @@ def probe_command(
     model: ModelArg,
     data: DataArg,
     task: Annotated[str, typer.Option("--task", "-t", help=TASKS_HELP)] = "labels",
-    limit: Annotated[Optional[int], typer.Option("--limit", help="Use N items of DATA (seeded).",
-                                                 show_default=False)] = None,
+    limit: LimitOpt = None,
     layers: LayersOpt = None,
     granularity: GranularityOpt = "blocks",
     test_fraction: Annotated[float, typer.Option("--test-fraction", help="Share of items held out.")] = 0.2,
@@ -61,9 +62,10 @@ def probe_command(
     if task not in (*TASKS, "labels"):
         raise LayerscopeError(f"unknown probing task {task!r}; use one of {', '.join(TASKS)} or labels")
     loaded = model_from_cli(model, blocks=blocks, trust_remote_code=trust_remote_code)
-    res = probe(loaded, data, task=task, layers=parse_layers(layers), granularity=granularity,
+    items = load_limited(data, limit, seed=seed)
+    res = probe(loaded, items, task=task, layers=parse_layers(layers), granularity=granularity,
                 test_fraction=test_fraction, seed=seed, precision=precision, solver=solver, C=c,
-                limit=limit, batch_size=batch_size, max_length=max_length, progress=not as_json)
+                batch_size=batch_size, max_length=max_length, progress=not as_json)
     save_plot(res, plot)
     if as_json:
         print_json(res.to_dict())

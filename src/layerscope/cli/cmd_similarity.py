@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from .app import app
-from .cmd_probe import DataArg, save_plot
+from .cmd_probe import DataArg, LimitOpt, save_plot
 from .common import (BlocksOpt, GranularityOpt, JsonOpt, LayersOpt, ModelArg, TrustRemoteCodeOpt,
                      model_from_cli, parse_layers, print_json)
 
@@ -22,8 +22,7 @@ def similarity_command(
     kernel: Annotated[str, typer.Option("--kernel", help="linear (streamed, all items) or rbf "
                                         "(on a sample of --sample items).")] = "linear",
     sample: Annotated[int, typer.Option("--sample", help="Items sampled for the rbf kernel.")] = 1000,
-    limit: Annotated[Optional[int], typer.Option("--limit", help="Use N items of DATA (seeded).",
-                                                 show_default=False)] = None,
+    limit: LimitOpt = None,
     layers: LayersOpt = None,
     granularity: GranularityOpt = "blocks",
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Items per forward pass.")] = 32,
@@ -35,7 +34,7 @@ def similarity_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Which layers compute alike: CKA between every pair of layers (unbiased estimator)."""
-    from layerscope.analyses.probe import prepare_data
+    from .limits import load_limited
     from layerscope.analyses.similarity import similarity
     from layerscope.errors import LayerscopeError
 
@@ -43,7 +42,7 @@ def similarity_command(
         raise LayerscopeError(f"unknown kernel {kernel!r}; use linear or rbf")
     loaded = model_from_cli(model, blocks=blocks, trust_remote_code=trust_remote_code)
     second = model_from_cli(other, trust_remote_code=trust_remote_code) if other else None
-    items = prepare_data(data, None, limit=limit)
+    items = load_limited(data, limit, seed=0, minimum=4)
     res = similarity(loaded, items, other=second, kernel=kernel, sample=sample,
                      layers=parse_layers(layers), other_layers=parse_layers(layers) if other else None,
                      granularity=granularity, batch_size=batch_size, max_length=max_length,

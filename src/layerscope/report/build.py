@@ -37,7 +37,7 @@ from layerscope.results import Result, to_plain
 
 from . import sections as S
 from .defaults import default_amounts, default_data
-from .outdir import FORMAT, prepare_out_dir
+from .outdir import FORMAT, check_out_dir, prepare_out_dir, record_report_files
 from .page import Page
 from .png import chart_png
 from .render import render_html, write_atomic
@@ -243,7 +243,7 @@ def _probe_results(run: _Run, tasks: list[_ProbeTask]) -> None:
             run.results[f"probe:{t.name}"] = res
             metric = "accuracy" if res.metric == "accuracy" else "R²"
             curves[t.name] = {"score": res.score, "metric": metric, "lo": res.ci_low, "hi": res.ci_high,
-                              "baseline": res.baseline,
+                              "n_test": res.n_test, "baseline": res.baseline,
                               "control": [res.random_features] * len(res.layers), "kind": t.kind}
             layers = res.layers
     if curves:
@@ -268,7 +268,7 @@ def _bigram_shift(run: _Run, n_items: int) -> list[_ProbeTask]:
 
 def _pictures(run: _Run, sample) -> None:
     """PCA and t-SNE of the first, middle and last layer, coloured by label."""
-    from layerscope.analyses.pictures import project
+    from layerscope.analyses.pictures import dominant_dimensions, outlier_note, project
 
     names = [n for n in run.layers if n in sample.rows]
     if not names or len(sample.indices) < 10:
@@ -277,24 +277,34 @@ def _pictures(run: _Run, sample) -> None:
     ds = run.dataset
     labels, continuous = _label_texts(ds, sample.indices)
     hover = _hover_texts(ds, sample.indices)
-    views, coords = [], {}
+    views, coords, outliers = [], {}, {}
     for name in chosen:
         x = np.nan_to_num(np.asarray(sample.rows[name], dtype=np.float64).reshape(len(sample.indices), -1))
         pca, ratios = project(x, "pca", seed=run.seed)
         tsne, _ = project(x, "tsne", seed=run.seed)
         explained = float(sum(ratios))
+        dims = dominant_dimensions(x)
+        if dims:
+            outliers[name] = [[d, share] for d, share in dims]
+            why = S._sentence(outlier_note(name, dims, explained))[:-1]
+        else:
+            why = (f"The first two principal components of {name} explain "
+                   f"{100 * explained:.0f}% of its variance")
         views.append({"layer": name, "method": "pca", "points": pca.tolist(), "labels": labels,
                       "hover": hover, "continuous": continuous,
-                      "reading": f"The first two principal components of {name} explain "
-                                 f"{100 * explained:.0f}% of its variance over {len(x)} items; "
+                      "reading": f"{why} over {len(x)} items; "
                                  f"{_separation(pca, labels, continuous)}."})
         views.append({"layer": name, "method": "tsne", "points": tsne.tolist(), "labels": labels,
                       "hover": hover, "continuous": continuous,
                       "reading": f"t-SNE of {name}: {_separation(tsne, labels, continuous)}."})
         coords[name] = {"pca": pca.tolist(), "tsne": tsne.tolist(), "pca_explained": explained}
-    run.results["pictures"] = {"indices": list(sample.indices), "layers": coords}
+    run.results["pictures"] = {"indices": list(sample.indices), "layers": coords,
+                               "outlier_dimensions": outliers}
     images = _feature_maps(run)
-    run.sections.append(S.pictures_section(views, label_name="label", images=images))
+    sec = S.pictures_section(views, label_name="label", images=images)
+    for name, dims in outliers.items():
+        sec.findings.insert(0, S._sentence(outlier_note(name, [tuple(d) for d in dims])))
+    run.sections.append(sec)
 
 
 def _label_texts(ds, indices):
@@ -397,7 +407,8 @@ def _lens(run: _Run, n_items: int) -> None:
     run.results["lens"] = res
     top = [[k[0] if k else "" for k in layer] for layer in res.top_tokens] if res.top_tokens else None
     run.sections.append(S.lens_section(res.layers, kl=res.kl, accuracy=res.accuracy,
-                                       prompt=res.prompt, top_tokens=top))
+                                       prompt=res.prompt, top_tokens=top,
+                                       prompt_tokens=res.prompt_tokens))
 
 
 def _training(run: _Run) -> None:
@@ -465,7 +476,8 @@ def _write_figures(out: Path, page: Page) -> list[str]:
 def build_report(model="minilm", data=None, out_dir="layerscope-report", *, limit: int | None = None,
                  batch_size: int = 32, max_length: int | None = 128, seed: int = 0,
                  input_shape=None, blocks: str | None = None, trust_remote_code: bool = False,
-                 importance_items: int | None = None, progress: bool = True) -> ReportResult:
+                 importance_items: int | None = None, progress: bool = True,
+                 force: bool = False, allow_missing_weights: bool = False) -> ReportResult:
     """Analyse ``model`` on ``data`` and write ``out_dir/index.html``, ``results.json`` and PNGs.
 
     ``model``: a reference (see ``layerscope models``), an ``nn.Module`` or a LoadedModel.
@@ -482,10 +494,12 @@ def build_report(model="minilm", data=None, out_dir="layerscope-report", *, limi
         raise LayerscopeError(f"--batch-size must be at least 1; got {batch_size}")
     if importance_items is not None and importance_items < 2:
         raise LayerscopeError(f"--importance-items must be at least 2; got {importance_items}")
+    check_out_dir(out_dir, force=force)
     t0 = time.perf_counter()
     stages = Stages(progress)
     with stages.stage("load", str(model) if isinstance(model, str) else type(model).__name__):
-        loaded = load_model(model, input_shape=input_shape, trust_remote_code=trust_remote_code)
+        loaded = load_model(model, input_shape=input_shape, trust_remote_code=trust_remote_code,
+                            allow_missing_weights=allow_missing_weights)
         if blocks:
             loaded.meta["blocks"] = blocks
         main_items, removal_items = default_amounts(loaded)
@@ -494,7 +508,7 @@ def build_report(model="minilm", data=None, out_dir="layerscope-report", *, limi
         if len(dataset) < 4:
             raise LayerscopeError(f"data {data_name!r} has {len(dataset)} items; a report needs at least 4")
         _check_fits(loaded, dataset, max_length)
-    out = prepare_out_dir(out_dir)
+    out = prepare_out_dir(out_dir, force=force)
     run = _Run(loaded, dataset, data_name, stages, batch_size, max_length, seed)
     with stages.optional("anatomy"):
         _anatomy(run)
@@ -523,6 +537,7 @@ def build_report(model="minilm", data=None, out_dir="layerscope-report", *, limi
         page = Page(title=f"layerscope report: {loaded.ref}", facts=facts, headline=_headline(secs),
                     sections=secs, generated=_dt.datetime.now().strftime("%Y-%m-%d %H:%M"))
         figures = _write_figures(out, page)
+        record_report_files(out, [*figures, "results.json", "index.html"])
         seconds = time.perf_counter() - t0
         payload = {"format": FORMAT, "version": 1, "model": loaded.ref, "data": data_name,
                    "n_items": len(dataset), "layers": run.layers, "figures": figures,

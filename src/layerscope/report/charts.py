@@ -19,6 +19,10 @@ import math
 from typing import Mapping, Sequence
 
 PALETTE = ["#3b6fb6", "#d1495b", "#2a9d8f", "#edae49", "#6c4f8f", "#66a182", "#8d6a9f", "#00798c"]
+#: a qualitative palette for class labels (Tableau 10, then 10 lighter shades)
+CLASS_PALETTE = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1",
+                 "#ff9da7", "#9c755f", "#bab0ac", "#a0cbe8", "#ffbe7d", "#ff9d9a", "#86bcb6",
+                 "#8cd17d", "#f1ce63", "#d4a6c8", "#fabfd2", "#d7b5a6", "#79706e"]
 
 
 def _clean(values: Sequence) -> list:
@@ -30,6 +34,20 @@ def _clean(values: Sequence) -> list:
         f = float(v)
         out.append(f if math.isfinite(f) else None)
     return out
+
+
+def wide_range(*series: Sequence, ratio: float = 100.0) -> bool:
+    """Whether values are all positive and span at least ``ratio`` (largest / smallest): such
+    quantities (perplexity, KL, loss) are drawn on a log axis, or every bar but one is invisible.
+
+    Example:
+        >>> wide_range([163.0, 1.9e5, 2.0e4]), wide_range([0.5, 0.7]), wide_range([0.0, 5.0, 900.0])
+        (True, False, False)
+    """
+    vals = [v for ys in series for v in _clean(ys) if v is not None]
+    if len(vals) < 2 or min(vals) <= 0:
+        return False
+    return max(vals) / min(vals) >= ratio
 
 
 def _layout(title: str | None, x_title: str | None, y_title: str | None, height: int = 360) -> dict:
@@ -59,8 +77,11 @@ def line_chart(
     bands: Mapping[str, tuple[Sequence, Sequence]] | None = None,
     dashed: Sequence[str] = (),
     marks: Mapping[str, int] | None = None,
+    log_y: bool | None = None,
 ) -> dict:
-    """Curves over layers; ``bands`` adds a shaded interval per series, ``marks`` a star at an index."""
+    """Curves over layers; ``bands`` adds a shaded interval per series, ``marks`` a star at an index.
+
+    ``log_y=None`` picks a log axis when the values are positive and span 100× or more."""
     data = []
     x = [str(v) for v in x]
     for i, (name, ys) in enumerate(series.items()):
@@ -84,6 +105,8 @@ def line_chart(
                          "hovertemplate": f"{name} peak<br>%{{x}}: %{{y:.4g}}<extra></extra>"})
     layout = _layout(title, x_title, y_title)
     layout["xaxis"]["type"] = "category"
+    if log_y or (log_y is None and wide_range(*series.values())):
+        layout["yaxis"]["type"] = "log"
     return {"data": data, "layout": layout}
 
 
@@ -94,9 +117,9 @@ def bar_chart(
     title: str | None = None,
     x_title: str | None = "layer",
     y_title: str | None = None,
-    log_y: bool = False,
+    log_y: bool | None = None,
 ) -> dict:
-    """Grouped bars over layers."""
+    """Grouped bars over layers; ``log_y=None`` picks a log axis for positive values spanning 100×."""
     data = []
     for i, (name, ys) in enumerate(series.items()):
         data.append({"type": "bar", "name": name, "x": [str(v) for v in x], "y": _clean(ys),
@@ -105,7 +128,7 @@ def bar_chart(
     layout = _layout(title, x_title, y_title)
     layout["xaxis"]["type"] = "category"
     layout["barmode"] = "group"
-    if log_y:
+    if log_y or (log_y is None and wide_range(*series.values())):
         layout["yaxis"]["type"] = "log"
     return {"data": data, "layout": layout}
 
@@ -163,9 +186,14 @@ def scatter_chart(
             data.append({"type": "scatter", "mode": "markers", "name": lab,
                          "x": [xs[j] for j in idx], "y": [ys[j] for j in idx],
                          "text": [hover[j] for j in idx],
-                         "marker": {"size": 5, "color": PALETTE[i % len(PALETTE)], "opacity": 0.8},
+                         "marker": {"size": 5, "color": CLASS_PALETTE[i % len(CLASS_PALETTE)],
+                                    "opacity": 0.8},
                          "hovertemplate": "%{text}<extra></extra>"})
-    return {"data": data, "layout": _layout(title, x_title, y_title, height=380)}
+    layout = _layout(title, x_title, y_title, height=380)
+    if not continuous:
+        layout["showlegend"] = True
+        layout["legend"]["title"] = {"text": "label"}
+    return {"data": data, "layout": layout}
 
 
 def figure_json(figure: dict) -> str:

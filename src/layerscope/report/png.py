@@ -79,11 +79,11 @@ def chart_png(chart: dict, title: str = "", *, width: float = 7.0, height: float
                 ax.bar(xs, _num(t["y"]), width=w, label=t.get("name"),
                        color=t.get("marker", {}).get("color"))
             ax.set_xticks(range(len(cats)), cats, rotation=90 if len(cats) > 12 else 0, fontsize=7)
-            if layout.get("yaxis", {}).get("type") == "log":
-                ax.set_yscale("log")
         elif positions:
             ax.set_xticks(list(positions.values()), list(positions),
                           rotation=90 if len(positions) > 12 else 0, fontsize=7)
+        if layout.get("yaxis", {}).get("type") == "log":
+            ax.set_yscale("log")
         ax.set_xlabel(_axis_title(layout, "xaxis"))
         ax.set_ylabel(_axis_title(layout, "yaxis"))
         if title:

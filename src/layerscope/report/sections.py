@@ -49,7 +49,8 @@ def anatomy_section(model: str, counts: Mapping[str, int], rules: Mapping[str, s
     sec.add(Figure("params", "Parameters per layer", largest_sentence("parameters", names, params)
                    + (f"; the listed layers hold {sum(params):,} of {total_params:,}"
                       if sum(params) != total_params else "") + ".",
-                   chart=charts.bar_chart(names, {"parameters": params}, y_title="parameters")))
+                   chart=charts.bar_chart(names, {"parameters": params}, y_title="parameters",
+                                          log_y=False)))
     flops = [r.get("flops") for r in rows]
     if any(_finite(f) and f > 0 for f in flops):
         sec.add(Figure("flops", "FLOPs per layer", largest_sentence("FLOPs", names, flops) + ".",
@@ -70,18 +71,35 @@ def anatomy_section(model: str, counts: Mapping[str, int], rules: Mapping[str, s
 
 
 def probes_section(layers: Sequence[str], tasks: Mapping[str, Mapping]) -> Section:
-    """Probe curves per task with the peak marked; each task maps to ``score`` (per layer),
-    ``metric`` ("accuracy" or "R²"), and optionally ``lo``/``hi`` (interval), ``baseline``
-    (a number) and ``control`` (per layer, random features) and ``kind`` (surface/syntax/meaning).
+    """Probe curves per task; each task maps to ``score`` (per layer), ``metric`` ("accuracy" or
+    "R²"), and optionally ``lo``/``hi`` (interval), ``n_test`` (held-out items), ``baseline`` (a
+    number), ``control`` (per layer, random features) and ``kind`` (surface/syntax/meaning).
+
+    With intervals, a layer is named as the peak (and starred) only when its interval lies above
+    the baseline and every other layer's (:func:`~layerscope.analyses.claims.peak_claim`);
+    otherwise the finding says the peak is uncertain, or that no layer beats the baseline, and
+    about how many items would settle it.
     """
+    from layerscope.analyses.claims import peak_claim
+
     sec = Section("probes", "What each layer represents")
     for name, t in tasks.items():
         score, metric = list(t["score"]), t["metric"]
         k = argmax(score)
-        reading = peak_sentence(name, layers, score, metric)
         control = t.get("control")
-        ctrl_at_peak = control[k] if control is not None and k is not None else None
-        extra = compare_to_control(metric, score[k], t.get("baseline"), ctrl_at_peak) if k is not None else ""
+        if t.get("lo") is not None and t.get("hi") is not None:
+            claim = peak_claim(name, layers, score, t["lo"], t["hi"], baseline=t.get("baseline"),
+                               n_test=int(t.get("n_test") or 0), metric=metric)
+            reading = _sentence(claim.sentence)[:-1]
+            star = claim.best if claim.is_peak else None
+            extra = ""
+            if claim.is_peak and control is not None and _finite(control[k]):
+                extra = f"random-feature control {fmt(control[k], 2)}"
+        else:
+            reading = peak_sentence(name, layers, score, metric)
+            star = k
+            ctrl_at_peak = control[k] if control is not None and k is not None else None
+            extra = compare_to_control(metric, score[k], t.get("baseline"), ctrl_at_peak) if k is not None else ""
         sec.findings.append(reading + (f"; {extra}" if extra else "") + ".")
         series = {name: score}
         bands = {name: (t["lo"], t["hi"])} if t.get("lo") is not None else None
@@ -95,7 +113,7 @@ def probes_section(layers: Sequence[str], tasks: Mapping[str, Mapping]) -> Secti
         title = f"{name}" + (f" ({t['kind']})" if t.get("kind") else "")
         sec.add(Figure(f"probe-{_slug(name)}", title, reading + ".",
                        chart=charts.line_chart(layers, series, y_title=metric, bands=bands,
-                                               dashed=dashed, marks={name: k} if k is not None else None)))
+                                               dashed=dashed, marks={name: star} if star is not None else None)))
     return sec
 
 
@@ -254,9 +272,11 @@ def pictures_section(views: Sequence[Mapping], *, label_name: str = "label",
 
 
 def lens_section(layers: Sequence[str], *, kl: Sequence[float], accuracy: Sequence[float],
-                 prompt: str | None = None, top_tokens: Sequence[Sequence[str]] | None = None) -> Section:
-    """The logit lens: KL to the final distribution and next-token accuracy per layer, and the
-    top token at each layer for a prompt."""
+                 prompt: str | None = None, top_tokens: Sequence[Sequence[str]] | None = None,
+                 prompt_tokens: Sequence[str] | None = None) -> Section:
+    """The logit lens: KL to the final distribution (its own chart, on a log axis when it spans
+    orders of magnitude) and next-token accuracy per layer, and the top token at each layer and
+    position of a prompt, the columns headed by the prompt's own tokens."""
     sec = Section("lens", "Logit lens")
     k = argmax(accuracy)
     first_close = next((i for i, v in enumerate(kl) if _finite(v) and float(v) < 1.0), None)
@@ -265,17 +285,37 @@ def lens_section(layers: Sequence[str], *, kl: Sequence[float], accuracy: Sequen
     reading += (f"KL to the final distribution first drops below 1 nat at {layers[first_close]}."
                 if first_close is not None else "KL to the final distribution stays above 1 nat before the end.")
     sec.findings.append(reading)
-    sec.add(Figure("lens", "Logit lens per layer", reading,
-                   chart=charts.line_chart(layers, {"KL(final ‖ layer)": kl, "next-token accuracy": accuracy},
-                                           y_title="nats / accuracy")))
+    # the last layer's KL to itself is 0, which a log axis cannot show; it is left out there
+    kl_drawn = [v if _finite(v) and float(v) > 0 else None for v in kl]
+    log = charts.wide_range(kl_drawn)
+    zeros = [layers[i] for i, v in enumerate(kl) if _finite(v) and float(v) <= 0]
+    kl_reading = reading + (f" (log axis; KL is 0 at {', '.join(zeros)}, not drawn)" if log and zeros
+                            else " (log axis)" if log else "")
+    sec.add(Figure("lens", "KL(final ‖ layer) per layer", kl_reading,
+                   chart=charts.line_chart(layers, {"KL(final ‖ layer)": kl_drawn if log else kl},
+                                           y_title="nats", log_y=log)))
+    if k is not None:
+        sec.add(Figure("lens-accuracy", "Next-token accuracy through the lens",
+                       f"Next-token accuracy peaks at {layers[k]} ({fmt(accuracy[k], 3)}).",
+                       chart=charts.line_chart(layers, {"next-token accuracy": accuracy},
+                                               y_title="accuracy", log_y=False)))
     if top_tokens:
         rows = [[layers[i]] + [str(t) for t in toks] for i, toks in enumerate(top_tokens)]
         width = max(len(t) for t in top_tokens)
-        sec.add(Figure("top", "Top token at each layer" + (f" for “{prompt}”" if prompt else ""),
+        heads = [f"{_token_text(prompt_tokens[j])} →" if prompt_tokens and j < len(prompt_tokens)
+                 else f"pos {j}" for j in range(width)]
+        sec.add(Figure("top", "Top next token at each layer, after each prompt token"
+                       + (f" of “{prompt}”" if prompt else ""),
                        f"The last layer predicts “{top_tokens[-1][-1]}” after the prompt; "
                        f"{_first_layer_with(top_tokens, top_tokens[-1][-1], layers)}.",
-                       table=Table(["layer"] + [f"pos {j}" for j in range(width)], rows)))
+                       table=Table(["layer"] + heads, rows)))
     return sec
+
+
+def _token_text(token: str) -> str:
+    """A token as a person reads it: tokenizer space marks shown as a visible space."""
+    t = str(token).replace("Ġ", "␣").replace("▁", "␣").replace("Ċ", "↵").replace("\n", "↵")
+    return t if t.strip() else repr(t)
 
 
 def _first_layer_with(top_tokens, token, layers) -> str:
