@@ -65,8 +65,8 @@ def project(rows: np.ndarray, method: str = "pca", *, seed: int = 0, perplexity:
 
 def dominant_dimensions(rows: np.ndarray, *, share: float = 0.5, ratio: float = 20.0,
                         most: int = 5) -> list[tuple[int, float]]:
-    """The few dimensions (at most ``most``) that hold at least ``share`` of the total variance,
-    each with a variance at least ``ratio`` times the median dimension's; ``[]`` when none do.
+    """The outlier dimensions (at most ``most``, each with a variance at least ``ratio`` times the
+    median dimension's) when together they hold at least ``share`` of the total variance; else ``[]``.
 
     Such outlier dimensions (common in transformer residual streams) decide a PCA on their own:
     its first components then show them, not the layer's other directions.
@@ -86,15 +86,12 @@ def dominant_dimensions(rows: np.ndarray, *, share: float = 0.5, ratio: float = 
         return []
     median = float(np.median(var))
     order = np.argsort(-var, kind="stable")
-    picked, held = [], 0.0
+    picked = []
     for d in order[:most]:
         if var[d] < ratio * max(median, 1e-300):
             break
         picked.append((int(d), float(var[d] / total)))
-        held += var[d] / total
-        if held >= share:
-            return picked
-    return []
+    return picked if sum(s for _, s in picked) >= share else []
 
 
 def outlier_note(layer: str, dims: list[tuple[int, float]], explained: float | None = None) -> str:
