@@ -351,14 +351,15 @@ def test_checkpoint_refuses_bad_folders(tmp_path, zoo):
     other = tmp_path / "other"
     other.mkdir()
     (other / "notes.txt").write_text("mine")
-    with pytest.raises(LayerscopeError, match="not a layerscope checkpoint"):
+    with pytest.raises(LayerscopeError, match="not written by layerscope.*--force"):
         save_checkpoint(net, other, spec=spec, config=net.config)
+    assert sorted(p.name for p in other.iterdir()) == ["notes.txt"]
     folder = save_checkpoint(net, tmp_path / "ck", spec=spec, config=net.config)
     (folder / WEIGHTS_FILE).write_bytes(b"\x00garbage")
     with pytest.raises(LayerscopeError, match="model.safetensors"):
         load_model(str(folder))
     (folder / CHECKPOINT_FILE).write_text("{ not json")
-    with pytest.raises(LayerscopeError, match="unreadable"):
+    with pytest.raises(LayerscopeError, match="not readable JSON"):
         load_model(str(folder))
 
 

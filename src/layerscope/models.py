@@ -8,12 +8,17 @@ References, tried in this order:
 
 * an ``nn.Module`` object (Python API): wrapped as is, never moved or switched to eval;
 * a built-in name: ``minilm``, ``smollm2``, ``efficientnet-lite0`` (see :mod:`.builtin_models`);
-* a local folder: a layerscope checkpoint (``layerscope.json``) or a Hugging Face folder
-  (``config.json``);
+* a local folder: a layerscope checkpoint (``layerscope.json``), a quantized model
+  (``layerscope-quantized.json``) or a Hugging Face folder (``config.json``, safetensors weights);
 * a factory ``pkg.module:function`` or ``path/to/file.py:function`` returning a module, a
   ``(module, example_input)`` tuple or ``{"module": ..., "example_input": ...}``;
 * a zoo spec such as ``cnn`` or ``mlp:depth=8,width=64`` (``layerscope.zoo``);
 * a Hugging Face hub id ``org/name`` (needs a network).
+
+A load whose weights do not all fit the rebuilt model (missing or unexpected weights) is an
+error unless ``allow_missing_weights=True``; nothing named inside a folder runs as code unless
+``trust_remote_code=True``. The types live in :mod:`layerscope.model_types`; this module only
+picks the loader.
 
 Example:
     >>> import torch
@@ -27,298 +32,50 @@ Example:
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
 
-import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import nn
 
+from . import builtin_models as builtins
+from .checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 from .errors import LayerscopeError
+from .factories import load_factory
+from .hf import load_hf
+from .model_types import (
+    Encoded,
+    LoadedModel,
+    _parse_shape,
+    parse_input_shape,
+    wrap_module,
+)
 
-_EXAMPLE_TEXT = "The quick brown fox jumps over the lazy dog."
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_QUANTIZED_FILE = "layerscope-quantized.json"
+_NOT_MODELS = {  # marker kind of a layerscope output folder that is no model -> what to do with it
+    "early-exit": "it holds early-exit heads, not a model: load them with "
+                  "layerscope.surgery.early_exit.load_heads(FOLDER) and run them beside the base model",
+    "report": "it holds a report, not a model: open its index.html",
+    "store": "it holds recorded activations, not a model: open it with layerscope.store.Store(FOLDER)",
+    "train-run": "it holds a training run: load its checkpoint FOLDER/best or FOLDER/last",
+}
 
 
-@dataclass
-class Encoded:
-    """One batch, ready to call the model with: ``module(*args, **kwargs)``.
-
-    Example:
-        >>> import torch
-        >>> enc = Encoded(args=(torch.zeros(2, 3),), kwargs={}, mask=None, size=2)
-        >>> enc.to("cpu").args[0].shape
-        torch.Size([2, 3])
-    """
-
-    args: tuple
-    kwargs: dict
-    mask: Tensor | None
-    size: int
-
-    def to(self, device) -> "Encoded":
-        """The same batch with every tensor on ``device``."""
-
-        def move(value):
-            return value.to(device) if isinstance(value, Tensor) else value
-
-        return Encoded(
-            args=tuple(move(a) for a in self.args),
-            kwargs={k: move(v) for k, v in self.kwargs.items()},
-            mask=move(self.mask),
-            size=self.size,
-        )
-
-
-@dataclass
-class LoadedModel:
-    """A module plus what is needed to feed and describe it.
-
-    ``preprocess`` (optional) turns one raw item (e.g. an ``H×W×3`` uint8 image) into a tensor of
-    ``input_shape``; image models with a fixed input pipeline (EfficientNet) set it.
-
-    Example:
-        >>> import torch
-        >>> model = LoadedModel(torch.nn.Linear(3, 1), ref="lin", family="module",
-        ...                     modality="tensor", task=None, input_shape=(3,))
-        >>> model.encode(torch.ones(4, 3)).size
-        4
-    """
-
-    module: nn.Module
-    ref: str
-    family: str
-    modality: str
-    task: str | None
-    tokenizer: Any = None
-    input_shape: tuple | None = None
-    meta: dict = field(default_factory=dict)
-    preprocess: Callable[[Any], Tensor] | None = None
-
-    def __repr__(self) -> str:
-        shape = f", input_shape={self.input_shape}" if self.input_shape else ""
-        return (
-            f"LoadedModel(ref={self.ref!r}, family={self.family!r}, modality={self.modality!r}, "
-            f"task={self.task!r}{shape}, module={type(self.module).__name__})"
-        )
-
-    # -- feeding -------------------------------------------------------------------------------
-    def encode(self, items, max_length: int | None = None) -> Encoded:
-        """Turn data into a batch: texts for text models, tensors/arrays for the others.
-
-        ``items`` may also be a ``layerscope.data.Dataset`` (its items are used). Raises
-        :class:`LayerscopeError` for data of the wrong kind or shape.
-        """
-        if hasattr(items, "items") and hasattr(items, "modality") and not isinstance(items, dict):
-            items = items.items
-        if self.modality == "text":
-            return self._encode_text(items, max_length)
-        return self._encode_tensors(items)
-
-    def example(self, batch_size: int = 1) -> Encoded:
-        """A ready example batch (for shapes, summaries and FLOP counts)."""
-        custom = self.meta.get("example_input")
-        if custom is not None:
-            return _encoded_from_example(custom, batch_size)
-        if self.modality == "text":
-            if self.tokenizer is not None:
-                return self.encode([_EXAMPLE_TEXT] * batch_size)
-            vocab = int(self.meta.get("vocab_size") or 100)
-            generator = torch.Generator().manual_seed(0)
-            ids = torch.randint(0, vocab, (batch_size, 8), generator=generator)
-            return self.encode(ids)
-        builder = getattr(self.module, "example_input", None)
-        if callable(builder) and self.meta.get("zoo_spec"):
-            return self.encode(builder(batch_size=batch_size))
-        if self.input_shape is None:
-            raise LayerscopeError(
-                f"model {self.ref!r} needs an example input to trace shapes: pass --input-shape "
-                f"(e.g. --input-shape 3,32,32) or input_shape=(...) to load_model"
-            )
-        generator = torch.Generator().manual_seed(0)
-        if self._takes_integers():
-            high = int(self.meta.get("vocab_size") or 2)
-            return self.encode(torch.randint(0, high, (batch_size, *self.input_shape),
-                                             generator=generator))
-        return self.encode(torch.randn((batch_size, *self.input_shape), generator=generator))
-
-    def __call__(self, enc: Encoded):
-        """Run the module on a batch: ``module(*enc.args, **enc.kwargs)``."""
-        return self.module(*enc.args, **enc.kwargs)
-
-    # -- helpers -------------------------------------------------------------------------------
-    def _kind(self) -> str:
-        if self.modality == "text":
-            return "text"
-        if self.input_shape is not None:
-            return f"{'images' if self.modality == 'image' else 'tensors'} of shape {self.input_shape}"
-        return "tensors"
-
-    def _takes_integers(self) -> bool:
-        return self.meta.get("input_dtype") in ("int64", "int32", "long")
-
-    def _float_dtype(self) -> torch.dtype:
-        for p in self.module.parameters():
-            if p.is_floating_point():
-                return p.dtype
-        return torch.float32
-
-    def _encode_text(self, items, max_length: int | None) -> Encoded:
-        if isinstance(items, str):
-            items = [items]
-        if isinstance(items, (Tensor, np.ndarray)):
-            ids = torch.as_tensor(items)
-            if ids.is_floating_point() or ids.dim() != 2:
-                raise LayerscopeError(
-                    f"model {self.ref!r} takes text (or a (B, T) integer tensor of token ids); "
-                    f"got a {_describe(items)}"
-                )
-            ids = ids.long()
-            mask = torch.ones_like(ids)
-            return Encoded(args=(), kwargs={"input_ids": ids, "attention_mask": mask},
-                           mask=mask, size=ids.shape[0])
-        items = list(items)
-        if not items:
-            raise LayerscopeError(f"model {self.ref!r} got an empty batch; pass at least one text")
-        if not all(isinstance(t, str) for t in items):
-            raise LayerscopeError(
-                f"model {self.ref!r} takes text; got {_describe(items)}"
-            )
-        if self.tokenizer is None:
-            raise LayerscopeError(
-                f"model {self.ref!r} has no tokenizer, so it cannot read text; put tokenizer files "
-                f"in its folder or pass a (B, T) tensor of token ids"
-            )
-        limit = max_length or self._default_max_length()
-        batch = self.tokenizer(items, padding=True, truncation=True, max_length=limit,
-                               return_tensors="pt")
-        accepted = self.meta.get("forward_inputs")
-        kwargs = {k: v for k, v in batch.items() if accepted is None or k in accepted}
-        mask = kwargs.get("attention_mask")
-        return Encoded(args=(), kwargs=kwargs, mask=mask, size=len(items))
-
-    def _default_max_length(self) -> int:
-        limits = [self.meta.get("max_positions"), getattr(self.tokenizer, "model_max_length", None)]
-        limits = [int(x) for x in limits if isinstance(x, (int, float)) and 0 < x < 1_000_000]
-        return min(limits) if limits else 512
-
-    def _encode_tensors(self, items) -> Encoded:
-        kind = self._kind()
-        if isinstance(items, str) or (
-            isinstance(items, (list, tuple)) and items and isinstance(items[0], str)
-        ):
-            raise LayerscopeError(f"model {self.ref!r} takes {kind}; got text")
-        if isinstance(items, (list, tuple)):
-            if not items:
-                raise LayerscopeError(f"model {self.ref!r} got an empty batch; pass at least one item")
-            tensors = [_as_tensor(x, self.ref, kind) for x in items]
-            if self.preprocess is not None:
-                tensors = [self._prepare(x) if self._is_raw(x[None]) else x for x in tensors]
-            batch = torch.stack(_check_same_shapes(tensors, self.ref))
-        elif isinstance(items, (Tensor, np.ndarray)):
-            batch = _as_tensor(items, self.ref, kind)
-            if self.preprocess is not None and self._is_raw(batch):
-                batch = torch.stack([self._prepare(x) for x in batch])
-        else:
-            raise LayerscopeError(
-                f"model {self.ref!r} takes {kind}; got {type(items).__name__} "
-                f"(pass a tensor (B, ...) or a list of arrays)"
-            )
-        if self.input_shape is not None and tuple(batch.shape[1:]) != tuple(self.input_shape):
-            raise LayerscopeError(
-                f"model {self.ref!r} takes tensors of shape (B, {_shape(self.input_shape)}); "
-                f"got {tuple(batch.shape)}"
-                + (" (add a batch dimension)" if tuple(batch.shape) == tuple(self.input_shape) else "")
-            )
-        if self._takes_integers():
-            if batch.is_floating_point():
-                raise LayerscopeError(
-                    f"model {self.ref!r} takes integer token ids; got a {_describe(batch)}"
-                )
-            batch = batch.long()
-        else:
-            batch = batch.to(self._float_dtype())
-        return Encoded(args=(batch,), kwargs={}, mask=None, size=int(batch.shape[0]))
-
-    def _is_raw(self, batch: Tensor) -> bool:
-        """True for pixels that still need ``preprocess`` (uint8, or not the model's shape)."""
-        return batch.dtype == torch.uint8 or tuple(batch.shape[1:]) != tuple(self.input_shape or ())
-
-    def _prepare(self, item) -> Tensor:
-        try:
-            return self.preprocess(item)
-        except LayerscopeError:
-            raise
-        except Exception as exc:
-            raise LayerscopeError(
-                f"model {self.ref!r} could not preprocess an item ({_describe(item)}): {exc}"
-            ) from exc
-
-
-def _shape(shape: Sequence[int]) -> str:
-    return ", ".join(str(s) for s in shape)
-
-
-def _describe(value) -> str:
-    if isinstance(value, (Tensor, np.ndarray)):
-        return f"{str(value.dtype).replace('torch.', '')} tensor of shape {tuple(value.shape)}"
-    if isinstance(value, (list, tuple)):
-        inner = type(value[0]).__name__ if value else "nothing"
-        return f"a {type(value).__name__} of {inner}"
-    return type(value).__name__
-
-
-def _as_tensor(value, ref: str, kind: str) -> Tensor:
-    if isinstance(value, Tensor):
-        return value
-    try:
-        return torch.from_numpy(np.array(value))
-    except (TypeError, ValueError) as exc:
-        raise LayerscopeError(
-            f"model {ref!r} takes {kind}; got {_describe(value)} that is not numeric"
-        ) from exc
-
-
-def _check_same_shapes(items, ref: str):
-    shapes = {tuple(x.shape) for x in items}
-    if len(shapes) > 1:
-        raise LayerscopeError(
-            f"model {ref!r} got items of different shapes {sorted(shapes)}; make them one shape"
-        )
-    return items
-
-
-def _encoded_from_example(example, batch_size: int) -> Encoded:
-    """An Encoded batch from a factory's example input (tensor, tuple of tensors, or kwargs)."""
-
-    def fit(t):
-        if not isinstance(t, Tensor) or t.dim() == 0 or t.shape[0] == batch_size:
-            return t
-        reps = -(-batch_size // t.shape[0])
-        return t.repeat(reps, *([1] * (t.dim() - 1)))[:batch_size]
-
-    if isinstance(example, dict):
-        kwargs = {k: fit(v) for k, v in example.items()}
-        return Encoded(args=(), kwargs=kwargs, mask=kwargs.get("attention_mask"), size=batch_size)
-    args = tuple(example) if isinstance(example, (tuple, list)) else (example,)
-    return Encoded(args=tuple(fit(a) for a in args), kwargs={}, mask=None, size=batch_size)
-
-
-# ---------------------------------------------------------------------------------------------
-# loading
-# ---------------------------------------------------------------------------------------------
 def load_model(
     ref: str | nn.Module | LoadedModel,
     *,
     input_shape=None,
     trust_remote_code: bool = False,
     dtype=None,
+    allow_missing_weights: bool = False,
 ) -> LoadedModel:
     """Load a model from any reference layerscope accepts (see the module docstring).
 
     ``input_shape`` is the per-item shape (no batch dimension) for image/tensor models; ``dtype``
     (``torch.float16`` or ``"bfloat16"``...) applies to models layerscope loads itself.
+    ``trust_remote_code`` lets a Hugging Face model or a checkpoint run code named in its folder;
+    ``allow_missing_weights`` accepts a load that leaves weights missing or unexpected.
 
     Example:
         >>> from layerscope.models import load_model
@@ -343,20 +100,20 @@ def load_model(
             f"a model reference must be a name, folder, factory or nn.Module; got {type(ref).__name__}"
         )
     ref = ref.strip()
-    loaded = _load_reference(ref, shape, trust_remote_code, torch_dtype)
+    options = {"trust_remote_code": trust_remote_code, "allow_missing_weights": allow_missing_weights}
+    loaded = _load_reference(ref, shape, torch_dtype, options)
     if shape is not None and loaded.modality != "text":
         loaded.input_shape = shape
     return loaded
 
 
-def _load_reference(ref, shape, trust_remote_code, dtype) -> LoadedModel:
-    from . import builtin_models as builtins
-
+def _load_reference(ref, shape, dtype, options) -> LoadedModel:
     if ref.lower() in builtins.REAL_MODELS:
-        return builtins.load_builtin(ref.lower(), dtype=dtype)
+        return builtins.load_builtin(ref.lower(), dtype=dtype,
+                                     allow_missing_weights=options["allow_missing_weights"])
     path = Path(ref).expanduser()
     if path.is_dir():
-        return _load_folder(path, ref, trust_remote_code, dtype)
+        return _load_folder(path, ref, dtype, options)
     if path.exists():
         raise LayerscopeError(
             f"{ref!r} is a file, not a model; pass a folder (Hugging Face or layerscope checkpoint) "
@@ -364,21 +121,11 @@ def _load_reference(ref, shape, trust_remote_code, dtype) -> LoadedModel:
         )
     zoo_names = builtins.zoo_names()
     if ref.split(":", 1)[0] in zoo_names:
-        loaded = builtins.load_zoo(ref)
-        if dtype is not None:
-            loaded.module.to(dtype)
-        return loaded
+        return _cast(builtins.load_zoo(ref), dtype)
     if _looks_like_factory(ref):
-        from .factories import load_factory
-
-        loaded = load_factory(ref, input_shape=shape)
-        if dtype is not None:
-            loaded.module.to(dtype)
-        return loaded
+        return _cast(load_factory(ref, input_shape=shape), dtype)
     if _HUB_ID.match(ref):
-        from .hf import load_hf
-
-        return load_hf(ref, ref=ref, trust_remote_code=trust_remote_code, dtype=dtype, hub=True)
+        return load_hf(ref, ref=ref, dtype=dtype, hub=True, **options)
     known = ", ".join(list(builtins.REAL_MODELS) + list(zoo_names))
     raise LayerscopeError(
         f"unknown model {ref!r}; use a built-in name ({known}), a local folder, "
@@ -386,25 +133,48 @@ def _load_reference(ref, shape, trust_remote_code, dtype) -> LoadedModel:
     )
 
 
-def _load_folder(path: Path, ref: str, trust_remote_code: bool, dtype) -> LoadedModel:
-    from .checkpoint import CHECKPOINT_FILE, load_checkpoint
+def _load_folder(path: Path, ref: str, dtype, options) -> LoadedModel:
+    from .outputs import read_marker
 
-    if (path / CHECKPOINT_FILE).is_file():
-        loaded = load_checkpoint(path, ref=ref)
+    marker = read_marker(path)
+    kind = marker.get("kind") if marker else None
+    if kind in _NOT_MODELS:
+        raise LayerscopeError(f"folder {ref!r} is no model: {_NOT_MODELS[kind].replace('FOLDER', ref)}")
+    if (path / _QUANTIZED_FILE).is_file():
         if dtype is not None:
-            loaded.module.to(dtype)
-        return loaded
-    if (path / "config.json").is_file():
-        from .hf import load_hf
+            raise LayerscopeError(f"{ref!r} is an int8-quantized model; it loads as saved, "
+                                  f"drop --dtype")
+        from .surgery.quantize import load_quantized
 
-        return load_hf(str(path), ref=ref, trust_remote_code=trust_remote_code, dtype=dtype)
+        loaded = load_quantized(path, allow_missing_weights=options["allow_missing_weights"])
+        loaded.ref = ref
+        return loaded
+    if (path / CHECKPOINT_FILE).is_file():
+        return _cast(load_checkpoint(path, ref=ref, load_ref=load_model, **options), dtype)
+    if (path / "config.json").is_file():
+        return load_hf(str(path), ref=ref, dtype=dtype, **options)
+    if (path / "exit_heads.json").is_file():
+        raise LayerscopeError(f"folder {ref!r} is no model: "
+                              f"{_NOT_MODELS['early-exit'].replace('FOLDER', ref)}")
     raise LayerscopeError(
         f"folder {ref!r} holds neither a Hugging Face model (config.json) nor a layerscope "
         f"checkpoint ({CHECKPOINT_FILE}); pass a model folder"
     )
 
 
-def _looks_like_factory(ref: str) -> bool:
+def _cast(loaded: LoadedModel, dtype) -> LoadedModel:
+    if dtype is not None:
+        loaded.module.to(dtype)
+    return loaded
+
+
+def looks_like_factory(ref: str) -> bool:
+    """Whether ``ref`` names code to run: ``pkg.module:function`` or ``file.py:function``.
+
+    Example:
+        >>> looks_like_factory("payload.py:make"), looks_like_factory("mlp:depth=2")
+        (True, False)
+    """
     if ":" not in ref:
         return False
     target, func = ref.rsplit(":", 1)
@@ -413,99 +183,7 @@ def _looks_like_factory(ref: str) -> bool:
     return target.endswith(".py") or all(part.isidentifier() for part in target.split("."))
 
 
-def wrap_module(
-    module: nn.Module,
-    *,
-    ref: str,
-    input_shape=None,
-    family: str = "module",
-    example_input=None,
-) -> LoadedModel:
-    """Describe a module layerscope did not load (never moved, never switched to eval).
-
-    A Hugging Face ``PreTrainedModel`` is recognised as a text model of its family; any other
-    module is a tensor model whose ``input_shape`` comes from the argument, the example input or
-    a module attribute ``input_shape``.
-
-    Example:
-        >>> import torch
-        >>> wrap_module(torch.nn.Conv2d(3, 8, 3), ref="conv", input_shape=(3, 16, 16)).modality
-        'image'
-    """
-    meta: dict = {}
-    shape = _parse_shape(input_shape)
-    if shape is None and isinstance(example_input, Tensor) and example_input.dim() > 1:
-        shape = tuple(example_input.shape[1:])
-    if shape is None:
-        shape = _parse_shape(getattr(module, "input_shape", None))
-    config = getattr(module, "config", None)
-    if example_input is not None:
-        meta["example_input"] = example_input
-        first = example_input
-        if isinstance(first, dict):
-            first = next(iter(first.values()), None)
-        elif isinstance(first, (tuple, list)):
-            first = first[0] if first else None
-        if isinstance(first, Tensor):
-            meta["input_dtype"] = str(first.dtype).replace("torch.", "")
-    if _is_hf_text_model(module):
-        from .hf import hf_meta
-
-        meta.update(hf_meta(module))
-        return LoadedModel(module=module, ref=ref, family=config.model_type, modality="text",
-                           task=getattr(module, "task", None), meta=meta)
-    task = getattr(module, "task", None)
-    modality = "image" if shape is not None and len(shape) == 3 else "tensor"
-    return LoadedModel(module=module, ref=ref, family=family, modality=modality,
-                       task=task if isinstance(task, str) else None, input_shape=shape, meta=meta)
-
-
-def _is_hf_text_model(module: nn.Module) -> bool:
-    config = getattr(module, "config", None)
-    return (
-        getattr(module, "main_input_name", None) == "input_ids"
-        and isinstance(getattr(config, "model_type", None), str)
-    )
-
-
-def _parse_shape(shape) -> tuple | None:
-    if shape is None:
-        return None
-    if isinstance(shape, str):
-        return parse_input_shape(shape)
-    if isinstance(shape, int):
-        return (shape,)
-    try:
-        dims = tuple(int(s) for s in shape)
-    except (TypeError, ValueError):
-        raise LayerscopeError(
-            f"input shape must be a tuple of positive integers like (1, 28, 28); got {shape!r}"
-        ) from None
-    if not dims or any(d <= 0 for d in dims):
-        raise LayerscopeError(
-            f"input shape must be a tuple of positive integers like (1, 28, 28); got {shape!r}"
-        )
-    return dims
-
-
-def parse_input_shape(text: str) -> tuple[int, ...]:
-    """Parse a per-item shape written as ``"1,28,28"`` (also ``"1x28x28"`` or ``"(1, 28, 28)"``).
-
-    Example:
-        >>> parse_input_shape("1,28,28")
-        (1, 28, 28)
-    """
-    parts = [p for p in re.split(r"[,x\s]+", text.strip().strip("()[]")) if p]
-    try:
-        dims = tuple(int(p) for p in parts)
-    except ValueError:
-        dims = ()
-    if not dims or any(d <= 0 for d in dims):
-        raise LayerscopeError(
-            f"input shape {text!r} is not a list of positive integers; write it like 1,28,28"
-        )
-    return dims
-
+_looks_like_factory = looks_like_factory
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
            "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -528,21 +206,10 @@ def builtin_models() -> dict[str, str]:
         >>> "minilm" in builtin_models()
         True
     """
-    from . import builtin_models as builtins
-
     names = dict(builtins.REAL_MODELS)
     names.update({name: f"zoo: {text}" for name, text in builtins.zoo_names().items()})
     return names
 
 
-def save_checkpoint(module, path, *, spec: str, config: dict, task=None, input_shape=None,
-                    extra: dict | None = None) -> Path:
-    """Save a zoo model as a layerscope checkpoint folder (see :mod:`layerscope.checkpoint`)."""
-    from .checkpoint import save_checkpoint as _save
-
-    return _save(module, path, spec=spec, config=config, task=task, input_shape=input_shape,
-                 extra=extra)
-
-
 __all__ = ["Encoded", "LoadedModel", "load_model", "builtin_models", "save_checkpoint",
-           "wrap_module", "parse_input_shape"]
+           "wrap_module", "parse_input_shape", "looks_like_factory"]

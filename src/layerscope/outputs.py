@@ -4,7 +4,7 @@ Nothing a command writes may delete or overwrite a file the user made. Every out
 checked before the computation starts, so a bad ``-o`` or ``--plot`` fails in a second, not
 after the work:
 
-* :func:`claim_dir` readies an output folder. A missing or empty folder is created and marked
+* :func:`claim_dir` readies an output folder (:func:`check_dir` only checks it). A missing or empty folder is created and marked
   with a small ``.layerscope.json`` (``{"kind": ..., "version": 1, "files": [...]}``); a folder
   marked with the same kind is reused (the writer replaces only the files it lists); anything
   else is refused unless ``force=True``.
@@ -66,41 +66,64 @@ def read_marker(path) -> dict | None:
     return marker
 
 
-def claim_dir(path, kind: str, *, force: bool = False,
-              recognise: Callable[[Path], bool] | None = None) -> Path:
-    """Make folder ``path`` ready for layerscope output of ``kind``; returns it.
-
-    Missing or empty: created and marked. Marked with ``kind``: reused. ``recognise(path)``
-    (optional) accepts an output of ``kind`` written before folders were marked. Anything else
-    (user files, another kind's output) raises :class:`LayerscopeError` unless ``force=True``.
-    A file at ``path`` or an unwritable folder always raises.
-    """
+def check_dir(path, kind: str, *, force: bool = False,
+              recognise: Callable[[Path], object] | None = None) -> Path:
+    """What :func:`claim_dir` checks, without creating or marking anything (for a check before
+    the work when the folder should appear only once there is something to write)."""
     folder = Path(path).expanduser()
     if folder.exists() and not folder.is_dir():
         raise LayerscopeError(f"output {str(folder)!r} is a file, not a folder; pass another -o")
+    if not folder.is_dir():
+        ancestor = folder.parent
+        while not ancestor.exists() and ancestor != ancestor.parent:
+            ancestor = ancestor.parent
+        if not ancestor.is_dir():
+            raise LayerscopeError(f"cannot create output folder {str(folder)!r}: "
+                                  f"{str(ancestor)!r} is a file; pass another -o")
+        _check_writable(ancestor, folder)
+        return folder
+    marker = read_marker(folder)
+    found = marker.get("kind") if marker else None
+    if found != kind and not force:
+        if found is not None:
+            raise LayerscopeError(
+                f"output folder {str(folder)!r} holds layerscope {found} output, not {kind} "
+                f"output; pass --force to write there anyway, or another -o")
+        if any(folder.iterdir()) and not (recognise is not None and recognise(folder)):
+            raise LayerscopeError(
+                f"output folder {str(folder)!r} is not empty and was not written by layerscope "
+                f"({kind}); pass --force to write there anyway, or another -o")
+    _check_writable(folder)
+    return folder
+
+
+def claim_dir(path, kind: str, *, force: bool = False,
+              recognise: Callable[[Path], object] | None = None) -> Path:
+    """Make folder ``path`` ready for layerscope output of ``kind``; returns it.
+
+    Missing or empty: created and marked. Marked with ``kind``: reused. ``recognise(path)``
+    (optional) accepts an output of ``kind`` written before folders were marked; when it returns
+    a list of relative paths, those are recorded as layerscope's own files. Anything else
+    (user files, another kind's output) raises :class:`LayerscopeError` unless ``force=True``.
+    A file at ``path`` or an unwritable folder always raises.
+    """
+    folder = check_dir(path, kind, force=force, recognise=recognise)
+    files: list = []
     if folder.is_dir():
         marker = read_marker(folder)
-        found = marker.get("kind") if marker else None
-        if found != kind and not force:
-            if found is not None:
-                raise LayerscopeError(
-                    f"output folder {str(folder)!r} holds layerscope {found} output, not {kind} "
-                    f"output; pass --force to write there anyway, or another -o")
-            if any(folder.iterdir()) and not (recognise is not None and recognise(folder)):
-                raise LayerscopeError(
-                    f"output folder {str(folder)!r} is not empty and was not written by layerscope "
-                    f"({kind}); pass --force to write there anyway, or another -o")
-        if found == kind:
-            _check_writable(folder)
+        if marker is not None and marker.get("kind") == kind:
             return folder
+        if marker is None and recognise is not None:
+            known = recognise(folder)
+            if isinstance(known, (list, tuple)):
+                files = [Path(f).as_posix() for f in known]
     else:
         try:
             folder.mkdir(parents=True)
         except OSError as exc:
             raise LayerscopeError(f"cannot create output folder {str(folder)!r}: "
                                   f"{exc.strerror or exc}; pass another -o") from None
-    _check_writable(folder)
-    _write_marker(folder, kind, [])
+    _write_marker(folder, kind, files)
     return folder
 
 
@@ -262,10 +285,10 @@ FIGURE_SUFFIXES = tuple(_FIGURE_KEYS)
 
 
 # -- helpers ------------------------------------------------------------------------------------
-def _check_writable(folder: Path) -> None:
+def _check_writable(folder: Path, wanted: Path | None = None) -> None:
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise LayerscopeError(f"no permission to write in output folder {str(folder)!r}; "
-                              f"pass another -o")
+        what = f"cannot create output folder {str(wanted)!r}: " if wanted is not None else ""
+        raise LayerscopeError(f"{what}no permission to write in {str(folder)!r}; pass another -o")
 
 
 def _write_marker(folder: Path, kind: str, files: list[str]) -> None:
@@ -307,6 +330,6 @@ def _swap(staging: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-__all__ = ["MARKER", "TOKEN", "FIGURE_SUFFIXES", "claim_dir", "check_out_file", "write_atomic",
+__all__ = ["MARKER", "TOKEN", "FIGURE_SUFFIXES", "claim_dir", "check_dir", "check_out_file", "write_atomic",
            "save_figure", "publish_dir", "staging_dir", "read_marker", "written_files",
            "note_written", "remove_written", "is_layerscope_file"]

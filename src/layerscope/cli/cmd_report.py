@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from .app import app
-from .common import (BatchSizeOpt, BlocksOpt, InputShapeOpt, JsonOpt, MaxLengthOpt,
-                     TrustRemoteCodeOpt, print_json)
+from .common import (AllowMissingWeightsOpt, BatchSizeOpt, BlocksOpt, ForceOpt, InputShapeOpt,
+                     JsonOpt, MaxLengthOpt, TrustRemoteCodeOpt, print_json)
 
 
 @app.command("report")
@@ -34,6 +34,8 @@ def report_command(
     blocks: BlocksOpt = None,
     input_shape: InputShapeOpt = None,
     trust_remote_code: TrustRemoteCodeOpt = False,
+    allow_missing_weights: AllowMissingWeightsOpt = False,
+    force: ForceOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Measure every layer of MODEL on DATA and write OUT/index.html, results.json and figures/."""
@@ -44,7 +46,8 @@ def report_command(
     res = build_report(model, data, out, limit=limit, batch_size=batch_size, max_length=max_length,
                        seed=seed, input_shape=shape, blocks=blocks,
                        trust_remote_code=trust_remote_code, importance_items=importance_items,
-                       progress=not as_json)
+                       progress=not as_json, force=force,
+                       allow_missing_weights=allow_missing_weights)
     if as_json:
         print_json(res)
     else:

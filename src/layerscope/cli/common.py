@@ -45,6 +45,16 @@ TrustRemoteCodeOpt = Annotated[
     typer.Option("--trust-remote-code", help="Allow a Hugging Face model to run its own Python "
                  "code (only for sources you trust)."),
 ]
+AllowMissingWeightsOpt = Annotated[
+    bool,
+    typer.Option("--allow-missing-weights", help="Load a model even when some of its weights are "
+                 "missing from, or unexpected in, its files (those layers keep random weights)."),
+]
+ForceOpt = Annotated[
+    bool,
+    typer.Option("--force", help="Write to an output that layerscope did not write (a folder "
+                 "with other files, a file of yours); files of the same name are replaced."),
+]
 LayersOpt = Annotated[
     Optional[str],
     typer.Option("--layers", help="Which layers: all (default), 0,3,5, 2-4, -1, or names.",
@@ -71,7 +81,8 @@ LimitOpt = Annotated[Optional[int], typer.Option("--limit", help="Use only N ite
 
 
 def model_from_cli(ref: str, blocks: str | None = None, input_shape: str | tuple | None = None,
-                   trust_remote_code: bool = False, dtype: str | None = None):
+                   trust_remote_code: bool = False, dtype: str | None = None,
+                   allow_missing_weights: bool = False):
     """Load MODEL as given on the command line; ``--blocks`` is kept in ``meta["blocks"]``.
 
     Example:
@@ -82,10 +93,40 @@ def model_from_cli(ref: str, blocks: str | None = None, input_shape: str | tuple
     from layerscope.models import load_model
 
     model = load_model(ref, input_shape=input_shape, trust_remote_code=trust_remote_code,
-                       dtype=dtype)
+                       dtype=dtype, allow_missing_weights=allow_missing_weights)
     if blocks:
         model.meta["blocks"] = blocks
     return model
+
+
+def out_file(path, force: bool = False, suffixes: tuple = ()):
+    """An output file option (``--plot``, ``--lens-out`` ...) checked before any work: ``None``
+    passes through; see :func:`layerscope.outputs.check_out_file`.
+
+    Example:
+        >>> out_file(None) is None
+        True
+    """
+    if path is None:
+        return None
+    from layerscope.outputs import check_out_file
+
+    return check_out_file(path, force=force, suffixes=suffixes)
+
+
+def save_figure_to(result, path) -> None:
+    """Write ``result.plot()`` to ``path`` (checked earlier with :func:`out_file`), if given."""
+    if path is None:
+        return
+    import matplotlib.pyplot as plt
+
+    from layerscope.outputs import save_figure
+
+    fig = result.plot()
+    try:
+        save_figure(fig, path)
+    finally:
+        plt.close(fig)
 
 
 def parse_layers(spec: str | None) -> str | None:
@@ -124,5 +165,6 @@ def print_json(data: Any) -> None:
 
 __all__ = ["MODEL_HELP", "ModelArg", "InputShapeOpt", "BlocksOpt", "TrustRemoteCodeOpt",
            "LayersOpt", "GranularityOpt", "DtypeOpt", "JsonOpt", "DataArg", "BatchSizeOpt",
-           "MaxLengthOpt", "LimitOpt", "model_from_cli",
+           "MaxLengthOpt", "LimitOpt", "AllowMissingWeightsOpt", "ForceOpt", "model_from_cli",
+           "out_file", "save_figure_to",
            "parse_input_shape", "parse_layers", "to_jsonable", "print_json"]

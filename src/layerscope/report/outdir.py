@@ -1,9 +1,11 @@
-"""The report's output folder: refuse to write into a folder that holds something else.
+"""The report's output folder: claimed before the work, and only the report's own files replaced.
 
-A report folder holds ``index.html``, ``results.json`` and ``figures/``. Writing one over an
-older report is fine (its ``index.html`` is removed first, so a run cut short never leaves the
-old page looking like the new one); writing into a non-empty folder that is not a report is
-refused, so a mistyped ``-o`` cannot scatter files among the user's own.
+A report folder holds ``index.html``, ``results.json`` and ``figures/``, and the marker
+``.layerscope.json`` (see :mod:`layerscope.outputs`) listing the files the last report wrote.
+A new report into it removes exactly those files first (so a run cut short never leaves the old
+page looking like the new one) and nothing else: a user's ``figures/myplot.png`` stays. A folder
+holding anything else is refused unless ``force=True``; a report written before folders were
+marked is recognised by its ``results.json``.
 
 Example:
     >>> import tempfile, pathlib
@@ -17,46 +19,63 @@ Example:
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 from layerscope.errors import LayerscopeError
+from layerscope.outputs import check_dir, claim_dir, note_written, read_marker, remove_written
 
 FORMAT = "layerscope-report"
+KIND = "report"
 REPORT_FILES = {"index.html", "results.json", "figures"}
 
 
-def is_report_dir(path: Path) -> bool:
-    """True when ``path`` holds only what a report writes (and its results say so, if present)."""
+def _legacy_figures(path: Path) -> list[str] | None:
+    """The figures of a report written before markers, or None when ``path`` is not one."""
     names = {p.name for p in path.iterdir() if not p.name.startswith(".")}
     if not names <= REPORT_FILES:
-        return False
-    results = path / "results.json"
-    if results.exists():
-        try:
-            return json.loads(results.read_text()).get("format") == FORMAT
-        except (OSError, ValueError, AttributeError):
-            return False
-    return True
-
-
-def prepare_out_dir(out_dir) -> Path:
-    """Create ``out_dir`` (or clear an older report in it) and return it with ``figures/`` ready."""
-    path = Path(out_dir).expanduser()
-    if path.exists() and not path.is_dir():
-        raise LayerscopeError(f"output {str(path)!r} is a file, not a folder: pass another -o")
-    if path.exists() and any(path.iterdir()) and not is_report_dir(path):
-        raise LayerscopeError(
-            f"output folder {str(path)!r} is not empty and does not hold a layerscope report: "
-            f"pass another -o or empty it"
-        )
+        return None
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        (path / "index.html").unlink(missing_ok=True)
-        (path / "results.json").unlink(missing_ok=True)
-        shutil.rmtree(path / "figures", ignore_errors=True)
-        (path / "figures").mkdir()
+        results = json.loads((path / "results.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(results, dict) or results.get("format") != FORMAT:
+        return None
+    figures = results.get("figures") or []
+    return [f for f in figures if isinstance(f, str) and f.startswith("figures/") and ".." not in f]
+
+
+def is_report_dir(path: Path) -> bool:
+    """True when ``path`` is a layerscope report folder (marked, or an older report)."""
+    marker = read_marker(path)
+    if marker is not None:
+        return marker["kind"] == KIND
+    return _legacy_figures(Path(path)) is not None
+
+
+def _older_report(path: Path):
+    figures = _legacy_figures(path)
+    return None if figures is None else ["index.html", "results.json", *figures]
+
+
+def check_out_dir(out_dir, *, force: bool = False) -> Path:
+    """Check, before any work, that a report may be written to ``out_dir`` (creates nothing)."""
+    return check_dir(out_dir, KIND, force=force, recognise=_older_report)
+
+
+def prepare_out_dir(out_dir, *, force: bool = False) -> Path:
+    """Claim ``out_dir`` for a report, remove the files the previous report there wrote, and
+    return it with ``figures/`` ready."""
+    path = Path(out_dir).expanduser()
+    claim_dir(path, KIND, force=force, recognise=_older_report)
+    try:
+        remove_written(path)
+        (path / "figures").mkdir(exist_ok=True)
     except OSError as exc:
         raise LayerscopeError(f"cannot write the report to {str(path)!r}: {exc.strerror or exc}; "
                               f"pass another -o") from None
     return path
+
+
+def record_report_files(out_dir, files) -> None:
+    """Note the files a report wrote (relative to ``out_dir``) so the next report replaces them."""
+    note_written(out_dir, files)
