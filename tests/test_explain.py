@@ -382,6 +382,36 @@ def test_cli_tables(capsys):
     assert "max |step-by-step" in out and "matches to 1e-05" in out
 
 
+def test_seed002_prints_the_matrices_and_why_the_hidden_units_coincide(capsys):
+    a = seed002_arrays()
+    # the fact the note states, computed independently: x·W1 is the same in every column
+    z = a["x"] @ a["W1"]
+    assert np.ptp(z, axis=1).max() < 1e-12
+    r = explain_ffn("seed002")
+    assert r.parameters["W1"] == a["W1"].tolist() and r.parameters["b2"] == a["b2"].tolist()
+    text = " ".join(r.notes)
+    assert "same x·W1" in text and "sums to zero" in text and "differ by a constant" in text
+    # the comparison: the same weights on rows that do not sum to zero set the units apart
+    other = r.compare
+    assert other is not None and other.parameters == r.parameters
+    zc = other.tensors["z1"]
+    np.testing.assert_allclose(zc, (a["x"] + 1.0) @ a["W1"] + a["b1"])
+    assert np.ptp(zc - a["b1"], axis=1).min() > 1.0
+    assert main(["explain", "--example", "seed002"]) == 0
+    out = capsys.readouterr().out
+    for name in ("W1 (4×6)", "b1 (6)", "W2 (6×4)", "b2 (4)"):
+        assert name in out
+    assert "2.400000" in out and "sums to zero" in out and "compare: the same network" in out
+
+
+def test_no_coincidence_note_on_an_ordinary_network():
+    rng = np.random.default_rng(0)
+    r = explain_ffn({"W1": rng.normal(size=(4, 6)).tolist(), "b1": [0.0] * 6,
+                     "W2": rng.normal(size=(6, 2)).tolist(), "b2": [0.0, 0.0],
+                     "x": rng.normal(size=(3, 4)).tolist()})
+    assert r.notes == [] and r.compare is None
+
+
 @pytest.mark.parametrize("args, message", [
     (["explain", "--ffn", "BAD"], "W2 has 5 rows but W1 has 6 columns"),
     (["explain", "--ffn", "/nonexistent/ffn.json"], "does not exist"),

@@ -113,6 +113,10 @@ def _print(result) -> None:
     if result.tokens:
         text += f"\ntokens: {' '.join(result.tokens)}"
     console.print(Panel(escape(text), title=escape(result.title), expand=False))
+    for name, values in result.parameters.items():
+        shape = (f"{len(values)}×{len(values[0])}" if values and isinstance(values[0], list)
+                 else str(len(values)))
+        console.print(_matrix(escape(f"{name} ({shape})"), values))
     full = result.layer_kind == "ffn"
     table = Table()
     table.add_column("#", justify="right")
@@ -138,6 +142,17 @@ def _print(result) -> None:
                                   result.tokens if s.name.startswith("attention") else None))
     console.print(f"parameters: {result.params:,}", markup=False)
     console.print(f"layers: {result.layers_note}", markup=False)
+    for note in result.notes:
+        console.print(f"note: {note}", markup=False)
+    if result.compare is not None:
+        other = result.compare
+        console.print(f"\ncompare: the same network on {other.inputs}", markup=False)
+        for i, s in enumerate(other.steps):
+            if s.values is not None:
+                console.print(_matrix(escape(f"{i}. {s.name} ({'×'.join(map(str, s.shape))})"),
+                                      s.values))
+        for note in other.notes:
+            console.print(f"note: {note}", markup=False)
     if result.check is not None:
         verdict = "matches" if result.check <= TOLERANCE else "DOES NOT match"
         console.print(f"max |step-by-step − the layer's own forward output| = {result.check:.3g} "

@@ -148,10 +148,13 @@ def _dims(shape) -> str:
     return "×".join(str(s) for s in shape)
 
 
-def explain_ffn(source, activation: str = "relu") -> ExplainResult:
+def explain_ffn(source, activation: str = "relu", *, compare: bool = True) -> ExplainResult:
     """Walk ``x·W1 + b1 → activation → ·W2 + b2`` on the matrices of an explain file.
 
     ``source`` is a file path, a shipped example name (``seed002``) or a dict with the five keys.
+    The result carries the matrices (``parameters``), ``notes`` on what the numbers show (e.g.
+    why every hidden unit coincides), and then, with ``compare``, ``compare``: the same network
+    on the input shifted by 1, whose rows no longer sum to zero.
     """
     if activation not in ACTIVATIONS:
         raise LayerscopeError(
@@ -176,10 +179,65 @@ def explain_ffn(source, activation: str = "relu") -> ExplainResult:
             f"layer (W2, b2) of width {k}; a layer is one weight matrix with its bias (and "
             f"activation) applied to every token at once. The input x (width {d}) is not a "
             f"layer: it has no weights. Parameters: {d}×{h} + {h} + {h}×{k} + {k} = {params}.")
-    return ExplainResult(
+    result = ExplainResult(
         title=f"feed-forward network {d} → {h} → {k} ({activation})", layer_kind="ffn", layer="ffn",
         steps=steps, params=int(params), layers_note=note, inputs=label,
-        tensors={"x": x, "z1": z1, "h": h1, "y": y})
+        tensors={"x": x, "z1": z1, "h": h1, "y": y},
+        parameters={"W1": w1.tolist(), "b1": b1.tolist(), "W2": w2.tolist(), "b2": b2.tolist()},
+        notes=coincidence_notes(x, w1, b1))
+    if result.notes and compare:
+        shifted = x + 1.0
+        result.compare = explain_ffn({"W1": w1.tolist(), "b1": b1.tolist(), "W2": w2.tolist(),
+                                      "b2": b2.tolist(), "x": shifted.tolist()},
+                                     activation=activation, compare=False)
+        result.compare.inputs = (f"the same tokens plus 1 in every entry (rows now sum to "
+                                 f"{', '.join(f'{v:.3g}' for v in shifted.sum(1))}, not 0)")
+        z = result.compare.tensors["z1"]
+        result.compare.notes = [
+            f"with rows that do not sum to zero the hidden units differ: token 1's pre-activations "
+            f"x·W1 + b1 range from {z[0].min():.4f} to {z[0].max():.4f} across the {h} units "
+            f"(the degenerate input: {z1[0].min():.4f} to {z1[0].max():.4f})"]
+    return result
 
 
-__all__ = ["explain_ffn", "load_ffn", "example_path", "ACTIVATIONS", "EXAMPLES"]
+def coincidence_notes(x: np.ndarray, w1: np.ndarray, b1: np.ndarray, tol: float = 1e-9) -> list[str]:
+    """Say when every hidden unit gets the same x·W1 (so only b1 tells them apart), and why.
+
+    The usual cause: the rows of x sum to zero (as layer norm's output without its affine part
+    does: LN(x) = (x − mean)/std) and the columns of W1 differ by constants, W1[:, j] = W1[:, 0]
+    + c_j, so x·W1[:, j] = x·W1[:, 0] + c_j·Σx = x·W1[:, 0] for every j.
+
+    Example:
+        >>> x = np.array([[-1.0, 0.0, 1.0]]); w1 = np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
+        >>> notes = coincidence_notes(x, w1, np.zeros(2))
+        >>> notes[0].startswith("every hidden unit gets the same x·W1"), notes[1].startswith("why")
+        (True, True)
+    """
+    z = x @ w1
+    if w1.shape[1] < 2:
+        return []
+    scale = max(float(np.abs(z).max()), 1.0)
+    spread = float((z.max(1) - z.min(1)).max())
+    if spread > tol * scale * 1e3:
+        return []
+    values = ", ".join(f"{v:.4f}" for v in z[:, 0][:6])
+    notes = [f"every hidden unit gets the same x·W1 on every token (x·W1 = {values} "
+             f"for the {len(z)} tokens, in all {w1.shape[1]} columns), so after adding b1 the "
+             f"units differ only by b1 (from {b1.min():.3g} to {b1.max():.3g})"]
+    diffs = w1 - w1[:, [0]]
+    row_sums = x.sum(1)
+    constant_cols = np.allclose(diffs, diffs[[0], :], atol=1e-9 * max(float(np.abs(w1).max()), 1.0))
+    zero_rows = np.allclose(row_sums, 0.0, atol=1e-6 * max(float(np.abs(x).max()), 1.0))
+    if constant_cols and zero_rows:
+        steps = ", ".join(f"{v:.3g}" for v in diffs[0, 1:6])
+        notes.append(
+            f"why: each row of x sums to zero (x is layer-normalised: LN(x) = (x − mean)/std has "
+            f"mean 0; row sums {', '.join(f'{v:.1e}' for v in row_sums)}), and W1's columns differ "
+            f"by a constant (W1[:, j] − W1[:, 0] = {steps}{', ...' if w1.shape[1] > 6 else ''} "
+            f"in every row), so x·W1[:, j] = x·W1[:, 0] + c_j·Σx = x·W1[:, 0] for every j")
+        notes.append("a layer-norm gain/bias, an input whose rows do not sum to zero, or W1 "
+                     "columns that are not shifted copies of each other would set the units apart")
+    return notes
+
+
+__all__ = ["explain_ffn", "load_ffn", "example_path", "coincidence_notes", "ACTIVATIONS", "EXAMPLES"]

@@ -77,6 +77,9 @@ class ExplainResult(Result):
     head: int | None = None
     tokens: list[str] | None = None    # the input tokens of a text model (rows of the steps)
     tensors: dict = field(default_factory=dict, metadata={"serialize": False}, repr=False)
+    parameters: dict = field(default_factory=dict)   # small weight matrices by name (W1, b1, ...)
+    notes: list = field(default_factory=list)        # what the numbers show that is worth saying
+    compare: "ExplainResult | None" = None           # the same layer on another input, to compare
 
     def step(self, name: str) -> Step:
         """The step called ``name``."""
