@@ -85,8 +85,13 @@ def train_command(
         "--monitor-every", help="Record per-layer figures every N steps (0: off).")] = 50,
     patience: Annotated[Optional[int], typer.Option(
         "--patience", help="Stop after N epochs without improvement.", show_default=False)] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in "
-                                         "the output folder.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted (or killed) "
+                                         "run in the output folder exactly.")] = False,
+    save_every: Annotated[Optional[int], typer.Option(
+        "--save-every", help="Also save the resume state every N steps (default: every 5 "
+                             "minutes and at each epoch end).", show_default=False)] = None,
+    force: Annotated[bool, typer.Option("--force", help="Write into an output folder that holds "
+                                        "other files.")] = False,
     limit: Annotated[Optional[int], typer.Option(
         "--limit", help="Use only N items of the data (seeded shuffle).", show_default=False)] = None,
     held_out: Annotated[float, typer.Option("--held-out", help="Fraction kept for evaluation.")] = 0.2,
@@ -102,7 +107,12 @@ def train_command(
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Train MODEL on DATA, evaluating each epoch and recording every layer's figures."""
+    """Train MODEL on DATA, evaluating each epoch and recording every layer's figures.
+
+    At the end the run's diagnoses are printed as ``flag: ...`` lines (vanishing or exploding
+    gradients, dead ReLUs, stuck at chance, rising held-out loss) and kept in result.json;
+    grad_norm_by_depth.png draws the gradients by depth.
+    """
     import torch
 
     from layerscope.errors import LayerscopeError
@@ -120,7 +130,7 @@ def train_command(
                    freeze_bn=freeze_bn, layer_lr=parse_layer_lr(layer_lr), lr_decay=lr_decay,
                    patience=patience, resume=resume, progress=not no_progress, task=task,
                    loss=loss, held_out=held_out, limit=limit, metrics_csv=csv,
-                   plots=not no_plots)
+                   plots=not no_plots, save_every=save_every, force=force)
     if as_json:
         print_json(result.to_dict())
     else:

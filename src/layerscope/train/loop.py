@@ -27,9 +27,11 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import signal
 import sys
+import threading
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -39,13 +41,15 @@ from layerscope.errors import LayerscopeError
 
 from .freezing import FreezePlan, param_groups, plan_freezing, restore
 from .losses import DEFAULT_LOSS, check_loss_fits
-from .monitors import LayerMonitor, plot_metrics
+from .diagnose import chance_baseline, diagnose
+from .monitors import LayerMonitor, plot_grad_depth, plot_metrics, read_metrics
 from .prepare import (Prepared, prepare, resolve_dataset, series_of, split_data,
                       split_series)
 from .result import TrainResult
 from .tasks import objective, unigram_entropy
 
 STATE_FILE = "train_state.pt"
+GRAD_DEPTH_PNG = "grad_norm_by_depth.png"
 OPTIMIZERS = ("adam", "adamw", "sgd")
 
 
@@ -64,7 +68,8 @@ def train(model, data, *, out_dir, epochs: int = 5, batch_size: int = 64, lr: fl
           patience: int | None = None, resume: bool = False, progress: bool = True,
           task: str | None = None, loss: str | None = None, held_out: float = 0.2,
           eval_data=None, limit: int | None = None, max_length: int = 64,
-          metrics_csv: bool = False, plots: bool = True, callbacks=()) -> TrainResult:
+          metrics_csv: bool = False, plots: bool = True, callbacks=(),
+          save_every: int | None = None, force: bool = False) -> TrainResult:
     """Train ``model`` on ``data`` and watch every layer; see the module docstring.
 
     ``data``: a dataset name, a ``layerscope.data.Dataset``, a tensor ``X`` (autoencoders,
@@ -78,15 +83,24 @@ def train(model, data, *, out_dir, epochs: int = 5, batch_size: int = 64, lr: fl
     metric. ``max_length`` truncates texts for tokenizer models. ``plots=False`` skips the PNG
     files. ``callbacks`` are called as ``fn(step=, epoch=, loss=)`` after every optimizer step.
 
-    Ctrl-C saves ``last/`` and the state and returns with ``stopped="interrupted"``;
-    ``resume=True`` continues from there to the same weights an uninterrupted run reaches.
+    Ctrl-C (SIGINT) or SIGTERM finishes the current step, saves ``last/`` and the state and
+    returns with ``stopped="interrupted"``; the state is also saved at every epoch end and
+    every ``save_every`` steps (default: every 5 minutes), so after a hard kill ``resume=True``
+    goes back to the last save. Either way the resumed run reaches the same weights, metrics
+    and flags as an uninterrupted one: the state holds the weights, optimizer, every RNG
+    (torch, CUDA, numpy, Python), the position in the epoch's seeded order, the running loss
+    and the monitors' state, written atomically.
+
+    ``out_dir`` must be new, empty or a previous ``train`` run's folder (``force=True`` writes
+    anywhere); it is checked before any work starts.
     A NaN/inf loss raises :class:`NonFiniteLossError` naming the first layer whose output (or
     gradient) was not finite; the checkpoints written before it are kept.
     """
-    _check_settings(epochs, batch_size, lr, optimizer, monitor_every, clip_grad, patience)
+    _check_settings(epochs, batch_size, lr, optimizer, monitor_every, clip_grad, patience,
+                    save_every)
     started = time.perf_counter()
-    out = Path(out_dir).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
+    out = claim_run_dir(out_dir, force=force, resume=resume)
+    state = read_state(out) if resume else None
     dataset = resolve_dataset(data, limit=limit, seed=seed)
     module, info = resolve_model(model, dataset, seed=seed, task=task)
     if info["sequence_model"] and eval_data is None and series_of(dataset) is not None:
@@ -132,15 +146,21 @@ def train(model, data, *, out_dir, epochs: int = 5, batch_size: int = 64, lr: fl
         else:
             groups = param_groups(module, lr, layer_lr=layer_lr, lr_decay=lr_decay)
             opt = _optimizer(optimizer, groups, lr, weight_decay)
+        if state is not None and state.get("monitor"):
+            keep_first_bytes(out / "metrics.jsonl", state["monitor"]["metrics_bytes"])
         monitor = LayerMonitor(module, every=monitor_every, path=out / "metrics.jsonl",
-                               log=log, csv=metrics_csv, append=resume) if monitor_every else None
+                               log=log, csv=metrics_csv,
+                               append=bool(state and state.get("monitor"))) \
+            if monitor_every else None
         loop = _Loop(module=module, call=run, obj=obj, prepared=prepared, opt=opt, plan=plan,
                      monitor=monitor, out=out, info=info, settings=settings, log=log,
                      progress=progress, callbacks=callbacks, clip_grad=clip_grad,
                      patience=patience, epochs=epochs, batch_size=batch_size, seed=seed,
-                     plots=plots)
-        if resume:
-            loop.load_state()
+                     plots=plots, save_every=save_every)
+        if state is not None:
+            loop.load_state(state)
+        else:
+            loop.save_state()      # a run killed before its first save resumes from the start
         result = loop.run()
     finally:
         if cuda:
@@ -275,7 +295,8 @@ def _device(module: nn.Module, device) -> torch.device:
     return dev
 
 
-def _check_settings(epochs, batch_size, lr, optimizer, monitor_every, clip_grad, patience):
+def _check_settings(epochs, batch_size, lr, optimizer, monitor_every, clip_grad, patience,
+                    save_every=None):
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
         if not isinstance(value, int) or value <= 0:
             raise LayerscopeError(f"{name}={value!r} must be a whole number of at least 1")
@@ -289,6 +310,9 @@ def _check_settings(epochs, batch_size, lr, optimizer, monitor_every, clip_grad,
         raise LayerscopeError(f"clip_grad={clip_grad!r} must be above 0, e.g. 1.0")
     if patience is not None and patience < 1:
         raise LayerscopeError(f"patience={patience} must be at least 1 epoch")
+    if save_every is not None and (not isinstance(save_every, int) or save_every < 0):
+        raise LayerscopeError(f"save_every={save_every!r} must be 0 (epoch ends only) or a "
+                              f"number of steps")
 
 
 def _optimizer(name: str, groups, lr: float, weight_decay: float, gan: bool = False):
@@ -315,6 +339,131 @@ class OptimizerPair:
     def load_state_dict(self, state: dict) -> None:
         self.g.load_state_dict(state["g"])
         self.d.load_state_dict(state["d"])
+
+
+# -- resume: the state of a run between two steps --------------------------------------------------
+STATE_VERSION = 2
+AUTO_SAVE_SECONDS = 300.0     # mid-epoch state saves when save_every is not given
+
+
+class _StopRequested(Exception):
+    """SIGINT / SIGTERM arrived; raised between two steps so the saved state is consistent."""
+
+
+@contextmanager
+def _deferred_signals(loop):
+    """SIGINT and SIGTERM set ``loop.stop_signal``; the loop stops at the next step boundary.
+
+    A second SIGINT while waiting raises KeyboardInterrupt at once (the state saved last is
+    kept). Outside the main thread signals cannot be caught and the handlers are left alone.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        if signum == signal.SIGINT and loop.stop_signal == "SIGINT":
+            raise KeyboardInterrupt
+        loop.stop_signal = signal.Signals(signum).name
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def rng_state() -> dict:
+    """Every random stream a step may draw from: torch (CPU and CUDA), numpy and Python.
+
+    Example:
+        >>> import random
+        >>> s = rng_state(); a = (torch.rand(1), random.random())
+        >>> set_rng_state(s); (torch.rand(1), random.random()) == a
+        True
+    """
+    import random
+
+    import numpy as np
+
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)),
+                       "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)}}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Put back the streams saved by :func:`rng_state`."""
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(state["torch"])
+    random.setstate(_tuples(state["python"]))
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"],
+                         n["has_gauss"], n["gauss"]))
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _tuples(value):
+    return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def run_identity(loop) -> dict:
+    """What must match between a saved run and the one resuming it."""
+    s = loop.settings
+    return {"seed": loop.seed, "batch_size": loop.batch_size, "n_train": len(loop.prepared.train),
+            "model": s.get("model"), "data": s.get("data"), "optimizer": s.get("optimizer"),
+            "lr": s.get("lr"), "task": s.get("task")}
+
+
+def read_state(out: Path) -> dict:
+    """The saved state of the run in ``out``; a missing or unreadable file is a one-line error."""
+    path = out / STATE_FILE
+    if not path.is_file():
+        raise LayerscopeError(f"nothing to resume: {str(path)!r} is missing; train without "
+                              f"--resume first")
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as exc:   # truncated / not a torch file / foreign pickle: all one answer
+        raise LayerscopeError(
+            f"cannot resume: {str(path)!r} is not a readable training state "
+            f"({type(exc).__name__}); train again without --resume") from exc
+    needed = ("version", "epoch", "batch", "step", "model", "optimizer", "rng", "history",
+              "identity")
+    if not isinstance(state, dict) or any(k not in state for k in needed):
+        raise LayerscopeError(f"cannot resume: {str(path)!r} is not a training state written "
+                              f"by layerscope train; train again without --resume")
+    if state["version"] != STATE_VERSION:
+        raise LayerscopeError(
+            f"cannot resume: {str(path)!r} was written by another layerscope version (state "
+            f"version {state['version']}, this one reads {STATE_VERSION}); train again")
+    return state
+
+
+def claim_run_dir(out_dir, *, force: bool, resume: bool) -> Path:
+    """The run folder, claimed for ``train`` output before any work (see layerscope.outputs)."""
+    out = Path(out_dir).expanduser()
+    if resume:
+        if not (out / STATE_FILE).is_file():
+            raise LayerscopeError(f"nothing to resume: {str(out / STATE_FILE)!r} is missing; "
+                                  f"train without --resume first")
+    from layerscope.outputs import claim_dir
+
+    return Path(claim_dir(out, "train-run", force=force))
+
+
+def keep_first_bytes(path: Path, size: int) -> None:
+    """Cut a file appended to after the last state save back to what that save had seen."""
+    if path.is_file() and path.stat().st_size > size:
+        with open(path, "r+b") as fh:
+            fh.truncate(size)
 
 
 def _logger(progress: bool):
@@ -391,51 +540,69 @@ def _check_fit(run: _Runner, prepared: Prepared, obj, batch_size: int) -> None:
 # -- the loop itself --------------------------------------------------------------------------------------
 class _Loop:
     def __init__(self, *, module, call, obj, prepared, opt, plan, monitor, out, info, settings,
-                 log, progress, callbacks, clip_grad, patience, epochs, batch_size, seed, plots):
+                 log, progress, callbacks, clip_grad, patience, epochs, batch_size, seed, plots,
+                 save_every):
         self.__dict__.update(locals())
         del self.__dict__["self"]
         self.epoch, self.batch, self.step = 0, 0, 0
         self.history: list[dict] = []
         self.best, self.best_epoch, self.bad_epochs = None, None, 0
         self.loss_sum, self.loss_n = 0.0, 0
-        self.rng = torch.get_rng_state()
         self.best_path = self.last_path = None
+        self.saved_step: int | None = None      # the step of the last train_state.pt written
+        self._saved_at = time.monotonic()
+        self._between_steps = True              # False while a step changes the model
+        self.stop_signal: str | None = None     # set by the SIGINT / SIGTERM handler
 
     # -- state for resume --------------------------------------------------------------------------
     def save_state(self) -> Path:
-        state = {"version": 1, "epoch": self.epoch, "batch": self.batch, "step": self.step,
+        """Write everything the next step depends on, atomically (temp file + os.replace).
+
+        Called only between steps, so the weights, optimizer, RNGs and counters agree.
+        """
+        state = {"version": STATE_VERSION, "epoch": self.epoch, "batch": self.batch,
+                 "step": self.step,
                  "model": {k: v.detach().clone() for k, v in self.module.state_dict().items()},
-                 "optimizer": self.opt.state_dict(), "rng": self.rng,
+                 "optimizer": self.opt.state_dict(), "rng": rng_state(),
                  "history": self.history, "best": self.best, "best_epoch": self.best_epoch,
                  "bad_epochs": self.bad_epochs, "loss_sum": self.loss_sum,
-                 "loss_n": self.loss_n, "seed": self.seed, "batch_size": self.batch_size,
-                 "n_train": len(self.prepared.train)}
+                 "loss_n": self.loss_n, "monitor": self.monitor.state_dict()
+                 if self.monitor is not None else None, "identity": run_identity(self)}
         target = self.out / STATE_FILE
-        tmp = target.with_suffix(".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, target)
+        tmp = target.with_name(f".{STATE_FILE}.tmp-{os.getpid()}")
+        try:
+            torch.save(state, tmp)
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        self.saved_step, self._saved_at = self.step, time.monotonic()
         return target
 
-    def load_state(self) -> None:
-        path = self.out / STATE_FILE
-        if not path.is_file():
-            raise LayerscopeError(f"nothing to resume: {str(path)!r} is missing; train without "
-                                  f"--resume first")
-        state = torch.load(path, weights_only=True, map_location="cpu")
-        for key, want in (("seed", self.seed), ("batch_size", self.batch_size),
-                          ("n_train", len(self.prepared.train))):
-            if state.get(key) != want:
+    def load_state(self, state: dict) -> None:
+        """Continue from a state read by :func:`read_state` (checked against this run first)."""
+        saved = state.get("identity") or {}
+        for key, want in run_identity(self).items():
+            if saved.get(key) != want:
                 raise LayerscopeError(
-                    f"cannot resume: the saved run has {key}={state.get(key)} but this one has "
-                    f"{want}; use the same settings")
-        self.module.load_state_dict(state["model"])
-        self.opt.load_state_dict(state["optimizer"])
+                    f"cannot resume: the saved run has {key}={saved.get(key)!r} but this one has "
+                    f"{want!r}; use the same settings (or train without --resume)")
+        try:
+            self.module.load_state_dict(state["model"])
+            self.opt.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise LayerscopeError(
+                f"cannot resume from {str(self.out / STATE_FILE)!r}: it does not fit this model "
+                f"({str(exc).splitlines()[0][:120]}); train without --resume") from exc
         self.epoch, self.batch, self.step = state["epoch"], state["batch"], state["step"]
-        self.rng = state["rng"]
         self.history, self.best = state["history"], state["best"]
         self.best_epoch, self.bad_epochs = state["best_epoch"], state["bad_epochs"]
         self.loss_sum, self.loss_n = state["loss_sum"], state["loss_n"]
-        torch.set_rng_state(self.rng)
+        if self.monitor is not None and state.get("monitor") is not None:
+            self.monitor.load_state_dict(state["monitor"])
+        set_rng_state(state["rng"])
+        self.saved_step = self.step
         for name in ("best", "last"):
             if (self.out / name).is_dir():
                 setattr(self, f"{name}_path", str(self.out / name))
@@ -459,44 +626,74 @@ class _Loop:
     def run(self) -> TrainResult:
         self.stopped = "finished"
         try:
-            self._epochs()
+            with _deferred_signals(self):
+                self._epochs()
+        except _StopRequested:
+            self._interrupted(f"{self.stop_signal} received")
         except KeyboardInterrupt:
-            self.stopped = "interrupted"
-            self.last_path = self.save_checkpoint("last", {"epoch": self.epoch,
-                                                           "interrupted_at_step": self.step})
-            self.save_state()
-            self.log(f"interrupted at step {self.step}: saved {self.last_path} and "
-                     f"{self.out / STATE_FILE}; continue with resume=True (--resume)")
+            self._interrupted("interrupted")
         finally:
             if self.monitor is not None:
                 self.monitor.close()
         return self.result()
 
+    def _interrupted(self, why: str) -> None:
+        """Save ``last/`` and the state when the model is between steps; else keep the last save."""
+        self.stopped = "interrupted"
+        if not self._between_steps:
+            kept = (f"the state saved at step {self.saved_step}" if self.saved_step is not None
+                    else "no saved state (resume starts over)")
+            self.log(f"{why} in the middle of step {self.step}: kept {kept}; continue with "
+                     f"resume=True (--resume)")
+            return
+        self.last_path = self.save_checkpoint("last", {"epoch": self.epoch,
+                                                       "interrupted_at_step": self.step})
+        self.save_state()
+        self.log(f"{why} at step {self.step}: saved {self.last_path} and "
+                 f"{self.out / STATE_FILE}; continue with resume=True (--resume)")
+
     def result(self) -> TrainResult:
         plots = []
+        rows = read_metrics(self.monitor.path) if self.monitor is not None else []
         if self.monitor is not None and self.plots:
             plots = plot_metrics(self.monitor.path, self.out)
+        flags = self.diagnose(rows)
         r = TrainResult(task=self.obj.task, metric=self.obj.metric,
                         higher_is_better=self.obj.higher_is_better, history=self.history,
                         best_metric=self.best, best_epoch=self.best_epoch, out_dir=str(self.out),
                         best_checkpoint=self.best_path, last_checkpoint=self.last_path,
                         state_file=str(self.out / STATE_FILE),
                         metrics_file=str(self.monitor.path) if self.monitor else None,
-                        plots=plots, flags=list(self.monitor.flags) if self.monitor else [],
-                        stopped=self.stopped, steps=self.step, settings=_plain(self.settings))
-        if self.history and self.plots:
+                        plots=plots, flags=flags, stopped=self.stopped, steps=self.step,
+                        settings=_plain(self.settings))
+        for line in r.flag_lines():
+            self.log(f"flag: {line}")
+        if self.plots:
             import matplotlib.pyplot as plt
 
-            fig = r.plot()
-            fig.savefig(self.out / "history.png", dpi=90)
-            plt.close(fig)
-            r.plots.append(str(self.out / "history.png"))
+            figures = [("history.png", r.plot)] if self.history else []
+            if rows:
+                figures.append((GRAD_DEPTH_PNG, lambda: plot_grad_depth(rows, flags)))
+            for name, draw in figures:
+                fig = draw()
+                fig.savefig(self.out / name, dpi=90)
+                plt.close(fig)
+                r.plots.append(str(self.out / name))
         return r
+
+    def diagnose(self, rows: list[dict]) -> list[dict]:
+        """The run's flags (see :mod:`layerscope.train.diagnose`)."""
+        baseline = None
+        if self.obj.task == "classification" and self.prepared.held_out.labels is not None:
+            train_labels = self.prepared.train.labels
+            k = int(train_labels.max()) + 1 if train_labels is not None and len(train_labels) \
+                else None
+            baseline = chance_baseline(self.prepared.held_out.labels, k)
+        return diagnose(rows, self.history, task=self.obj.task, baseline=baseline)
 
     def _epochs(self) -> None:
         from tqdm import tqdm
 
-        torch.set_rng_state(self.rng)
         while self.epoch < self.epochs:
             order = self.order(self.epoch)
             starts = list(range(0, len(order), self.batch_size))
@@ -506,21 +703,39 @@ class _Loop:
             try:
                 self._train_mode()
                 while self.batch < len(starts):
+                    self._check_stop()
                     index = order[starts[self.batch]:starts[self.batch] + self.batch_size]
+                    self._between_steps = False
                     loss = self._step(index)
                     self.batch += 1
                     self.step += 1
-                    self.rng = torch.get_rng_state()
+                    self._between_steps = True
                     bar.update(1)
                     if self.step % 10 == 0 or self.batch == len(starts):
                         bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
                     for fn in self.callbacks:
                         fn(step=self.step, epoch=self.epoch, loss=loss)
+                    if self.batch < len(starts) and self._save_due():
+                        self.save_state()
             finally:
                 bar.close()
-            if self._end_epoch():
+            self._check_stop()
+            self._between_steps = False
+            stop = self._end_epoch()
+            self._between_steps = True
+            if stop:
                 self.stopped = "early-stopping"
                 break
+
+    def _check_stop(self) -> None:
+        if self.stop_signal is not None:
+            raise _StopRequested()
+
+    def _save_due(self) -> bool:
+        """A mid-epoch state save: every ``save_every`` steps, or by default every few minutes."""
+        if self.save_every is None:
+            return time.monotonic() - self._saved_at >= AUTO_SAVE_SECONDS
+        return self.save_every > 0 and self.step % self.save_every == 0
 
     def _train_mode(self) -> None:
         self.module.train()
@@ -625,10 +840,12 @@ class _Loop:
         n = len(held)
         batches = (held.take(torch.arange(i, min(i + self.batch_size, n)))
                    for i in range(0, n, self.batch_size))
+        saved = rng_state()
         try:
             with torch.no_grad():
                 figures = self.obj.evaluate(self.call, batches)
         finally:
+            set_rng_state(saved)
             self._train_mode()
         return figures
 

@@ -12,10 +12,13 @@ and each module holding parameters of its own:
   last dimension for (B, T, D)); for a block, the same over the ReLU modules inside it.
   ReLUs called as functions (``F.relu``) are invisible to hooks and are not counted.
 
-Hooks are placed only for the forward pass of a monitor step and always removed. A layer whose
-gradient norm is at most ``vanish`` × max(1, weight norm) is flagged as vanishing, one above
-``explode`` × max(1, weight norm) (or non-finite) as exploding; each flag is printed once per
-layer with its step and kept in :attr:`LayerMonitor.flags`.
+* ``dead_sustained`` – for ReLUs, the fraction of units silent on each of the last ``SUSTAIN``
+  (3) monitored batches.
+
+Hooks (one :class:`layerscope.layers.Capture`) are placed only for the forward pass of a
+monitor step and always removed. The rows are judged by :mod:`layerscope.train.diagnose`
+(vanishing / exploding gradients, dead units) at the end of training; :func:`plot_grad_depth`
+draws the gradient norm by depth.
 
 Example:
     >>> import torch, tempfile
@@ -41,6 +44,21 @@ import torch
 from torch import Tensor, nn
 
 _RELUS = (nn.ReLU, nn.ReLU6)
+SUSTAIN = 3      # monitored batches in a row a unit must stay silent to count as dead
+
+
+def _activation_figures(y: Tensor, kind: str) -> dict:
+    """Mean and std of one output (tensors, read once in ``finish``); per-unit life for ReLUs."""
+    y = y.detach()
+    if not y.is_floating_point() or y.numel() < 2:
+        return {}
+    std, mean = torch.std_mean(y.float())
+    row = {"act_mean": mean, "act_std": std}
+    if kind == "relu":
+        alive = (y != 0).any(dim=(0, 2, 3)) if y.dim() == 4 else \
+            (y != 0).reshape(-1, y.shape[-1]).any(dim=0)
+        row.update(dead=(~alive).sum(), units=alive.numel(), alive=alive)
+    return row
 
 
 def dead_units(y: Tensor) -> tuple[int, int]:
@@ -58,21 +76,19 @@ def dead_units(y: Tensor) -> tuple[int, int]:
 class LayerMonitor:
     """Collects the per-layer figures on monitor steps and appends them to a JSONL file."""
 
-    def __init__(self, model: nn.Module, *, every: int, path, log=print, vanish: float = 1e-7,
-                 explode: float = 1e3, csv: bool = False, append: bool = False):
+    def __init__(self, model: nn.Module, *, every: int, path, log=print, csv: bool = False,
+                 append: bool = False):
         self.model, self.every, self.log = model, int(every), log
-        self.vanish, self.explode = vanish, explode
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = self.path.open("a" if append else "w")
         self.csv_path = self.path.with_suffix(".csv") if csv else None
-        self.flags: list[dict] = []
-        self._flagged: set[tuple[str, str]] = set()
         self.groups = self._groups(model)            # (name, kind, params)
         self._act_targets = self._activation_targets(model)
         self._acts: dict[str, dict] = {}
         self._before: list[Tensor] | None = None
         self._m = None
+        self._silent: dict[str, Tensor] = {}   # ReLU -> monitored batches in a row each unit slept
 
     # -- what is watched ---------------------------------------------------------------------------
     @staticmethod
@@ -106,39 +122,26 @@ class LayerMonitor:
     # -- one monitor step --------------------------------------------------------------------------
     @contextmanager
     def watch(self, step: int):
-        """Hooks on the watched layers for one forward pass (no-op off monitor steps)."""
+        """Hooks on the watched layers for one forward pass (no-op off monitor steps).
+
+        The hooks are a :class:`layerscope.layers.Capture` whose ``edit`` reads each output as
+        it is produced (and returns None, so nothing is changed); they are removed on exit.
+        """
         if not self.active(step):
             yield
             return
+        from layerscope.layers import Capture, Layer
+
         self._acts = {}
-        handles = []
-        try:
-            for name, kind, module in self._act_targets:
-                handles.append(module.register_forward_hook(self._hook(name, kind)))
+        kinds = {name: kind for name, kind, _ in self._act_targets}
+        layers = [Layer(index=i, name=name, module=module, role=kind, kind=type(module).__name__)
+                  for i, (name, kind, module) in enumerate(self._act_targets)]
+
+        def read(y, name):
+            self._acts[name] = _activation_figures(y, kinds[name])
+
+        with Capture(self.model, layers, edit=read):
             yield
-        finally:
-            for h in handles:
-                h.remove()
-
-    def _hook(self, name: str, kind: str):
-        def hook(module, args, output):
-            from layerscope.layers import primary_tensor
-
-            try:
-                y = primary_tensor(output).detach()
-            except Exception:
-                return
-            if not y.is_floating_point() or y.numel() < 2:
-                return
-            y32 = y.float()
-            std, mean = torch.std_mean(y32)
-            row = {"act_mean": mean, "act_std": std}      # tensors; read once in finish()
-            if kind == "relu":
-                alive = (y != 0).any(dim=(0, 2, 3)) if y.dim() == 4 else \
-                    (y != 0).reshape(-1, y.shape[-1]).any(dim=0)
-                row.update(dead=(~alive).sum(), units=alive.numel())
-            self._acts[name] = row
-        return hook
 
     # -- the figures, vectorised: one norm per parameter, then group sums by one matrix product
     def _matrix(self) -> Tensor:
@@ -215,12 +218,11 @@ class LayerMonitor:
                     units = sum(a["units"] for a in inside)
                     row["dead_frac"] = sum(a["dead"] for a in inside) / units
             rows.append(row)
-            if kind == "module":
-                self._check_flags(row)
         for name, a in relu_by_name.items():
             rows.append({"step": step, "epoch": epoch, "layer": name, "kind": "relu",
                          "act_mean": a["act_mean"], "act_std": a["act_std"],
-                         "dead_frac": a["dead"] / a["units"]})
+                         "dead_frac": a["dead"] / a["units"],
+                         "dead_sustained": self._sustained(name, a["alive"])})
         self._file.write("".join(json.dumps(_finite(row)) + "\n" for row in rows))
         self._file.flush()
         self._before = None
@@ -230,7 +232,7 @@ class LayerMonitor:
     def _read_acts(self) -> dict:
         """The hooks' tensors as numbers, with one conversion for all of them."""
         keys = [(n, k) for n, row in self._acts.items() for k, v in row.items()
-                if isinstance(v, Tensor)]
+                if isinstance(v, Tensor) and k != "alive"]
         if not keys:
             return {n: dict(row) for n, row in self._acts.items()}
         values = torch.stack([self._acts[n][k].double().cpu() for n, k in keys]).tolist()
@@ -239,26 +241,25 @@ class LayerMonitor:
             out[n][k] = int(v) if k == "dead" else v
         return out
 
-    def _check_flags(self, row: dict) -> None:
-        g, w = row["grad_norm"], row["weight_norm"]
-        if g is None:
-            return
-        scale = max(1.0, w)
-        if not math.isfinite(g) or g > self.explode * scale:
-            kind = "exploding"
-        elif g <= self.vanish * scale:
-            kind = "vanishing"
-        else:
-            return
-        if (row["layer"], kind) in self._flagged:
-            return
-        self._flagged.add((row["layer"], kind))
-        flag = {"kind": kind, "layer": row["layer"], "step": row["step"], "grad_norm": g,
-                "weight_norm": w}
-        self.flags.append(flag)
-        if self.log is not None:
-            self.log(f"warning: {kind} gradient in layer {row['layer']!r} at step {row['step']}: "
-                     f"gradient norm {g:.3g} (weight norm {w:.3g})")
+    def _sustained(self, name: str, alive: Tensor) -> float:
+        """Fraction of the ReLU's units silent on each of the last ``SUSTAIN`` monitored batches."""
+        alive = alive.detach().cpu()
+        streak = self._silent.get(name)
+        if streak is None or streak.shape != alive.shape:
+            streak = torch.zeros(alive.shape, dtype=torch.int32)
+        streak = torch.where(alive, torch.zeros_like(streak), streak + 1)
+        self._silent[name] = streak
+        return float((streak >= SUSTAIN).float().mean())
+
+    # -- resume ------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """What a resumed run needs to continue this monitor exactly (see ``train(resume=)``)."""
+        self._file.flush()
+        return {"metrics_bytes": self._file.tell(),
+                "silent": {k: v.clone() for k, v in self._silent.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._silent = {k: v.clone() for k, v in state["silent"].items()}
 
     def close(self) -> None:
         self._file.close()
@@ -334,3 +335,84 @@ def plot_metrics(path, out_dir) -> list[str]:
         plt.close(fig)
         written.append(str(target))
     return written
+
+
+def grad_depth_series(rows: list[dict]) -> tuple[str, list[str], dict[int, list]]:
+    """(kind, layers in depth order, {step: gradient norm per layer}) from metrics rows.
+
+    The blocks when the model has at least three, otherwise the modules with parameters.
+    """
+    blocks = {r["layer"] for r in rows if r["kind"] == "block"}
+    kind = "block" if len(blocks) >= 3 else "module"
+    layers: list[str] = []
+    by_step: dict[int, dict[str, float]] = {}
+    for r in rows:
+        if r["kind"] != kind:
+            continue
+        if r["layer"] not in layers:
+            layers.append(r["layer"])
+        if r.get("grad_norm") is not None:
+            by_step.setdefault(r["step"], {})[r["layer"]] = r["grad_norm"]
+    return kind, layers, {s: [g.get(n) for n in layers] for s, g in sorted(by_step.items())}
+
+
+def plot_grad_depth(rows: list[dict], flags: list[dict] = (), ax=None, max_lines: int = 12):
+    """The gradient norm by depth: one curve per monitored step (colour = step), log scale,
+    with the flagged layers marked at the step their flag starts. Returns the figure.
+
+    Example:
+        >>> rows = [{"step": s, "kind": "module", "layer": n, "grad_norm": g}
+        ...         for s in (0, 5) for n, g in (("0", 1e-6), ("2", 1.0), ("4", 2.0))]
+        >>> fig = plot_grad_depth(rows, [{"kind": "vanishing", "layer": "0", "step": 0}])
+        >>> fig.axes[0].get_yscale()
+        'log'
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kind, layers, series = grad_depth_series(rows)
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(7, 4))
+    else:
+        fig = ax.figure
+    steps = list(series)
+    if len(steps) > max_lines:
+        picks = sorted({round(i * (len(steps) - 1) / (max_lines - 1)) for i in range(max_lines)})
+        steps = [steps[i] for i in picks]
+    cmap = plt.get_cmap("viridis")
+    x = list(range(len(layers)))
+    positive = [g for s in steps for g in series[s] if g is not None and g > 0]
+    floor = min(positive) / 10 if positive else 1e-12
+    for i, s in enumerate(steps):
+        ys = [floor if g is None or g <= 0 else g for g in series[s]]
+        ax.plot(x, ys, "-o", markersize=2.5, linewidth=1,
+                color=cmap(i / max(len(steps) - 1, 1)), label=f"step {s}")
+    colours = {"vanishing": "tab:blue", "exploding": "tab:red"}
+    for flag in flags:
+        if flag.get("kind") not in colours or flag.get("layer") not in layers:
+            continue
+        step = min(series, key=lambda s: abs(s - flag["step"])) if series else None
+        if step is None:
+            continue
+        i = layers.index(flag["layer"])
+        g = series[step][i]
+        ax.plot([i], [floor if g is None or g <= 0 else g], marker="v" if flag["kind"] ==
+                "vanishing" else "^", markersize=11, color=colours[flag["kind"]],
+                markerfacecolor="none", markeredgewidth=2,
+                label=f"{flag['kind']} ({flag['layer']}, step {flag['step']})")
+    if positive:
+        ax.set_yscale("log")
+    step_names = len(layers) <= 24
+    ax.set_xticks(x if step_names else x[::max(1, len(x) // 12)])
+    ax.set_xticklabels(layers if step_names else [layers[i] for i in x[::max(1, len(x) // 12)]],
+                       rotation=60, ha="right", fontsize=6)
+    ax.set_xlabel(f"depth ({'blocks' if kind == 'block' else 'modules with parameters'}, "
+                  f"input side first)")
+    ax.set_ylabel("gradient norm")
+    ax.set_title("gradient norm by depth, over training" +
+                 (f" ({len(flags)} flag(s))" if flags else ""), fontsize=9)
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    return fig

@@ -29,8 +29,8 @@ class TrainResult(Result):
     state_file: str | None = None        # optimizer / RNG / position state for resume
     metrics_file: str | None = None      # metrics.jsonl of the per-layer monitors
     plots: list[str] = field(default_factory=list)
-    flags: list[dict] = field(default_factory=list)  # vanishing / exploding gradient warnings
-    stopped: str = "finished"       # finished | early-stopping | interrupted
+    flags: list[dict] = field(default_factory=list)  # diagnoses: see layerscope.train.diagnose
+    stopped: str = "finished"       # finished | early-stopping | interrupted | non-finite
     steps: int = 0
     seconds: float = 0.0
     settings: dict = field(default_factory=dict)
@@ -40,11 +40,35 @@ class TrainResult(Result):
             best = f"no held-out {self.metric} yet"
         else:
             best = f"best {self.metric} {self.best_metric:.4g} at epoch {self.best_epoch}"
-        flags = f"; {len(self.flags)} gradient flag(s)" if self.flags else ""
+        kinds = sorted({f["kind"] for f in self.flags})
+        flags = f"; {len(self.flags)} flag(s): {', '.join(kinds)}" if self.flags else ""
         return (f"{self.task}: {best} of {len(self.history)}; stopped: {self.stopped}{flags}")
 
-    def plot(self, ax=None):
-        """Training and held-out loss per epoch (and the metric on a second axis)."""
+    def flag_lines(self) -> list[str]:
+        """One line per flag (kind, layer, step and the figures behind it)."""
+        return [f.get("message") or f"{f['kind']} in {f['layer']!r} at step {f['step']}"
+                for f in self.flags]
+
+    def plot_gradients(self, ax=None):
+        """The gradient norm by depth over training, flagged layers marked (from metrics.jsonl)."""
+        from .monitors import plot_grad_depth, read_metrics
+
+        if not self.metrics_file:
+            from layerscope.errors import LayerscopeError
+
+            raise LayerscopeError("this run recorded no per-layer metrics (monitor_every=0); "
+                                  "train with monitor_every > 0 to draw gradients by depth")
+        return plot_grad_depth(read_metrics(self.metrics_file), self.flags, ax=ax)
+
+    def plot(self, ax=None, kind: str = "history"):
+        """Training and held-out loss per epoch (and the metric on a second axis);
+        ``kind="gradients"``: the gradient norm by depth (:meth:`plot_gradients`)."""
+        if kind == "gradients":
+            return self.plot_gradients(ax=ax)
+        if kind != "history":
+            from layerscope.errors import LayerscopeError
+
+            raise LayerscopeError(f"unknown plot kind {kind!r}; use 'history' or 'gradients'")
         import matplotlib
 
         matplotlib.use("Agg")
