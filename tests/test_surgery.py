@@ -208,10 +208,17 @@ def test_output_folder_rules(tmp_path):
     with pytest.raises(LayerscopeError, match="overlaps the input"):
         save_model(dropped.loaded, dropped.module, src)
     (tmp_path / "exists").mkdir()
-    with pytest.raises(LayerscopeError, match="--overwrite"):
+    (tmp_path / "exists" / "notes.txt").write_text("the user's")
+    with pytest.raises(LayerscopeError, match="not written by layerscope.*--force"):
         save_model(dropped.loaded, dropped.module, tmp_path / "exists")
+    assert sorted(p.name for p in (tmp_path / "exists").iterdir()) == ["notes.txt"]
     save_model(dropped.loaded, dropped.module, tmp_path / "exists", overwrite=True)
     assert (tmp_path / "exists" / "config.json").is_file()
+    assert (tmp_path / "exists" / "notes.txt").read_text() == "the user's"
+    (tmp_path / "empty").mkdir()
+    save_model(dropped.loaded, dropped.module, tmp_path / "empty")  # empty: fine
+    save_model(dropped.loaded, dropped.module, tmp_path / "empty")  # its own output: replaced
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "exists", "src"]
 
 
 # --- quantize ----------------------------------------------------------------------------------
@@ -606,8 +613,10 @@ def test_cli_drop_saves_reloadable_model_and_reports(tmp_path, capsys):
     data = json.loads(out)
     assert data["removed"] == [1, 2] and data["quality_metric"] == "perplexity"
     assert AutoModelForCausalLM.from_pretrained(str(tmp_path / "o")).config.num_hidden_layers == 2
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("the user's")
     for args, message in [
-        (["drop", str(src), "--layers", "1", "-o", str(tmp_path / "o")], "exists"),
+        (["drop", str(src), "--layers", "1", "-o", str(tmp_path / "mine")], "pass --force"),
         (["drop", str(src), "--layers", "1", "-o", str(src)], "overlaps the input"),
         (["drop", str(src), "--layers", "4", "-o", str(tmp_path / "x")], "out of range"),
         (["drop", str(src), "--layers", "0-3", "-o", str(tmp_path / "x")], "leaves no model"),

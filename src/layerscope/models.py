@@ -55,7 +55,7 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _QUANTIZED_FILE = "layerscope-quantized.json"
 _NOT_MODELS = {  # marker kind of a layerscope output folder that is no model -> what to do with it
     "early-exit": "it holds early-exit heads, not a model: load them with "
-                  "layerscope.surgery.early_exit.load_heads(FOLDER) and run them beside the base model",
+                  "layerscope.surgery.save.load_exit_heads(FOLDER) beside the base model",
     "report": "it holds a report, not a model: open its index.html",
     "store": "it holds recorded activations, not a model: open it with layerscope.store.Store(FOLDER)",
     "train-run": "it holds a training run: load its checkpoint FOLDER/best or FOLDER/last",

@@ -9,6 +9,7 @@ import typer
 
 from .app import app
 from .common import (
+    AllowMissingWeightsOpt,
     BlocksOpt,
     InputShapeOpt,
     JsonOpt,
@@ -21,7 +22,10 @@ from .common import (
 
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Folder to write the changed model to "
                                       "(must not be the input's folder).", show_default=False)]
-OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output folder.")]
+OverwriteOpt = Annotated[bool, typer.Option(
+    "--force", "--overwrite", help="Write into an output folder layerscope did not write (files "
+    "of the same names are replaced; others stay). An earlier output of the same command is "
+    "replaced without it.")]
 DataOpt = Annotated[Optional[str], typer.Option(
     "--data", help="Held-out data to measure quality on (and to choose blocks with --auto): a "
     "built-in dataset (e.g. sentences, digits) or a file. Default: an example batch.",
@@ -89,6 +93,7 @@ def drop_command(
     blocks: BlocksOpt = None,
     input_shape: InputShapeOpt = None,
     trust_remote_code: TrustRemoteCodeOpt = False,
+    allow_missing_weights: AllowMissingWeightsOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Remove whole blocks and save a model that loads with its own library."""
@@ -100,7 +105,8 @@ def drop_command(
         raise LayerscopeError("give either --layers (e.g. --layers 21-29) or --auto N with --data")
     check_output(out, source=_folder(model), overwrite=overwrite)
     loaded = model_from_cli(model, blocks=blocks, input_shape=input_shape,
-                            trust_remote_code=trust_remote_code)
+                            trust_remote_code=trust_remote_code,
+                            allow_missing_weights=allow_missing_weights)
     check_output(out, source=source_path(loaded), overwrite=overwrite)
     dataset = _dataset(data, limit)
     if auto is not None:
@@ -145,6 +151,7 @@ def prune_command(
     blocks: BlocksOpt = None,
     input_shape: InputShapeOpt = None,
     trust_remote_code: TrustRemoteCodeOpt = False,
+    allow_missing_weights: AllowMissingWeightsOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Prune by magnitude (sparser) or structurally (smaller and faster), or sweep sensitivity."""
@@ -153,8 +160,14 @@ def prune_command(
     from layerscope.surgery.prune import check_sparsity
     from layerscope.surgery.save import check_output, source_path
 
+    if not sensitivity:
+        if out is None:
+            raise LayerscopeError("say where to write the pruned model: -o OUT")
+        check_sparsity(sparsity)
+        check_output(out, source=_folder(model), overwrite=overwrite)
     loaded = model_from_cli(model, blocks=blocks, input_shape=input_shape,
-                            trust_remote_code=trust_remote_code)
+                            trust_remote_code=trust_remote_code,
+                            allow_missing_weights=allow_missing_weights)
     dataset = _dataset(data, limit)
     if sensitivity:
         from layerscope.surgery import prune_sensitivity
@@ -170,9 +183,6 @@ def prune_command(
         _report(res, {"suggested (1% loss)": res.suggest(0.01)} if not as_json else
                 {"suggested": res.suggest(0.01)}, as_json)
         return
-    if out is None:
-        raise LayerscopeError("say where to write the pruned model: -o OUT")
-    check_sparsity(sparsity)
     check_output(out, source=source_path(loaded) or _folder(model), overwrite=overwrite)
     if structured:
         pruned = prune_structured(loaded, sparsity, structured, blocks=blocks)
@@ -202,6 +212,7 @@ def quantize_command(
     blocks: BlocksOpt = None,
     input_shape: InputShapeOpt = None,
     trust_remote_code: TrustRemoteCodeOpt = False,
+    allow_missing_weights: AllowMissingWeightsOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """int8 dynamic quantization of nn.Linear layers (torch.ao), saved as safetensors."""
@@ -210,7 +221,8 @@ def quantize_command(
 
     check_output(out, source=_folder(model), overwrite=overwrite)
     loaded = model_from_cli(model, blocks=blocks, input_shape=input_shape,
-                            trust_remote_code=trust_remote_code)
+                            trust_remote_code=trust_remote_code,
+                            allow_missing_weights=allow_missing_weights)
     check_output(out, source=source_path(loaded), overwrite=overwrite)
     q = quantize(loaded, parse_layers(layers), blocks=blocks)
     path = save_quantized(q, out, overwrite=overwrite)
@@ -238,24 +250,42 @@ def early_exit_command(
     batch_size: BatchOpt = 32,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder to save the exit "
                                                 "heads to (safetensors).", show_default=False)] = None,
+    overwrite: OverwriteOpt = False,
     blocks: BlocksOpt = None,
     input_shape: InputShapeOpt = None,
     trust_remote_code: TrustRemoteCodeOpt = False,
+    allow_missing_weights: AllowMissingWeightsOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Exit heads per block + confidence threshold: accuracy vs blocks used and time saved."""
+    import shutil
+
+    from layerscope.outputs import staging_dir
     from layerscope.surgery import early_exit
     from layerscope.surgery.early_exit import DEFAULT_THRESHOLDS
+    from layerscope.surgery.save import EXIT_KIND, check_output, publish, write_exit_info
 
+    if out is not None:
+        check_output(out, source=_folder(model), overwrite=overwrite, kind=EXIT_KIND)
     loaded = model_from_cli(model, blocks=blocks, input_shape=input_shape,
-                            trust_remote_code=trust_remote_code)
+                            trust_remote_code=trust_remote_code,
+                            allow_missing_weights=allow_missing_weights)
     dataset = _dataset(data, limit)
     items, labels = dataset.items, dataset.labels
     if binarize is not None and labels is not None:
         labels = (labels.float() > binarize).long()
-    res = early_exit(loaded, (items, labels), blocks=blocks, batch_size=batch_size,
-                     thresholds=[threshold] if threshold is not None else DEFAULT_THRESHOLDS,
-                     save_to=out)
+    staging = staging_dir(out) if out is not None else None
+    try:
+        res = early_exit(loaded, (items, labels), blocks=blocks, batch_size=batch_size,
+                         thresholds=[threshold] if threshold is not None else DEFAULT_THRESHOLDS,
+                         save_to=staging)
+        if staging is not None:
+            base = str(Path(model).resolve()) if _folder(model) is not None else model
+            write_exit_info(staging, base=base, blocks=blocks)
+            publish(staging, out, overwrite=overwrite, kind=EXIT_KIND)
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
     if as_json:
         print_json(res.to_dict())
         return

@@ -32,7 +32,6 @@ import copy
 import dataclasses
 import json
 import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -173,13 +172,15 @@ def save_quantized(result: Quantized, out, *, overwrite: bool = False) -> Path:
     """Write the quantized copy as safetensors + a JSON manifest; returns the folder."""
     from safetensors.torch import save_file
 
-    from .save import check_output, source_path, zoo_config, zoo_spec
+    from .save import check_output, publish, source_path, zoo_config, zoo_spec
+    from layerscope.outputs import staging_dir
 
     loaded = result.loaded
     target = check_output(out, source=source_path(loaded), overwrite=overwrite)
     module = loaded.module
     manifest: dict = {"format": FORMAT, "version": 1, "scheme": "per-channel symmetric int8",
-                      "quantized": result.quantized, "skipped": result.skipped}
+                      "quantized": result.quantized, "skipped": result.skipped,
+                      "task": loaded.task, "family": loaded.family}
     if zoo_spec(loaded) is not None:
         manifest.update(kind="zoo", zoo=zoo_spec(loaded), config=zoo_config(module),
                         input_shape=list(loaded.input_shape or []) or None)
@@ -189,8 +190,7 @@ def save_quantized(result: Quantized, out, *, overwrite: bool = False) -> Path:
         raise LayerscopeError(f"cannot save a quantized {type(module).__name__}: only Hugging Face "
                               f"models and zoo networks can be rebuilt; keep the module in Python")
     tensors, _ = quantized_tensors(module)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    staging = staging_dir(target)
     try:
         save_file(tensors, str(staging / WEIGHTS), metadata={"format": FORMAT})
         if manifest["kind"] == "hf":
@@ -198,9 +198,7 @@ def save_quantized(result: Quantized, out, *, overwrite: bool = False) -> Path:
             if loaded.tokenizer is not None:
                 loaded.tokenizer.save_pretrained(str(staging))
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
+        publish(staging, target, overwrite=overwrite)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
@@ -210,40 +208,63 @@ def _float_model(folder: Path, manifest: dict) -> nn.Module:
     if manifest.get("kind") == "zoo":
         from layerscope.builtin_models import build_zoo
 
-        return build_zoo(manifest["zoo"], **manifest["config"])
+        return build_zoo(str(manifest.get("zoo")), **manifest["config"])
     import transformers
 
-    config = transformers.AutoConfig.from_pretrained(str(folder))
-    cls = getattr(transformers, manifest.get("architecture", ""), None)
-    if not isinstance(cls, type) or not hasattr(cls, "from_config") and not hasattr(cls, "_from_config"):
+    try:
+        config = transformers.AutoConfig.from_pretrained(str(folder))
+    except Exception as exc:  # remote code is never run: trust_remote_code stays False
+        raise LayerscopeError(f"could not read the config of {str(folder)!r} "
+                              f"({type(exc).__name__}); quantize the model again") from None
+    name = manifest.get("architecture")
+    cls = getattr(transformers, name, None) if isinstance(name, str) and name.isidentifier() else None
+    if not isinstance(cls, type) or not issubclass(cls, transformers.PreTrainedModel):
         raise LayerscopeError(f"transformers has no class {manifest.get('architecture')!r} to "
                               f"rebuild {str(folder)!r}; upgrade transformers")
     return cls(config)
 
 
-def load_quantized(path):
-    """Rebuild a quantized model saved by :func:`save_quantized` (safe: safetensors + JSON)."""
-    from safetensors.torch import load_file
+def load_quantized(path, *, allow_missing_weights: bool = False):
+    """Rebuild a quantized model saved by :func:`save_quantized` (safe: safetensors + JSON).
+
+    Every saved tensor must fit the rebuilt model; a missing or unexpected one raises
+    :class:`LayerscopeError` unless ``allow_missing_weights=True``.
+    """
+    from layerscope.safeload import load_json, load_tensors
 
     folder = Path(path)
-    try:
-        manifest = json.loads((folder / MANIFEST).read_text())
-    except (OSError, ValueError) as exc:
-        raise LayerscopeError(f"{str(folder)!r} holds no readable {MANIFEST}; is it a quantized "
-                              f"layerscope model?") from exc
-    if manifest.get("format") != FORMAT:
+    manifest = load_json(folder / MANIFEST, what="quantized-model manifest",
+                         fix="quantize the model again")
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise LayerscopeError(f"{str(folder / MANIFEST)!r} is not a {FORMAT} manifest")
-    tensors = load_file(str(folder / WEIGHTS))
+    names = manifest.get("quantized")
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or \
+            manifest.get("kind") not in ("zoo", "hf") or \
+            (manifest.get("kind") == "zoo" and not isinstance(manifest.get("config"), dict)):
+        raise LayerscopeError(f"{str(folder / MANIFEST)!r} is malformed (needs 'kind', 'quantized' "
+                              f"and, for zoo models, a 'config' object); quantize the model again")
+    tensors = load_tensors(folder / WEIGHTS, what="quantized weights")
     module = _float_model(folder, manifest)
-    names = manifest["quantized"]
     prefixes = tuple(n + "." for n in names)
     floats = {k: v for k, v in tensors.items() if not k.startswith(prefixes)}
-    missing, unexpected = module.load_state_dict(floats, strict=False)
+    try:
+        missing, unexpected = module.load_state_dict(floats, strict=False)
+        for name in names:
+            module.get_submodule(name)
+            for key in ("weight_int8", "weight_scale", "weight_zero_point"):
+                if f"{name}.{key}" not in tensors:
+                    raise LayerscopeError(f"{str(folder / WEIGHTS)!r} lacks {name}.{key}; quantize "
+                                          f"the model again")
+    except (RuntimeError, AttributeError) as exc:
+        raise LayerscopeError(f"{str(folder / WEIGHTS)!r} does not fit its model "
+                              f"({str(exc).strip().splitlines()[0][:160]}); quantize it again") from None
     missing = [k for k in missing if not k.startswith(prefixes)]
     tied = {k for k in missing if _tied_key(module, k)}
-    if set(missing) - tied or unexpected:
-        raise LayerscopeError(f"{str(folder)!r} does not fit its model: missing "
-                              f"{sorted(set(missing) - tied)[:3]}, unexpected {sorted(unexpected)[:3]}")
+    missing = sorted(set(missing) - tied)
+    if (missing or unexpected) and not allow_missing_weights:
+        raise LayerscopeError(f"{str(folder)!r} does not fit its model: missing {missing[:3]}, "
+                              f"unexpected {sorted(unexpected)[:3]}; pass --allow-missing-weights "
+                              f"(allow_missing_weights=True) to load it anyway")
     with torch.no_grad():
         for name in names:
             linear = module.get_submodule(name)
@@ -286,7 +307,7 @@ def _describe(folder: Path, module: nn.Module, manifest: dict):
 
         loaded = describe_zoo_module(module, ref=str(folder), spec=manifest["zoo"])
     else:
-        from layerscope.models import wrap_module
+        from layerscope.model_types import wrap_module
 
         loaded = wrap_module(module, ref=str(folder), family=module.config.model_type)
         try:
@@ -295,6 +316,10 @@ def _describe(folder: Path, module: nn.Module, manifest: dict):
             loaded.tokenizer = AutoTokenizer.from_pretrained(str(folder))
         except (OSError, ValueError):
             loaded.tokenizer = None
+    if isinstance(manifest.get("task"), str):
+        loaded.task = manifest["task"]
+    if manifest.get("kind") == "zoo" and manifest.get("input_shape"):
+        loaded.input_shape = tuple(manifest["input_shape"])
     loaded.meta["path"] = str(folder)
     loaded.meta["quantized"] = manifest["quantized"]
     return loaded
