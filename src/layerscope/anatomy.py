@@ -67,6 +67,13 @@ class AnatomyResult(Result):
     ``index`` is the layer's index in :class:`~layerscope.layers.Layers` (None for the parts
     around the blocks at the ``blocks`` granularity); ``rest_params`` / ``rest_flops`` are what
     no row accounts for, so ``sum(params) + rest_params == total_params`` (same for FLOPs).
+
+    Example:
+        >>> from torch import nn
+        >>> from layerscope.anatomy import anatomy
+        >>> a = anatomy(nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 1)), input_shape=(2,))
+        >>> a.total_params, len(a.layers)
+        (17, 2)
     """
 
     model: str

@@ -14,7 +14,25 @@ from __future__ import annotations
 
 
 class LayerscopeError(Exception):
-    """A user-facing error whose message is one line: the problem and the fix."""
+    """A user-facing error whose message is one line: the problem and the fix.
+
+    Example:
+        >>> str(LayerscopeError("unknown method 'x';   use pca or tsne"))
+        "unknown method 'x'; use pca or tsne"
+    """
 
     def __init__(self, message: str):
         super().__init__(" ".join(str(message).split()))
+
+
+class LayerscopeIndexError(LayerscopeError, IndexError):
+    """An index out of range (``layers[10]`` on a 6-layer model): a :class:`LayerscopeError` with
+    the same one-line message that is also an ``IndexError``, so Python idioms keep working.
+
+    Example:
+        >>> try:
+        ...     raise LayerscopeIndexError("layer 10 is out of range: Net has 6 blocks (0-5)")
+        ... except IndexError as exc:
+        ...     print(exc)
+        layer 10 is out of range: Net has 6 blocks (0-5)
+    """

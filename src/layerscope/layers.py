@@ -44,6 +44,13 @@ class Layer:
 
     ``output_module``, when set, is where the layer's output is read (an nn.Sequential block's
     trailing activation); inputs are always read at ``module``.
+
+    Example:
+        >>> from torch import nn
+        >>> from layerscope.layers import Layers
+        >>> layer = Layers(nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 1)))[0]
+        >>> layer.index, layer.name, layer.kind
+        (0, '0', 'Linear')
     """
 
     index: int
@@ -117,6 +124,12 @@ class Layers(Sequence):
 
     ``blocks`` overrides discovery: a dotted path to a ModuleList/Sequential, or a comma list of
     module paths. ``rule`` says in one line how the layers were found.
+
+    Example:
+        >>> from torch import nn
+        >>> layers = Layers(nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 1)))
+        >>> len(layers), layers[-1].name, [layer.name for layer in layers]
+        (2, '2', ['0', '2'])
     """
 
     def __init__(self, model, granularity: str = "blocks", blocks: str | None = None):
@@ -149,7 +162,9 @@ class Layers(Sequence):
             n = len(self._layers)
             if -n <= key < n:
                 return self._layers[key]
-            raise LayerscopeError(
+            from layerscope.errors import LayerscopeIndexError
+
+            raise LayerscopeIndexError(
                 f"layer {key} is out of range: {type(self.model).__name__} has {n} "
                 f"{self.granularity} ({self._range()})")
         raise LayerscopeError(

@@ -195,6 +195,13 @@ def sweep(model, data, *, reducers: Sequence[Reducer], layers=None, granularity:
     ``layers=None`` sees all of them. ``batch_size="auto"`` picks the largest batch whose
     captured activations fit ``memory_budget_mb`` (estimated from one probe batch). ``start``
     skips the first items (used to resume a recording).
+
+    Example:
+        >>> import torch
+        >>> from layerscope.reducers import Moments
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+        >>> sweep(net, torch.randn(10, 4), reducers=[Moments()], progress=False).n_items
+        10
     """
     from layerscope.layers import Layers
 
@@ -214,11 +221,10 @@ def sweep(model, data, *, reducers: Sequence[Reducer], layers=None, granularity:
     if not isinstance(batch_size, int) or batch_size < 1:
         raise LayerscopeError(f"batch_size must be a positive integer or 'auto'; got {batch_size!r}")
 
-    from tqdm.auto import tqdm
+    from layerscope.progress import bar as progress_bar
 
     n_total = len(source)
-    bar = tqdm(total=max(n_total - start, 0), unit="item", desc="sweep", disable=not progress,
-               dynamic_ncols=True)
+    bar = progress_bar(max(n_total - start, 0), unit="item", desc="sweep", enabled=progress)
     n_items = n_batches = 0
     t0 = time.perf_counter()
     try:

@@ -272,6 +272,12 @@ def embed(model, data, *, layers=None, method: str = "pca", sample: int = 1000, 
     """PCA or t-SNE maps of ``layers`` of ``model`` on ``sample`` items of ``data``, coloured by label.
 
     Only the sampled items run through the model (a seeded uniform sample drawn before the pass).
+
+    Example:
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+        >>> res = embed(net, torch.randn(500, 4), sample=100)
+        >>> len(res.indices), res.seen, res.layers
+        (100, 500, ['0', '2'])
     """
     from layerscope.sweep import sweep
 

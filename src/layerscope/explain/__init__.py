@@ -115,6 +115,12 @@ def explain(model, layer=0, inputs=None, *, head: int = 0, blocks: str | None = 
     ``inputs`` is a text (or token ids, or a ``Path`` to a tensor file of token ids) for text
     models; a tensor, array or tensor file path for image/tensor models (``None``: a default sentence, or the model's example input). ``head`` picks the
     attention head whose scores and weights are shown.
+
+    Example:
+        >>> from layerscope.explain import explain
+        >>> r = explain("mlp:depth=2,width=8", layer=0)
+        >>> r.check < 1e-5, r.steps[0].name
+        (True, 'input')
     """
     from layerscope.layers import Layers
     from layerscope.models import LoadedModel, load_model

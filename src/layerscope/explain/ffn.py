@@ -155,6 +155,11 @@ def explain_ffn(source, activation: str = "relu", *, compare: bool = True) -> Ex
     The result carries the matrices (``parameters``), ``notes`` on what the numbers show (e.g.
     why every hidden unit coincides), and then, with ``compare``, ``compare``: the same network
     on the input shifted by 1, whose rows no longer sum to zero.
+
+    Example:
+        >>> r = explain_ffn("seed002")
+        >>> r.params, list(r.parameters), r.compare is not None
+        (58, ['W1', 'b1', 'W2', 'b2'], True)
     """
     if activation not in ACTIVATIONS:
         raise LayerscopeError(

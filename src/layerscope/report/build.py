@@ -485,6 +485,14 @@ def build_report(model="minilm", data=None, out_dir="layerscope-report", *, limi
     built-in data that suits the model. ``limit`` caps the items of the main pass (default 2,000,
     a seeded random subset; 500 for models above 50M parameters); ``importance_items`` caps the
     removal and lens passes (default 256; 64 for large models).
+
+    Example:
+        >>> import tempfile, torch
+        >>> from layerscope.data import Dataset
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+        >>> ds = Dataset("toy", torch.randn(40, 4), torch.randint(0, 2, (40,)), "tensor", "classification")
+        >>> build_report(net, ds, tempfile.mkdtemp(), progress=False, input_shape=(4,)).n_items
+        40
     """
     from layerscope.models import load_model
 
