@@ -9,6 +9,7 @@ import typer
 
 from .app import app
 from .cmd_probe import DataArg, save_plot
+from .common import FIGURE_SUFFIXES, AllowMissingWeightsOpt, ForceOpt, out_file
 from .common import (BlocksOpt, GranularityOpt, JsonOpt, LayersOpt, ModelArg, TrustRemoteCodeOpt,
                      model_from_cli, parse_layers, print_json)
 
@@ -33,6 +34,8 @@ def embed_command(
                                                  show_default=False)] = None,
     blocks: BlocksOpt = None,
     trust_remote_code: TrustRemoteCodeOpt = False,
+    allow_missing_weights: AllowMissingWeightsOpt = False,
+    force: ForceOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Pictures of layers: PCA or t-SNE of layer outputs on a sample, coloured by label."""
@@ -46,7 +49,9 @@ def embed_command(
     from .limits import load_limited, parse_limit
 
     n_sample = parse_limit(sample, 1000)
-    loaded = model_from_cli(model, blocks=blocks, trust_remote_code=trust_remote_code)
+    plot = out_file(plot, force, FIGURE_SUFFIXES)
+    loaded = model_from_cli(model, blocks=blocks, trust_remote_code=trust_remote_code,
+                            allow_missing_weights=allow_missing_weights)
     items = load_limited(data, limit, default=None, seed=seed, what="items", say=limit is not None)
     n_sample = len(items) if n_sample is None else min(n_sample, len(items))
     if n_sample < 3:

@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 import typer
 
 from .app import app
+from .common import AllowMissingWeightsOpt
 from .common import BlocksOpt, InputShapeOpt, JsonOpt, TrustRemoteCodeOpt, print_json
 
 TOLERANCE = 1e-5
@@ -42,6 +43,7 @@ def explain_command(
     blocks: BlocksOpt = None,
     input_shape: InputShapeOpt = None,
     trust_remote_code: TrustRemoteCodeOpt = False,
+    allow_missing_weights: AllowMissingWeightsOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Show one layer's computation step by step: shapes and numbers at every step.
@@ -72,7 +74,8 @@ def explain_command(
         from .common import model_from_cli
 
         loaded = model_from_cli(model, blocks=blocks, input_shape=input_shape,
-                                trust_remote_code=trust_remote_code)
+                                trust_remote_code=trust_remote_code,
+                                allow_missing_weights=allow_missing_weights)
         result = explain(loaded, layer, input_file if input_file is not None else text,
                          head=head, blocks=blocks)
     if as_json:

@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from .app import app
+from .common import FIGURE_SUFFIXES, AllowMissingWeightsOpt, ForceOpt, out_file, save_figure_to
 from .common import BlocksOpt, JsonOpt, ModelArg, TrustRemoteCodeOpt, model_from_cli, print_json
 
 DataArg = Annotated[str, typer.Argument(
@@ -39,12 +40,8 @@ def load_data(ref: str, limit: int | None):
 
 
 def save_plot(result, path: Path | None) -> None:
-    if path is not None:
-        import matplotlib.pyplot as plt
-
-        fig = result.plot()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+    """Write ``result.plot()`` to ``path`` (checked before the work) when a path is given."""
+    save_figure_to(result, path)
 
 
 @app.command("importance")
@@ -62,12 +59,16 @@ def importance_command(
     plot: PlotOpt = None,
     blocks: BlocksOpt = None,
     trust_remote_code: TrustRemoteCodeOpt = False,
+    allow_missing_weights: AllowMissingWeightsOpt = False,
+    force: ForceOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Which blocks matter: the model's own objective with each block removed (skipped)."""
     from layerscope.analyses.importance import build_stack, layer_importance, removal_curve
 
-    loaded = model_from_cli(model, blocks=blocks, trust_remote_code=trust_remote_code)
+    plot = out_file(plot, force, FIGURE_SUFFIXES)
+    loaded = model_from_cli(model, blocks=blocks, trust_remote_code=trust_remote_code,
+                            allow_missing_weights=allow_missing_weights)
     if curve:
         n_blocks = len(build_stack(loaded, blocks).blocks)
         if not 1 <= max_k <= n_blocks:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .app import app
+from .common import AllowMissingWeightsOpt
 from .common import (BlocksOpt, GranularityOpt, InputShapeOpt, JsonOpt, ModelArg,
                      TrustRemoteCodeOpt, model_from_cli, print_json)
 
@@ -34,6 +35,7 @@ def layers_command(
     blocks: BlocksOpt = None,
     input_shape: InputShapeOpt = None,
     trust_remote_code: TrustRemoteCodeOpt = False,
+    allow_missing_weights: AllowMissingWeightsOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """List the model's layers (blocks, sublayers or modules) with their roles."""
@@ -42,7 +44,8 @@ def layers_command(
     from layerscope.layers import Layers
 
     loaded = model_from_cli(model, blocks=blocks, input_shape=input_shape,
-                            trust_remote_code=trust_remote_code)
+                            trust_remote_code=trust_remote_code,
+                            allow_missing_weights=allow_missing_weights)
     lay = Layers(loaded, granularity, blocks=blocks)
     if as_json:
         print_json(layers_data(lay))

@@ -9,6 +9,7 @@ import typer
 
 from .app import app
 from .cmd_importance import LimitOpt, PlotOpt, load_data, save_plot
+from .common import FIGURE_SUFFIXES, AllowMissingWeightsOpt, ForceOpt, out_file
 from .common import BlocksOpt, JsonOpt, ModelArg, TrustRemoteCodeOpt, model_from_cli, print_json
 
 
@@ -40,6 +41,8 @@ def lens_command(
                                                       "saved with --lens-out.", show_default=False)] = None,
     blocks: BlocksOpt = None,
     trust_remote_code: TrustRemoteCodeOpt = False,
+    allow_missing_weights: AllowMissingWeightsOpt = False,
+    force: ForceOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Decode every layer's residual stream through the final norm and the LM head."""
@@ -55,9 +58,10 @@ def lens_command(
         raise LayerscopeError("pass --tuned to train a tuned lens or --lens FILE to use one, not both")
     if lens_out is not None and not tuned:
         raise LayerscopeError("--lens-out saves a lens trained with --tuned; add --tuned")
-    if lens_out is not None and (lens_out.is_dir() or not lens_out.parent.is_dir()):
-        raise LayerscopeError(f"cannot write the lens to {lens_out}: name a file in an existing folder")
-    loaded = model_from_cli(model, blocks=blocks, trust_remote_code=trust_remote_code)
+    plot = out_file(plot, force, FIGURE_SUFFIXES)
+    lens_out = out_file(lens_out, force, (".safetensors",))
+    loaded = model_from_cli(model, blocks=blocks, trust_remote_code=trust_remote_code,
+                            allow_missing_weights=allow_missing_weights)
     lens_stack(loaded, blocks)  # no LM head: fail before reading any data
     lens = TunedLens.load(lens_file) if lens_file is not None else None
     items = load_data(data, limit) if data is not None else None

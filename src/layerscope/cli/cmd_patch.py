@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from .app import app
+from .common import AllowMissingWeightsOpt
 from .common import (BlocksOpt, ForceOpt, JsonOpt, LayersOpt, ModelArg, TrustRemoteCodeOpt,
                      model_from_cli, print_json)
 
@@ -68,6 +69,7 @@ def patch_command(
     force: ForceOpt = False,
     blocks: BlocksOpt = None,
     trust_remote_code: TrustRemoteCodeOpt = False,
+    allow_missing_weights: AllowMissingWeightsOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Which layer (sublayer, head) at which position carries the answer: activation patching."""
@@ -80,7 +82,8 @@ def patch_command(
         raise LayerscopeError("nothing to patch: give --clean/--corrupt/--target or --pairs FILE")
     todo = read_pairs(pairs) if pairs is not None else []
     out = plot_target(plot, force)
-    loaded = model_from_cli(model, blocks=blocks, trust_remote_code=trust_remote_code)
+    loaded = model_from_cli(model, blocks=blocks, trust_remote_code=trust_remote_code,
+                            allow_missing_weights=allow_missing_weights)
     res = patch(loaded, clean, corrupt, target, foil, pairs=todo, part=part, direction=direction,
                 metric=metric, layers=layers, blocks=blocks, batch_size=batch_size, method=method)
     write_plot(res, out)

@@ -9,6 +9,7 @@ import typer
 
 from .app import app
 from .limits import DEFAULT_ITEMS, limit_option, load_limited
+from .common import FIGURE_SUFFIXES, AllowMissingWeightsOpt, ForceOpt, out_file, save_figure_to
 from .common import (BlocksOpt, GranularityOpt, JsonOpt, LayersOpt, ModelArg, TrustRemoteCodeOpt,
                      model_from_cli, parse_layers, print_json)
 
@@ -20,13 +21,8 @@ TASKS_HELP = "length, bigram-shift, sentiment, sentiment-score, or labels (the d
 
 
 def save_plot(result, path: Path | None) -> None:
-    """Write ``result.plot()`` to ``path`` (PNG) when a path is given."""
-    if path is not None:
-        import matplotlib.pyplot as plt
-
-        fig = result.plot()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+    """Write ``result.plot()`` to ``path`` (checked before the work) when a path is given."""
+    save_figure_to(result, path)
 
 
 @app.command("probe")
@@ -51,6 +47,8 @@ def probe_command(
                                                  show_default=False)] = None,
     blocks: BlocksOpt = None,
     trust_remote_code: TrustRemoteCodeOpt = False,
+    allow_missing_weights: AllowMissingWeightsOpt = False,
+    force: ForceOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """What each layer encodes: held-out accuracy (or R²) of a linear probe per layer."""
@@ -61,7 +59,9 @@ def probe_command(
 
     if task not in (*TASKS, "labels"):
         raise LayerscopeError(f"unknown probing task {task!r}; use one of {', '.join(TASKS)} or labels")
-    loaded = model_from_cli(model, blocks=blocks, trust_remote_code=trust_remote_code)
+    plot = out_file(plot, force, FIGURE_SUFFIXES)
+    loaded = model_from_cli(model, blocks=blocks, trust_remote_code=trust_remote_code,
+                            allow_missing_weights=allow_missing_weights)
     items = load_limited(data, limit, seed=seed)
     res = probe(loaded, items, task=task, layers=parse_layers(layers), granularity=granularity,
                 test_fraction=test_fraction, seed=seed, precision=precision, solver=solver, C=c,

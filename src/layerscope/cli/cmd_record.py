@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from .app import app
+from .common import AllowMissingWeightsOpt
 from .common import (
     BatchSizeOpt,
     DataArg,
@@ -39,19 +40,25 @@ def record_command(
     shard_items: Annotated[int, typer.Option("--shard-items", help="Items per shard file.")] = 4096,
     limit: LimitOpt = None,
     max_length: MaxLengthOpt = 128,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a different store in the folder.")] = False,
+    overwrite: Annotated[bool, typer.Option("--force", "--overwrite", help="Replace a different "
+                                            "store in the folder, or write into a folder of other "
+                                            "files (they stay).")] = False,
     granularity: GranularityOpt = "blocks",
     blocks: BlocksOpt = None,
     input_shape: InputShapeOpt = None,
     trust_remote_code: TrustRemoteCodeOpt = False,
+    allow_missing_weights: AllowMissingWeightsOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Record layer activations to safetensors shards plus a manifest; rerun the same command to resume."""
     from layerscope.data import load_dataset
-    from layerscope.store import record
+    from layerscope.outputs import check_dir
+    from layerscope.store import MANIFEST, record
 
+    check_dir(out, "store", force=overwrite, recognise=lambda folder: (folder / MANIFEST).is_file())
     loaded = model_from_cli(model, blocks=blocks, input_shape=input_shape,
-                            trust_remote_code=trust_remote_code)
+                            trust_remote_code=trust_remote_code,
+                            allow_missing_weights=allow_missing_weights)
     dataset = load_dataset(data, limit=limit)
     store = record(loaded, dataset, out, layers=parse_layers(layers), view=view, dtype=dtype,
                    batch_size=batch_size, shard_items=shard_items, max_length=max_length,

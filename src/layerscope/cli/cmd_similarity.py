@@ -9,6 +9,7 @@ import typer
 
 from .app import app
 from .cmd_probe import DataArg, LimitOpt, save_plot
+from .common import FIGURE_SUFFIXES, AllowMissingWeightsOpt, ForceOpt, out_file
 from .common import (BlocksOpt, GranularityOpt, JsonOpt, LayersOpt, ModelArg, TrustRemoteCodeOpt,
                      model_from_cli, parse_layers, print_json)
 
@@ -31,6 +32,8 @@ def similarity_command(
                                                  show_default=False)] = None,
     blocks: BlocksOpt = None,
     trust_remote_code: TrustRemoteCodeOpt = False,
+    allow_missing_weights: AllowMissingWeightsOpt = False,
+    force: ForceOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Which layers compute alike: CKA between every pair of layers (unbiased estimator)."""
@@ -40,8 +43,11 @@ def similarity_command(
 
     if kernel not in ("linear", "rbf"):
         raise LayerscopeError(f"unknown kernel {kernel!r}; use linear or rbf")
-    loaded = model_from_cli(model, blocks=blocks, trust_remote_code=trust_remote_code)
-    second = model_from_cli(other, trust_remote_code=trust_remote_code) if other else None
+    plot = out_file(plot, force, FIGURE_SUFFIXES)
+    loaded = model_from_cli(model, blocks=blocks, trust_remote_code=trust_remote_code,
+                            allow_missing_weights=allow_missing_weights)
+    second = model_from_cli(other, trust_remote_code=trust_remote_code,
+                            allow_missing_weights=allow_missing_weights) if other else None
     items = load_limited(data, limit, seed=0, minimum=4)
     res = similarity(loaded, items, other=second, kernel=kernel, sample=sample,
                      layers=parse_layers(layers), other_layers=parse_layers(layers) if other else None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .app import app
+from .common import AllowMissingWeightsOpt
 from .common import (BlocksOpt, GranularityOpt, InputShapeOpt, JsonOpt, ModelArg,
                      TrustRemoteCodeOpt, model_from_cli, print_json)
 
@@ -86,6 +87,7 @@ def summary_command(
     input_shape: InputShapeOpt = None,
     blocks: BlocksOpt = None,
     trust_remote_code: TrustRemoteCodeOpt = False,
+    allow_missing_weights: AllowMissingWeightsOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Each layer's role, input -> output shape, parameters (tied ones once) and FLOPs on an
@@ -95,7 +97,8 @@ def summary_command(
     from layerscope.anatomy import anatomy
 
     loaded = model_from_cli(model, blocks=blocks, input_shape=input_shape,
-                            trust_remote_code=trust_remote_code)
+                            trust_remote_code=trust_remote_code,
+                            allow_missing_weights=allow_missing_weights)
     result = anatomy(loaded, granularity=granularity, blocks=blocks)
     if as_json:
         print_json(result.cli_dict())

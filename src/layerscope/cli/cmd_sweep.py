@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from .app import app
+from .common import AllowMissingWeightsOpt
 from .common import (
     BatchSizeOpt,
     DataArg,
@@ -38,6 +39,7 @@ def sweep_command(
     blocks: BlocksOpt = None,
     input_shape: InputShapeOpt = None,
     trust_remote_code: TrustRemoteCodeOpt = False,
+    allow_missing_weights: AllowMissingWeightsOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """One pass over DATA: activation mean, std, min, max and NaN/inf counts per layer."""
@@ -46,7 +48,8 @@ def sweep_command(
     from layerscope.sweep import sweep
 
     loaded = model_from_cli(model, blocks=blocks, input_shape=input_shape,
-                            trust_remote_code=trust_remote_code)
+                            trust_remote_code=trust_remote_code,
+                            allow_missing_weights=allow_missing_weights)
     dataset = load_dataset(data, limit=limit)
     moments, nonfinite = Moments(view=view), NonFinite(view=view)
     run = sweep(loaded, dataset, reducers=[moments, nonfinite], layers=parse_layers(layers),

@@ -16,11 +16,15 @@ import json
 import math
 import sys
 from pathlib import Path
+import functools
+import inspect
+from contextvars import ContextVar
 from typing import Annotated, Any, Optional
 
 import typer
 
 from layerscope.models import parse_input_shape
+from layerscope.outputs import FIGURE_SUFFIXES
 
 MODEL_HELP = (
     "The model: a built-in name (minilm, smollm2, efficientnet-lite0, or a zoo spec such as cnn "
@@ -40,6 +44,40 @@ BlocksOpt = Annotated[
     typer.Option("--blocks", help="Module path of the block list when layerscope cannot find "
                  "it, e.g. encoder.layer.", show_default=False),
 ]
+StackOpt = Annotated[
+    Optional[str],
+    typer.Option("--stack", help="The stack of blocks to use in a model with several (e.g. "
+                 "vision_tower, language_model, encoder+decoder); `layerscope summary` lists them.",
+                 show_default=False),
+]
+_STACK: ContextVar = ContextVar("layerscope_stack", default=None)
+
+
+def with_stack_option(fn):
+    """``fn`` (a command taking ``--blocks``) with a ``--stack`` option beside it; the value
+    reaches :func:`model_from_cli`, which keeps it in ``meta["stack"]`` for :class:`Layers`."""
+    sig = inspect.signature(fn)
+    if "blocks" not in sig.parameters or "stack" in sig.parameters:
+        return fn
+
+    @functools.wraps(fn)
+    def command(*args, stack: str | None = None, **kwargs):
+        token = _STACK.set(stack)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _STACK.reset(token)
+
+    params = list(sig.parameters.values())
+    at = [p.name for p in params].index("blocks") + 1
+    params.insert(at, inspect.Parameter("stack", inspect.Parameter.KEYWORD_ONLY, default=None,
+                                        annotation=StackOpt))
+    params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in params]
+    command.__signature__ = sig.replace(parameters=params)
+    command.__annotations__ = {**getattr(fn, "__annotations__", {}), "stack": StackOpt}
+    return command
+
+
 TrustRemoteCodeOpt = Annotated[
     bool,
     typer.Option("--trust-remote-code", help="Allow a Hugging Face model to run its own Python "
@@ -82,8 +120,9 @@ LimitOpt = Annotated[Optional[int], typer.Option("--limit", help="Use only N ite
 
 def model_from_cli(ref: str, blocks: str | None = None, input_shape: str | tuple | None = None,
                    trust_remote_code: bool = False, dtype: str | None = None,
-                   allow_missing_weights: bool = False):
-    """Load MODEL as given on the command line; ``--blocks`` is kept in ``meta["blocks"]``.
+                   allow_missing_weights: bool = False, stack: str | None = None):
+    """Load MODEL as given on the command line; ``--blocks`` is kept in ``meta["blocks"]``,
+    ``--stack`` in ``meta["stack"]``.
 
     Example:
         >>> model = model_from_cli("minilm", blocks="encoder.layer")
@@ -96,6 +135,9 @@ def model_from_cli(ref: str, blocks: str | None = None, input_shape: str | tuple
                        dtype=dtype, allow_missing_weights=allow_missing_weights)
     if blocks:
         model.meta["blocks"] = blocks
+    stack = stack or _STACK.get()
+    if stack:
+        model.meta["stack"] = stack
     return model
 
 
@@ -163,8 +205,9 @@ def print_json(data: Any) -> None:
     sys.stdout.flush()
 
 
-__all__ = ["MODEL_HELP", "ModelArg", "InputShapeOpt", "BlocksOpt", "TrustRemoteCodeOpt",
+__all__ = ["MODEL_HELP", "ModelArg", "InputShapeOpt", "BlocksOpt", "StackOpt", "with_stack_option",
+           "TrustRemoteCodeOpt",
            "LayersOpt", "GranularityOpt", "DtypeOpt", "JsonOpt", "DataArg", "BatchSizeOpt",
            "MaxLengthOpt", "LimitOpt", "AllowMissingWeightsOpt", "ForceOpt", "model_from_cli",
-           "out_file", "save_figure_to",
+           "out_file", "save_figure_to", "FIGURE_SUFFIXES",
            "parse_input_shape", "parse_layers", "to_jsonable", "print_json"]
