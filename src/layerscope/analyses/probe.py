@@ -51,6 +51,8 @@ from layerscope.results import Result
 ALPHAS = tuple(float(a) for a in np.logspace(-2, 5, 15))
 PRECISION = "float32"   # of the streamed XᵀX products in a sweep; the totals are float64
 RANDOM = "random features"
+SOLVERS = ("auto", "closed", "lbfgs", "logistic")
+MEMORY_BUDGET = 1 << 30    # bytes of kept training rows (and the batched solve) for solver="auto"
 
 
 # --- hashing items into splits ----------------------------------------------------------------
@@ -482,9 +484,9 @@ def _check_precision(dtype: str) -> None:
 
 
 def _check_solver(solver: str, classification: bool, C: float) -> None:
-    if solver not in ("closed", "logistic"):
-        raise LayerscopeError(f"unknown probe solver {solver!r}; use closed or logistic")
-    if solver == "logistic" and not classification:
+    if solver not in SOLVERS:
+        raise LayerscopeError(f"unknown probe solver {solver!r}; use one of {', '.join(SOLVERS)}")
+    if solver in ("logistic", "lbfgs") and not classification:
         raise LayerscopeError("a logistic probe needs class labels; use the closed-form (ridge) probe for scores")
     if not C > 0:
         raise LayerscopeError(f"C must be positive; got {C}")
@@ -558,11 +560,14 @@ class ProbeStats(Reducer):
     def __init__(self, classification: bool, *, layers: list[str] | None = None, view: str = "mean",
                  test_fraction: float = 0.2, cv: str = "gcv", folds: int = 3, seed: int = 0,
                  random_width: int | None = None, precision: str = PRECISION,
-                 solver: str = "closed", C: float = 1.0):
+                 solver: str = "closed", C: float = 1.0, memory_budget: int = MEMORY_BUDGET):
         _check_cv(cv)
         _check_precision(precision)
         _check_solver(solver, classification, C)
+        if solver == "auto" and not classification:
+            solver = "closed"               # scores: the closed-form ridge is the exact solution
         self.precision, self.solver, self.C = precision, solver, float(C)
+        self.memory_budget, self.over_budget = int(memory_budget), False
         self.train_rows: dict[str, list[Tensor]] = {}    # only for solver="logistic"
         self.train_y: list[Tensor] = []
         if not 0.0 < test_fraction < 1.0:
@@ -602,16 +607,17 @@ class ProbeStats(Reducer):
             self.random_width = max((v.shape[1] for v in acts.values()), default=0)
         if self.random_width:
             acts[RANDOM] = random_features(idx, self.random_width, self.seed)
-        logistic = self.solver == "logistic"
+        logistic = self._keeps_rows()
+        sums = self.solver in ("closed", "auto")
         test = torch.from_numpy(np.flatnonzero(fold < 0))
         train = torch.from_numpy(np.flatnonzero(fold >= 0))
-        parts = [] if logistic else [(f, torch.from_numpy(np.flatnonzero(fold == f))) for f in range(self.folds)]
+        parts = [] if not sums else [(f, torch.from_numpy(np.flatnonzero(fold == f))) for f in range(self.folds)]
         parts = [(f, rows, targets[rows]) for f, rows in parts if len(rows)]
         for name, x in acts.items():
             if name not in self.test_rows:
                 self.order.append(name)
                 self.test_rows[name] = []
-                if not logistic:
+                if sums:
                     self.stats[name] = [RidgeStats(x.shape[1], targets.shape[1], dtype=self.precision)
                                         for _ in range(self.folds)]
             x = x.detach().float().cpu()
@@ -625,11 +631,28 @@ class ProbeStats(Reducer):
         self.test_y.append(y[test])
         if logistic:
             self.train_y.append(y[train])
+            self._check_budget()
         self.test_index.append(idx[fold < 0])
+
+    def _keeps_rows(self) -> bool:
+        return self.solver in ("logistic", "lbfgs") or (self.solver == "auto" and not self.over_budget)
+
+    def _check_budget(self) -> None:
+        """solver="auto": past the memory budget, drop the kept rows and use the streamed sums."""
+        from layerscope.analyses.probe_logistic import kept_bytes
+
+        if self.solver != "auto" or self.over_budget:
+            return
+        n = sum(len(t) for t in self.train_y)
+        widths = [rows[0].shape[1] for rows in self.train_rows.values() if rows]
+        if kept_bytes(n, widths) > self.memory_budget:
+            self.over_budget = True
+            self.train_rows, self.train_y = {}, []
 
     def merge(self, other: "ProbeStats") -> "ProbeStats":
         self._check_mergeable(other)
         out = copy.deepcopy(self)
+        out.over_budget = self.over_budget or getattr(other, "over_budget", False)
         out.n_classes = max(self.n_classes, other.n_classes)
         for name in other.order:
             if name not in out.test_rows:
@@ -644,6 +667,10 @@ class ProbeStats(Reducer):
         for name, rows in other.train_rows.items():
             out.train_rows.setdefault(name, []).extend(t.clone() for t in rows)
         out.train_y += [t.clone() for t in other.train_y]
+        if out.over_budget:
+            out.train_rows, out.train_y = {}, []
+        else:
+            out._check_budget()
         return out
 
     def result(self, *, alphas=ALPHAS, standardize: bool = True, classes: list[str] | None = None,
@@ -679,6 +706,7 @@ class ProbeResult(Result):
                    "cross-validation of the ridge on the sums")
     interval: str = ""
     peak_layer: str = ""        # the layer with the highest held-out score
+    solver: str = ""            # what fitted the probes: lbfgs | logistic | lda | ridge
 
     @property
     def peak(self) -> int:
@@ -729,8 +757,9 @@ def probe_result(stats: ProbeStats, *, alphas=ALPHAS, standardize: bool = True,
     if not stats.order:
         raise LayerscopeError("the probe saw no data; pass at least a few dozen labelled items")
     y_test = torch.cat(stats.test_y).numpy() if stats.test_y else np.zeros(0)
-    logistic = stats.solver == "logistic"
-    if logistic:   # rows were kept instead of sums: count the training labels directly
+    logistic = stats.solver == "logistic" or (stats.solver in ("lbfgs", "auto") and bool(stats.train_y))
+    batched = None
+    if logistic:   # rows were kept: count the training labels directly
         y_train = torch.cat(stats.train_y).numpy().astype(np.int64) if stats.train_y else np.zeros(0, np.int64)
         n_train, sum_y = len(y_train), np.bincount(y_train, minlength=max(stats.n_classes, 1)).astype(float)
     else:
@@ -753,8 +782,16 @@ def probe_result(stats: ProbeStats, *, alphas=ALPHAS, standardize: bool = True,
     scores, lo, hi, chosen = [], [], [], []
     names = [n for n in stats.order if n != RANDOM]
     rand = None
+    if logistic and stats.solver != "logistic":    # every layer in one batched solve, C by CV
+        from layerscope.analyses.probe_logistic import fit_logistic_cv
+
+        fits, batched = fit_logistic_cv([torch.cat(stats.train_rows[k]).float().numpy() for k in stats.order],
+                                        y_train, len(sum_y), seed=stats.seed)
+        batched["fits"] = dict(zip(stats.order, fits))
     for name in stats.order:
-        if logistic:
+        if batched is not None:
+            fit = batched["fits"][name]
+        elif logistic:
             rows = torch.cat(stats.train_rows[name]).double().numpy()
             fit = fit_logistic(rows, y_train, len(sum_y), stats.C)
         else:
@@ -768,9 +805,18 @@ def probe_result(stats: ProbeStats, *, alphas=ALPHAS, standardize: bool = True,
         scores.append(out[0]); lo.append(out[1]); hi.append(out[2]); chosen.append(alpha)
     method = ProbeResult.method + (" (generalised CV from one eigendecomposition)" if stats.cv == "gcv"
                                    else f" ({stats.folds}-fold CV)")
-    if logistic:
+    if logistic and batched is None:
         method = (f"L2 logistic regression (scikit-learn, lbfgs, C={stats.C:g}) per layer on "
                   f"standardised features; training rows kept in memory; alpha = 1/C")
+    elif batched is not None:
+        from layerscope.analyses.probe_logistic import describe
+
+        method = describe(batched)
+    if stats.solver == "auto" and stats.over_budget:
+        method += (f" (solver auto: the training rows passed the {stats.memory_budget / 2**20:.0f} MiB "
+                   f"memory budget, so the streamed closed form was used)")
+    solver_used = ("lbfgs" if batched is not None else "logistic" if logistic else
+                   "lda" if stats.classification else "ridge")
     kind = "classification" if stats.classification else "regression"
     return ProbeResult(
         layers=names, task=task_name or "labels", problem=kind,
@@ -778,7 +824,7 @@ def probe_result(stats: ProbeStats, *, alphas=ALPHAS, standardize: bool = True,
         alpha=chosen, n_train=int(n_train), n_test=int(len(y_test)), baseline=baseline,
         random_features=rand[0] if rand else float("nan"),
         random_ci=[rand[1], rand[2]] if rand else [], random_width=int(stats.random_width or 0),
-        classes=classes, method=method, peak_layer=names[int(np.argmax(scores))],
+        classes=classes, method=method, peak_layer=names[int(np.argmax(scores))], solver=solver_used,
         interval="Wilson 95%" if stats.classification else f"bootstrap 95% over held-out items ({n_boot} resamples)",
     )
 
@@ -818,7 +864,7 @@ def _data_is_classification(data) -> bool:
 def probe(model, data, *, task: str | None = None, layers=None, granularity: str = "blocks",
           view: str = "mean", test_fraction: float = 0.2, cv: str = "gcv", folds: int = 3, seed: int = 0,
           alphas=ALPHAS, random_width: int | None = None, precision: str = PRECISION,
-          solver: str = "closed", C: float = 1.0, limit: int | None = None,
+          solver: str = "auto", C: float = 1.0, limit: int | None = None,
           batch_size: int = 32, max_length: int | None = 128,
           progress: bool = False) -> ProbeResult:
     """Probe every layer of ``model`` for the labels of ``data`` (or a built-in ``task``) in one pass.
@@ -826,8 +872,12 @@ def probe(model, data, *, task: str | None = None, layers=None, granularity: str
     ``task``: None (the data's own labels), or "length", "bigram-shift", "sentiment",
     "sentiment-score" (see :mod:`layerscope.analyses.probe_tasks`). ``precision``: the float
     type of the streamed XᵀX products, "float32" (default, fast) or "float64" (see
-    :class:`RidgeStats`). ``solver="logistic"``: scikit-learn's ``LogisticRegression(C=C)`` per
-    layer on kept training rows instead of the closed form (classes only).
+    :class:`RidgeStats`). ``solver``: "auto" (default: for classes, L2 logistic regression with C
+    chosen by 3-fold CV, all layers in one batched L-BFGS on the kept training rows while they
+    fit :data:`MEMORY_BUDGET`, else the streamed closed form; for scores, the closed-form ridge),
+    "lbfgs" (always the batched logistic solve), "closed" (ridge / regularised LDA from streamed
+    sums) or "logistic" (scikit-learn's ``LogisticRegression(C=C)`` per layer). The result's
+    ``solver`` and ``method`` say which was used.
 
     Example:
         >>> import torch

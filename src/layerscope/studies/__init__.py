@@ -1,0 +1,13 @@
+"""Claims about layers, tested: each study runs a measurement, repeats it, and states a verdict
+computed from the numbers by a stated rule (see :mod:`layerscope.studies.common`).
+
+Example:
+    >>> from layerscope.studies import registry
+    >>> "skip-connections" in registry()
+    True
+"""
+
+from . import skip_connections  # noqa: F401  (each module registers its study)
+from .common import STUDIES, StudyResult, Verdict, get_study, registry, run_study
+
+__all__ = ["STUDIES", "StudyResult", "Verdict", "get_study", "registry", "run_study"]
