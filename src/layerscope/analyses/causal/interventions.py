@@ -6,7 +6,9 @@ A :class:`Site` says *where*: a block (by index or name, as :class:`~layerscope.
 reads it), a part of it (``"block"``, ``"attention"``, ``"feed-forward"``, ``"head"``) and for a
 head its index. The parts come from :mod:`layerscope.layouts` (the block's attention module,
 its output projection, the number of heads and the head size; the feed-forward module, or its
-down projection where the block has no feed-forward module of its own). A head's output is its
+down projection where the block has no feed-forward module of its own; in a post-norm block
+such as BERT's, whose attention module adds the residual and normalises, the attention's output
+is its output projection's). A head's output is its
 slice of the *input* of the attention output projection (heads are concatenated there): the
 edit rewrites that slice and runs the projection's own ``forward`` on the edited input.
 
@@ -47,7 +49,7 @@ import torch
 from torch import Tensor, nn
 
 from layerscope.errors import LayerscopeError
-from layerscope.layers import Capture, Layer, Layers
+from layerscope.layers import Capture, Layer, Layers, primary_tensor
 
 PARTS = ("block", "attention", "feed-forward", "head")
 OPS = ("replace", "add", "scale", "zero", "mean", "resample")
@@ -152,6 +154,10 @@ def site_in(block: Layer, part: str, head: int | None = None) -> Site:
         raise LayerscopeError(f"block {block.index} ({block.kind}) has no attention, so no "
                               f"{what}; choose a block with attention or act on the whole block")
     if part == "attention":
+        if att.o is not None and _post_norm(block):
+            # a post-norm attention module returns LayerNorm(x + attention): its own contribution
+            # to the residual stream is the output projection's output
+            return Site(block.name, block.index, part, path(att.paths["o"]), att.o)
         return Site(block.name, block.index, part, path(att.path), att.module)
     if att.o is None or not att.n_heads or not att.head_dim:
         raise LayerscopeError(f"the attention of block {block.index} ({type(att.module).__name__}) "
@@ -164,6 +170,12 @@ def site_in(block: Layer, part: str, head: int | None = None) -> Site:
                               f"heads (0-{att.n_heads - 1})")
     return Site(block.name, block.index, part, path(att.paths["o"]), att.o, head=head,
                 head_dim=att.head_dim, n_heads=att.n_heads)
+
+
+def _post_norm(block: Layer) -> bool:
+    from layerscope.layouts import block_roles
+
+    return block_roles(block.module).norm_position == "post"
 
 
 def heads_of(block: Layer) -> int:
@@ -368,6 +380,21 @@ def run_intervened(model, interventions: Sequence[Intervention], inputs):
         return iv.call(_run, module, inputs)
 
 
+def run_blocks(model, blocks: Sequence[Layer], calls: Sequence[tuple[tuple, dict]], start: int,
+               h: Tensor, interventions: Sequence[Intervention] = ()) -> Tensor:
+    """The last block's output after re-running ``blocks[start:]`` from the hidden state ``h``
+    with each block's recorded call arguments ``calls[j] = (args, kwargs)`` (prefix reuse, see
+    :mod:`layerscope.replay`) and ``interventions`` in place. Batch-1 arguments (masks,
+    position embeddings) broadcast over the rows of ``h``."""
+    from layerscope.replay import _with_hidden
+
+    with Intervened(_module_of(model), interventions) as edit:
+        for j in range(start, len(blocks)):
+            args, kwargs = _with_hidden(*calls[j], h)
+            h = primary_tensor(edit.call(blocks[j].module, *args, **kwargs))
+    return h
+
+
 def site_activations(model, sites: Sequence[Site], inputs) -> dict[str, Tensor]:
     """Each site's activation on ``inputs`` by site label: a block's / part's output, or for a
     head the whole input of the output projection (the head's slice is taken when it is used)."""
@@ -417,4 +444,4 @@ def mean_activation(model, sites: Sequence[Site], data, *, batch_size: int = 16,
 
 
 __all__ = ["PARTS", "OPS", "Site", "Intervention", "Intervened", "apply", "site_in", "heads_of",
-           "normalise_part", "run_intervened", "site_activations", "mean_activation"]
+           "normalise_part", "run_intervened", "run_blocks", "site_activations", "mean_activation"]

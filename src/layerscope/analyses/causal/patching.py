@@ -60,7 +60,8 @@ from layerscope.errors import LayerscopeError
 from layerscope.layers import Capture, Layers, primary_tensor
 from layerscope.results import Result
 
-from .interventions import Intervened, Intervention, Site, apply, normalise_part, site_in
+from .interventions import (Intervened, Intervention, Site, apply, normalise_part, run_blocks,
+                            site_in)
 
 DIRECTIONS = ("denoise", "noise")
 METRICS = ("logit-diff", "prob")
@@ -307,13 +308,9 @@ class _Context:
     def blocks_from(self, run: _Run, start: int, h: Tensor, ivs: Sequence[Intervention]) -> Tensor:
         """Last-position logits after running blocks ``start..`` on ``h`` (rows as the batch) with
         the recorded call arguments, ``ivs`` in place, then the final norm and the LM head."""
-        from layerscope.replay import _with_hidden
-
-        with torch.no_grad(), Intervened(self.module, ivs) as edit:
-            for j in range(start, len(self.blocks)):
-                args, kwargs = _with_hidden(run.args[j], run.kwargs[j], h)
-                h = primary_tensor(edit.call(self.blocks[j].module, *args, **kwargs))
-                self.block_calls += h.shape[0]
+        with torch.no_grad():
+            h = run_blocks(self.module, self.blocks, list(zip(run.args, run.kwargs)), start, h, ivs)
+            self.block_calls += h.shape[0] * (len(self.blocks) - start)
             return self.stack.tail(h[:, -1:])[:, -1].float()
 
     def full(self, run: _Run, rows: int, ivs: Sequence[Intervention]) -> Tensor:
