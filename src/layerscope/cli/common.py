@@ -15,6 +15,7 @@ import dataclasses
 import json
 import math
 import sys
+import typing
 from pathlib import Path
 import functools
 import inspect
@@ -68,13 +69,14 @@ def with_stack_option(fn):
         finally:
             _STACK.reset(token)
 
-    params = list(sig.parameters.values())
+    hints = typing.get_type_hints(fn, include_extras=True)  # string annotations -> objects
+    params = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in sig.parameters.values()]
     at = [p.name for p in params].index("blocks") + 1
     params.insert(at, inspect.Parameter("stack", inspect.Parameter.KEYWORD_ONLY, default=None,
                                         annotation=StackOpt))
     params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in params]
     command.__signature__ = sig.replace(parameters=params)
-    command.__annotations__ = {**getattr(fn, "__annotations__", {}), "stack": StackOpt}
+    command.__annotations__ = {**hints, "stack": StackOpt}
     return command
 
 
