@@ -7,7 +7,8 @@ Example:
     True
 """
 
-from . import skip_connections  # noqa: F401  (each module registers its study)
+from . import (activations, batch_norm, depth_represents, dropout, prune_depth,  # noqa: F401
+               similarity_seeds, skip_connections)
 from .common import STUDIES, StudyResult, Verdict, get_study, registry, run_study
 
 __all__ = ["STUDIES", "StudyResult", "Verdict", "get_study", "registry", "run_study"]

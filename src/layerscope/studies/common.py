@@ -291,6 +291,7 @@ class StudyResult(Result):
     data: str = ""
     seeds: int = 0
     seconds: float = 0.0
+    cpu_seconds: float = 0.0    # CPU time of the process (all threads): steadier than wall time on a shared machine
     settings: dict = field(default_factory=dict)
 
     def summary(self) -> str:
@@ -387,9 +388,10 @@ def run_study(name: str, *, model: str | None = None, data: str | None = None, m
     if seeds is None and study.default_seeds != (0, 0):
         seeds = study.default_seeds[0 if mode == "quick" else 1]
     settings = Settings(model=model, data=data, mode=mode, seeds=seeds, progress=progress, workdir=workdir)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     result = study.run(settings)
     result.seconds = time.perf_counter() - t0
+    result.cpu_seconds = time.process_time() - c0
     result.mode, result.seeds = mode, int(seeds or 0)
     return result
 

@@ -1,0 +1,98 @@
+"""Study: what each depth represents (surface form, syntax, meaning), by linear probes per layer."""
+
+from __future__ import annotations
+
+from layerscope.errors import LayerscopeError
+from layerscope.report.charts import line_chart
+
+from .common import Settings, combine, fmt, make_result, peak_rule, register
+
+# (task, what it stands for, the claimed region, Jawahar et al. 2019's peak on BERT-base: layer / 12)
+TASKS = (("length", "surface", "early", 3), ("bigram-shift", "syntax", "early", 9),
+         ("sentiment", "meaning", "middle", None))
+TEST_FRACTION = 0.2
+
+
+def thirds(n: int) -> dict[str, list[int]]:
+    """Layer indices of the early / middle / late thirds of ``n`` layers (the remainder goes to
+    the middle).
+
+    Example:
+        >>> thirds(6), thirds(7)["middle"]
+        ({'early': [0, 1], 'middle': [2, 3], 'late': [4, 5]}, [2, 3, 4])
+    """
+    k = n // 3
+    return {"early": list(range(k)), "middle": list(range(k, n - k)), "late": list(range(n - k, n))}
+
+
+@register("depth-represents", title="What each depth represents",
+          claim="Early layers handle syntax and surface patterns, middle layers semantic meaning, "
+                "late layers the task.",
+          source="seeds 000/001 (glossary entry 'Layer', section 'What Happens Across Layers')",
+          anchor="Jawahar et al. 2019 (BERT-base, 12 layers): sentence length is best decoded at "
+                 "layer 3 and falls after; bigram shift is at chance in layer 1 and rises to 87% at "
+                 "layer 9",
+          models="text models: minilm, smollm2, or a local Hugging Face text model",
+          seeds=(0, 0), order=10)
+def depth_represents(s: Settings) -> StudyResult:  # noqa: F821 - annotation only
+    from layerscope.analyses.probe import probe
+    from layerscope.data import load_dataset
+    from layerscope.models import load_model
+
+    model_ref = s.model or "minilm"
+    loaded = load_model(model_ref)
+    if loaded.modality != "text":
+        raise LayerscopeError(f"study depth-represents does not apply to {model_ref!r} ({loaded.modality} "
+                              f"input): it takes text models such as minilm or smollm2")
+    data_ref = s.data or "sentences"
+    n_items = s.pick(500, 4000)
+    minimum = 200
+    data = load_dataset(data_ref, limit=n_items, seed=0)
+    if len(data) < minimum:
+        raise LayerscopeError(f"study depth-represents needs at least {minimum} sentences for held-out "
+                              f"intervals; {data_ref!r} has {len(data)}")
+    results, parts, findings = {}, {}, []
+    for task, kind, region, jawahar in TASKS:
+        if task.startswith("sentiment") and getattr(data, "labels", None) is None:
+            continue
+        res = probe(loaded, data, task=task, solver="auto", test_fraction=TEST_FRACTION,
+                    batch_size=32, max_length=64)
+        results[task] = res
+        names = [str(i) for i in range(len(res.layers))]
+        region_idx = thirds(len(res.layers))[region]
+        parts[f"{kind} ({task}) peaks {region}"] = peak_rule(
+            [f"{i} ({n})" for i, n in zip(names, res.layers)], res.score, res.ci_low, res.ci_high,
+            region_idx, what=f"{task} accuracy", region=f"the {region} third (layers {region_idx[0]}-{region_idx[-1]})",
+            n=res.n_test, per_item=1 / TEST_FRACTION)
+        peak = res.peak
+        rel = peak / max(len(res.layers) - 1, 1)
+        if jawahar is not None:
+            findings.append(f"{task}: peak at layer {peak} of {len(res.layers) - 1} (relative depth {rel:.2f}); "
+                            f"Jawahar et al.'s BERT-base peak is layer {jawahar} of 12 ({jawahar / 12:.2f}).")
+        findings.append(f"{task}: probe by {res.solver}; chance (majority) {res.baseline:.3f}, random "
+                        f"features {res.random_features:.3f}, {res.n_train} training / {res.n_test} held-out items.")
+    if not results:
+        raise LayerscopeError(f"no probing task could be made from {data_ref!r}; use the sentences data set")
+    first = next(iter(results.values()))
+    layers = [str(i) for i in range(len(first.layers))]
+    rows = []
+    for i, name in enumerate(first.layers):
+        row = [i, name]
+        for task, res in results.items():
+            row.append(f"{res.score[i]:.3f} [{res.ci_low[i]:.3f}, {res.ci_high[i]:.3f}]")
+        rows.append(row)
+    chart = line_chart(layers, {t: r.score for t, r in results.items()},
+                       bands={t: (r.ci_low, r.ci_high) for t, r in results.items()},
+                       y_title="held-out accuracy (95% Wilson interval)")
+    region_text = ", ".join(f"{k}: {v[0]}-{v[-1]}" for k, v in thirds(len(layers)).items())
+    return make_result(
+        "depth-represents",
+        experiment=(f"Linear probes on the mean-pooled output of every layer of {model_ref} "
+                    f"({len(layers)} layers; thirds {region_text}) for three tasks made from {len(data)} "
+                    f"{data_ref} items: sentence length (5 equal-count bins), bigram shift (two adjacent "
+                    f"words swapped in half the sentences) and sentiment (sign of the human score, "
+                    f"|score| >= 0.5); {int(TEST_FRACTION * 100)}% held out; probe: "
+                    f"{first.method}."),
+        columns=["layer", "name"] + [f"{t} accuracy [95%]" for t in results],
+        rows=rows, chart=chart, verdict=combine(parts), findings=findings, model=model_ref,
+        data=data_ref, settings={"items": len(data), "tasks": list(results)})
