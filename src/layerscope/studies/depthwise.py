@@ -1,0 +1,102 @@
+"""Study: depthwise-separable convolutions (cnn vs cnn-dw): parameters, FLOPs, time, accuracy."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from layerscope.report.charts import bar_chart
+
+from .common import (Estimate, Settings, check_model, combine, diff_interval, make_result, pm,
+                     register, seed_list, threshold_rule)
+from .training import param_count, split, train_once
+
+DROP = 0.02
+
+
+def _conv_params(module) -> int:
+    return int(sum(p.numel() for m in module.modules() if isinstance(m, torch.nn.Conv2d) for p in m.parameters()))
+
+
+def _flops(module, x) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was = module.training
+    module.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as fc:
+            module(x)
+    finally:
+        module.train(was)
+    return int(fc.get_total_flops())
+
+
+def _forward_ms(module, x, repeats: int = 5) -> float:
+    was = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            module(x)
+            times = []
+            for _ in range(repeats):
+                t = time.perf_counter()
+                module(x)
+                times.append(time.perf_counter() - t)
+    finally:
+        module.train(was)
+    return 1e3 * float(np.median(times))
+
+
+@register("depthwise", title="Depthwise-separable convolutions",
+          claim="Depthwise-separable layers (as in MobileNet) cut parameters, trading a bit of accuracy for speed.",
+          source="seed 003 (forum post)",
+          anchor="Howard et al. 2017 (MobileNet): 1.1 points less ImageNet accuracy for 7x fewer "
+                 "parameters and 8.5x fewer multiply-adds than the same network with full convolutions",
+          models="the zoo CNN (cnn, with options such as cnn:width=16) on images such as mnist", order=90)
+def depthwise(s: Settings):
+    model = s.model or "cnn"
+    check_model("depthwise", model, ("cnn",), "the zoo CNN (cnn or cnn:width=N,...), compared with its cnn-dw twin")
+    data = s.data or "mnist"
+    opts = model.split(":", 1)[1] if ":" in model else s.pick("width=16,depth=2", "width=32,depth=3")
+    limit = s.pick(2000, 5000)
+    epochs = s.pick(2, 6)
+    seeds = seed_list(s)
+    _, test_part = split(data, 0, limit)
+    x = test_part.items[:256]
+    acc, info = {}, {}
+    for name in ("cnn", "cnn-dw"):
+        for seed in seeds:
+            run = train_once(f"{name}:{opts}", data, seed=seed, epochs=epochs, workdir=s.workdir, limit=limit)
+            acc.setdefault(name, []).append(run.test_accuracy)
+            info.setdefault(name, []).append(run)
+        m = info[name][0].module
+        info[name] = {"params": param_count(m), "conv": _conv_params(m), "flops": _flops(m, x),
+                      "ms": _forward_ms(m, x), "train_s": float(np.mean([r.seconds for r in info[name]]))}
+    ratio = info["cnn-dw"]["conv"] / info["cnn"]["conv"]
+    fewer = threshold_rule(Estimate(ratio, ratio, ratio, 1, "conv parameters, cnn-dw / cnn", "exact count"),
+                           0.5, claim="below")
+    drop = threshold_rule(diff_interval(acc["cnn"], acc["cnn-dw"], what="held-out accuracy, cnn − cnn-dw"),
+                          DROP, claim="below", line=f"{DROP:g} (2 points)")
+    rows = [[n, f"{info[n]['params']:,}", f"{info[n]['conv']:,}", f"{info[n]['flops'] / 1e6:.1f}",
+             f"{info[n]['ms']:.1f}", f"{info[n]['train_s']:.1f}", pm(acc[n])] for n in ("cnn", "cnn-dw")]
+    chart = bar_chart(["parameters", "FLOPs", "forward time", "held-out accuracy"],
+                      {"cnn-dw / cnn": [info["cnn-dw"]["params"] / info["cnn"]["params"],
+                                        info["cnn-dw"]["flops"] / info["cnn"]["flops"],
+                                        info["cnn-dw"]["ms"] / info["cnn"]["ms"],
+                                        float(np.mean(acc["cnn-dw"]) / np.mean(acc["cnn"]))]},
+                      x_title="", y_title="ratio")
+    findings = [f"Whole network: {info['cnn-dw']['params'] / info['cnn']['params']:.2f}x the parameters, "
+                f"{info['cnn-dw']['flops'] / info['cnn']['flops']:.2f}x the FLOPs and "
+                f"{info['cnn-dw']['ms'] / info['cnn']['ms']:.2f}x the forward time on this CPU (256 images)."]
+    return make_result(
+        "depthwise",
+        experiment=(f"cnn:{opts} against cnn-dw:{opts} (every convolution depthwise-separable) on {data} "
+                    f"({limit} items, 80/20 split), Adam, {epochs} epochs, {len(seeds)} seeds; FLOPs by "
+                    f"torch.utils.flop_counter and median forward time on 256 held-out images. Verdict: conv "
+                    f"parameters at most half (exact) and an accuracy cost whose interval lies below {DROP:g}."),
+        columns=["network", "parameters", "conv parameters", "MFLOPs (256 images)", "forward ms", "train s/run",
+                 "held-out accuracy"],
+        rows=rows, chart=chart, verdict=combine({"far fewer parameters": fewer, "only a bit of accuracy lost": drop}),
+        findings=findings, model=f"cnn:{opts}", data=data, settings={"epochs": epochs, "limit": limit})
