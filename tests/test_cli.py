@@ -99,3 +99,88 @@ def test_typer_exit_codes_pass_through(exit_code):
         app.registered_commands[:] = [
             c for c in app.registered_commands if c.name != "_exit-for-test"
         ]
+
+
+def _one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["summary", "mlp", "--bogus"], "No such option: --bogus"),
+    (["summary"], "Missing argument"),
+    (["summary", "mlp", "extra"], "unexpected extra argument"),
+    (["no-such-command"], "No such command 'no-such-command'"),
+    (["datasets", "--show", "many"], "--show"),
+])
+def test_usage_errors_are_one_line_with_the_help_to_read(capsys, argv, fragment):
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    line = _one_error_line(captured.err)
+    assert fragment in line and "--help" in line and "╭" not in captured.err
+
+
+@pytest.mark.parametrize("argv, option", [
+    (["sweep", "mlp", "digits", "--max-length", "0"], "--max-length"),
+    (["sweep", "mlp", "digits", "--batch-size", "-3"], "--batch-size"),
+    (["sweep", "mlp", "digits", "--limit", "0"], "--limit"),
+    (["importance", "mlp", "digits", "--max-k", "0"], "--max-k"),
+    (["sweep", "mlp", "digits", "--layers", ""], "--layers"),
+    (["sweep", "mlp", "digits", "--layers", "  "], "--layers"),
+    (["sweep", "", "digits"], "model"),
+])
+def test_counts_below_one_and_empty_values_are_refused_before_any_work(capsys, argv, option):
+    assert main(argv) == 2
+    line = _one_error_line(capsys.readouterr().err)  # nothing else: no progress bar ran
+    assert option in line
+
+
+def test_ctrl_c_says_interrupted_and_exits_130(capsys):
+    @app.command("_interrupt-for-test", hidden=True)
+    def _interrupt() -> None:
+        raise KeyboardInterrupt
+
+    try:
+        assert main(["_interrupt-for-test"]) == 130
+    finally:
+        app.registered_commands[:] = [
+            c for c in app.registered_commands if c.name != "_interrupt-for-test"
+        ]
+    assert "interrupted" in _one_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("exc, fragment", [
+    (FileNotFoundError(2, "No such file or directory", "/no/such/file.png"),
+     "cannot use '/no/such/file.png': No such file or directory"),
+    (__import__("pickle").UnpicklingError("Weights only load failed"), "unpickled safely"),
+    (__import__("json").JSONDecodeError("Expecting value", "{x", 1), "JSON file is malformed"),
+])
+def test_known_file_errors_are_bad_input_not_bugs(capsys, exc, fragment):
+    @app.command("_file-error-for-test", hidden=True)
+    def _raise() -> None:
+        raise exc
+
+    try:
+        assert main(["_file-error-for-test"]) == 2
+    finally:
+        app.registered_commands[:] = [
+            c for c in app.registered_commands if c.name != "_file-error-for-test"
+        ]
+    line = _one_error_line(capsys.readouterr().err)
+    assert fragment in line and "Error:" not in line
+
+
+def test_a_bug_is_reported_as_a_bug(capsys):
+    @app.command("_bug-for-test", hidden=True)
+    def _bug() -> None:
+        {}["missing"]
+
+    try:
+        assert main(["_bug-for-test"]) == 1
+    finally:
+        app.registered_commands[:] = [
+            c for c in app.registered_commands if c.name != "_bug-for-test"
+        ]
+    line = _one_error_line(capsys.readouterr().err)
+    assert "internal error (KeyError" in line and "bug in layerscope" in line

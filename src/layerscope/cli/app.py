@@ -2,15 +2,32 @@
 
 Commands live in ``cli/cmd_*.py`` modules, each registering itself on :data:`app`; the package
 imports every such module, so adding a command is adding a file.
+
+:func:`main` runs a command and turns what can go wrong into one line on stderr:
+
+- bad input (a :class:`~layerscope.errors.LayerscopeError`, a usage error, an empty option
+  value, a count option below 1, a file that cannot be read or written): ``error: ...``, exit 2;
+- Ctrl-C: ``error: interrupted ...``, exit 130;
+- anything else is a bug in layerscope and says so: ``error: internal error (...)``, exit 1
+  (``--debug`` or ``LAYERSCOPE_DEBUG=1`` shows the traceback).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import pickle
 import sys
 import traceback
 
 import typer
+
+try:  # typer 0.2x parses with its own copy of click
+    from typer import _click as click
+    from typer._click.core import ParameterSource
+except ImportError:  # older typer uses click itself
+    import click
+    from click.core import ParameterSource
 
 app = typer.Typer(
     name="layerscope",
@@ -22,6 +39,12 @@ app = typer.Typer(
 )
 
 _state = {"debug": False}
+
+#: options that count something (items, tokens, steps, blocks): 0 or less is never meant
+AT_LEAST_ONE = frozenset({
+    "--batch-size", "--max-length", "--limit", "--sample", "--top-k", "--epochs", "--steps",
+    "--max-k", "--shard-items", "--importance-items", "--patience", "--auto", "--save-every",
+})
 
 
 def debug_enabled() -> bool:
@@ -54,10 +77,66 @@ def fail(message: str, code: int = 2) -> "typer.Exit":
     return typer.Exit(code)
 
 
+def _checked(param):
+    """``param.process_value`` that also refuses an empty text value given on the command line
+    (``--layers ""``, ``-o ""`` is a slip, never a choice) and, for :data:`AT_LEAST_ONE`
+    options, a count below 1."""
+    process = param.process_value
+    counts = param.param_type_name == "option" and bool(set(param.opts) & AT_LEAST_ONE)
+
+    def process_value(ctx, value):
+        given = ctx.get_parameter_source(param.name) == ParameterSource.COMMANDLINE
+        if given and isinstance(value, str) and not value.strip():
+            raise click.exceptions.BadParameter("is empty; give a value or leave the option out",
+                                     ctx=ctx, param=param)
+        value = process(ctx, value)
+        if counts and isinstance(value, int) and not isinstance(value, bool) and value < 1:
+            raise click.exceptions.BadParameter(f"{value} is not a count; give a whole number of at least 1",
+                                     ctx=ctx, param=param)
+        return value
+
+    return process_value
+
+
+def _tighten(command) -> None:
+    """Apply :func:`_checked` to every parameter of every command in the tree."""
+    for param in command.params:
+        param.process_value = _checked(param)
+    for sub in getattr(command, "commands", {}).values():
+        _tighten(sub)
+
+
+def _usage_line(exc) -> str:
+    message = " ".join(exc.format_message().split())
+    path = exc.ctx.command_path if exc.ctx is not None else "layerscope"
+    return f"{message.rstrip('.')}; see `{path} --help`"
+
+
+def _known_failure(exc: BaseException) -> str | None:
+    """One line for errors that come from the user's files and paths rather than from a bug."""
+    from safetensors import SafetensorError
+
+    first = (str(exc).strip().splitlines() or [""])[0]
+    if isinstance(exc, OSError) and exc.filename is not None:
+        reason = exc.strerror or first
+        return (f"cannot use {str(exc.filename)!r}: {reason}; check that the path exists and "
+                "is the right kind (a file or a folder) and that you may read or write it")
+    if isinstance(exc, SafetensorError):
+        return (f"a .safetensors file is damaged or not safetensors ({first}); save or copy "
+                "it again")
+    if isinstance(exc, pickle.UnpicklingError):
+        return ("a file could not be unpickled safely (only weights are loaded, never code); "
+                "save it again or convert it to safetensors")
+    if isinstance(exc, json.JSONDecodeError):
+        return (f"a JSON file is malformed ({exc.msg} at line {exc.lineno}, column "
+                f"{exc.colno}); fix it or write it again")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script: runs a command, turns errors into one line + exit 2.
 
-    Usage errors (unknown command or option) are typer's own: a usage line and exit code 2.
+    Usage errors (unknown command or option, a missing argument) are one line too, exit 2.
     """
     from layerscope.errors import LayerscopeError
 
@@ -71,19 +150,25 @@ def main(argv: list[str] | None = None) -> int:
     if "--debug" in args:
         _state["debug"] = True
     command = typer.main.get_command(app)
+    _tighten(command)
     try:
-        command.main(args=args, prog_name="layerscope", standalone_mode=True)
+        # invoked directly rather than through command.main(), which would turn Ctrl-C into a
+        # silent exit 130 and usage errors into a box of text
+        with command.make_context("layerscope", args) as ctx:
+            command.invoke(ctx)
         return 0
-    except SystemExit as exc:
-        code = exc.code
-        if code is None:
-            return 0
-        if isinstance(code, int):
-            return code
-        typer.echo(str(code), err=True)
-        return 1
-    except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
+    except typer.Exit as exc:
+        return exc.exit_code
+    except click.exceptions.UsageError as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `layerscope`: the help
+            text = exc.ctx.get_help()
+            if text:
+                typer.echo(text)
+            return 2
+        typer.echo(f"error: {_usage_line(exc)}", err=True)
+        return 2
+    except (KeyboardInterrupt, typer.Abort):
+        typer.echo("error: interrupted; outputs of this run may be incomplete", err=True)
         return 130
     except LayerscopeError as exc:
         if debug_enabled():
@@ -92,11 +177,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except BrokenPipeError:
         return 0
-    except Exception as exc:  # an unexpected failure still gets one line unless --debug
+    except Exception as exc:
         if debug_enabled():
             traceback.print_exc()
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        typer.echo(
-            f"error: {type(exc).__name__}: {first} (run with --debug for the traceback)", err=True
-        )
+        known = _known_failure(exc)
+        if known is not None:
+            typer.echo(f"error: {known}", err=True)
+            return 2
+        first = (str(exc).strip().splitlines() or [""])[0]
+        typer.echo(f"error: internal error ({type(exc).__name__}: {first}); this is a bug in "
+                   "layerscope, not in your input: run again with --debug and report the "
+                   "traceback", err=True)
         return 1
