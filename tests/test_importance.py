@@ -350,9 +350,13 @@ def test_blocks_that_change_the_shape_are_left_out_and_the_rest_measured():
     torch.manual_seed(0)
     net = zoo.build("mlp:depth=4,width=32").eval()      # block 0 maps 64 -> 32, blocks 1-3 keep 32
     digits = load_dataset("digits", limit=96)
-    res = layer_importance(net, digits, batch_size=32)
+    res = layer_importance(net, digits, batch_size=32, ablate=False)
     assert res.removable == [False, True, True, True] and res.can_remove() == [1, 2, 3]
     assert np.isnan(res.metric[0]) and np.isnan(res.block_influence[0])
+    ablated = layer_importance(net, digits, batch_size=32)      # block 0 mean-ablated instead
+    assert ablated.intervention == ["mean-ablate", "skip", "skip", "skip"]
+    assert ablated.metric[1:] == res.metric[1:] and np.isnan(ablated.block_influence[0])
+    assert "mean-ablated instead of skipped (blocks.0)" in ablated.summary()
     x, y = digits.items, digits.labels
     with torch.no_grad():
         h = [x]
@@ -366,6 +370,11 @@ def test_blocks_that_change_the_shape_are_left_out_and_the_rest_measured():
             assert res.metric[i] == pytest.approx(acc, abs=1e-9)
             cos = F.cosine_similarity(h[i].double(), h[i + 1].double(), dim=-1)
             assert res.block_influence[i] == pytest.approx(1 - float(cos.mean()), abs=1e-9)
+        z = h[1].mean(0, keepdim=True).expand_as(h[1])         # block 0's output: its data mean
+        for j in range(1, 4):
+            z = net.blocks[j](z)
+        acc = float((net.head(z).argmax(1) == y).double().mean())
+        assert ablated.metric[0] == pytest.approx(acc, abs=1e-9)
     assert res.angular[0][0] is None and res.best_start[0] in (1, 2, 3) and res.best_start[3] is None
     assert 0 not in choose_blocks(res, "block-influence", 3) and choose_blocks(res, "last", 2) == [2, 3]
     assert "cannot be removed (blocks.0)" in res.summary()

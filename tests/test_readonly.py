@@ -97,7 +97,7 @@ def _run(kind, net, data, tmp_path):
 
 
 KINDS = ["sweep", "probe", "similarity", "embed", "feature maps", "early exit",
-         "prune sensitivity", "record", "measure"]
+         "prune sensitivity", "record", "importance", "importance (resnet)", "measure"]
 
 
 @pytest.mark.parametrize("kind", KINDS)

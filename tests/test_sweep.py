@@ -194,7 +194,8 @@ def test_bad_input_errors(tiny_bert):
         sweep(cnn, torch.randn(2, 3, 8, 8), reducers=[], progress=False)
 
 
-def test_auto_batch_size_and_progress(tiny_bert, capsys):
+def test_auto_batch_size_and_progress(tiny_bert, capsys, monkeypatch):
+    monkeypatch.setenv("LAYERSCOPE_PROGRESS", "always")     # draw the bar although not a terminal
     a, b = Moments(), Moments()
     run = sweep(tiny_bert, SENTENCES, reducers=[a], batch_size="auto", memory_budget_mb=0.2)
     assert 1 <= run.n_batches <= len(SENTENCES) and run.n_batches > 1

@@ -166,6 +166,59 @@ def _resolve_device(module: nn.Module, device) -> torch.device:
     return own
 
 
+def encoded_batches(loaded, data, *, batch_size: int, max_length: int | None,
+                    limit: int | None = None) -> Iterator[tuple[Any, Tensor | None]]:
+    """``(Encoded, labels)`` batches on the model's device: the one batching path of every pass
+    that runs the model itself (removal, the lenses, surgery's quality, early exit).
+
+    ``data``: a Dataset, a dataset reference, texts, a tensor, a DataLoader, or already encoded
+    batches (one ``Encoded`` or a list of them, used as they are). ``limit`` keeps the first items.
+    """
+    from layerscope.models import Encoded
+
+    device = model_device(loaded.module)
+    if isinstance(data, Encoded) or (isinstance(data, (list, tuple)) and data
+                                     and all(isinstance(e, Encoded) for e in data)):
+        for enc in ([data] if isinstance(data, Encoded) else data):
+            yield enc.to(device), None
+        return
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise LayerscopeError(f"batch_size must be a positive integer; got {batch_size!r}")
+    if isinstance(data, str):
+        from layerscope.data import load_dataset
+
+        data = load_dataset(data, limit=limit)
+    source = as_source(data)
+    seen = 0
+    for items, labels, _ in source.batches(batch_size):
+        if limit is not None:
+            if seen >= limit:
+                return
+            items = items[: limit - seen]
+            labels = labels[: limit - seen] if labels is not None else None
+        seen += len(items)
+        yield loaded.encode(items, max_length=max_length).to(device), labels
+
+
+def count_items(data, limit: int | None = None) -> int | None:
+    """How many items :func:`encoded_batches` will yield (None when it cannot tell up front)."""
+    from layerscope.models import Encoded
+
+    if isinstance(data, Encoded):
+        return data.size
+    if isinstance(data, (list, tuple)) and data and all(isinstance(e, Encoded) for e in data):
+        return sum(e.size for e in data)
+    try:
+        n = len(data) if not isinstance(data, str) else None
+    except TypeError:
+        n = None
+    if isinstance(data, torch.utils.data.DataLoader):
+        n = len(data.dataset) if hasattr(data.dataset, "__len__") else None
+    if n is None:
+        return limit
+    return min(n, limit) if limit is not None else n
+
+
 # --- the sweep --------------------------------------------------------------------------------
 
 

@@ -41,483 +41,36 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from layerscope.errors import LayerscopeError
 from layerscope.modes import evaluating
+from layerscope.objectives import make_objective
+from layerscope.replay import (
+    Recorded,
+    Stack,
+    build_stack,
+    edited_forward,
+    main_output,
+    naive_forward,
+    prepare,
+    record_forward,
+    replay,
+    tail_matches,
+)
 from layerscope.reducers import BatchInfo, Reducer
 from layerscope.results import Result
+from layerscope.sweep import encoded_batches as iter_batches
 from layerscope.views import pool
 
 CRITERIA = ("block-influence", "angular", "single", "last")
-_FINAL_NORMS = ("norm", "ln_f", "final_layer_norm", "final_layernorm", "norm_f", "final_norm")
 
-
-# --- the model: blocks, task, tail ----------------------------------------------------------------
-
-
-@dataclass
-class Stack:
-    """A model seen as embeddings -> blocks -> tail: what removal and the logit lens need."""
-
-    loaded: Any                      # LoadedModel
-    names: list[str]
-    blocks: list[nn.Module]
-    task: str                        # "causal-lm" | "encoder" | "classification" | "other"
-    norm: nn.Module | None = None    # final norm of a causal LM
-    head: nn.Module | None = None    # LM head (output embeddings) of a causal LM
-
-    @property
-    def module(self) -> nn.Module:
-        return self.loaded.module
-
-    def tail(self, h: Tensor) -> Tensor:
-        """The model's output computed from the last block's output (causal LM / encoder only)."""
-        if self.task == "causal-lm":
-            return self.head(self.norm(h))
-        return h
-
-
-def infer_task(loaded) -> str:
-    """The objective family of a loaded model: causal-lm, encoder, classification or other."""
-    if loaded.task in ("causal-lm", "encoder", "classification", "regression"):
-        return loaded.task
-    module = loaded.module
-    cls = type(module).__name__
-    if cls.endswith(("ForCausalLM", "LMHeadModel")):
-        return "causal-lm"
-    if cls.endswith("ForSequenceClassification"):
-        return "classification"
-    config = getattr(module, "config", None)
-    if config is not None and getattr(module, "main_input_name", None) == "input_ids" \
-            and cls.endswith("Model") and getattr(module, "base_model", None) is module:
-        return "encoder"
-    return loaded.task or "other"
-
-
-def final_norm(module: nn.Module) -> nn.Module | None:
-    """The final norm of a Hugging Face causal LM (``model.norm``, ``transformer.ln_f``, ...)."""
-    base = getattr(module, "base_model", None) or module
-    for owner in (base, module):
-        for name in _FINAL_NORMS:
-            found = getattr(owner, name, None)
-            if isinstance(found, nn.Module):
-                return found
-    return None
-
-
-def lm_head(module: nn.Module) -> nn.Module | None:
-    """The unembedding of a causal LM, or None when the model has no LM head."""
-    getter = getattr(module, "get_output_embeddings", None)
-    head = getter() if callable(getter) else None
-    if head is None:
-        head = getattr(module, "lm_head", None)
-    return head if isinstance(head, nn.Module) else None
-
-
-def build_stack(model, blocks: str | None = None) -> Stack:
-    """Locate the blocks (via :class:`layerscope.layers.Layers`), the task and the LM tail."""
-    from layerscope.layers import Layers
-    from layerscope.sweep import as_model
-
-    loaded = as_model(model)
-    lay = Layers(loaded, granularity="blocks", blocks=blocks)
-    if len(lay) == 0:
-        raise LayerscopeError(f"model {loaded.ref!r} has no blocks to analyse; pass --blocks PATH")
-    task = infer_task(loaded)
-    stack = Stack(loaded, lay.names(), [layer.module for layer in lay], task)
-    if task == "causal-lm":
-        stack.norm, stack.head = final_norm(loaded.module), lm_head(loaded.module)
-    return stack
-
-
-# --- one forward that records every block call ---------------------------------------------------
-
-
-def _hidden_of(args: tuple, kwargs: dict) -> Tensor:
-    if args and isinstance(args[0], Tensor):
-        return args[0]
-    h = kwargs.get("hidden_states")
-    if not isinstance(h, Tensor):
-        raise LayerscopeError("a block was called without a hidden-state tensor; pass --blocks PATH "
-                              "naming the model's block list")
-    return h
-
-
-def _with_hidden(args: tuple, kwargs: dict, h: Tensor) -> tuple[tuple, dict]:
-    if args and isinstance(args[0], Tensor):
-        return (h,) + tuple(args[1:]), kwargs
-    return args, {**kwargs, "hidden_states": h}
-
-
-def _replace_primary(output, h: Tensor):
-    """``output`` with its hidden-state tensor replaced by ``h``, keeping its structure."""
-    if isinstance(output, Tensor):
-        return h
-    if isinstance(output, tuple) and output and isinstance(output[0], Tensor):
-        return (h,) + tuple(output[1:])
-    if isinstance(output, list) and output and isinstance(output[0], Tensor):
-        return [h] + list(output[1:])
-    raise LayerscopeError(f"a block returned {type(output).__name__}; layerscope can only skip "
-                          f"blocks that return a tensor or a tuple starting with one")
-
-
-def _primary(output) -> Tensor:
-    from layerscope.layers import primary_tensor
-
-    return primary_tensor(output)
-
-
-@dataclass
-class Recorded:
-    """One batch's forward pass: the model output and every block's call and output."""
-
-    output: Any
-    calls: list[tuple[tuple, dict]]
-    outs: list[Tensor]
-
-    def block_input(self, i: int) -> Tensor:
-        return _hidden_of(*self.calls[i])
-
-    def removable(self) -> list[bool]:
-        """Per block: whether its output has its input's shape, so that skipping it (identity)
-        leaves the rest of the model a valid input."""
-        return [tuple(self.block_input(i).shape) == tuple(out.shape) for i, out in enumerate(self.outs)]
-
-
-def record_forward(stack: Stack, enc) -> Recorded:
-    """Run the model once, keeping each block's positional and keyword arguments and its output."""
-    n = len(stack.blocks)
-    calls: list = [None] * n
-    outs: list = [None] * n
-    handles = []
-
-    def pre(i):
-        def hook(module, args, kwargs):
-            calls[i] = (tuple(args), dict(kwargs))
-        return hook
-
-    def post(i):
-        def hook(module, args, output):
-            outs[i] = _primary(output)
-        return hook
-
-    try:
-        for i, block in enumerate(stack.blocks):
-            handles.append(block.register_forward_pre_hook(pre(i), with_kwargs=True))
-            handles.append(block.register_forward_hook(post(i)))
-        output = stack.loaded(enc)
-    finally:
-        for h in handles:
-            h.remove()
-    missing = [stack.names[i] for i in range(n) if calls[i] is None]
-    if missing:
-        raise LayerscopeError(f"block {missing[0]!r} was not called in the forward pass; pass --blocks "
-                              f"naming the blocks the model runs")
-    return Recorded(output, calls, outs)
-
-
-def replay(stack: Stack, rec: Recorded, skip: set[int]) -> Tensor:
-    """The last block's output with the blocks in ``skip`` removed, re-running only what follows."""
-    start = min(skip)
-    h = rec.block_input(start)
-    for j in range(start, len(stack.blocks)):
-        if j in skip:
-            continue
-        args, kwargs = _with_hidden(*rec.calls[j], h)
-        h = _primary(stack.blocks[j](*args, **kwargs))
-    return h
-
-
-def naive_forward(stack: Stack, enc, skip: set[int]):
-    """The full model output with the blocks in ``skip`` replaced by identity (forward hooks)."""
-    handles = []
-
-    def identity(module, args, kwargs, output):
-        h = _hidden_of(args, kwargs)
-        out = _primary(output)
-        if out.shape != h.shape:
-            raise LayerscopeError(
-                f"a block maps {tuple(h.shape)} to {tuple(out.shape)}; only blocks that keep the "
-                f"shape (residual blocks) can be skipped")
-        return _replace_primary(output, h)
-
-    try:
-        for i in sorted(skip):
-            handles.append(stack.blocks[i].register_forward_hook(identity, with_kwargs=True))
-        return stack.loaded(enc)
-    finally:
-        for h in handles:
-            h.remove()
-
-
-def main_output(output, task: str) -> Tensor:
-    """Logits for LMs and classifiers, the last hidden state for encoders, else the output tensor."""
-    for key in (("logits",) if task in ("causal-lm", "classification") else ()) + (
-            "last_hidden_state", "logits"):
-        value = getattr(output, key, None)
-        if isinstance(value, Tensor):
-            return value
-    return _primary(output)
-
-
-def prepare(stack: Stack, enc):
-    """The batch with ``use_cache=False`` for causal LMs, so re-run blocks see no KV cache."""
-    config = getattr(stack.module, "config", None)
-    if stack.task == "causal-lm" and config is not None and hasattr(config, "use_cache") \
-            and "use_cache" not in enc.kwargs and enc.kwargs:
-        from dataclasses import replace
-
-        return replace(enc, kwargs={**enc.kwargs, "use_cache": False})
-    return enc
-
-
-def tail_matches(stack: Stack, rec: Recorded) -> bool:
-    """Whether the tail reproduces the model's own output from the last block's output."""
-    if stack.task == "causal-lm" and (stack.norm is None or stack.head is None):
-        return False
-    if stack.task not in ("causal-lm", "encoder"):
-        return False
-    want = main_output(rec.output, stack.task)
-    try:
-        got = stack.tail(rec.outs[-1])
-    except Exception:
-        return False
-    return got.shape == want.shape and torch.allclose(got.float(), want.float(), rtol=1e-4, atol=1e-4)
-
-
-# --- data --------------------------------------------------------------------------------------
-
-
-def iter_batches(loaded, data, *, batch_size: int, max_length: int | None,
-                 limit: int | None = None) -> Iterator[tuple[Any, Tensor | None]]:
-    """``(Encoded, labels)`` batches on the model's device from a Dataset, reference, texts,
-    token-id tensor, or already encoded batches (one ``Encoded`` or a list of them)."""
-    from layerscope.models import Encoded
-    from layerscope.sweep import as_source, model_device
-
-    device = model_device(loaded.module)
-    if isinstance(data, Encoded) or (isinstance(data, (list, tuple)) and data
-                                     and all(isinstance(e, Encoded) for e in data)):
-        for enc in ([data] if isinstance(data, Encoded) else data):
-            yield enc.to(device), None
-        return
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise LayerscopeError(f"batch_size must be a positive integer; got {batch_size!r}")
-    if isinstance(data, str):
-        from layerscope.data import load_dataset
-
-        data = load_dataset(data, limit=limit)
-    source = as_source(data)
-    seen = 0
-    for items, labels, _ in source.batches(batch_size):
-        if limit is not None:
-            if seen >= limit:
-                return
-            items = items[: limit - seen]
-            labels = labels[: limit - seen] if labels is not None else None
-        seen += len(items)
-        yield loaded.encode(items, max_length=max_length).to(device), labels
-
-
-def token_ids(enc) -> Tensor:
-    ids = enc.kwargs.get("input_ids")
-    if ids is None and enc.args and isinstance(enc.args[0], Tensor) and not enc.args[0].is_floating_point():
-        ids = enc.args[0]
-    if ids is None:
-        raise LayerscopeError("a causal LM needs token ids (input_ids) to measure next-token loss")
-    return ids
-
-
-def real_mask(enc, shape) -> Tensor:
-    """The (B, T) boolean mask of real tokens (all true without an attention mask)."""
-    mask = enc.mask if enc.mask is not None else enc.kwargs.get("attention_mask")
-    if mask is None or tuple(mask.shape) != tuple(shape):
-        return torch.ones(shape, dtype=torch.bool, device=mask.device if mask is not None else None)
-    return mask.bool()
-
-
-# --- objectives --------------------------------------------------------------------------------
-
-
-class _Objective:
-    """Accumulates the effect of each removal (keyed by a tuple of block indices)."""
-
-    name = ""
-
-    def __init__(self):
-        self.sums: dict[tuple, dict[str, float]] = {}
-
-    def _add(self, key, **values):
-        slot = self.sums.setdefault(key, {})
-        for k, v in values.items():
-            slot[k] = slot.get(k, 0.0) + float(v)
-
-    def begin(self, enc, reference: Tensor, labels):  # pragma: no cover - overridden
-        raise NotImplementedError
-
-    def add(self, key: tuple, output: Tensor) -> None:  # pragma: no cover - overridden
-        raise NotImplementedError
-
-    def value(self, key: tuple) -> dict[str, float]:  # pragma: no cover - overridden
-        raise NotImplementedError
-
-    def add_final(self, key: tuple, h: Tensor, stack: "Stack") -> None:
-        """Add the output computed by the model's tail from the last block's output ``h``."""
-        self.add(key, stack.tail(h))
-
-
-class LMObjective(_Objective):
-    """Next-token loss over real tokens; the metric is perplexity."""
-
-    name = "perplexity"
-
-    def begin(self, enc, reference, labels):
-        ids = token_ids(enc)
-        mask = real_mask(enc, ids.shape)
-        self.targets = ids[:, 1:]
-        self.valid = mask[:, :-1] & mask[:, 1:]
-        self.add((), reference)
-
-    def add(self, key, output):
-        logits = output[:, :-1].float()
-        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), self.targets.reshape(-1),
-                              reduction="none").view(self.targets.shape)
-        self._add(key, nll=nll[self.valid].double().sum(), n=self.valid.sum())
-
-    def add_final(self, key, h, stack):
-        # the norm acts per position, so decoding only the scored positions is exact and skips
-        # the (vocabulary-wide) head on padding and on each sequence's last token
-        logits = stack.head(stack.norm(h[:, :-1][self.valid])).float()
-        nll = F.cross_entropy(logits, self.targets[self.valid], reduction="sum")
-        self._add(key, nll=nll.double(), n=self.valid.sum())
-
-    def value(self, key):
-        s = self.sums[key]
-        loss = s["nll"] / s["n"] if s["n"] else float("nan")
-        return {"metric": math.exp(loss) if math.isfinite(loss) else float("nan"), "loss": loss}
-
-
-class EmbeddingObjective(_Objective):
-    """1 - cos of the mean-pooled, L2-normalised embedding and of each real token's final state."""
-
-    name = "embedding 1-cos"
-
-    def begin(self, enc, reference, labels):
-        self.mask = real_mask(enc, reference.shape[:2])
-        self.ref_emb = self._embed(reference)
-        self.ref_tok = reference.float()
-        self.add((), reference)
-
-    def _embed(self, h):
-        m = self.mask.unsqueeze(-1).to(h.dtype)
-        mean = (h * m).sum(1) / m.sum(1).clamp_min(1)
-        return F.normalize(mean.float(), dim=-1)
-
-    def add(self, key, output):
-        emb_div = 1 - (self._embed(output) * self.ref_emb).sum(-1)
-        tok = 1 - F.cosine_similarity(output.float(), self.ref_tok, dim=-1)
-        self._add(key, emb=emb_div.double().sum(), items=emb_div.numel(),
-                  tok=tok[self.mask].double().sum(), tokens=self.mask.sum())
-
-    def value(self, key):
-        s = self.sums[key]
-        return {"metric": s["emb"] / s["items"], "token_divergence": s["tok"] / max(s["tokens"], 1)}
-
-
-class ClassifierObjective(_Objective):
-    """Accuracy and cross-entropy with labels; KL(original ‖ new) of the class distribution without."""
-
-    def __init__(self, with_labels: bool):
-        super().__init__()
-        self.with_labels = with_labels
-        self.name = "accuracy" if with_labels else "kl"
-
-    def begin(self, enc, reference, labels):
-        self.labels = labels.to(reference.device).long() if labels is not None else None
-        if self.with_labels and self.labels is None:
-            raise LayerscopeError("some batches have labels and some do not; pass labels for every item")
-        self.ref_logp = F.log_softmax(reference.float(), dim=-1)
-        self.add((), reference)
-
-    def add(self, key, output):
-        logp = F.log_softmax(output.float(), dim=-1)
-        if self.with_labels:
-            self._add(key, correct=(logp.argmax(-1) == self.labels).sum(),
-                      nll=F.nll_loss(logp, self.labels, reduction="sum"), n=len(self.labels))
-        else:
-            kl = (self.ref_logp.exp() * (self.ref_logp - logp)).sum(-1)
-            self._add(key, kl=kl.double().sum(), n=kl.numel())
-
-    def value(self, key):
-        s = self.sums[key]
-        if self.with_labels:
-            return {"metric": s["correct"] / s["n"], "loss": s["nll"] / s["n"]}
-        return {"metric": s["kl"] / s["n"]}
-
-
-class OutputObjective(_Objective):
-    """1 - cos between each item's original and new flattened output."""
-
-    name = "output 1-cos"
-
-    def begin(self, enc, reference, labels):
-        self.ref = reference.float().flatten(1)
-        self.add((), reference)
-
-    def add(self, key, output):
-        div = 1 - F.cosine_similarity(output.float().flatten(1), self.ref, dim=-1)
-        self._add(key, div=div.double().sum(), n=div.numel())
-
-    def value(self, key):
-        s = self.sums[key]
-        return {"metric": s["div"] / s["n"]}
-
-
-class RegressionObjective(_Objective):
-    """Mean squared error against float labels; without labels, the mean squared change of the
-    output (1 - cos says nothing about a one-number output: it is 0 or 2)."""
-
-    def __init__(self, with_labels: bool):
-        super().__init__()
-        self.with_labels = with_labels
-        self.name = "mse" if with_labels else "output mse change"
-
-    def begin(self, enc, reference, labels):
-        self.ref = reference.float().reshape(len(reference), -1)
-        self.target = labels.to(reference.device).float().reshape(len(self.ref), -1) \
-            if self.with_labels and labels is not None else None
-        if self.with_labels and self.target is None:
-            raise LayerscopeError("some batches have labels and some do not; pass labels for every item")
-        self.add((), reference)
-
-    def add(self, key, output):
-        out = output.float().reshape(len(output), -1)
-        goal = self.target if self.target is not None else self.ref
-        self._add(key, se=((out - goal) ** 2).double().sum(), n=out.numel())
-
-    def value(self, key):
-        s = self.sums[key]
-        return {"metric": s["se"] / s["n"]}
-
-
-def make_objective(task: str, labels) -> _Objective:
-    if task == "causal-lm":
-        return LMObjective()
-    if task == "encoder":
-        return EmbeddingObjective()
-    if task == "classification":
-        return ClassifierObjective(with_labels=labels is not None)
-    if task == "regression":
-        usable = labels is not None and torch.is_floating_point(torch.as_tensor(labels))
-        return RegressionObjective(with_labels=usable)
-    return OutputObjective()
 
 
 # --- Block Influence and angular distance as reducers -----------------------------------------------
@@ -587,8 +140,9 @@ class AngularDistance(Reducer):
     view = "last"
     wants_inputs = True
 
-    def __init__(self, layers: list[str] | None = None):
+    def __init__(self, layers: list[str] | None = None, view: str = "last"):
         self.layers = layers
+        self.view = view
         self.names: list[str] | None = None
         self.sums: np.ndarray | None = None
         self.n = 0
@@ -661,26 +215,71 @@ def best_drops(distance: Sequence[Sequence[float]], removable: Sequence[bool] | 
 # --- the pass ------------------------------------------------------------------------------------
 
 
+def natural_view(rec: Recorded) -> str:
+    """The view removal's per-item statistics read: the last real token of token sequences, the
+    global average of feature maps (CNNs, ResNets), the vector itself otherwise."""
+    return "mean" if any(out.dim() >= 4 for out in rec.outs) else "last"
+
+
 def _feed_reducers(reducers, stack: Stack, rec: Recorded, enc, labels, first: int) -> None:
     names = stack.names
     for r in reducers:
+        if r.view == "auto":
+            r.view = natural_view(rec)
         acts = {n: pool(rec.outs[i], enc.mask, r.view) for i, n in enumerate(names)}
         ins = {n: pool(rec.block_input(i), enc.mask, r.view) for i, n in enumerate(names)}
         r.update(acts, BatchInfo(first, enc.size, labels, None, ins, enc.mask))
 
 
+def _bar(data, limit, desc: str, progress: bool, unit: str = "item"):
+    from layerscope.progress import bar
+    from layerscope.sweep import count_items
+
+    return bar(count_items(data, limit), desc=desc, unit=unit, enabled=progress)
+
+
+def mean_outputs(stack: Stack, data, blocks: Sequence[int], *, batch_size: int = 16,
+                 max_length: int | None = 128, limit: int | None = None,
+                 progress: bool = False) -> dict[int, Tensor]:
+    """Per block in ``blocks``: its output averaged over the items (one item's shape), the
+    stand-in of mean ablation. Blocks whose per-item output shape varies between batches (token
+    sequences of different lengths) are left out."""
+    sums: dict[int, Tensor | None] = {i: None for i in blocks}
+    varies: set[int] = set()
+    n = 0
+    bar = _bar(data, limit, "mean outputs", progress)
+    with evaluating(stack.loaded), torch.inference_mode():
+        for enc, _ in iter_batches(stack.loaded, data, batch_size=batch_size,
+                                   max_length=max_length, limit=limit):
+            rec = record_forward(stack, prepare(stack, enc))
+            for i in blocks:
+                total = rec.outs[i].double().sum(0)
+                if sums[i] is None:
+                    sums[i] = total
+                elif sums[i].shape != total.shape:
+                    varies.add(i)
+                elif i not in varies:
+                    sums[i] = sums[i] + total
+            n += enc.size
+            bar.update(enc.size)
+    bar.close()
+    return {i: (t / n).float() for i, t in sums.items() if t is not None and i not in varies}
+
+
 def run_removals(stack: Stack, data, sets: Sequence[tuple[int, ...]] | None, *, batch_size: int = 16,
                  max_length: int | None = 128, limit: int | None = None, method: str = "auto",
-                 reducers: Sequence[Reducer] = (), progress: bool = False) -> dict:
+                 reducers: Sequence[Reducer] = (), progress: bool = False,
+                 ablate: dict[int, Tensor] | None = None) -> dict:
     """Evaluate the objective with each set of blocks removed, in one pass over the data.
 
-    ``sets=None`` removes each removable block (one that keeps its input's shape) on its own.
-    Returns ``{"objective", "values": {set: {...}}, "baseline": {...}, "method", "n_items",
-    "seconds", "block_calls", "removable"}``; ``reducers`` are fed each batch's block inputs and
-    outputs.
+    ``sets=None`` removes each removable block (one that keeps its input's shape) on its own, and
+    each block in ``ablate`` (block -> its mean output) by mean ablation. Returns
+    ``{"objective", "values": {set: {...}}, "baseline": {...}, "method", "n_items", "seconds",
+    "block_calls", "removable"}``; ``reducers`` are fed each batch's block inputs and outputs.
     """
     if method not in ("auto", "prefix", "naive"):
         raise LayerscopeError(f"unknown method {method!r}; use auto, prefix or naive")
+    ablate = dict(ablate or {})
     L = len(stack.blocks)
     for s in sets or ():
         if not s or any(not 0 <= i < L for i in s):
@@ -690,17 +289,15 @@ def run_removals(stack: Stack, data, sets: Sequence[tuple[int, ...]] | None, *, 
     use_prefix = None
     n_items = block_calls = 0
     t0 = time.perf_counter()
-    from tqdm.auto import tqdm
-
-    bar = tqdm(disable=not progress, unit="item", desc="importance")
+    bar = _bar(data, limit, "importance", progress)
     with evaluating(stack.loaded), torch.inference_mode():
-        for first_batch, (enc, labels) in enumerate(iter_batches(
-                stack.loaded, data, batch_size=batch_size, max_length=max_length, limit=limit)):
+        for enc, labels in iter_batches(stack.loaded, data, batch_size=batch_size,
+                                        max_length=max_length, limit=limit):
             enc = prepare(stack, enc)
             rec = record_forward(stack, enc)
             if keep is None:
                 keep = rec.removable()
-                sets = _removable_sets(stack, rec, keep, sets)
+                sets = _removable_sets(stack, rec, keep, sets, ablate)
             if use_prefix is None:
                 ok = tail_matches(stack, rec)
                 if method == "prefix" and not ok:
@@ -714,7 +311,12 @@ def run_removals(stack: Stack, data, sets: Sequence[tuple[int, ...]] | None, *, 
             objective.begin(enc, reference, labels)
             for s in sets:
                 skip = set(s)
-                if use_prefix:
+                if skip & set(ablate):
+                    out = edited_forward(stack, enc, skip=skip - set(ablate),
+                                         ablate={i: ablate[i] for i in skip & set(ablate)})
+                    objective.add(tuple(s), main_output(out, stack.task))
+                    block_calls += L
+                elif use_prefix:
                     objective.add_final(tuple(s), replay(stack, rec, skip), stack)
                     block_calls += L - min(skip) - len(skip)
                 else:
@@ -733,22 +335,33 @@ def run_removals(stack: Stack, data, sets: Sequence[tuple[int, ...]] | None, *, 
             "removable": keep}
 
 
-def _removable_sets(stack: Stack, rec: Recorded, keep: list[bool], sets) -> list[tuple[int, ...]]:
-    """``sets`` checked against the blocks that keep their shape (None: each such block alone)."""
-    if not any(keep):
+def _removable_sets(stack: Stack, rec: Recorded, keep: list[bool], sets,
+                    ablate: dict | None = None) -> list[tuple[int, ...]]:
+    """``sets`` checked against the blocks that keep their shape or are mean-ablated (None: each
+    such block alone)."""
+    ablate = ablate or {}
+    if not any(keep) and not ablate:
         raise LayerscopeError(
             f"no block of {type(stack.module).__name__} keeps its input's shape, so none can be "
             f"skipped; removal needs residual-style blocks (pass --blocks to choose others)")
     if sets is None:
-        return [(i,) for i in range(len(keep)) if keep[i]]
+        return [(i,) for i in range(len(keep)) if keep[i] or i in ablate]
     for s in sets:
-        bad = [i for i in s if not keep[i]]
+        bad = [i for i in s if not keep[i] and i not in ablate]
         if bad:
             i = bad[0]
             raise LayerscopeError(
                 f"block {stack.names[i]!r} maps {tuple(rec.block_input(i).shape)} to "
                 f"{tuple(rec.outs[i].shape)}; only blocks that keep the shape can be removed")
     return list(sets)
+
+
+def _first_record(stack: Stack, data, *, batch_size, max_length, limit) -> Recorded:
+    with evaluating(stack.loaded), torch.inference_mode():
+        for enc, _ in iter_batches(stack.loaded, data, batch_size=batch_size,
+                                   max_length=max_length, limit=limit):
+            return record_forward(stack, prepare(stack, enc))
+    raise LayerscopeError("the data is empty; pass at least one item")
 
 
 # --- results -------------------------------------------------------------------------------------
@@ -786,6 +399,12 @@ class ImportanceResult(Result):
     seconds: float
     block_calls: int
     removable: list[bool] | None = None
+    intervention: list[str | None] | None = None   # per block: "skip", "mean-ablate" or None
+    view: str | None = None                         # the view Block Influence / angles read
+
+    def measured(self) -> list[int]:
+        """Indices of the blocks with a removal effect (skipped or mean-ablated)."""
+        return [i for i in range(len(self.layers)) if math.isfinite(self.metric[i])]
 
     def can_remove(self) -> list[int]:
         """Indices of the blocks that keep their input's shape (all, for residual stacks)."""
@@ -803,17 +422,26 @@ class ImportanceResult(Result):
         return sorted(self.can_remove(), key=lambda i: eff[i])
 
     def summary(self) -> str:
-        order = self.ranking()
+        eff = self.effect()
+        order = sorted(self.measured(), key=lambda i: eff[i])
         worst, least = order[-1], order[0]
-        lo_bi = min(order, key=lambda i: self.block_influence[i])
+        with_bi = [i for i in self.can_remove() if math.isfinite(self.block_influence[i])]
+        lo_bi = min(with_bi, key=lambda i: self.block_influence[i]) if with_bi else None
+        bi_text = (f"; lowest Block Influence: block {lo_bi} ({self.block_influence[lo_bi]:.3g})"
+                   if lo_bi is not None else "")
         n2 = f"; best 2-block drop by angular distance: blocks {self.best_start[1]}-{self.best_start[1] + 1}" \
             if len(self.best_start) > 1 and self.best_start[1] is not None else ""
         fixed = [name for name, ok in zip(self.layers, self.removable or []) if not ok]
-        shape = (f"; {len(fixed)} block(s) change the shape and cannot be removed ({', '.join(fixed)})"
-                 if fixed else "")
+        ablated = [n for n, how in zip(self.layers, self.intervention or []) if how == "mean-ablate"]
+        if ablated:
+            shape = (f"; {len(ablated)} block(s) change the shape and were mean-ablated instead of "
+                     f"skipped ({', '.join(ablated)})")
+        else:
+            shape = (f"; {len(fixed)} block(s) change the shape and cannot be removed "
+                     f"({', '.join(fixed)})" if fixed else "")
         return (f"{self.objective} intact {self.baseline:.4g}; removing block {worst} hurts most "
-                f"({self.metric[worst]:.4g}), block {least} least ({self.metric[least]:.4g}); lowest "
-                f"Block Influence: block {lo_bi} ({self.block_influence[lo_bi]:.3g}){n2}{shape}")
+                f"({self.metric[worst]:.4g}), block {least} least ({self.metric[least]:.4g})"
+                f"{bi_text}{n2}{shape}")
 
     def plot(self, ax=None):
         import matplotlib
@@ -900,19 +528,37 @@ def _block_index(stack: Stack, spec) -> int:
 
 def layer_importance(model, data, *, blocks: str | None = None, batch_size: int = 16,
                      max_length: int | None = 128, limit: int | None = None, method: str = "auto",
+                     view: str | None = None, ablate: bool = True,
                      progress: bool = False) -> ImportanceResult:
     """Remove each block in turn; also Block Influence and angular distances, all in one pass.
 
     ``model``: a reference, ``nn.Module`` or LoadedModel; ``data``: a Dataset, a dataset
-    reference, texts, a (N, T) tensor of token ids, or encoded batches. ``method``: "prefix"
-    (re-run only the blocks after the removed one), "naive" (a full forward per removal) or
-    "auto" (prefix where the model's tail is known).
+    reference, texts, a (N, T) tensor of token ids, or encoded batches (with labels, classifiers
+    are scored by accuracy and loss). ``method``: "prefix" (re-run only the blocks after the
+    removed one), "naive" (a full forward per removal) or "auto" (prefix where the model's tail
+    is known). Blocks that change the shape of what flows through them (a CNN's stages, a
+    ResNet's downsampling blocks) cannot be skipped; with ``ablate`` they are mean-ablated (their
+    output replaced by its mean over the data, one extra forward pass) and ``intervention`` says
+    which blocks were. ``view``: how angular distance reads each state ("last" real token,
+    "mean" over tokens or positions, ...); None picks the natural one (the last token of token
+    sequences, the global average of feature maps).
     """
+    from layerscope.views import check_view
+
+    if view is not None:
+        check_view(view)
     stack = build_stack(model, blocks)
     L = len(stack.blocks)
-    bi, ad = BlockInfluence(), AngularDistance()
+    means: dict[int, Tensor] = {}
+    if ablate:
+        first = _first_record(stack, data, batch_size=batch_size, max_length=max_length, limit=limit)
+        fixed = [i for i, ok in enumerate(first.removable()) if not ok]
+        if fixed:
+            means = mean_outputs(stack, data, fixed, batch_size=batch_size, max_length=max_length,
+                                 limit=limit, progress=progress)
+    bi, ad = BlockInfluence(), AngularDistance(view=view or "auto")
     run = run_removals(stack, data, None, batch_size=batch_size, max_length=max_length, limit=limit,
-                       method=method, reducers=[bi, ad], progress=progress)
+                       method=method, reducers=[bi, ad], progress=progress, ablate=means)
     keep = run["removable"]
     nan = float("nan")
     values = [run["values"].get((i,), {}) for i in range(L)]
@@ -929,7 +575,9 @@ def layer_importance(model, data, *, blocks: str | None = None, batch_size: int 
         token_divergence=column("token_divergence"),
         block_influence=[bi_values.get(n, nan) for n in stack.names], angular=rows, best_start=starts,
         best_angular=best, method=run["method"], n_items=run["n_items"], seconds=run["seconds"],
-        block_calls=run["block_calls"], removable=keep)
+        block_calls=run["block_calls"], removable=keep,
+        intervention=["skip" if keep[i] else "mean-ablate" if i in means else None for i in range(L)],
+        view=ad.view)
 
 
 def removal_effect(model, data, remove: Sequence, *, blocks: str | None = None, batch_size: int = 16,

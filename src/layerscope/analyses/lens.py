@@ -35,17 +35,9 @@ from layerscope.errors import LayerscopeError
 from layerscope.modes import evaluating
 from layerscope.results import Result
 
-from .importance import (
-    Stack,
-    build_stack,
-    iter_batches,
-    main_output,
-    prepare,
-    real_mask,
-    record_forward,
-    tail_matches,
-    token_ids,
-)
+from layerscope.objectives import real_mask, token_ids
+from layerscope.replay import Stack, build_stack, main_output, prepare, record_forward, tail_matches
+from layerscope.sweep import encoded_batches as iter_batches
 
 _METRICS = ("nll", "correct", "kl", "agree")
 Translate = Callable[[int, Tensor], Tensor]   # (layer index, residual state) -> state to decode

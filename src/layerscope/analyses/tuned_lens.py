@@ -41,7 +41,9 @@ from layerscope.errors import LayerscopeError
 from layerscope.modes import evaluating
 from layerscope.results import Result
 
-from .importance import iter_batches, main_output, prepare, real_mask, token_ids
+from layerscope.objectives import real_mask, token_ids
+from layerscope.replay import main_output, prepare
+from layerscope.sweep import encoded_batches as iter_batches
 from .lens import LensStats, _states, lens_stack
 
 

@@ -155,46 +155,43 @@ def _features(loaded, view, items, *, batch_size, max_length, with_output: bool)
     """Pooled outputs of every block (list of (N, D) arrays) and the model's logits if wanted."""
     from layerscope.views import pool
 
-    from .measure import _main
+    from layerscope.replay import main_output
+
+    from layerscope.sweep import encoded_batches
 
     feats = [[] for _ in view]
     outs = []
-    n = len(items)
     with torch.inference_mode():
-        for start in range(0, n, batch_size):
-            enc = loaded.encode(items[start:start + batch_size], max_length=max_length)
+        for enc, _ in encoded_batches(loaded, items, batch_size=batch_size, max_length=max_length):
             with view.capture(list(view)) as cap:
                 out = cap.call(loaded, enc)
             for i, layer in enumerate(view):
                 feats[i].append(pool(cap.outputs[layer.name], enc.mask, "mean").cpu().numpy())
             if with_output:
-                outs.append(_main(out, "classification").float().cpu().numpy())
+                outs.append(main_output(out, "classification").float().cpu().numpy())
     return [np.concatenate(f) for f in feats], (np.concatenate(outs) if with_output else None)
 
 
 def block_timings(loaded, view, enc, repeats: int = 7) -> tuple[float, list[float]]:
     """Median full-forward ms, and the median fraction of it elapsed at each block's output."""
+    from layerscope.layers import Capture
+
     stamps: dict[str, float] = {}
     fractions, totals = [], []
 
-    def hook(name):
-        def fn(module, args, output):
-            stamps[name] = time.perf_counter()
-        return fn
+    def stamp(output, name):   # an edit that changes nothing: it notes when each block finished
+        stamps[name] = time.perf_counter()
 
-    handles = [layer.observed.register_forward_hook(hook(layer.name)) for layer in view]
-    try:
-        with torch.inference_mode():
-            loaded(enc)
-            for _ in range(repeats):
-                start = time.perf_counter()
-                loaded(enc)
-                total = time.perf_counter() - start
-                totals.append(total)
-                fractions.append([(stamps[layer.name] - start) / total for layer in view])
-    finally:
-        for h in handles:
-            h.remove()
+    with evaluating(loaded), torch.inference_mode(), Capture(loaded.module, list(view),
+                                                             edit=stamp) as cap:
+        cap.call(loaded, enc)
+        for _ in range(repeats):
+            start = time.perf_counter()
+            cap.call(loaded, enc)
+            total = time.perf_counter() - start
+            totals.append(total)
+            fractions.append([(stamps[layer.name] - start) / total for layer in view])
+            cap.clear()
     return 1000 * statistics.median(totals), np.median(np.array(fractions), axis=0).tolist()
 
 
@@ -202,7 +199,7 @@ def early_exit(model, data, *, thresholds=DEFAULT_THRESHOLDS, blocks: str | None
                test_fraction: float = 0.3, seed: int = 0, batch_size: int = 32,
                max_length: int | None = 128, C: float = 1.0, save_to=None) -> EarlyExitResult:
     """Fit an exit head per block and sweep confidence thresholds on held-out data."""
-    from layerscope.analyses.importance import infer_task
+    from layerscope.layouts import infer_task
     from layerscope.layers import Layers
     from layerscope.sweep import as_model
 

@@ -24,7 +24,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 import statistics
 import tempfile
 import time
@@ -33,11 +32,12 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from layerscope.errors import LayerscopeError
 from layerscope.modes import evaluating
+from layerscope.objectives import Quality, quality_task
+from layerscope.replay import main_output
 from layerscope.results import Result
 
 
@@ -159,97 +159,21 @@ def interleaved_latency(a: nn.Module, b: nn.Module, call_a, call_b, *, repeats: 
 # --- quality -----------------------------------------------------------------------------------
 
 
-def _objective(loaded) -> str:
-    from layerscope.analyses.importance import infer_task
-
-    task = infer_task(loaded)
-    return task if task in ("causal-lm", "encoder", "classification") else "other"
-
-
-def _main(output, task: str) -> Tensor:
-    if task == "encoder" and hasattr(output, "last_hidden_state"):
-        return output.last_hidden_state
-    for key in ("logits", "last_hidden_state"):
-        value = getattr(output, key, None)
-        if isinstance(value, Tensor):
-            return value
-    if isinstance(output, (tuple, list)):
-        output = output[0]
-    if not isinstance(output, Tensor):
-        raise LayerscopeError(f"cannot read a tensor from the model's output ({type(output).__name__})")
-    return output
-
-
-class _Quality:
-    """Accumulates the quality of before and after over batches."""
-
-    def __init__(self, task: str, with_labels: bool):
-        self.task, self.with_labels = task, with_labels
-        self.sums = {"before": 0.0, "after": 0.0}
-        self.count = 0
-
-    @property
-    def metric(self) -> str:
-        return {"causal-lm": "perplexity", "encoder": "embedding cosine",
-                "classification": "accuracy" if self.with_labels else "agreement"}.get(
-            self.task, "output cosine")
-
-    def add(self, enc, labels, before: Tensor, after: Tensor) -> None:
-        before, after = before.float(), after.float()
-        if self.task == "causal-lm":
-            from layerscope.analyses.importance import real_mask, token_ids
-
-            ids = token_ids(enc)
-            mask = real_mask(enc, ids.shape)[:, 1:]
-            for key, logits in (("before", before), ("after", after)):
-                loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten(),
-                                       reduction="none").view_as(mask)
-                self.sums[key] += float(loss[mask].sum())
-            self.count += int(mask.sum())
-        elif self.task == "encoder":
-            from layerscope.analyses.importance import real_mask
-
-            mask = real_mask(enc, before.shape[:2]).unsqueeze(-1).float()
-            emb = [F.normalize((h * mask).sum(1) / mask.sum(1).clamp(min=1), dim=-1)
-                   for h in (before, after)]
-            self.sums["before"] += float(before.shape[0])
-            self.sums["after"] += float((emb[0] * emb[1]).sum(-1).sum())
-            self.count += before.shape[0]
-        elif self.task == "classification":
-            target = labels.to(before.device) if self.with_labels else before.argmax(-1)
-            self.sums["before"] += float((before.argmax(-1) == target).sum())
-            self.sums["after"] += float((after.argmax(-1) == target).sum())
-            self.count += before.shape[0]
-        else:
-            a, b = before.flatten(1), after.flatten(1)
-            self.sums["before"] += float(a.shape[0])
-            self.sums["after"] += float(F.cosine_similarity(a, b, dim=-1).sum())
-            self.count += a.shape[0]
-
-    def values(self) -> tuple[float, float]:
-        if self.count == 0:
-            raise LayerscopeError("no items to measure quality on; pass data with at least one item")
-        mean = [self.sums[k] / self.count for k in ("before", "after")]
-        if self.task == "causal-lm":
-            return math.exp(mean[0]), math.exp(mean[1])
-        return mean[0], mean[1]
-
-
 def quality(before, after, data, *, batch_size: int = 8, max_length: int | None = 128,
             limit: int | None = None) -> tuple[str, float, float, int, Any]:
     """(metric, before, after, n_items, first batch) of two models on the same held-out data."""
-    from layerscope.analyses.importance import iter_batches
+    from layerscope.sweep import encoded_batches as iter_batches
 
-    task = _objective(before)
+    task = quality_task(before)
     first = None
     tracker = None
     with evaluating(before, after), torch.inference_mode():
         for enc, labels in iter_batches(before, data, batch_size=batch_size,
                                         max_length=max_length, limit=limit):
             if tracker is None:
-                tracker = _Quality(task, labels is not None and task == "classification")
+                tracker = Quality(task, labels is not None and task == "classification")
                 first = enc
-            tracker.add(enc, labels, _main(before(enc), task), _main(after(enc), task))
+            tracker.add(enc, labels, main_output(before(enc), task), main_output(after(enc), task))
     if tracker is None:
         raise LayerscopeError("the data gave no items; pass at least one item to measure on")
     metric = tracker.metric

@@ -114,26 +114,27 @@ def prune_sensitivity(model, data, *, sparsities=DEFAULT_SPARSITIES, layers=None
 
 def _sensitivity(loaded, working, chosen, sparsities, data, *, batch_size, max_length,
                  limit) -> SensitivityResult:
-    from layerscope.analyses.importance import iter_batches
+    from layerscope.sweep import encoded_batches as iter_batches
 
-    from .measure import _main, _objective, _Quality
+    from layerscope.objectives import Quality, quality_task
+    from layerscope.replay import main_output
     from .prune import prunable
 
     work = working.module
-    task = _objective(loaded)
+    task = quality_task(loaded)
     batches = list(iter_batches(loaded, data, batch_size=batch_size, max_length=max_length,
                                 limit=limit))
     if not batches:
         raise LayerscopeError("the data gave no items; pass at least one item")
     with torch.inference_mode():
-        reference = [_main(loaded(enc), task) for enc, _ in batches]
+        reference = [main_output(loaded(enc), task) for enc, _ in batches]
 
     def score() -> tuple[float, float, int, str]:
         with_labels = batches[0][1] is not None and task == "classification"
-        tracker = _Quality(task, with_labels)
+        tracker = Quality(task, with_labels)
         with torch.inference_mode():
             for (enc, labels), ref in zip(batches, reference):
-                tracker.add(enc, labels, ref, _main(working(enc), task))
+                tracker.add(enc, labels, ref, main_output(working(enc), task))
         b, a = tracker.values()
         return b, a, tracker.count, tracker.metric
 
