@@ -128,7 +128,7 @@ def test_usage_errors_are_one_line_with_the_help_to_read(capsys, argv, fragment)
     (["importance", "mlp", "digits", "--max-k", "0"], "--max-k"),
     (["sweep", "mlp", "digits", "--layers", ""], "--layers"),
     (["sweep", "mlp", "digits", "--layers", "  "], "--layers"),
-    (["sweep", "", "digits"], "model"),
+    (["sweep", "", "digits"], "MODEL"),
 ])
 def test_counts_below_one_and_empty_values_are_refused_before_any_work(capsys, argv, option):
     assert main(argv) == 2

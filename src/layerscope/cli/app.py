@@ -87,8 +87,9 @@ def _checked(param):
     def process_value(ctx, value):
         given = ctx.get_parameter_source(param.name) == ParameterSource.COMMANDLINE
         if given and isinstance(value, str) and not value.strip():
-            raise click.exceptions.BadParameter("is empty; give a value or leave the option out",
-                                     ctx=ctx, param=param)
+            fix = "leave the option out" if param.param_type_name == "option" else "name one"
+            raise click.exceptions.BadParameter(f"is empty; give a value or {fix}", ctx=ctx,
+                                                param=param)
         value = process(ctx, value)
         if counts and isinstance(value, int) and not isinstance(value, bool) and value < 1:
             raise click.exceptions.BadParameter(f"{value} is not a count; give a whole number of at least 1",
