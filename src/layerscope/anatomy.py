@@ -98,6 +98,8 @@ class AnatomyResult(Result):
     width_rule: str
     counts: dict[str, int] = field(default_factory=dict)
     rules: dict[str, str] = field(default_factory=dict)
+    stacks: list[dict] = field(default_factory=list)
+    stack: str | None = None
 
     def rows(self) -> list[dict]:
         """One dict per row (the shape the CLI's JSON uses)."""
@@ -114,6 +116,7 @@ class AnatomyResult(Result):
                 "rest": {"params": self.rest_params, "flops": self.rest_flops},
                 "depth": self.depth, "width": self.width, "width_rule": self.width_rule,
                 "counts": dict(self.counts), "rules": dict(self.rules), "rule": self.rule,
+                "stacks": [dict(s) for s in self.stacks], "stack": self.stack,
                 "layers": self.rows()}
 
     def summary(self) -> str:
@@ -338,8 +341,30 @@ def _shape(t: Tensor | None) -> list[int] | None:
     return None if t is None else [int(d) for d in t.shape]
 
 
+def stack_rows(lay: Layers) -> list[dict]:
+    """Every stack of ``lay``'s model: name, container paths, blocks, block class, width (the
+    size of the first block's last norm/bias), parameters (shared ones once), kind (main/stem),
+    modality and whether it is counted (the chosen stack).
+
+    Example:
+        >>> from transformers import T5Config, T5Model
+        >>> t5 = T5Model(T5Config(d_model=16, d_ff=32, d_kv=4, num_heads=2, num_layers=2,
+        ...                       num_decoder_layers=3, vocab_size=50))
+        >>> [(s["name"], s["blocks"], s["width"], s["counted"]) for s in stack_rows(Layers(t5))]
+        [('encoder', 2, 16, True), ('decoder', 3, 16, True)]
+    """
+    chosen = set((lay.stack or "").split("+"))
+    out = []
+    for s in lay.stacks:
+        params = unique_params(nn.ModuleList([b.module for b in s.blocks]))
+        out.append({"name": s.name, "paths": list(s.paths), "blocks": len(s.blocks),
+                    "block_class": s.cls, "width": s.width, "params": params, "kind": s.kind,
+                    "modality": s.modality, "counted": s.name in chosen})
+    return out
+
+
 def anatomy(model, *, granularity: str = "blocks", blocks: str | None = None, example=None,
-            input_shape=None, batch_size: int = 1) -> AnatomyResult:
+            input_shape=None, batch_size: int = 1, stack: str | None = None) -> AnatomyResult:
     """Shapes, parameters and FLOPs of every layer of ``model`` at ``granularity``.
 
     ``model`` is a reference string, an ``nn.Module`` or a ``LoadedModel``; ``example`` a tensor,
@@ -352,8 +377,8 @@ def anatomy(model, *, granularity: str = "blocks", blocks: str | None = None, ex
 
     loaded = load_model(model, input_shape=input_shape)
     module = loaded.module
-    lay = Layers(loaded, granularity, blocks=blocks)
-    layers_by = {g: (lay if g == granularity else Layers(loaded, g, blocks=blocks))
+    lay = Layers(loaded, granularity, blocks=blocks, stack=stack)
+    layers_by = {g: (lay if g == granularity else Layers(loaded, g, blocks=blocks, stack=stack))
                  for g in GRANULARITIES}
     paths = {}
     for path, mod in module.named_modules(remove_duplicate=False):
@@ -405,7 +430,8 @@ def anatomy(model, *, granularity: str = "blocks", blocks: str | None = None, ex
         width=_width(block_shapes),
         width_rule=WIDTH_RULE,
         counts={g: len(v) for g, v in layers_by.items()},
-        rules={g: v.rule for g, v in layers_by.items()})
+        rules={g: v.rule for g, v in layers_by.items()},
+        stacks=stack_rows(lay), stack=lay.stack)
 
 
-__all__ = ["AnatomyResult", "anatomy", "unique_params", "CUSTOM_FLOPS", "WIDTH_RULE"]
+__all__ = ["AnatomyResult", "anatomy", "stack_rows", "unique_params", "CUSTOM_FLOPS", "WIDTH_RULE"]

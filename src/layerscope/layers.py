@@ -60,6 +60,7 @@ class Layer:
     kind: str
     part: int | None = None
     output_module: nn.Module | None = None
+    stack: str | None = None
 
     @property
     def observed(self) -> nn.Module:
@@ -108,13 +109,14 @@ def _own_blocks(module: nn.Module) -> str | None:
     return named if isinstance(named, str) and named else None
 
 
-def _unwrap(model) -> tuple[nn.Module, str | None]:
+def _unwrap(model) -> tuple[nn.Module, str | None, str | None]:
     if isinstance(model, nn.Module):
-        return model, _own_blocks(model)
+        return model, _own_blocks(model), None
     module = getattr(model, "module", None)
     if isinstance(module, nn.Module):
         meta = getattr(model, "meta", None) or {}
-        return module, meta.get("blocks") or _own_blocks(module)
+        blocks = meta.get("blocks")
+        return module, blocks or (None if meta.get("stack") else _own_blocks(module)), meta.get("stack")
     raise LayerscopeError(
         f"Layers takes an nn.Module or a LoadedModel; got {type(model).__name__}")
 
@@ -123,7 +125,11 @@ class Layers(Sequence):
     """The layers of ``model`` at one granularity, found by :func:`layerscope.layouts.find_layout`.
 
     ``blocks`` overrides discovery: a dotted path to a ModuleList/Sequential, or a comma list of
-    module paths. ``rule`` says in one line how the layers were found.
+    module paths. ``stack`` picks a named stack of a multi-stack model (``"vision_tower"``,
+    ``"encoder+decoder"``); by default the stack a person counts (see
+    :func:`layerscope.layouts.default_stacks`); a LoadedModel's ``meta["stack"]`` (``--stack``)
+    is read the same way. ``stacks`` lists every stack found, ``stack`` names the chosen one(s).
+    ``rule`` says in one line how the layers were found.
 
     Example:
         >>> from torch import nn
@@ -132,15 +138,19 @@ class Layers(Sequence):
         (2, '2', ['0', '2'])
     """
 
-    def __init__(self, model, granularity: str = "blocks", blocks: str | None = None):
-        module, meta_blocks = _unwrap(model)
+    def __init__(self, model, granularity: str = "blocks", blocks: str | None = None,
+                 stack: str | None = None):
+        module, meta_blocks, meta_stack = _unwrap(model)
         if granularity not in GRANULARITIES:
             raise LayerscopeError(
                 f"unknown granularity {granularity!r}; use one of: {', '.join(GRANULARITIES)}")
         self.model = module
         self.granularity = granularity
-        self.found: Found = find_layout(module, blocks or meta_blocks)
+        stack = stack or (None if blocks else meta_stack)
+        self.found: Found = find_layout(module, blocks or (None if stack else meta_blocks), stack)
         self.family = self.found.family
+        self.stacks = list(self.found.stacks)
+        self.stack = self.found.stack
         self._layers, self.rule = _build(module, self.found, granularity)
         self._by_name = {layer.name: layer for layer in self._layers}
 
@@ -266,7 +276,8 @@ def _build(model: nn.Module, found: Found, granularity: str) -> tuple[list[Layer
     rows: list[tuple] = []
     if granularity == "blocks":
         for i, ref in enumerate(found.blocks):
-            rows.append((ref.name, ref.module, _block_role(found, i, ref), ref.part, ref.output))
+            rows.append((ref.name, ref.module, _block_role(found, i, ref), ref.part, ref.output,
+                         found.stack_of.get(id(ref.module))))
         rule = found.rule + f" [{found.family} layout]"
     elif granularity == "sublayers":
         for path, mod in found.before:
@@ -299,12 +310,12 @@ def _build(model: nn.Module, found: Found, granularity: str) -> tuple[list[Layer
         rule = "modules = every module holding parameters of its own (tied ones listed where they occur)"
     layers = []
     seen: set[str] = set()
-    for name, mod, role, part, *output in rows:
+    for name, mod, role, part, *extra in rows:
         if name in seen:
             continue
         seen.add(name)
         layers.append(Layer(len(layers), name, mod, role, type(mod).__name__, part,
-                            output[0] if output else None))
+                            extra[0] if extra else None, extra[1] if len(extra) > 1 else None))
     return layers, rule
 
 
@@ -322,7 +333,7 @@ def _sub_rows(path: str, mod: nn.Module, where: str, split_only: bool = False):
     return [(path, mod, role_of(path, mod, where), None)]
 
 
-def count_layers(model, blocks: str | None = None) -> dict[str, int]:
+def count_layers(model, blocks: str | None = None, stack: str | None = None) -> dict[str, int]:
     """How many layers ``model`` has at each granularity.
 
     Example:
@@ -330,7 +341,7 @@ def count_layers(model, blocks: str | None = None) -> dict[str, int]:
         >>> count_layers(nn.LSTM(3, 5, num_layers=3))
         {'blocks': 3, 'sublayers': 3, 'modules': 3}
     """
-    return {g: len(Layers(model, g, blocks=blocks)) for g in GRANULARITIES}
+    return {g: len(Layers(model, g, blocks=blocks, stack=stack)) for g in GRANULARITIES}
 
 
 # --- hooks ----------------------------------------------------------------------------------------

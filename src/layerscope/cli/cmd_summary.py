@@ -63,11 +63,32 @@ def summary_table(result):
     return table
 
 
+def stack_lines(result) -> list[str]:
+    """One line per stack (depth, width, parameters) when the model has more than one."""
+    stacks = getattr(result, "stacks", None) or []
+    if len(stacks) < 2:
+        return []
+    pad = max(len(s["name"]) for s in stacks)
+    lines = [f"stacks: {len(stacks)} (counted: {result.stack}; pick another with --stack NAME)"]
+    for s in stacks:
+        width = "?" if s["width"] is None else s["width"]
+        what = " ".join(w for w in (s["modality"], "stem" if s["kind"] == "stem" else "") if w)
+        lines.append(f"  {s['name']:<{pad}}  {s['blocks']} blocks ({s['block_class']}), width "
+                     f"{width}, {s['params']:,} parameters" + (f" [{what}]" if what else "")
+                     + (" <- counted" if s["counted"] else ""))
+    return lines
+
+
 def summary_lines(result) -> list[str]:
-    """Depth, width, and "how many layers?" at each granularity with the rule used."""
+    """Stacks, depth, width, and "how many layers?" per stack and at each granularity."""
     width = "?" if result.width is None else str(result.width)
-    lines = [f"depth: {result.depth} blocks; width: {width} — {result.width_rule}",
-             "How many layers does this model have?"]
+    lines = stack_lines(result)
+    lines += [f"depth: {result.depth} blocks; width: {width} — {result.width_rule}",
+              "How many layers does this model have?"]
+    stacks = getattr(result, "stacks", None) or []
+    if len(stacks) > 1:
+        per = "; ".join(f"{s['name']}: {s['blocks']}" for s in stacks)
+        lines.append(f"  per stack (blocks): {per}")
     for g, n in result.counts.items():
         lines.append(f"  {g}: {n} — {result.rules[g]}")
     return lines

@@ -16,14 +16,15 @@ Example:
     '1'
 """
 
-from .discover import (REGISTRY, RNN_TYPES, STACK_NAMES, BlockRef, Found, counts_as_sublayer,
-                       explicit_blocks, find_layout, has_params, role_of)
+from .discover import (REGISTRY, RNN_TYPES, STACK_NAMES, BlockRef, Found, Stack, counts_as_sublayer,
+                       default_stacks, explicit_blocks, find_layout, find_stacks, has_params,
+                       pick_stacks, role_of)
 from .roles import (BLOCK_FAMILIES, DEPTH_KEYS, FFN_WIDTH_KEYS, AttentionParts, BlockFamily,
                     BlockRoles, FFNParts, block_family, depth_keys, require,
                     attention_parts, block_norms, block_roles, depth_key, embeddings,
                     ffn_parts, final_norm, infer_task, output_head)
 
-__all__ = ["BlockRef", "Found", "REGISTRY", "RNN_TYPES", "STACK_NAMES", "find_layout",
+__all__ = ["Stack", "find_stacks", "default_stacks", "pick_stacks", "BlockRef", "Found", "REGISTRY", "RNN_TYPES", "STACK_NAMES", "find_layout",
            "explicit_blocks", "role_of", "counts_as_sublayer", "has_params",
            "AttentionParts", "FFNParts", "BlockRoles", "attention_parts", "ffn_parts",
            "block_norms", "block_roles", "final_norm", "output_head", "embeddings", "infer_task",

@@ -69,6 +69,9 @@ class Found:
     after: list[tuple[str, nn.Module]] = field(default_factory=list)
     family: str = "generic"
     rule: str = ""
+    stacks: list = field(default_factory=list)   # every Stack found (generic rule only)
+    stack: str | None = None                      # the chosen stack's name ("encoder+decoder")
+    stack_of: dict = field(default_factory=dict)  # id(block module) -> stack name
 
 
 # --- roles ------------------------------------------------------------------------------------
@@ -193,34 +196,264 @@ def _inside(a: str, b: str) -> bool:
     return a == b or b == "" or a.startswith(b + ".")
 
 
-def _generic(model: nn.Module) -> Found | None:
+@dataclass
+class Stack:
+    """One stack of repeated blocks: its name, container path(s), blocks and what it is.
+
+    ``kind`` is "main" (blocks a person counts) or "stem" (a convolutional feature extractor or
+    backbone on the input side of a transformer stack); ``modality`` is "vision", "audio",
+    "bridge" (a connector between towers) or "" (the model's own / text).
+    """
+
+    name: str
+    paths: list[str]
+    blocks: list[BlockRef]
+    cls: str
+    params: int
+    kind: str = "main"
+    modality: str = ""
+
+    @property
+    def width(self) -> int | None:
+        """The hidden width: the output size of the last linear/norm weight of the first block."""
+        last = None
+        for p in self.blocks[0].module.parameters() if self.blocks else ():
+            if p.dim() == 1:
+                last = p.shape[0]
+        return int(last) if last is not None else None
+
+
+#: path words that say a stack is a tower of another modality, or a bridge between towers
+VISION_WORDS = ("vision", "visual", "image", "img", "vit", "pixel", "video", "patch")
+AUDIO_WORDS = ("audio", "speech", "acoustic", "sound", "mel", "wav")
+BRIDGE_WORDS = ("qformer", "resampler", "projector", "connector", "perceiver", "adapter",
+                "abstractor", "aligner", "mm_proj")
+LANGUAGE_WORDS = ("language_model", "llm", "lm", "text_decoder", "language", "thinker", "decoder")
+#: path parts that carry no name of their own (skipped when naming a stack)
+GENERIC_PARTS = frozenset(("model", "base_model", "transformer", "layers", "layer", "h", "blocks",
+                           "block", "stages", "_blocks", "resblocks", "module", "net", "body",
+                           "layer_list", "encoder_layers", "decoder_layers", "transformer_blocks",
+                           "model_", "backbone_model", "inner"))
+#: attributes of a dual encoder (towers scored against each other, no language model)
+DUAL_MARKS = ("logit_scale", "logit_scale_a", "logit_scale_t", "temperature", "logit_bias")
+
+
+def _words(path: str) -> list[str]:
+    return [w for part in path.lower().split(".") for w in part.split("_") if w]
+
+
+def _modality(path: str) -> str:
+    parts = path.lower().split(".")
+    words = _words(path)
+    if any(b in part for part in parts for b in BRIDGE_WORDS):
+        return "bridge"
+    if any(w in VISION_WORDS or w.startswith(("vision", "visual")) for w in words):
+        return "vision"
+    if any(w in AUDIO_WORDS or w.startswith("audio") for w in words):
+        return "audio"
+    return ""
+
+
+def _leaf_stack(mod: nn.Module) -> bool:
+    """A list of leaf modules (embedding tables, linear layers), not of blocks."""
+    return all(all("." not in n for n, _ in c.named_parameters()) for c in mod.children())
+
+
+def _has_mixer(block: nn.Module) -> bool:
+    """Whether a block mixes tokens: attention, a state-space/recurrent mixer or an RNN."""
+    for path, sub in block.named_modules():
+        low, cls = path.rsplit(".", 1)[-1].lower(), type(sub).__name__.lower()
+        if isinstance(sub, RNN_TYPES) or any(k in cls for k in ("attention", "attn", "mixer", "mamba",
+                                                                 "ssm", "recurrent", "rwkv", "retention")):
+            return True
+        if low in ("attn", "attention", "self_attn", "mixer", "self_attention"):
+            return True
+    return False
+
+
+def find_stacks(model: nn.Module) -> list[Stack]:
+    """Every stack of repeated blocks in ``model``, named, in module order (stems included).
+
+    Example:
+        >>> from transformers import T5Config, T5Model
+        >>> t5 = T5Model(T5Config(d_model=16, d_ff=32, d_kv=4, num_heads=2, num_layers=2,
+        ...                       num_decoder_layers=3, vocab_size=50))
+        >>> [(s.name, len(s.blocks)) for s in find_stacks(t5)]
+        [('encoder', 2), ('decoder', 3)]
+    """
     total = _numel(model)
-    stacks = _stacks(model, total)
-    if not any(s.eligible for s in stacks):
-        return None
-    best = max((s for s in stacks if s.eligible), key=lambda s: (s.params, -s.path.count(".")))
-    chosen = [best]
-    parent = best.path.rsplit(".", 1)[0] if "." in best.path else ""
-    for s in stacks:
-        if s is best or any(_inside(s.path, c.path) or _inside(c.path, s.path) for c in chosen):
-            continue
-        s_parent = s.path.rsplit(".", 1)[0] if "." in s.path else ""
-        sibling_stage = s_parent == parent and s.cls == best.cls
-        twin = s.attr == best.attr and s.params >= 0.25 * best.params
-        if sibling_stage or twin:
-            chosen.append(s)
+    cands = _stacks(model, total)
+    paths = {s.path for s in cands}
+    # a list of lists (Funnel's encoder.blocks) stands for its inner lists
+    cands = [s for s in cands if not all(_join(s.path, n) in paths for n, _ in s.module.named_children())]
     order = {path: i for i, (path, _) in enumerate(model.named_modules())}
-    chosen.sort(key=lambda s: order[s.path])
-    blocks = [BlockRef(_join(s.path, n), c) for s in chosen for n, c in s.module.named_children()]
-    blocks = _split_rnns(blocks)
-    if len(chosen) == 1:
-        where = f"the {len(best.module)} children of {best.path} ({best.cls})"
-    elif all(_parent(s.path) == parent for s in chosen):
-        where = f"the {len(blocks)} {best.cls} blocks of stages " + ", ".join(s.path for s in chosen)
-    else:
-        where = "the children of " + " and ".join(f"{s.path} ({len(s.module)})" for s in chosen)
+    cands.sort(key=lambda s: order[s.path])
+    groups: list[list[_Stack]] = []
+    for s in cands:  # sibling stages of one block class (ResNet's layer1..layer4) form one stack
+        for g in groups:
+            if _parent(g[0].path) == _parent(s.path) and g[0].cls == s.cls:
+                g.append(s)
+                break
+        else:
+            groups.append([s])
+    groups = [g for g in groups if any(s.eligible for s in g)
+              or sum(s.params for s in g) >= MIN_SHARE * total]
+    # a stack inside a block of another (experts inside a layer, blocks inside a stage) is not one
+    groups = [g for g in groups if not any(o is not g and any(_inside(g[0].path, x.path) and g[0].path != x.path
+                                                              for x in o) for o in groups)]
+    if any(not _leaf_stack(s.module) for g in groups for s in g):
+        groups = [g for g in groups if not all(_leaf_stack(s.module) for s in g)]
+    stacks = []
+    for g in groups:
+        blocks = _split_rnns([BlockRef(_join(s.path, n), c) for s in g for n, c in s.module.named_children()])
+        stacks.append(Stack("", [s.path for s in g], blocks, g[0].cls, sum(s.params for s in g),
+                            modality=_modality(g[0].path)))
+    _name_stacks(stacks)
+    mixing = [s for s in stacks if s.blocks and _has_mixer(s.blocks[0].module)]
+    if mixing:
+        for s in stacks:
+            if s not in mixing:
+                s.kind = "stem"
+    return stacks
+
+
+def _name_stacks(stacks: list[Stack]) -> None:
+    """Name each stack by the first path part that tells it from the others (generic parts skipped)."""
+    informative = []
+    for s in stacks:
+        parts = [p for p in s.paths[0].split(".") if p not in GENERIC_PARTS and not p.isdigit()]
+        informative.append(parts)
+    common = set.intersection(*(set(p) for p in informative)) if len(informative) > 1 else set()
+    names = []
+    for s, parts in zip(stacks, informative):
+        own = [p for p in parts if p not in common] or parts
+        names.append(own[:1] if own else [s.paths[0].rsplit(".", 1)[-1] or "blocks"])
+    for depth in range(2, 6):  # lengthen names that still collide
+        counts = Counter(".".join(n) for n in names)
+        if all(c == 1 for c in counts.values()):
+            break
+        for i, (s, parts) in enumerate(zip(stacks, informative)):
+            if counts[".".join(names[i])] > 1:
+                own = [p for p in parts if p not in common] or parts
+                names[i] = own[:depth] if len(own) >= depth else (own or [s.paths[0]])
+    seen: Counter = Counter()
+    for s, n in zip(stacks, names):
+        name = ".".join(n)
+        seen[name] += 1
+        s.name = name if seen[name] == 1 else f"{name}{seen[name]}"
+
+
+def _is_dual(model: nn.Module) -> bool:
+    owners = [model, getattr(model, "base_model", None)]
+    for owner in owners:
+        if not isinstance(owner, nn.Module):
+            continue
+        own = {n for n, _ in owner.named_parameters(recurse=False)} | set(vars(owner))
+        projections = [n for n, _ in owner.named_children() if n.endswith("_projection")
+                       or n in ("text_projection", "visual_projection", "image_projection")]
+        if any(m in own for m in DUAL_MARKS) or len(projections) >= 2:
+            return True
+    return False
+
+
+def _has_lm_head(model: nn.Module) -> bool:
+    getter = getattr(model, "get_output_embeddings", None)
+    try:
+        return isinstance(getter(), nn.Module) if callable(getter) else False
+    except (NotImplementedError, AttributeError, TypeError):
+        return False
+
+
+def _describe(stacks: list[Stack]) -> str:
+    return ", ".join(f"{s.name} ({len(s.blocks)} blocks{', stem' if s.kind == 'stem' else ''})"
+                     for s in stacks)
+
+
+def default_stacks(model: nn.Module, stacks: list[Stack]) -> tuple[list[Stack], str]:
+    """The stack(s) a person counts, and the rule that chose them; LayerscopeError for a dual
+    encoder (it asks which stack).
+
+    The rule: towers of another modality (vision, audio) and bridges between towers give way to
+    the model's own stack; an encoder and a decoder are both counted, encoder first; among the
+    rest a language-model stack wins; a dual encoder (towers scored against each other) asks;
+    otherwise the stack with the most parameters.
+    """
+    main = [s for s in stacks if s.kind == "main"] or stacks
+    if len(main) == 1:
+        return main, ""
+    own = [s for s in main if s.modality == ""]
+    towers = [s for s in main if s.modality in ("vision", "audio")]
+    if towers and own and _is_dual(model) and not _has_lm_head(model):
+        raise LayerscopeError(
+            f"{type(model).__name__} is a dual encoder with stacks {_describe(stacks)}; say which "
+            f"with --stack NAME (or Layers(model, stack=NAME))")
+    pool = own or [s for s in main if s.modality != "bridge"] or main
+    if len(pool) == 1:
+        return pool, f"the others are {_other(main, pool)}"
+    enc = [s for s in pool if "encoder" in s.paths[0].lower().split(".")[-2:] or
+           any("encoder" in p for p in s.paths[0].lower().split(".")[:-1])]
+    dec = [s for s in pool if any("decoder" in p for p in s.paths[0].lower().split(".")[:-1])]
+    if enc and dec and not set(map(id, enc)) & set(map(id, dec)):
+        chosen = [s for s in pool if s in enc] + [s for s in pool if s in dec]
+        return chosen, "encoder then decoder stacks"
+    lang = [s for s in pool if any(w in LANGUAGE_WORDS or p in LANGUAGE_WORDS
+                                   for p in s.paths[0].lower().split(".") for w in p.split("_"))]
+    if len(lang) == 1:
+        return lang, "the language-model stack"
+    if _is_dual(model) and not _has_lm_head(model):
+        raise LayerscopeError(
+            f"{type(model).__name__} is a dual encoder with stacks {_describe(stacks)}; say which "
+            f"with --stack NAME (or Layers(model, stack=NAME))")
+    best = max(pool, key=lambda s: s.params)
+    return [best], "the stack holding the most parameters"
+
+
+def _other(main: list[Stack], chosen: list[Stack]) -> str:
+    rest = [s for s in main if s not in chosen]
+    return ", ".join(f"{s.name}{' (' + s.modality + ')' if s.modality else ''}" for s in rest) or "none"
+
+
+def pick_stacks(model: nn.Module, stacks: list[Stack], stack: str | None) -> tuple[list[Stack], str]:
+    """The stacks named by ``stack`` (a name, or names joined by "+"), or the default ones."""
+    if not stack:
+        return default_stacks(model, stacks)
+    names = {s.name: s for s in stacks}
+    wanted = [w.strip() for w in str(stack).split("+") if w.strip()]
+    if len(stacks) == 1 and any(w not in names for w in wanted):
+        raise LayerscopeError(
+            f"--stack {stack}: {type(model).__name__} has a single stack ({_describe(stacks)}); "
+            f"drop --stack")
+    missing = [w for w in wanted if w not in names]
+    if missing:
+        raise LayerscopeError(
+            f"no stack {missing[0]!r} in {type(model).__name__}; its stacks: {_describe(stacks)}")
+    return [names[w] for w in wanted], "named with stack="
+
+
+def _generic(model: nn.Module, stack: str | None = None) -> Found | None:
+    stacks = find_stacks(model)
+    if not stacks:
+        if stack:
+            raise LayerscopeError(f"--stack {stack}: {type(model).__name__} has no stacks of "
+                                  f"repeated blocks; drop --stack")
+        return None
+    chosen, why = pick_stacks(model, stacks, stack)
+    blocks = [b for s in chosen for b in s.blocks]
+    parts = []
+    for s in chosen:
+        if len(s.paths) == 1:
+            parts.append(f"the {len(s.blocks)} children of {s.paths[0]} ({s.cls})")
+        else:
+            parts.append(f"the {len(s.blocks)} {s.cls} blocks of stages " + ", ".join(s.paths))
+    where = " then ".join(parts)
+    if len(stacks) > 1:
+        where += f"; stack {'+'.join(s.name for s in chosen)}" + (f": {why}" if why else "") + \
+            f" (stacks: {', '.join(s.name for s in stacks)})"
     found = Found(blocks, family="generic", rule=f"blocks = {where}")
-    _add_outside(model, found, [s.path for s in chosen])
+    found.stacks = stacks
+    found.stack = "+".join(s.name for s in chosen)
+    found.stack_of = {id(b.module): s.name for s in chosen for b in s.blocks}
+    _add_outside(model, found, [p for s in chosen for p in s.paths])
     return found
 
 
@@ -432,7 +665,7 @@ def _family(model: nn.Module, found: Found) -> str:
     return cls
 
 
-def find_layout(model: nn.Module, blocks: str | None = None) -> Found:
+def find_layout(model: nn.Module, blocks: str | None = None, stack: str | None = None) -> Found:
     """The blocks of ``model`` (and the parts before/after them), or a LayerscopeError.
 
     Example:
@@ -441,11 +674,17 @@ def find_layout(model: nn.Module, blocks: str | None = None) -> Found:
         >>> [b.name for b in found.blocks]
         ['l0', 'l1', 'l2']
     """
+    if blocks and stack:
+        raise LayerscopeError(f"blocks={blocks!r} and stack={stack!r} both name the blocks; give "
+                              f"one of --blocks / --stack")
     if blocks:
         return explicit_blocks(model, blocks)
     found = _flat(model) if isinstance(model, (nn.Sequential, *RNN_TYPES)) else None
+    if found is not None and stack:
+        raise LayerscopeError(f"--stack {stack}: {type(model).__name__} has a single stack of "
+                              f"layers; drop --stack")
     if found is None:
-        found = _generic(model)
+        found = _generic(model, stack)
     if found is None:
         found = _flat(model)
     if found is None:
@@ -460,5 +699,6 @@ def find_layout(model: nn.Module, blocks: str | None = None) -> Found:
     return found
 
 
-__all__ = ["BlockRef", "Found", "REGISTRY", "STACK_NAMES", "find_layout", "explicit_blocks",
-           "role_of", "counts_as_sublayer", "has_params"]
+__all__ = ["Stack", "find_stacks", "default_stacks", "pick_stacks", "BlockRef", "Found", "REGISTRY",
+           "STACK_NAMES", "find_layout", "explicit_blocks", "role_of", "counts_as_sublayer",
+           "has_params"]
