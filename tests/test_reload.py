@@ -125,7 +125,9 @@ def test_early_exit_folder_is_refused_naming_its_loader(tmp_path, capsys):
     code, _, err = run_cli(["summary", out], capsys)
     assert code == 2 and "load_exit_heads" in last_error(err)
     heads = load_exit_heads(out)
-    assert heads["base"] == "mlp:depth=3,width=16" and len(heads["heads"]) == 3
+    listed = json.loads((out / "exit_heads.json").read_text())["exits"]
+    assert heads["base"] == "mlp:depth=3,width=16" and list(heads["heads"]) == listed
+    assert listed and all(name.startswith("probe:blocks.") for name in listed)
 
 
 # -- no code runs unasked -----------------------------------------------------------------------
@@ -207,7 +209,7 @@ def _bert_folder(folder, architectures=None):
     from transformers import BertConfig, BertModel
 
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+    cfg = BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=2, num_attention_heads=2,
                      intermediate_size=16)
     BertModel(cfg).save_pretrained(str(folder))
     if architectures:

@@ -114,7 +114,7 @@ class LoadedModel:
             ids = torch.randint(0, vocab, (batch_size, 8), generator=generator)
             return self.encode(ids)
         builder = getattr(self.module, "example_input", None)
-        if callable(builder) and self.meta.get("zoo_spec"):
+        if callable(builder) and self.meta.get("zoo_spec") and _has_parameters(self.module):
             return self.encode(builder(batch_size=batch_size))
         if self.input_shape is None:
             raise LayerscopeError(
@@ -239,6 +239,11 @@ class LoadedModel:
             raise LayerscopeError(
                 f"model {self.ref!r} could not preprocess an item ({_describe(item)}): {exc}"
             ) from exc
+
+
+def _has_parameters(module: nn.Module) -> bool:
+    """False for a module whose every layer was replaced (e.g. int8-quantized linears only)."""
+    return next(iter(module.parameters()), None) is not None
 
 
 def _shape(shape: Sequence[int]) -> str:
