@@ -84,8 +84,10 @@ class _Run:
     probes: list = field(default_factory=list)
 
 
-def _load_data(loaded, data, limit, seed, default_limit):
-    from layerscope.data import Dataset, load_dataset
+def _load_data(loaded, data, limit, seed, default_limit, progress: bool = True):
+    """The items of the main pass, said up front: how many of how many, and how to get all."""
+    from layerscope.data import Dataset, load_dataset, take_limit
+    from layerscope.progress import announce
 
     if isinstance(data, Dataset):
         ds = data
@@ -96,7 +98,12 @@ def _load_data(loaded, data, limit, seed, default_limit):
     if not isinstance(ref, str):
         raise LayerscopeError(f"DATA must be a dataset name, a file or a Dataset; got {type(ref).__name__}")
     n = limit if limit is not None else default_limit
-    return load_dataset(ref, limit=n, seed=seed), ref
+    full = load_dataset(ref)
+    ds = take_limit(full, n, seed)
+    how = ("every item" if len(ds) == len(full) else
+           f"a seeded random subset; --limit {len(full)} for all of them")
+    announce(f"using {len(ds):,} of {len(full):,} items of {ref} ({how})", progress=progress)
+    return ds, ref
 
 
 def _check_fits(loaded, dataset, max_length) -> None:
@@ -278,7 +285,9 @@ def _pictures(run: _Run, sample) -> None:
     labels, continuous = _label_texts(ds, sample.indices)
     hover = _hover_texts(ds, sample.indices)
     views, coords, outliers = [], {}, {}
-    for name in chosen:
+    from layerscope.progress import track
+
+    for name in track(chosen, desc="PCA and t-SNE", unit="layer", enabled=run.stages.progress):
         x = np.nan_to_num(np.asarray(sample.rows[name], dtype=np.float64).reshape(len(sample.indices), -1))
         pca, ratios = project(x, "pca", seed=run.seed)
         tsne, _ = project(x, "tsne", seed=run.seed)
@@ -388,7 +397,7 @@ def _importance(run: _Run, n_items: int, curve: bool) -> None:
     if curve:
         rc = removal_curve(run.loaded, sub, max_k=max(1, min(8, len(res.layers) // 3)),
                            batch_size=min(run.batch_size, 16), max_length=run.max_length,
-                           importance=res)
+                           importance=res, progress=run.stages.progress)
         run.results["removal_curve"] = rc
         curve_vals, curve_x = rc.curves, rc.ks
     run.sections.append(S.importance_section(res.layers, res.metric, res.objective,
@@ -403,7 +412,7 @@ def _lens(run: _Run, n_items: int) -> None:
     sub = run.dataset.subset(range(min(n_items, len(run.dataset))))
     prompt = "The capital of France is" if run.loaded.tokenizer is not None else None
     res = logit_lens(run.loaded, sub, prompt=prompt, batch_size=min(run.batch_size, 8),
-                     max_length=run.max_length)
+                     max_length=run.max_length, progress=run.stages.progress)
     run.results["lens"] = res
     top = [[k[0] if k else "" for k in layer] for layer in res.top_tokens] if res.top_tokens else None
     run.sections.append(S.lens_section(res.layers, kl=res.kl, accuracy=res.accuracy,
@@ -504,7 +513,8 @@ def build_report(model="minilm", data=None, out_dir="layerscope-report", *, limi
         raise LayerscopeError(f"--importance-items must be at least 2; got {importance_items}")
     check_out_dir(out_dir, force=force)
     t0 = time.perf_counter()
-    stages = Stages(progress)
+    # load, anatomy, main pass, bigram shift, removal, (lens), training history, write
+    stages = Stages(progress, total=8)
     with stages.stage("load", str(model) if isinstance(model, str) else type(model).__name__):
         loaded = load_model(model, input_shape=input_shape, trust_remote_code=trust_remote_code,
                             allow_missing_weights=allow_missing_weights)
@@ -512,7 +522,7 @@ def build_report(model="minilm", data=None, out_dir="layerscope-report", *, limi
             loaded.meta["blocks"] = blocks
         main_items, removal_items = default_amounts(loaded)
         importance_items = removal_items if importance_items is None else importance_items
-        dataset, data_name = _load_data(loaded, data, limit, seed, main_items)
+        dataset, data_name = _load_data(loaded, data, limit, seed, main_items, progress)
         if len(dataset) < 4:
             raise LayerscopeError(f"data {data_name!r} has {len(dataset)} items; a report needs at least 4")
         _check_fits(loaded, dataset, max_length)
@@ -526,6 +536,7 @@ def build_report(model="minilm", data=None, out_dir="layerscope-report", *, limi
         run.probes += _bigram_shift(run, BIGRAM_ITEMS)
     _probe_results(run, run.probes)
     causal = loaded.task == "causal-lm"
+    stages.total = 8 if causal else 7
     with stages.optional("layer removal", f"{min(importance_items, len(dataset))} items"):
         _importance(run, importance_items, curve=causal)
     if causal:

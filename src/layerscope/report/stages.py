@@ -17,10 +17,12 @@ from layerscope.errors import LayerscopeError
 
 
 class Stages:
-    """Announce each stage on stderr, time it, and keep why a stage was skipped."""
+    """Announce each stage on stderr as ``[i/total]``, time it, and keep why a stage was skipped."""
 
-    def __init__(self, progress: bool = True):
+    def __init__(self, progress: bool = True, total: int | None = None):
         self.progress = progress
+        self.total = total
+        self.count = 0
         self.seconds: dict[str, float] = {}
         self.skipped: dict[str, str] = {}
         self._console = None
@@ -35,12 +37,22 @@ class Stages:
 
     @contextmanager
     def stage(self, name: str, detail: str = ""):
-        self.say(f"[bold]▸ {name}[/bold]" + (f" [dim]{detail}[/dim]" if detail else ""))
+        from rich.markup import escape
+
+        self.count += 1
+        step = f"[{self.count}/{max(self.total, self.count)}] " if self.total else ""
+        self.say(f"[bold]▸ {escape(step)}{escape(name)}[/bold]"
+                 + (f" [dim]{escape(detail)}[/dim]" if detail else ""))
         t0 = time.perf_counter()
         try:
             yield
         finally:
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+            took = time.perf_counter() - t0
+            self.seconds[name] = self.seconds.get(name, 0.0) + took
+            if took >= 1.0:
+                from layerscope.progress import format_seconds
+
+                self.say(f"  [dim]{escape(name)}: {format_seconds(took)}[/dim]")
 
     @contextmanager
     def optional(self, name: str, detail: str = ""):
