@@ -80,7 +80,8 @@ class TunedLens(nn.Module):
         tmp = path.with_name(path.name + ".tmp")
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         save_file(state, str(tmp), metadata={"layers": json.dumps(self.layers), "width": str(self.width),
-                                             "format": "layerscope-tuned-lens"})
+                                             "format": "layerscope-tuned-lens",
+                                             "generator": "layerscope-output"})
         tmp.replace(path)
         return path
 
