@@ -10,7 +10,10 @@ problem starts, the figures behind it and a one-line ``message``:
   three, otherwise every module with parameters. The flag names the deepest such layer and
   counts the others.
 * ``exploding`` – a layer's gradient norm is ``ratio`` times the median of the layers, sustained
-  the same way; or (absolute) above 1,000 × max(1, weight norm) or non-finite on any step.
+  the same way; or one optimizer step moves a layer by more than its own norm (update ratio
+  ≥ 1) or its weight norm has grown ``ratio``-fold, sustained; or (absolute) above 1,000 × max(1, weight norm) or non-finite on any step.
+  Absolute flags come once per kind (the first layer and step, with the count of layers), and
+  only when no relative flag of that kind was raised.
 * ``dead-units`` – at least half of a ReLU's units gave 0 for every item of ``SUSTAIN``
   monitored batches in a row.
 * ``stuck-at-chance`` – a classifier whose held-out accuracy stayed within two standard errors
@@ -18,7 +21,7 @@ problem starts, the figures behind it and a one-line ``message``:
   (and at least ``min_steps`` steps in).
 * ``overfitting`` / ``divergence`` – the held-out loss rose on two evaluations in a row and
   ended at least 10% above its best; ``overfitting`` when the training loss kept falling,
-  ``divergence`` when it rose too (or the held-out loss more than doubled from its first value).
+  ``divergence`` when it rose too (or the held-out loss became non-finite).
 
 Example:
     >>> rows = [{"step": s, "kind": "block", "layer": f"blocks.{i}", "grad_norm": g * 10.0 ** i,
@@ -116,24 +119,61 @@ def gradient_flags(rows: list[dict], *, ratio: float = RATIO) -> list[dict]:
             step = found[name]
             g, ref = dict(per_step)[step][pick][name]
             flags.append(_gradient_flag(kind, name, step, g, ref, len(names), need, ratio))
-    seen = {(f["kind"], f["layer"]) for f in flags}
+    flags += _update_flags(rows, ratio)
+    kinds = {f["kind"] for f in flags}
+    first: dict[str, list] = {}
     for r in rows:
-        if r["kind"] != "module" or r.get("grad_norm", 0) is None:
-            continue
         g, w = r.get("grad_norm"), r.get("weight_norm") or 0.0
-        if g is None:
+        if r["kind"] != "module" or g is None:
             continue
         scale = max(1.0, w)
         kind = ("exploding" if not math.isfinite(g) or g > ABS_EXPLODE * scale else
                 "vanishing" if g <= ABS_VANISH * scale else None)
-        if kind is None or (kind, r["layer"]) in seen:
+        if kind is None or kind in kinds:
             continue
-        seen.add((kind, r["layer"]))
+        hit = first.setdefault(kind, [r, set()])
+        hit[1].add(r["layer"])
+    for kind, (r, layers) in first.items():
+        g, w = r["grad_norm"], r.get("weight_norm") or 0.0
+        more = f" ({len(layers)} layers in all)" if len(layers) > 1 else ""
         flags.append({"kind": kind, "layer": r["layer"], "step": r["step"], "rule": "absolute",
-                      "grad_norm": g, "weight_norm": w,
-                      "message": f"{kind} gradient in layer {r['layer']!r} at step {r['step']}: "
-                                 f"gradient norm {g:.3g} (weight norm {w:.3g})"})
+                      "grad_norm": g, "weight_norm": w, "layers": len(layers),
+                      "message": f"{kind} gradient in layer {r['layer']!r} at step {r['step']}"
+                                 f"{more}: gradient norm {g:.3g} (weight norm {w:.3g})"})
     return flags
+
+
+def _update_flags(rows: list[dict], ratio: float = RATIO) -> list[dict]:
+    """Steps that move a layer by more than its own size, or weights grown ``ratio``-fold from
+    their first monitored norm, ``SUSTAIN`` monitored steps in a row: a learning rate far too
+    large (the weights explode even where normalisation keeps the gradients in range)."""
+    hits: dict[int, dict] = {}
+    first: dict[str, float] = {}
+    for r in rows:
+        if r["kind"] != "module" or r.get("weight_norm") is None:
+            continue
+        w0 = first.setdefault(r["layer"], r["weight_norm"])
+        u = r.get("update_ratio")
+        grown = r["weight_norm"] / w0 if w0 > 0 else 1.0
+        if (u is not None and u >= 1.0) or grown >= ratio:
+            hits.setdefault(r["step"], {})[r["layer"]] = (u or 0.0, grown)
+    steps = sorted({r["step"] for r in rows if r["kind"] == "module"})
+    if not steps:
+        return []
+    need = min(SUSTAIN, len(steps))
+    found = _sustained([(s, hits.get(s, {})) for s in steps], need)
+    if not found:
+        return []
+    name = min(found, key=lambda n: (found[n], n))
+    step = found[name]
+    u, _ = hits[step][name]
+    grown = max(hits[s][name][1] for s in hits if name in hits[s])
+    return [{"kind": "exploding", "layer": name, "step": step, "rule": "update",
+             "update_ratio": u, "weight_growth": grown, "layers": len(found),
+             "message": f"exploding updates from step {step} in layer {name!r}"
+                        f"{f' ({len(found)} layers in all)' if len(found) > 1 else ''}: one "
+                        f"step changed its weights by {u:.3g}x their norm and they grew up to "
+                        f"{grown:.3g}x, on {need} monitored steps in a row; lower lr"}]
 
 
 def _gradient_flag(kind, name, step, g, ref, count, need, ratio) -> dict:
@@ -157,16 +197,21 @@ def _times(x: float) -> str:
 def dead_unit_flags(rows: list[dict]) -> list[dict]:
     """ReLUs with at least half their units silent on ``SUSTAIN`` monitored batches in a row."""
     flags, seen = [], set()
+    steps: dict[str, list[int]] = {}
     for r in rows:
+        if r["kind"] != "relu":
+            continue
+        steps.setdefault(r["layer"], []).append(r["step"])
         share = r.get("dead_sustained")
-        if r["kind"] != "relu" or share is None or share < DEAD_SHARE or r["layer"] in seen:
+        if share is None or share < DEAD_SHARE or r["layer"] in seen:
             continue
         seen.add(r["layer"])
-        flags.append({"kind": "dead-units", "layer": r["layer"], "step": r["step"],
-                      "dead_share": share,
-                      "message": f"dead units in ReLU {r['layer']!r} at step {r['step']}: "
+        start = steps[r["layer"]][-SUSTAIN] if len(steps[r["layer"]]) >= SUSTAIN else r["step"]
+        flags.append({"kind": "dead-units", "layer": r["layer"], "step": start,
+                      "dead_share": share, "confirmed_at": r["step"],
+                      "message": f"dead units in ReLU {r['layer']!r} from step {start}: "
                                  f"{share:.0%} of its units gave 0 for every item of "
-                                 f"{SUSTAIN} monitored batches in a row"})
+                                 f"{SUSTAIN} monitored batches in a row (to step {r['step']})"})
     return flags
 
 
@@ -227,7 +272,7 @@ def held_out_flags(history: list[dict]) -> list[dict]:
         return []
     train = [row.get("train_loss") for row in history]
     rising_train = train[last] is not None and train[best] is not None and train[last] > train[best]
-    kind = "divergence" if rising_train or losses[last] > 2.0 * losses[0] else "overfitting"
+    kind = "divergence" if rising_train else "overfitting"
     return [_loss_flag(kind, history, best, last, f"rose from {losses[best]:.4g} to "
                                                   f"{losses[last]:.4g}")]
 
