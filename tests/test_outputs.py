@@ -156,3 +156,70 @@ def test_write_atomic_leaves_nothing_behind_on_failure(tmp_path):
         write_atomic(tmp_path / "b.txt", Boom())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
     assert TOKEN == "layerscope-output"
+
+
+# -- through the CLI: every output is checked before the model is even loaded -------------------
+def run_cli(args, capsys):
+    from layerscope.cli import main
+
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.strip().splitlines() if line.startswith("error: ")]
+    return code, lines[-1] if lines else captured.err
+
+
+PLOT_COMMANDS = [
+    ["probe", "no-such-model", "sentences", "--plot"],
+    ["similarity", "no-such-model", "sentences", "--plot"],
+    ["embed", "no-such-model", "sentences", "--plot"],
+    ["importance", "no-such-model", "sentences", "--plot"],
+    ["lens", "no-such-model", "sentences", "--plot"],
+    ["lens", "no-such-model", "sentences", "--tuned", "--lens-out"],
+]
+
+
+@pytest.mark.parametrize("command", PLOT_COMMANDS, ids=lambda c: " ".join(c[::3]))
+def test_output_files_are_checked_before_any_work(command, tmp_path, capsys):
+    lens = command[-1] == "--lens-out"
+    suffix = ".safetensors" if lens else ".png"
+    code, line = run_cli([*command, tmp_path], capsys)  # a folder: an error, not a sibling file
+    assert code == 2 and "is a folder" in line, line
+    code, line = run_cli([*command, tmp_path / "missing" / f"x{suffix}"], capsys)
+    assert code == 2 and "does not exist" in line, line
+    mine = tmp_path / f"mine{suffix}"
+    mine.write_bytes(b"the user's own file")
+    code, line = run_cli([*command, mine], capsys)
+    assert code == 2 and "--force" in line, line
+    assert mine.read_bytes() == b"the user's own file"
+    code, line = run_cli([*command, mine, "--force"], capsys)  # accepted: now the model fails
+    assert code == 2 and "unknown model" in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"mine{suffix}"]
+
+
+FOLDER_COMMANDS = [
+    ["report", "no-such-model", "sentences", "-o"],
+    ["drop", "no-such-model", "--layers", "1", "-o"],
+    ["prune", "no-such-model", "-o"],
+    ["quantize", "no-such-model", "-o"],
+    ["early-exit", "no-such-model", "digits", "-o"],
+    ["record", "no-such-model", "sentences", "-o"],
+]
+
+
+@pytest.mark.parametrize("command", FOLDER_COMMANDS, ids=lambda c: c[0])
+def test_output_folders_are_checked_before_any_work(command, tmp_path, capsys):
+    users = tmp_path / "users"
+    (users / "figures").mkdir(parents=True)
+    (users / "figures" / "myplot.png").write_bytes(b"the user's")
+    (users / "index.html").write_text("<p>the user's page</p>")
+    code, line = run_cli([*command, users], capsys)
+    assert code == 2 and "not written by layerscope" in line and "--force" in line, line
+    assert sorted(p.relative_to(users).as_posix() for p in users.rglob("*")) == \
+        ["figures", "figures/myplot.png", "index.html"]
+    other = tmp_path / "other-kind"
+    claim_dir(other, "train-run")
+    code, line = run_cli([*command, other], capsys)
+    assert code == 2 and "train-run output" in line, line
+    code, line = run_cli([*command, tmp_path / "new"], capsys)  # fine: now the model fails
+    assert code == 2 and "unknown model" in line, line
+    assert not (tmp_path / "new").exists()

@@ -70,6 +70,10 @@ def _same_surgery(kind: str, loaded):
         return drop_blocks(loaded, "1").loaded
     if kind == "prune":
         return prune_magnitude(loaded, 0.5).loaded
+    if kind.startswith("prune-"):
+        from layerscope.surgery import prune_structured
+
+        return prune_structured(loaded, 0.5, kind.split("-", 1)[1]).loaded
     return quantize(loaded).loaded
 
 
@@ -78,15 +82,19 @@ SURGERY_ARGS = {
     "prune": ["prune", "{src}", "--sparsity", "0.5", "-o", "{out}", "--no-measure"],
     "quantize": ["quantize", "{src}", "-o", "{out}", "--no-measure"],
 }
+STRUCTURED_ARGS = {
+    f"prune-{unit}": ["prune", "{src}", "--sparsity", "0.5", "--structured", unit, "-o", "{out}",
+                      "--no-measure"] for unit in ("neurons", "heads")
+}
 
 
-@pytest.mark.parametrize("kind", sorted(SURGERY_ARGS))
-@pytest.mark.parametrize("source", ["zoo", "hf"])
+@pytest.mark.parametrize("kind,source", [(k, s) for k in sorted(SURGERY_ARGS) for s in ("zoo", "hf")]
+                         + [(k, "hf") for k in sorted(STRUCTURED_ARGS)])
 def test_every_surgery_output_loads_back_with_its_outputs(kind, source, mlp_checkpoint,
                                                           llama_folder, tmp_path, capsys):
     src = mlp_checkpoint if source == "zoo" else llama_folder
     out = tmp_path / f"{kind}-out"
-    args = [a.format(src=src, out=out) for a in SURGERY_ARGS[kind]]
+    args = [a.format(src=src, out=out) for a in {**SURGERY_ARGS, **STRUCTURED_ARGS}[kind]]
     code, _, err = run_cli(args, capsys)
     assert code == 0, err
     expected = _same_surgery(kind, load_model(str(src)))
