@@ -321,3 +321,22 @@ def test_corrupt_torch_files_are_one_line_errors(tmp_path):
     torch.save(Pickled(), pickled)
     with pytest.raises(LayerscopeError, match="never unpickles"):
         torch_load(pickled)
+
+
+def test_a_trained_hugging_face_model_loads_back_with_its_trained_weights(llama_folder, tmp_path):
+    trained = load_model(str(llama_folder)).module
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(0.01 * torch.randn_like(p))  # what training would have changed
+    folder = save_checkpoint(trained, tmp_path / "best", spec="module:LlamaForCausalLM", config=None,
+                             task="causal-lm", extra={"trained": {"model": str(llama_folder)}})
+    again = load_model(str(folder))
+    ids = torch.randint(0, 97, (2, 6))
+    with torch.no_grad():
+        assert torch.equal(again.module(input_ids=ids).logits, trained(input_ids=ids).logits)
+    assert again.task == "causal-lm" and again.meta["checkpoint"]["trained"]["model"] == str(llama_folder)
+    manifest = json.loads((folder / "layerscope.json").read_text())
+    manifest["zoo"] = "module:GPT2LMHeadModel"
+    (folder / "layerscope.json").write_text(json.dumps(manifest))
+    with pytest.raises(LayerscopeError, match="now loads as LlamaForCausalLM"):
+        load_model(str(folder))

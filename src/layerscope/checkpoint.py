@@ -141,7 +141,7 @@ def load_checkpoint(path, *, ref: str | None = None, trust_remote_code: bool = F
     if spec == "pooled-head":
         return _load_pooled_head(folder, manifest, weights, ref, load_ref, options)
     if spec.split(":", 1)[0] not in zoo_names():
-        return _load_factory_trained(folder, manifest, weights, ref, options)
+        return _load_factory_trained(folder, manifest, weights, ref, options, load_ref)
     module = build_zoo(spec, **manifest["config"])
     load_weights(module, weights, what=f"zoo model {spec!r}",
                  allow_missing_weights=allow_missing_weights)
@@ -205,12 +205,15 @@ def check_base_reference(base, folder: Path, trust_remote_code: bool) -> str:
                           f"no built-in name, model folder or hub id; save it again")
 
 
-def _load_factory_trained(folder: Path, manifest: dict, weights: Path, ref, options):
+def _load_factory_trained(folder: Path, manifest: dict, weights: Path, ref, options,
+                          load_ref=None):
     """A network trained from a factory: rebuilt by that factory, only when code is trusted."""
     from .factories import load_factory
 
     trained = manifest.get("trained") if isinstance(manifest.get("trained"), dict) else {}
     made_by = trained.get("model")
+    if isinstance(made_by, str) and not looks_like_code(made_by) and load_ref is not None:
+        return _load_model_trained(folder, manifest, weights, ref, made_by, load_ref, options)
     if not isinstance(made_by, str) or ":" not in made_by or not looks_like_code(made_by):
         raise LayerscopeError(
             f"checkpoint {str(folder)!r} holds a {manifest['zoo']!r} that layerscope cannot rebuild "
@@ -222,6 +225,27 @@ def _load_factory_trained(folder: Path, manifest: dict, weights: Path, ref, opti
             f"--trust-remote-code (trust_remote_code=True) only if you trust that code")
     loaded = load_factory(made_by, input_shape=manifest.get("input_shape"))
     load_weights(loaded.module, weights, what=f"factory {made_by!r}",
+                 allow_missing_weights=options["allow_missing_weights"])
+    loaded.module.eval()
+    loaded.ref = ref or str(folder)
+    if manifest.get("task"):
+        loaded.task = manifest["task"]
+    loaded.meta.update({"path": str(folder), "checkpoint": manifest})
+    return loaded
+
+
+def _load_model_trained(folder: Path, manifest: dict, weights: Path, ref, made_by: str, load_ref,
+                        options):
+    """A trained model layerscope loaded by reference (e.g. a Hugging Face LM): that model is
+    loaded again and the trained weights replace its own, strictly."""
+    base_ref = check_base_reference(made_by, folder, options["trust_remote_code"])
+    loaded = load_ref(base_ref, **options)
+    want = manifest["zoo"].split(":", 1)[1] if manifest["zoo"].startswith("module:") else None
+    if want is not None and type(loaded.module).__name__ != want:
+        raise LayerscopeError(
+            f"checkpoint {str(folder)!r} holds a {want} trained from {made_by!r}, which now loads "
+            f"as {type(loaded.module).__name__}; load {str(weights)!r} into a {want} yourself")
+    load_weights(loaded.module, weights, what=f"{made_by!r}",
                  allow_missing_weights=options["allow_missing_weights"])
     loaded.module.eval()
     loaded.ref = ref or str(folder)
