@@ -352,3 +352,75 @@ def test_fewer_items_than_features_float32_chooses_the_penalty_float64_does():
     assert a.n_train < 384
     assert b.alpha == a.alpha and b.score == pytest.approx(a.score, abs=1e-12)
     assert max(a.score) > a.baseline + 0.1
+
+
+# --- the batched logistic probe (solver auto / lbfgs) ---------------------------------------------
+
+
+def _blobs(n, d, k, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(k, d)) * 0.6
+    y = rng.integers(0, k, n)
+    return (centres[y] + rng.normal(size=(n, d))).astype(np.float32), y
+
+
+@pytest.mark.parametrize("k", [2, 5])
+def test_batched_logistic_equals_sklearn_at_the_chosen_C(k):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    from layerscope.analyses.probe_logistic import fit_logistic_cv
+
+    X, y = _blobs(600, 12, k)
+    layers = [X, X[:, :6] * 3.0 + 1.0]
+    fits, info = fit_logistic_cv(layers, y, k, Cs=(0.01, 0.1, 1.0), folds=3, max_iter=300)
+    for x, fit, C in zip(layers, fits, info["C"]):
+        sc = StandardScaler().fit(x)
+        ref = LogisticRegression(C=C, max_iter=5000, tol=1e-8).fit(sc.transform(x), y)
+        ours = (x @ fit.coef + fit.intercept).argmax(1)
+        assert (ours == ref.predict(sc.transform(x))).mean() >= 0.995
+        p_ref = ref.predict_proba(sc.transform(x))
+        z = x @ fit.coef + fit.intercept
+        p = np.exp(z - z.max(1, keepdims=True)); p /= p.sum(1, keepdims=True)
+        assert np.abs(p - p_ref).max() < 0.02
+
+
+def test_batched_logistic_picks_C_by_cross_validation_like_sklearn():
+    from sklearn.linear_model import LogisticRegressionCV
+    from sklearn.model_selection import PredefinedSplit
+    from sklearn.preprocessing import StandardScaler
+
+    from layerscope.analyses.probe_logistic import _folds, fit_logistic_cv
+
+    X, y = _blobs(400, 40, 3, seed=2)      # few items per feature: the penalty matters
+    Cs = (0.001, 0.01, 0.1, 1.0)
+    fits, info = fit_logistic_cv([X], y, 3, Cs=Cs, folds=3, seed=0, max_iter=300, cv_iter=300)
+    Z = StandardScaler().fit_transform(X)
+    ref = LogisticRegressionCV(Cs=list(Cs), cv=PredefinedSplit(_folds(y, 3, 0)), max_iter=5000).fit(Z, y)
+    assert info["C"][0] == pytest.approx(float(ref.C_[0]))
+
+
+def test_auto_solver_uses_logistic_then_falls_back_past_the_budget():
+    X, y = _blobs(400, 8, 5)
+    data = Dataset("b", torch.from_numpy(X), torch.from_numpy(y), "tensor", "classification")
+    net = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Tanh(), torch.nn.Linear(8, 5))
+    res = probe(net, data)
+    assert res.solver == "lbfgs" and "L-BFGS" in res.method
+    closed = probe(net, data, solver="closed")
+    assert closed.solver == "lda"
+    from layerscope.analyses.probe import ProbeStats
+    from layerscope.reducers import BatchInfo
+
+    red = ProbeStats(True, solver="auto", memory_budget=10_000, random_width=0)
+    t = torch.from_numpy(X)
+    for a in range(0, 400, 50):
+        red.update({"x": t[a:a + 50]}, BatchInfo(a, 50, torch.from_numpy(y[a:a + 50])))
+    assert red.over_budget and not red.train_rows
+    out = red.result()
+    assert out.solver == "lda" and "memory budget" in out.method
+
+
+def test_auto_solver_on_scores_is_the_ridge():
+    X = torch.randn(200, 4)
+    data = Dataset("r", X, X[:, 0] * 2 + 0.1, "tensor", "regression")
+    assert probe(torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Tanh()), data).solver == "ridge"

@@ -77,12 +77,20 @@ def study_command(
         raise LayerscopeError("study all runs each study on its own model and data; drop --model/--data "
                               "or name one study")
     mode = "full" if full else "quick"
-    results = []
+    results, failed = [], []
     with tempfile.TemporaryDirectory(prefix="layerscope-study-") as work:
         for n in names:
             if not as_json:
                 typer.echo(f"running study {n} ({mode}) ...", err=True)
-            r = run_study(n, model=model, data=data, mode=mode, seeds=seeds, workdir=work)
+            try:
+                r = run_study(n, model=model, data=data, mode=mode, seeds=seeds, workdir=work)
+            except Exception as exc:   # in `all`, one failing study must not lose the others
+                if name != "all":
+                    raise
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                failed.append(f"{n}: {first}")
+                typer.echo(f"error: study {n} failed: {first}", err=True)
+                continue
             results.append(r)
             if not as_json:
                 _print_result(r)
@@ -106,6 +114,8 @@ def study_command(
                 write_atomic(fig_dir / f"{r.name}.png", chart_png(r.chart, r.title))
                 figures[r.name] = f"{fig_dir.name}/{r.name}.png"
         command = "layerscope " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else ""
-        write_atomic(md, markdown(results, figures=figures, command=command))
+        write_atomic(md, markdown(results, figures=figures, command=command, failed=failed))
     if as_json:
-        print_json({"studies": [r.to_dict() for r in results], "written": written})
+        print_json({"studies": [r.to_dict() for r in results], "written": written, "failed": failed})
+    if failed:
+        raise typer.Exit(1)
