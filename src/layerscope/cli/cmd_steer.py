@@ -1,0 +1,104 @@
+"""``layerscope steer MODEL [DATA]``: steering vectors from a contrast set, swept over blocks and strengths."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from .app import app
+from .cmd_patch import PlotFileOpt, plot_target, write_plot
+from .common import (BlocksOpt, ForceOpt, JsonOpt, LayersOpt, ModelArg, TrustRemoteCodeOpt,
+                     model_from_cli, print_json)
+
+
+def contrast_split(data, high: float, low: float, n_eval: int, seed: int):
+    """(group A, group B, held-out neutral texts) from a scored dataset: A = score >= high,
+    B = score <= low, held out = the items between, closest to 0 first (at most ``n_eval``)."""
+    import torch
+
+    from layerscope.errors import LayerscopeError
+
+    if data.labels is None or not torch.is_floating_point(torch.as_tensor(data.labels)) \
+            and data.classes is None:
+        raise LayerscopeError(f"dataset {data.name!r} has no scores or labels to form the two groups; "
+                              f"use one with scores (e.g. sentences) or binary labels")
+    y = torch.as_tensor(data.labels).float()
+    if high <= low:
+        raise LayerscopeError(f"--high ({high:g}) must be above --low ({low:g})")
+    a = [data.items[i] for i in torch.nonzero(y >= high).flatten().tolist()]
+    b = [data.items[i] for i in torch.nonzero(y <= low).flatten().tolist()]
+    middle = torch.nonzero((y > low) & (y < high)).flatten()
+    order = middle[torch.argsort(y[middle].abs(), stable=True)]
+    rest = [data.items[i] for i in order[:n_eval].tolist()]
+    if len(a) < 2 or len(b) < 2 or not rest:
+        raise LayerscopeError(f"the split gives {len(a)} items with score >= {high:g}, {len(b)} with "
+                              f"score <= {low:g} and {len(rest)} in between; use more data (--limit) "
+                              f"or other --high/--low")
+    return a, b, rest
+
+
+@app.command("steer")
+def steer_command(
+    model: ModelArg,
+    data: Annotated[str, typer.Argument(help="A scored dataset for the contrast set (A: score >= "
+                                        "--high, B: score <= --low) and the held-out texts (the "
+                                        "items in between).", metavar="[DATA]")] = "sentences",
+    alphas: Annotated[str, typer.Option("--alphas", help="Comma list of steering strengths.")] = "2,4,8",
+    layers: LayersOpt = None,
+    high: Annotated[float, typer.Option("--high", help="Group A: score at least this.")] = 2.0,
+    low: Annotated[float, typer.Option("--low", help="Group B: score at most this.")] = -2.0,
+    limit: Annotated[int, typer.Option("--limit", help="Items of DATA to draw the groups from.")] = 600,
+    n_eval: Annotated[int, typer.Option("--eval", help="Held-out texts to measure on.")] = 32,
+    prompt: Annotated[Optional[str], typer.Option("--generate", help="Also write greedy "
+                                                  "continuations of this prompt with the best "
+                                                  "setting, +alpha and -alpha.", show_default=False)] = None,
+    tokens: Annotated[int, typer.Option("--tokens", help="Tokens to generate.")] = 20,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Items per forward pass.")] = 16,
+    max_length: Annotated[int, typer.Option("--max-length", help="Longest text in tokens.")] = 64,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the data draw.")] = 0,
+    plot: PlotFileOpt = None,
+    force: ForceOpt = False,
+    blocks: BlocksOpt = None,
+    trust_remote_code: TrustRemoteCodeOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Which block steers best, for how much damage: difference-of-means steering swept over
+    blocks x strengths."""
+    from layerscope.analyses.causal.steering import generate, steer, steering_vectors
+    from layerscope.data import load_dataset
+    from layerscope.errors import LayerscopeError
+
+    try:
+        alpha_list = [float(a) for a in alphas.split(",") if a.strip()]
+    except ValueError:
+        raise LayerscopeError(f"--alphas must be a comma list of numbers, e.g. 2,4,8; got {alphas!r}") from None
+    out = plot_target(plot, force)
+    loaded = model_from_cli(model, blocks=blocks, trust_remote_code=trust_remote_code)
+    ds = load_dataset(data, limit=limit, seed=seed)
+    group_a, group_b, rest = contrast_split(ds, high, low, n_eval, seed)
+    vectors = steering_vectors(loaded, group_a, group_b, layers=layers, blocks=blocks,
+                               batch_size=batch_size, max_length=max_length)
+    res = steer(loaded, group_a, group_b, rest, layers=layers, alphas=alpha_list, vectors=vectors,
+                blocks=blocks, batch_size=batch_size, max_length=max_length, seed=seed)
+    if prompt is not None:
+        label, alpha, _, _ = res.best()
+        v = vectors[label]
+        res.samples = [{"layer": label, "alpha": a, "text": generate(
+            loaded, prompt, layer=int(label), vector=v, alpha=a, max_new_tokens=tokens, blocks=blocks)}
+            for a in (0.0, alpha, -alpha)]
+    write_plot(res, out)
+    if as_json:
+        print_json(res.to_dict())
+        return
+    typer.echo(res.summary())
+    typer.echo(f"  groups: {res.n_contrast[0]} with score >= {high:g} (A), {res.n_contrast[1]} with "
+               f"score <= {low:g} (B); {res.n_eval} held-out texts")
+    head = "".join(f"{'eff@' + format(a, 'g'):>10}{res.objective[:4] + '@' + format(a, 'g'):>11}"
+                   for a in res.alphas)
+    typer.echo(f"  {'block':<8}{'|v|':>8}{head}")
+    for i, label in enumerate(res.labels):
+        cells = "".join(f"{res.effect[i][j]:>+10.3f}{res.damage[i][j]:>11.4g}" for j in range(len(res.alphas)))
+        typer.echo(f"  {label:<8}{res.vector_norms[i]:>8.2f}{cells}")
+    for s in res.samples or []:
+        typer.echo(f"  block {s['layer']} alpha {s['alpha']:+g}: {prompt}{s['text']!s}")
