@@ -196,3 +196,22 @@ def test_page_and_markdown_are_written(tmp_path):
     md = markdown([r], figures={"demo": "f/demo.png"})
     assert "gain 0.3 [" in md and "![Demo](f/demo.png)" in md
     assert out["html"].endswith("index.html")
+
+
+def test_studies_page_renders_in_a_browser(tmp_path):
+    from layerscope.report.browser import check_report, find_chromium
+    from layerscope.report.charts import bar_chart
+    from layerscope.studies.common import StudyResult
+    from layerscope.studies.page import write_outputs
+
+    if find_chromium() is None:
+        pytest.skip("no chromium on PATH")
+    results = [StudyResult(f"s{i}", f"Study {i}", "<script>window.__layerscope_injected=true</script>",
+                           "seed", "anchor", "ran", ["a"], [["1"]], bar_chart(["0", "1"], {"x": [1, 2]}),
+                           threshold_rule(mean_interval([0.3 + i, 0.31 + i, 0.29 + i], what="gain")))
+               for i in range(2)]
+    out = write_outputs(results, tmp_path)
+    check = check_report(out["html"])
+    assert not check.console_errors and not check.page_errors and not check.requests
+    assert check.sections == ["s0", "s1"] and check.charts == check.charts_rendered == 2
+    assert not check.injected
