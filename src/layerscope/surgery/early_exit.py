@@ -139,9 +139,14 @@ def _split(data, test_fraction: float, seed: int):
     if labels.is_floating_point():
         raise LayerscopeError("early exit needs class labels (integers); got real-valued targets: "
                               "binarise them first (e.g. score > 0)")
+    if labels.dim() != 1:
+        raise LayerscopeError(f"early exit needs one class label per item; got labels of shape "
+                              f"{tuple(labels.shape)} (one per position?); use a classification "
+                              "data set such as digits or mnist")
     idx = np.arange(len(labels))
+    counts = np.unique(labels.numpy(), return_counts=True)[1]
     tr, te = train_test_split(idx, test_size=test_fraction, random_state=seed,
-                              stratify=labels.numpy())
+                              stratify=labels.numpy() if counts.min() >= 2 else None)
 
     def take(ix):
         if isinstance(items, Tensor):
