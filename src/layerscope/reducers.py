@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -43,6 +43,7 @@ class BatchInfo:
     items: Sequence | None = None            # raw items (texts) when available
     inputs: dict[str, Tensor] | None = None  # layer inputs in the reducer's view (wants_inputs)
     mask: Tensor | None = None               # (B, T) attention mask of token models, else None
+    encoded: Any = None                      # the batch as the model was called with (Encoded)
 
 
 class Reducer:
@@ -51,6 +52,21 @@ class Reducer:
     ``view`` says how the sweep pools each layer's output (see :mod:`layerscope.views`);
     ``layers`` names the layers needed (None: every swept layer); ``wants_inputs`` asks for
     the layers' inputs as well, delivered in ``BatchInfo.inputs``.
+
+    ``merge`` has one meaning for every reducer: ``a.merge(b)`` returns a new reducer holding the
+    state of both, and leaves ``a`` and ``b`` unchanged. ``state_dict()`` is a deep copy of the
+    reducer's whole state (its settings and sums: tensors, arrays and plain values, picklable
+    with ``torch.save``), and ``load_state_dict(state)`` puts it back, so a long sweep can be
+    checkpointed and resumed (``sweep(..., start=n_items_done)``) with the same result as one run.
+
+    Example:
+        >>> import torch
+        >>> a = Moments()
+        >>> a.update({"h": torch.tensor([[1.0], [2.0]])}, BatchInfo(0, 2))
+        >>> b = Moments().load_state_dict(a.state_dict())
+        >>> b.update({"h": torch.tensor([[3.0]])}, BatchInfo(2, 1))
+        >>> b.result().mean[0], a.result().mean[0]
+        (2.0, 1.5)
     """
 
     view: str = "mean"
@@ -65,6 +81,21 @@ class Reducer:
 
     def result(self):
         raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        """Everything the reducer holds, deep-copied: ``{"type": class name, "state": {...}}``."""
+        return {"type": type(self).__qualname__, "state": copy.deepcopy(vars(self))}
+
+    def load_state_dict(self, state: dict) -> "Reducer":
+        """Replace this reducer's state by ``state`` (from :meth:`state_dict`); returns ``self``."""
+        if not isinstance(state, dict) or "state" not in state:
+            raise LayerscopeError("not a reducer state; pass what state_dict() returned")
+        if state.get("type") != type(self).__qualname__:
+            raise LayerscopeError(f"cannot load a {state.get('type')} state into "
+                                  f"{type(self).__qualname__}; load it into a {state.get('type')}")
+        self.__dict__.clear()
+        self.__dict__.update(copy.deepcopy(state["state"]))
+        return self
 
     def _check_mergeable(self, other: "Reducer") -> None:
         if type(other) is not type(self):

@@ -32,6 +32,9 @@ from layerscope.reducers import BatchInfo, Reducer
 from layerscope.views import check_view, pool
 
 
+RAW = "raw"   # a reducer's view that takes each layer's output as it is (e.g. (B, T, D)), unpooled
+
+
 @dataclass
 class SweepRun:
     """What a sweep did: items and batches seen, wall time, layers swept, the reducers (updated)."""
@@ -228,7 +231,8 @@ def plan_layers(lay, layers, reducers: Sequence[Reducer]) -> tuple[list[str], li
     order = {name: i for i, name in enumerate(lay.names())}
     wanted: set[str] = set()
     for r in reducers:
-        check_view(r.view)
+        if r.view != RAW:
+            check_view(r.view)
         if r.layers is None:
             wanted.update(swept)
         else:
@@ -305,7 +309,7 @@ def sweep(model, data, *, reducers: Sequence[Reducer], layers=None, granularity:
                                   if r.wants_inputs else None)
                         r.update(acts, BatchInfo(first, enc.size, labels,
                                                  items if isinstance(items, list) else None, inputs,
-                                                 enc.mask))
+                                                 enc.mask, enc))
                 del views, in_views, enc
                 n_items += len(items)
                 n_batches += 1
@@ -324,7 +328,7 @@ def _pooled(captured: dict, mask, reducers, swept, kind: str) -> dict[tuple[str,
         for name in (swept if r.layers is None else r.layers):
             key = (r.view, name)
             if key not in out and name in captured:
-                out[key] = pool(captured[name], mask, r.view)
+                out[key] = captured[name] if r.view == RAW else pool(captured[name], mask, r.view)
     return out
 
 

@@ -39,6 +39,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass
@@ -111,10 +112,11 @@ class BlockInfluence(Reducer):
 
     def merge(self, other: "BlockInfluence") -> "BlockInfluence":
         self._check_mergeable(other)
+        out = copy.deepcopy(self)
         for name, s in other.cos_sum.items():
-            self.cos_sum[name] = self.cos_sum.get(name, 0.0) + s
-            self.count[name] = self.count.get(name, 0) + other.count[name]
-        return self
+            out.cos_sum[name] = out.cos_sum.get(name, 0.0) + s
+            out.count[name] = out.count.get(name, 0) + other.count[name]
+        return out
 
     def result(self) -> dict[str, float]:
         return {name: 1.0 - self.cos_sum[name] / self.count[name] for name in self.cos_sum}
@@ -177,15 +179,15 @@ class AngularDistance(Reducer):
     def merge(self, other: "AngularDistance") -> "AngularDistance":
         self._check_mergeable(other)
         if other.names is None:
-            return self
+            return copy.deepcopy(self)
         if self.names is None:
-            self.names, self.sums, self.n = list(other.names), other.sums.copy(), other.n
-            return self
+            return copy.deepcopy(other)
         if self.names != other.names:
             raise LayerscopeError("cannot merge AngularDistance over different blocks")
-        self.sums = self.sums + other.sums
-        self.n += other.n
-        return self
+        out = copy.deepcopy(self)
+        out.sums = self.sums + other.sums
+        out.n = self.n + other.n
+        return out
 
     def result(self) -> list[list[float]]:
         if self.names is None or self.n == 0:

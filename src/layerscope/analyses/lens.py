@@ -22,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -36,7 +37,9 @@ from layerscope.modes import evaluating
 from layerscope.results import Result
 
 from layerscope.objectives import real_mask, token_ids
+from layerscope.reducers import BatchInfo, Reducer
 from layerscope.replay import Stack, build_stack, main_output, prepare, record_forward, tail_matches
+from layerscope.sweep import RAW
 from layerscope.sweep import encoded_batches as iter_batches
 
 _METRICS = ("nll", "correct", "kl", "agree")
@@ -113,14 +116,16 @@ class LensStats:
         self.n_items += enc.size
 
     def merge(self, other: "LensStats") -> "LensStats":
+        """The statistics of both (a new object; both inputs are left unchanged)."""
         if len(other.sums["kl"]) != len(self.sums["kl"]):
             raise LayerscopeError("cannot merge logit-lens statistics over different layers")
+        out = LensStats(len(self.sums["kl"]))
         for k in _METRICS:
-            self.sums[k] = self.sums[k] + other.sums[k]
-        self.n_next += other.n_next
-        self.n_tokens += other.n_tokens
-        self.n_items += other.n_items
-        return self
+            out.sums[k] = self.sums[k] + other.sums[k]
+        out.n_next = self.n_next + other.n_next
+        out.n_tokens = self.n_tokens + other.n_tokens
+        out.n_items = self.n_items + other.n_items
+        return out
 
     def result(self) -> dict[str, list[float]]:
         if self.n_tokens == 0:
@@ -131,6 +136,87 @@ class LensStats:
                 "accuracy": (self.sums["correct"] / per_next).tolist() if self.n_next else [nan] * len(self.sums["nll"]),
                 "kl": np.maximum(self.sums["kl"] / self.n_tokens, 0.0).tolist(),
                 "top1_agreement": (self.sums["agree"] / self.n_tokens).tolist()}
+
+
+class LensReducer(Reducer):
+    """The logit-lens statistics as a sweep reducer, so the lens shares a pass with probes,
+    similarity and pictures (:func:`layerscope.analyses.combined.analyze`).
+
+    It reads the residual stream unpooled (``view="raw"``): the first block's input (the
+    embeddings) and every block's output, and decodes each through the model's final norm and
+    output head; the final logits are the tail applied to the last block's output (the sweep stops
+    there). ``state_dict``/``load_state_dict`` hold only the sums, never the model.
+    """
+
+    view = RAW
+    wants_inputs = True
+
+    def __init__(self, stack: Stack, translate: Translate | None = None):
+        self.stack, self.translate = stack, translate
+        self.layers = list(stack.names)
+        self.stats = LensStats(len(stack.names) + 1)
+
+    def update(self, acts: dict[str, Tensor], batch: BatchInfo) -> None:
+        if batch.encoded is None or not batch.inputs:
+            raise LayerscopeError("the lens reducer needs the encoded batch and the first block's "
+                                  "input; run it inside layerscope.sweep.sweep")
+        enc = prepare(self.stack, batch.encoded)
+        states = [batch.inputs[self.layers[0]]] + [acts[n] for n in self.layers]
+        self.stats.add(self.stack, enc, self.stack.tail(states[-1]), states, self.translate)
+
+    def merge(self, other: "LensReducer") -> "LensReducer":
+        self._check_mergeable(other)
+        out = copy.copy(self)
+        out.stats = self.stats.merge(other.stats)
+        return out
+
+    def state_dict(self) -> dict:
+        return {"type": type(self).__qualname__, "state": copy.deepcopy(vars(self.stats))}
+
+    def load_state_dict(self, state: dict) -> "LensReducer":
+        if not isinstance(state, dict) or state.get("type") != type(self).__qualname__:
+            raise LayerscopeError("not a LensReducer state; pass what LensReducer.state_dict() returned")
+        self.stats = LensStats(len(self.layers) + 1)
+        self.stats.__dict__.update(copy.deepcopy(state["state"]))
+        return self
+
+    def result(self) -> dict[str, list[float]]:
+        return self.stats.result()
+
+
+def _limited(data, limit: int | None):
+    """``data`` cut to its first ``limit`` items (a dataset reference is loaded that way)."""
+    if isinstance(data, str):
+        from layerscope.data import load_dataset
+
+        return load_dataset(data, limit=limit)
+    if limit is None:
+        return data
+    if hasattr(data, "subset") and hasattr(data, "items"):
+        return data.subset(range(min(limit, len(data))))
+    return data[:limit]
+
+
+def lens_statistics(stack: Stack, data, *, translate: Translate | None = None,
+                    blocks: str | None = None, batch_size: int = 8, max_length: int | None = 128,
+                    limit: int | None = None, progress: bool = False) -> LensStats:
+    """The lens statistics of ``data`` from one sweep with a :class:`LensReducer` (encoded
+    batches, which the sweep does not take, are recorded one by one)."""
+    from layerscope.models import Encoded
+    from layerscope.sweep import sweep
+
+    if isinstance(data, Encoded) or (isinstance(data, (list, tuple)) and data
+                                     and all(isinstance(e, Encoded) for e in data)):
+        stats = LensStats(len(stack.blocks) + 1)
+        with evaluating(stack.loaded), torch.inference_mode():
+            for enc, _ in iter_batches(stack.loaded, data, batch_size=batch_size,
+                                       max_length=max_length):
+                stats.update(stack, prepare(stack, enc), translate)
+        return stats
+    red = LensReducer(stack, translate)
+    sweep(stack.loaded, _limited(data, limit), reducers=[red], blocks=blocks,
+          batch_size=batch_size, max_length=max_length, progress=progress)
+    return red.stats
 
 
 def _decode(stack: Stack, layer: int, h: Tensor, translate: Translate | None) -> Tensor:
@@ -273,7 +359,6 @@ def logit_lens(model, data=None, *, prompt=None, top_k: int = 5, blocks: str | N
             lens = copy.deepcopy(lens).to(device)
         translate = lens.translate
     t0 = time.perf_counter()
-    stats = LensStats(len(stack.blocks) + 1)
     prompt_text = prompt if isinstance(prompt, str) else None
     with evaluating(stack.loaded), torch.inference_mode():
         if prompt is not None:
@@ -281,14 +366,14 @@ def logit_lens(model, data=None, *, prompt=None, top_k: int = 5, blocks: str | N
         else:
             prompt_tokens = tokens = probs = None
         source = data if data is not None else ([prompt] if isinstance(prompt, str) else prompt.unsqueeze(0))
-        from tqdm.auto import tqdm
-
-        bar = tqdm(disable=not progress, unit="item", desc="logit lens")
-        for enc, _ in iter_batches(stack.loaded, source, batch_size=batch_size,
-                                   max_length=max_length, limit=limit):
-            stats.update(stack, prepare(stack, enc), translate)
-            bar.update(enc.size)
-        bar.close()
+        if prompt is None:   # the tail must reproduce the model's logits: checked on one batch
+            for enc, _ in iter_batches(stack.loaded, source, batch_size=batch_size,
+                                       max_length=max_length, limit=limit):
+                _states(stack, prepare(stack, enc))
+                break
+    stats = lens_statistics(stack, source, translate=translate, blocks=blocks,
+                            batch_size=batch_size, max_length=max_length, limit=limit,
+                            progress=progress)
     values = stats.result()
     return LensResult(model=stack.loaded.ref, layers=["embeddings"] + stack.names,
                       accuracy=values["accuracy"], loss=values["loss"], kl=values["kl"],
@@ -298,4 +383,5 @@ def logit_lens(model, data=None, *, prompt=None, top_k: int = 5, blocks: str | N
                       seconds=time.perf_counter() - t0, lens="logit" if lens is None else "tuned")
 
 
-__all__ = ["logit_lens", "lens_logits", "lens_stack", "LensResult", "LensStats", "prompt_top_k"]
+__all__ = ["logit_lens", "lens_logits", "lens_stack", "lens_statistics", "LensResult", "LensStats",
+           "LensReducer", "prompt_top_k"]
