@@ -258,7 +258,8 @@ def measure(mapping: str, model_type: str, cls_name: str, weights: bool = False)
             found = getattr(lay, "found", None)
             block = lay[0].module
             row["roles"] = {
-                "final_norm": layouts.final_norm(model, found) is not None,
+                "final_norm": layouts.final_norm(model, found) is not None
+                or bool(getattr(layouts, "final_norm_absent", lambda *a: None)(model, found)),
                 "head": layouts.output_head(model, found) is not None,
                 "attention": layouts.attention_parts(block, config) is not None
                 or _mixer(layouts, block),

@@ -24,6 +24,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .errors import LayerscopeError
+from .layouts import task_of_class_name
 from .model_types import LoadedModel, hf_meta
 
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -125,7 +126,7 @@ def _model_class(config, trust_remote_code: bool):
 
     architectures = list(getattr(config, "architectures", None) or [])
     for arch in architectures:
-        if arch.endswith("ForCausalLM") or arch.endswith("LMHeadModel"):
+        if task_of_class_name(arch) == "causal-lm":
             return transformers.AutoModelForCausalLM, "causal-lm"
     has_remote = bool(getattr(config, "auto_map", None)) and trust_remote_code
     for arch in architectures:
@@ -146,8 +147,8 @@ def _known_class(transformers, name: str):
 def _task_of(arch: str, config) -> str | None:
     if arch.endswith("Classification"):
         return "classification"
-    if arch.endswith("ForCausalLM") or arch.endswith("LMHeadModel"):
-        return "causal-lm"
+    if task_of_class_name(arch):
+        return task_of_class_name(arch)
     if arch and not arch.endswith("Model"):
         return None
     from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES

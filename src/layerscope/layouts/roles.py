@@ -194,6 +194,9 @@ class BlockRoles:
     residuals: tuple[str, ...]
     rule: str
     description: str = ""
+    mixer: MixerParts | None = None
+    ffn_absent: bool = False       # the block has no feed-forward by design (all weights in the
+                                   # mixer and the norms: Mamba-like blocks)
 
 
 # --- helpers ------------------------------------------------------------------------------------
@@ -358,6 +361,52 @@ def attention_parts(block: nn.Module, config=None) -> AttentionParts | None:
     return att
 
 
+MIXER_NAMES = ("mixer", "mamba", "ssm", "linear_attn", "time_mix", "token_mixer", "recurrent",
+               "temporal_block", "retention", "rwkv", "attention_mixer", "conv_mixer", "hyena",
+               "linear_attention", "gated_delta_net", "short_conv")
+_MIXER_CLASSES = ("mixer", "mamba", "ssm", "recurrent", "rwkv", "retention", "timemix",
+                  "linearattention", "deltanet", "gateddelta", "shortconv", "hyena", "lightning")
+
+
+@dataclass
+class MixerParts:
+    """The part of a block that mixes positions: ``kind`` "attention", "state-space" or
+    "recurrent"; ``attention`` holds the projections when it is attention."""
+
+    path: str
+    module: nn.Module
+    kind: str
+    attention: AttentionParts | None = None
+    rule: str = ""
+
+
+def mixer_parts(block: nn.Module, config=None) -> MixerParts | None:
+    """The token mixer of ``block``: its attention, else a state-space / recurrent mixer (a
+    submodule named or classed like one: ``mixer``, ``*Mamba*``, ``*SSM*``, ``*Recurrent*``...).
+
+    Example:
+        >>> from transformers import MambaConfig, MambaModel
+        >>> m = MambaModel(MambaConfig(hidden_size=16, num_hidden_layers=1, vocab_size=50,
+        ...                            state_size=4, expand=2))
+        >>> p = mixer_parts(m.layers[0])
+        >>> p.path, p.kind
+        ('mixer', 'state-space')
+    """
+    att = attention_parts(block, config)
+    if att is not None:
+        return MixerParts(att.path, att.module, "attention", att, att.rule)
+    for path, sub in block.named_modules():
+        if not path or not any(True for _ in sub.parameters()) or _is_norm(sub):
+            continue
+        low, cls = _last(path).lower(), type(sub).__name__.lower()
+        if isinstance(sub, (nn.LSTM, nn.GRU, nn.RNN)) or "recurrent" in cls or "rnn" in low:
+            return MixerParts(path, sub, "recurrent", rule="generic: a recurrent submodule")
+        if low in MIXER_NAMES or any(c in cls for c in _MIXER_CLASSES):
+            return MixerParts(path, sub, "state-space", rule="generic: a submodule named or "
+                                                             "classed as a token mixer")
+    return None
+
+
 def ffn_parts(block: nn.Module, config=None) -> FFNParts | None:
     """The feed-forward inside ``block`` (see :class:`FFNParts`), or None when it has none.
 
@@ -377,7 +426,8 @@ def ffn_parts(block: nn.Module, config=None) -> FFNParts | None:
                         rule=f"declared ({fam.name} layout)",
                         **{r: block.get_submodule(p) for r, p in paths.items()})
     att = _find_attention_module(block)
-    skip = (att[0],) if att else ()
+    mixer = None if att else mixer_parts(block, config)
+    skip = (att[0],) if att else ((mixer.path,) if mixer else ())
     module_hit = None
     for path, sub in block.named_modules():
         if not path or any(path == s or path.startswith(s + ".") for s in skip):
@@ -479,16 +529,46 @@ def block_roles(block: nn.Module, config=None) -> BlockRoles:
     """
     fam = block_family(block)
     att, ffn, norms = attention_parts(block, config), ffn_parts(block, config), block_norms(block)
+    mixer = mixer_parts(block, config)
     if fam is not None:
         position = ("pre" if getattr(block, "pre", True) else "post") \
             if fam.norm_position == "attribute" else fam.norm_position
         return BlockRoles(fam.name, att, ffn, norms, position, ("input", "after attention", "output"),
                           rule=f"declared: the {fam.name} block layout ({', '.join(fam.paths())})",
-                          description=fam.description)
+                          description=fam.description, mixer=mixer)
     residuals = ("input", "after attention", "output") if att and ffn else ("input", "output")
-    return BlockRoles("generic", att, ffn, norms, None, residuals,
-                      rule="generic: " + "; ".join(r for r in (att.rule if att else "no attention",
-                                                                ffn.rule if ffn else "no feed-forward")))
+    absent = False
+    if ffn is None and mixer is not None:
+        inside = {id(p) for p in mixer.module.parameters()}
+        inside |= {id(p) for _, n in norms for p in n.parameters()}
+        absent = all(id(p) in inside for p in block.parameters())
+    return BlockRoles("generic", att, ffn, norms, _norm_position(block, att, ffn, norms, config),
+                      residuals, mixer=mixer, ffn_absent=absent,
+                      rule="generic: " + "; ".join(r for r in (
+                          mixer.rule if mixer else "no attention or token mixer",
+                          ffn.rule if ffn else ("no feed-forward (by design: every weight is in "
+                                                "the mixer or the norms)" if absent
+                                                else "no feed-forward found"))))
+
+
+#: config flags that say the blocks normalise after the residual add (post-norm) when False
+_PRE_NORM_FLAGS = ("normalize_before", "do_layer_norm_before", "pre_norm", "prenorm",
+                   "encoder_normalize_before", "decoder_normalize_before")
+
+
+def _norm_position(block, att, ffn, norms, config) -> str | None:
+    """"post" when a norm sits beside an output projection (BERT's ``output.LayerNorm`` next to
+    ``output.dense``) or the config says the blocks do not normalise first; else None."""
+    outs = [p for p in ((att.paths.get("o") if att else None), (ffn.paths.get("down") if ffn else None)) if p]
+    parents = {p.rsplit(".", 1)[0] for p in outs if "." in p}
+    if any("." in n and n.rsplit(".", 1)[0] in parents for n, _ in norms):
+        return "post"
+    cfg = _config_of(block, config)
+    for flag in _PRE_NORM_FLAGS:
+        value = getattr(cfg, flag, None) if cfg is not None else None
+        if isinstance(value, bool):
+            return "pre" if value else "post"
+    return None
 
 
 # --- around the blocks --------------------------------------------------------------------------
@@ -639,6 +719,72 @@ def final_norm(model, found=None) -> nn.Module | None:
     return None
 
 
+def final_norm_absent(model, found=None) -> str | None:
+    """Why ``model`` has no final norm by design (its blocks normalise after the residual add,
+    so the last block's output goes to the head as it is), or None.
+
+    Example:
+        >>> from transformers import BertConfig, BertModel
+        >>> m = BertModel(BertConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+        ...                          intermediate_size=32, vocab_size=50))
+        >>> final_norm_absent(m)
+        'post-norm blocks: each block ends with its own norm'
+    """
+    module = _module_of(model)
+    found = _found(module, found)
+    if not found or not found.blocks or final_norm(module, found) is not None:
+        return None
+    roles = block_roles(found.blocks[-1].module, getattr(module, "config", None))
+    if roles.norm_position == "post":
+        return "post-norm blocks: each block ends with its own norm"
+    return None
+
+
+#: class-name suffixes of Hugging Face heads and the task each implies
+TASK_SUFFIXES = (("ForCausalLM", "causal-lm"), ("LMHeadModel", "causal-lm"),
+                 ("ForSequenceClassification", "classification"))
+
+
+def task_of_class_name(name: str) -> str | None:
+    """The task a Hugging Face class name implies ("causal-lm", "classification"), or None.
+
+    Example:
+        >>> task_of_class_name("LlamaForCausalLM"), task_of_class_name("BertModel")
+        ('causal-lm', None)
+    """
+    for suffix, task in TASK_SUFFIXES:
+        if name.endswith(suffix):
+            return task
+    return None
+
+
+def is_transposed_linear(module: nn.Module) -> bool:
+    """Whether a linear layer stores its weight as (in, out): Hugging Face's ``Conv1D`` (GPT-2).
+
+    Example:
+        >>> from torch import nn
+        >>> is_transposed_linear(nn.Linear(2, 3))
+        False
+    """
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf")
+
+
+#: config keys of the number of query heads, key/value heads and the head size
+HEAD_KEYS = {"heads": "num_attention_heads", "kv_heads": "num_key_value_heads", "head_dim": "head_dim"}
+
+
+def set_head_counts(config, *, heads: int, kv_heads: int, head_dim: int) -> None:
+    """Write the attention's head counts and head size into a Hugging Face ``config``."""
+    for role, value in (("heads", heads), ("kv_heads", kv_heads), ("head_dim", head_dim)):
+        setattr(config, HEAD_KEYS[role], value)
+
+
+def config_head_counts(config) -> tuple[int, int]:
+    """(query heads, key/value heads) declared by ``config`` (key/value default: the query heads)."""
+    heads = getattr(config, HEAD_KEYS["heads"])
+    return heads, getattr(config, HEAD_KEYS["kv_heads"], None) or heads
+
+
 def infer_task(model_or_loaded) -> str:
     """The objective family: causal-lm, encoder, classification, regression or other.
 
@@ -660,10 +806,8 @@ def infer_task(model_or_loaded) -> str:
     if isinstance(own, str) and own in known:
         return own
     cls = type(module).__name__
-    if cls.endswith(("ForCausalLM", "LMHeadModel")):
-        return "causal-lm"
-    if cls.endswith("ForSequenceClassification"):
-        return "classification"
+    if task_of_class_name(cls):
+        return task_of_class_name(cls)
     if getattr(module, "config", None) is not None and getattr(module, "main_input_name", None) \
             == "input_ids" and cls.endswith("Model") and getattr(module, "base_model", None) is module:
         return "encoder"
@@ -704,6 +848,8 @@ def require(role: str, value, model, flag: str):
 
 
 __all__ = ["AttentionParts", "FFNParts", "BlockRoles", "BlockFamily", "BLOCK_FAMILIES",
+           "MixerParts", "mixer_parts", "final_norm_absent", "task_of_class_name",
+           "is_transposed_linear", "set_head_counts", "config_head_counts", "HEAD_KEYS",
            "attention_parts", "ffn_parts", "block_norms", "block_roles", "block_family",
            "final_norm", "output_head", "embeddings", "infer_task", "depth_key", "depth_keys",
            "require", "DEPTH_KEYS", "FFN_WIDTH_KEYS", "FINAL_NORM_NAMES", "HEAD_NAMES"]

@@ -42,7 +42,8 @@ from torch import Tensor, nn
 from torch.nn.utils import prune as torch_prune
 
 from layerscope.errors import LayerscopeError
-from layerscope.layouts import FFN_WIDTH_KEYS, attention_parts, ffn_parts
+from layerscope.layouts import (FFN_WIDTH_KEYS, attention_parts, config_head_counts, ffn_parts,
+                                is_transposed_linear, set_head_counts)
 
 
 @dataclass
@@ -99,7 +100,7 @@ def prunable(module: nn.Module, scope=None) -> tuple[list[str], list[list[str]]]
     for name, sub in module.named_modules():
         if not name or not _in_scope(name, scope):
             continue
-        if isinstance(sub, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)) or type(sub).__name__ == "Conv1D":
+        if isinstance(sub, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)) or is_transposed_linear(sub):
             if owners.get(id(sub.weight), 0) > 1:
                 skipped.append([name, "weight tied to another module"])
             else:
@@ -138,7 +139,7 @@ def prune_magnitude(model, sparsity: float, layers=None, *, scope: str = "layer"
 
 
 def _is_conv1d_hf(layer: nn.Module) -> bool:
-    return type(layer).__name__ == "Conv1D"
+    return is_transposed_linear(layer)
 
 
 def _rows_out(layer: nn.Module) -> Tensor:
@@ -209,8 +210,7 @@ def _prune_neurons(module: nn.Module, block_names: list[str], sparsity: float) -
 
 def _prune_heads(module: nn.Module, block_names: list[str], sparsity: float) -> dict:
     config = module.config
-    n_heads = config.num_attention_heads
-    n_kv = getattr(config, "num_key_value_heads", None) or n_heads
+    n_heads, n_kv = config_head_counts(config)
     group = n_heads // n_kv
     sizes = {}
     for name in block_names:
@@ -323,9 +323,8 @@ def prune_structured(model, sparsity: float, structure: str = "neurons", *,
         else:
             sizes = _prune_heads(module, names, sparsity)
             first = next(iter(sizes.values()))
-            config.head_dim = attention_parts(module.get_submodule(names[0]), config).head_dim
-            config.num_attention_heads = first["heads"]
-            config.num_key_value_heads = first["kv_heads"]
+            set_head_counts(config, heads=first["heads"], kv_heads=first["kv_heads"],
+                            head_dim=attention_parts(module.get_submodule(names[0]), config).head_dim)
         meta["hf_config"] = config.to_dict()
     if zoo_spec(loaded) is not None:
         meta["zoo_config"] = dataclasses.asdict(module.config)
