@@ -283,6 +283,16 @@ def _verified_prefix(out: Path, shards: list[dict]) -> list[dict]:
     return good
 
 
+def _remove_empty_store(out: Path, created: bool) -> None:
+    """Remove the manifest and partial shards of a store that recorded nothing (and the folder,
+    when this run created it and nothing else is in it)."""
+    for path in out.iterdir():
+        if path.name == MANIFEST or path.name.startswith((".shard-", f".{MANIFEST}")):
+            path.unlink(missing_ok=True)
+    if created and not any(out.iterdir()):
+        out.rmdir()
+
+
 def record(model, data, out_dir, *, layers=None, view: str = "mean", dtype: str = "float16",
            batch_size: int = 32, shard_items: int = 4096, max_length: int | None = 128,
            granularity: str = "blocks", blocks: str | None = None, overwrite: bool = False,
@@ -321,6 +331,7 @@ def record(model, data, out_dir, *, layers=None, view: str = "mean", dtype: str 
         "data": {"name": source.name, "items": len(source), "sha256": data_hash(source.items)},
     }
     out = Path(out_dir)
+    created = not out.exists()
     shards = _prepare_folder(out, identity, overwrite)
     manifest = {**identity, "n_items": len(source), "shapes": {}, "shards": shards, "complete": False}
     old_path = out / MANIFEST
@@ -341,11 +352,16 @@ def record(model, data, out_dir, *, layers=None, view: str = "mean", dtype: str 
         _write_manifest(out, manifest)
 
     writer.on_shard = on_shard
-    if start < len(source):
-        sweep(loaded, source, reducers=[writer], layers=names, granularity=granularity,
-              blocks=blocks, batch_size=batch_size, max_length=max_length, progress=progress,
-              start=start)
-        writer.finish()
+    try:
+        if start < len(source):
+            sweep(loaded, source, reducers=[writer], layers=names, granularity=granularity,
+                  blocks=blocks, batch_size=batch_size, max_length=max_length, progress=progress,
+                  start=start)
+            writer.finish()
+    except BaseException:
+        if not manifest["shards"]:  # nothing recorded, nothing to resume: leave no store behind
+            _remove_empty_store(out, created)
+        raise
     manifest["complete"] = True
     _write_manifest(out, manifest)
     return Store(out)
