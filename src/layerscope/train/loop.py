@@ -99,7 +99,7 @@ def train(model, data, *, out_dir, epochs: int = 5, batch_size: int = 64, lr: fl
     _check_settings(epochs, batch_size, lr, optimizer, monitor_every, clip_grad, patience,
                     save_every)
     started = time.perf_counter()
-    out = claim_run_dir(out_dir, force=force, resume=resume)
+    out = check_run_dir(out_dir, force=force, resume=resume)
     state = read_state(out) if resume else None
     dataset = resolve_dataset(data, limit=limit, seed=seed)
     module, info = resolve_model(model, dataset, seed=seed, task=task)
@@ -111,9 +111,14 @@ def train(model, data, *, out_dir, epochs: int = 5, batch_size: int = 64, lr: fl
                                                       eval_data=eval_data)
     prepared = prepare(train_part, eval_part, name=data_name, info=info)
     task = info["task"]
+    if task in ("classification", "regression") and prepared.train.labels is None:
+        raise LayerscopeError(
+            f"{task} needs labels, and data {data_name!r} has none; give labelled data (an "
+            f".npz with 'labels' or 'y', a CSV/JSONL label column, (X, y)) or another --task "
+            f"(autoencoder)")
     obj = objective(task, loss)
     dev = _device(module, device)
-    settings = {"model": info["ref"], "data": data_name, "task": task, "epochs": epochs,
+    settings = {"model": _portable_factory(info["ref"]), "data": data_name, "task": task, "epochs": epochs,
                 "batch_size": batch_size, "lr": lr, "optimizer": optimizer,
                 "weight_decay": weight_decay, "seed": seed, "monitor_every": monitor_every,
                 "clip_grad": clip_grad, "freeze": freeze, "freeze_bn": freeze_bn,
@@ -135,6 +140,7 @@ def train(model, data, *, out_dir, epochs: int = 5, batch_size: int = 64, lr: fl
         plan = plan_freezing(module, freeze=freeze, freeze_bn=freeze_bn)
         run = _Runner(module, obj, info, dev, max_length)
         _check_fit(run, prepared, obj, batch_size)
+        out = claim_run_dir(out, force=force, resume=resume)   # files appear from here on
         obj.module = module
         if task == "gan":
             if layer_lr or lr_decay:
@@ -169,6 +175,9 @@ def train(model, data, *, out_dir, epochs: int = 5, batch_size: int = 64, lr: fl
             restore(module, plan)
     result.seconds = time.perf_counter() - started
     result.to_json(out / "result.json")
+    from layerscope.outputs import note_written
+
+    note_written(out, run_files(out))
     return result
 
 
@@ -232,6 +241,16 @@ def resolve_model(model, train_part, *, seed: int, task: str | None):
 
 #: the checkpoint kind of a pretrained encoder with a new pooled head (see ``heads.PooledHead``)
 HEAD_SPEC = "pooled-head"
+
+
+def _portable_factory(ref):
+    """A factory ``file.py:function`` with the file's absolute path, so the checkpoint that
+    records it rebuilds from any working directory (with --trust-remote-code)."""
+    if isinstance(ref, str) and ":" in ref:
+        target, func = ref.rsplit(":", 1)
+        if target.endswith(".py") and Path(target).expanduser().is_file():
+            return f"{Path(target).expanduser().resolve()}:{func}"
+    return ref
 
 
 def _portable_ref(ref: str) -> str:
@@ -447,16 +466,46 @@ def read_state(out: Path) -> dict:
     return state
 
 
-def claim_run_dir(out_dir, *, force: bool, resume: bool) -> Path:
-    """The run folder, claimed for ``train`` output before any work (see layerscope.outputs)."""
-    out = Path(out_dir).expanduser()
-    if resume:
-        if not (out / STATE_FILE).is_file():
-            raise LayerscopeError(f"nothing to resume: {str(out / STATE_FILE)!r} is missing; "
-                                  f"train without --resume first")
-    from layerscope.outputs import claim_dir
+def check_run_dir(out_dir, *, force: bool, resume: bool) -> Path:
+    """The run folder, checked before any work (see :mod:`layerscope.outputs`): new, empty, a
+    previous run's, or anything with ``force``; nothing is created yet."""
+    from layerscope.outputs import check_dir
 
-    return Path(claim_dir(out, "train-run", force=force))
+    out = Path(out_dir).expanduser()
+    if resume and not (out / STATE_FILE).is_file():
+        raise LayerscopeError(f"nothing to resume: {str(out / STATE_FILE)!r} is missing; "
+                              f"train without --resume first")
+    return Path(check_dir(out, "train-run", force=force, recognise=_earlier_run))
+
+
+def claim_run_dir(out_dir, *, force: bool, resume: bool) -> Path:
+    """Create and mark the run folder once the data and model are known to fit."""
+    from layerscope.outputs import claim_dir, remove_written
+
+    folder = Path(claim_dir(out_dir, "train-run", force=force, recognise=_earlier_run))
+    if not resume:
+        remove_written(folder)      # a new run: the previous run's files go, nobody else's
+    return folder
+
+
+RUN_FILES = (STATE_FILE, "metrics.jsonl", "metrics.csv", "result.json", "history.png",
+             GRAD_DEPTH_PNG)
+
+
+def run_files(out: Path) -> list[str]:
+    """The files a training run wrote in ``out`` (relative paths)."""
+    names = [n for n in RUN_FILES if (out / n).is_file()]
+    names += [p.name for p in sorted(out.glob("monitor_*.png"))]
+    for sub in ("best", "last"):
+        if (out / sub).is_dir():
+            names += [p.relative_to(out).as_posix() for p in sorted((out / sub).rglob("*"))
+                      if p.is_file()]
+    return names
+
+
+def _earlier_run(folder: Path):
+    """A run folder written before folders were marked: its own files, else None."""
+    return run_files(folder) if (folder / STATE_FILE).is_file() else None
 
 
 def keep_first_bytes(path: Path, size: int) -> None:
@@ -613,8 +662,12 @@ class _Loop:
 
         info = self.info
         spec = info["spec"] or f"module:{type(self.module).__name__}"
+        shape = info["input_shape"]
+        items = self.prepared.train.items
+        if shape is None and isinstance(items, torch.Tensor):
+            shape = tuple(items.shape[1:])     # what it was trained on: enough to load it back
         path = save_checkpoint(self.module, self.out / name, spec=spec, config=info["config"],
-                               task=info["task"], input_shape=info["input_shape"],
+                               task=info["task"], input_shape=shape,
                                extra={"trained": {**_plain(self.settings), **extra}})
         return str(path)
 
