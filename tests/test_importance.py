@@ -384,3 +384,22 @@ def test_blocks_that_change_the_shape_are_left_out_and_the_rest_measured():
         choose_blocks(res, "angular", 4)
     curve = removal_curve(net, digits, max_k=3, importance=res, batch_size=32)
     assert curve.removed["single"][-1] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("spec", ["cnn", "resnet"])
+def test_cli_importance_on_cnn_and_resnet_with_labels(spec, capsys):
+    """Removal on image networks: natural view (global average of feature maps), accuracy and
+    loss from the labels, shape-changing blocks mean-ablated; --view last is a one-line error."""
+    from layerscope.cli import main
+
+    code = main(["importance", spec, "mnist", "--limit", "24", "--batch-size", "12", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    res = json.loads(out)
+    assert res["objective"] == "accuracy" and res["view"] == "mean" and res["n_items"] == 24
+    assert all(0.0 <= m <= 1.0 for m in res["metric"]) and all(v is not None for v in res["loss"])
+    assert set(res["intervention"]) <= {"skip", "mean-ablate"}
+    assert ("skip" in res["intervention"]) == (spec == "resnet")    # ResNet's stride-1 block
+    code = main(["importance", spec, "mnist", "--limit", "8", "--view", "last"])
+    err = capsys.readouterr().err
+    assert code == 2 and "error: view 'last' needs token sequences" in err and "Traceback" not in err

@@ -146,3 +146,19 @@ def test_smollm2_last_layer_is_its_logits():
     res = logit_lens(loaded, prompt="The capital of France is", top_k=3)
     assert res.top_tokens[-1][-1][0].strip() == "Paris"
     assert isinstance(res, LensResult)
+
+
+def test_cli_lens_on_the_zoo_gpt(capsys):
+    """The lens works on any decoder-only LM with an output head, the zoo's own gpt included;
+    its last layer is the model's own logits (KL 0, full agreement)."""
+    from layerscope.cli import main
+
+    code = main(["lens", "gpt", "text", "--limit", "8", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    res = json.loads(out)
+    assert res["layers"] == ["embeddings", "blocks.0", "blocks.1", "blocks.2"]
+    assert res["kl"][-1] < 1e-6 and res["top1_agreement"][-1] == 1.0 and res["n_tokens"] == 8 * 64
+    code = main(["lens", "cnn", "mnist", "--limit", "4"])
+    err = capsys.readouterr().err
+    assert code == 2 and "has no LM head" in err and "Traceback" not in err

@@ -225,9 +225,11 @@ def _train(stack, train, test, *, epochs, steps, lr, tokens_per_step, batch_size
     gen = torch.Generator().manual_seed(seed)
     t0 = time.perf_counter()
     lens, opt, losses = None, None, []
-    from tqdm.auto import tqdm
+    from layerscope.progress import bar as progress_bar
 
-    bar = tqdm(disable=not progress, unit="step", desc="tuned lens")
+    per_epoch = -(-len(train) // batch_size)
+    bar = progress_bar(min(steps, epochs * per_epoch) if steps else epochs * per_epoch,
+                       desc="tuned lens", unit="step", enabled=progress)
     batches = (b for _ in range(epochs)
                for b in iter_batches(stack.loaded, train, batch_size=batch_size, max_length=max_length))
     for enc, _labels in itertools.islice(batches, steps):

@@ -56,6 +56,13 @@ def importance_command(
                                         "after the removed one) or naive (full forwards).")] = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Items per forward pass.")] = 16,
     max_length: Annotated[int, typer.Option("--max-length", help="Longest text in tokens.")] = 128,
+    view: Annotated[Optional[str], typer.Option(
+        "--view", help="How angular distance reads each state: last (real token), mean (over "
+        "tokens or positions), first, flat. Default: last for token sequences, mean for feature "
+        "maps (CNNs, ResNets).", show_default=False)] = None,
+    ablate: Annotated[bool, typer.Option(
+        "--ablate/--no-ablate", help="Mean-ablate the blocks that change the shape (a CNN's "
+        "stages, a ResNet's downsampling blocks) instead of leaving them out.")] = True,
     plot: PlotOpt = None,
     blocks: BlocksOpt = None,
     trust_remote_code: TrustRemoteCodeOpt = False,
@@ -63,7 +70,8 @@ def importance_command(
     force: ForceOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Which blocks matter: the model's own objective with each block removed (skipped)."""
+    """Which blocks matter: the model's own objective (accuracy and loss with labels) with each
+    block removed (skipped; mean-ablated where it changes the shape)."""
     from layerscope.analyses.importance import build_stack, layer_importance, removal_curve
 
     plot = out_file(plot, force, FIGURE_SUFFIXES)
@@ -77,7 +85,8 @@ def importance_command(
             raise LayerscopeError(f"max_k must be between 1 and {n_blocks} (the number of blocks); got {max_k}")
     items = load_data(data, limit)
     res = layer_importance(loaded, items, blocks=blocks, batch_size=batch_size,
-                           max_length=max_length, method=method, progress=not as_json)
+                           max_length=max_length, method=method, view=view, ablate=ablate,
+                           progress=not as_json)
     result = res
     if curve:
         result = removal_curve(loaded, items, max_k=max_k, importance=res, blocks=blocks,
@@ -89,7 +98,12 @@ def importance_command(
         return
     typer.echo(res.summary())
     removable = set(res.can_remove())
+    how = res.intervention or [None] * len(res.layers)
     for i, name in enumerate(res.layers):
+        if how[i] == "mean-ablate":
+            typer.echo(f"  {i:>3} {name:<28} {res.objective} {res.metric[i]:<12.5g} "
+                       f"(changes the shape: mean-ablated)")
+            continue
         if i not in removable:
             typer.echo(f"  {i:>3} {name:<28} changes the shape: cannot be removed")
             continue
