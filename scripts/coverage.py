@@ -15,8 +15,10 @@ The reference is independent of layerscope: the block lists are the ``nn.ModuleL
 length is a layer count the config declares (``num_hidden_layers``, ``n_layer``,
 ``encoder_layers``...). The default should be the lists of the *primary* config: the top-level
 config, or for a multi-modal model (a ``text_config`` beside vision/audio configs) the text
-config. Dual encoders (transformers' zero-shot image-classification / object-detection models,
-and CLAP) have no default: layerscope should ask, naming the stacks.
+config; for an encoder-decoder (``is_encoder_decoder``) the lists of its encoder and decoder
+configs; lists inside a detector's backbone are never the default. Dual encoders (the forward
+computes ``logits_per_*`` and there is no LM head) have no default: layerscope should ask,
+naming the stacks.
 
 Usage:  nice python scripts/coverage.py [--timeout 120] [--only llama,bert] [--out docs/COVERAGE.md]
 """
@@ -148,22 +150,34 @@ def reference_lists(model, config) -> tuple[list[tuple[str, int, str]], list[str
         primary = next((n for n in _TEXT_SUBCONFIGS if n in depths), "" if "" in depths else None)
         if primary is None:
             primary = names[0] if names else ""
-    expected = [c[0] for c in outer if primary in c[2]]
+    if getattr(config, "is_encoder_decoder", False):  # both stacks, whichever config holds them
+        keys = {n for n in names if n == primary or (("encoder" in n or "decoder" in n)
+                                                    and not any(o in n for o in _OTHER_SUBCONFIGS))}
+    else:
+        keys = {primary}
+    expected = [c[0] for c in outer if keys & set(c[2])
+                and not any(p == "backbone" or p.endswith("_backbone") for p in c[0].split("."))]
     return [(p, n, ",".join(c or "config" for c in cs)) for p, n, cs in outer], expected
 
 
 # --- one model --------------------------------------------------------------------------------------
 
 
-def _dual(model_type: str, config) -> bool:
-    """A dual encoder: a zero-shot image-classification / object-detection model (or CLAP) whose
-    config holds only towers (text and vision/audio configs, no third model such as a Q-Former)."""
-    from transformers.models.auto import modeling_auto as ma
+def _dual(model) -> bool:
+    """A dual encoder: its forward scores one tower's embeddings against the other's (the
+    source of its ``forward`` computes ``logits_per_*``), and it has no LM head."""
+    import inspect
 
-    duals = set(ma.MODEL_FOR_ZERO_SHOT_IMAGE_CLASSIFICATION_MAPPING_NAMES) | set(
-        ma.MODEL_FOR_ZERO_SHOT_OBJECT_DETECTION_MAPPING_NAMES) | {"clap"}
-    subs = {name for name, _ in _config_tree(config) if name and "." not in name}
-    return model_type in duals and subs <= {"text_config", *_OTHER_SUBCONFIGS}
+    try:
+        source = inspect.getsource(type(model).forward)
+    except (OSError, TypeError):
+        return False
+    getter = getattr(model, "get_output_embeddings", None)
+    try:
+        head = getter() if callable(getter) else None
+    except Exception:  # noqa: BLE001
+        head = None
+    return "logits_per_" in source and head is None
 
 
 def _build(model_type: str, cls_name: str, weights: bool = False):
@@ -211,7 +225,7 @@ def measure(mapping: str, model_type: str, cls_name: str, weights: bool = False)
     cands, expected = reference_lists(model, config)
     row["reference"] = cands
     row["expected"] = expected
-    dual = _dual(model_type, config)
+    dual = _dual(model)
     row["dual"] = dual
     stacks = None
     try:

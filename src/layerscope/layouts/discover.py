@@ -245,6 +245,8 @@ def _words(path: str) -> list[str]:
 def _modality(path: str) -> str:
     parts = path.lower().split(".")
     words = _words(path)
+    if any(part == "backbone" or part.endswith("_backbone") for part in parts):
+        return "backbone"
     if any(b in part for part in parts for b in BRIDGE_WORDS):
         return "bridge"
     if any(w in VISION_WORDS or w.startswith(("vision", "visual")) for w in words):
@@ -259,14 +261,15 @@ def _leaf_stack(mod: nn.Module) -> bool:
     return all(all("." not in n for n, _ in c.named_parameters()) for c in mod.children())
 
 
+_MIXER_WORDS = ("attention", "attn", "mixer", "mamba", "ssm", "recurrent", "rwkv", "retention",
+                "deltanet", "delta_net", "linear_attn", "timemix", "time_mix", "lstm")
+
+
 def _has_mixer(block: nn.Module) -> bool:
     """Whether a block mixes tokens: attention, a state-space/recurrent mixer or an RNN."""
     for path, sub in block.named_modules():
         low, cls = path.rsplit(".", 1)[-1].lower(), type(sub).__name__.lower()
-        if isinstance(sub, RNN_TYPES) or any(k in cls for k in ("attention", "attn", "mixer", "mamba",
-                                                                 "ssm", "recurrent", "rwkv", "retention")):
-            return True
-        if low in ("attn", "attention", "self_attn", "mixer", "self_attention"):
+        if isinstance(sub, RNN_TYPES) or any(k in cls or k in low for k in _MIXER_WORDS):
             return True
     return False
 
@@ -311,8 +314,8 @@ def find_stacks(model: nn.Module) -> list[Stack]:
     _name_stacks(stacks)
     mixing = [s for s in stacks if s.blocks and _has_mixer(s.blocks[0].module)]
     if mixing:
-        for s in stacks:
-            if s not in mixing:
+        for s in stacks:  # a convolutional tower of another modality (ALIGN's image CNN) stays one
+            if s not in mixing and s.modality not in ("vision", "audio"):
                 s.kind = "stem"
     return stacks
 
@@ -373,10 +376,11 @@ def default_stacks(model: nn.Module, stacks: list[Stack]) -> tuple[list[Stack], 
     """The stack(s) a person counts, and the rule that chose them; LayerscopeError for a dual
     encoder (it asks which stack).
 
-    The rule: towers of another modality (vision, audio) and bridges between towers give way to
-    the model's own stack; an encoder and a decoder are both counted, encoder first; among the
-    rest a language-model stack wins; a dual encoder (towers scored against each other) asks;
-    otherwise the stack with the most parameters.
+    The rule: towers of another modality (vision, audio), bridges between towers and backbones
+    give way to the model's own stack; an encoder and a decoder are both counted, encoder first;
+    among the rest a language-model stack wins, then a lone encoder; a dual encoder (towers
+    scored against each other: a ``logit_scale``/``temperature``, or two ``*_projection``
+    heads, and no LM head) asks; otherwise the stack with the most parameters.
     """
     main = [s for s in stacks if s.kind == "main"] or stacks
     if len(main) == 1:
@@ -387,7 +391,7 @@ def default_stacks(model: nn.Module, stacks: list[Stack]) -> tuple[list[Stack], 
         raise LayerscopeError(
             f"{type(model).__name__} is a dual encoder with stacks {_describe(stacks)}; say which "
             f"with --stack NAME (or Layers(model, stack=NAME))")
-    pool = own or [s for s in main if s.modality != "bridge"] or main
+    pool = own or [s for s in main if s.modality not in ("bridge", "backbone")] or main
     if len(pool) == 1:
         return pool, f"the others are {_other(main, pool)}"
     enc = [s for s in pool if "encoder" in s.paths[0].lower().split(".")[-2:] or
@@ -400,6 +404,8 @@ def default_stacks(model: nn.Module, stacks: list[Stack]) -> tuple[list[Stack], 
                                    for p in s.paths[0].lower().split(".") for w in p.split("_"))]
     if len(lang) == 1:
         return lang, "the language-model stack"
+    if enc and not dec and len(enc) == 1:
+        return enc, "the encoder (the other stacks work on its output)"
     if _is_dual(model) and not _has_lm_head(model):
         raise LayerscopeError(
             f"{type(model).__name__} is a dual encoder with stacks {_describe(stacks)}; say which "

@@ -219,9 +219,11 @@ def _leaf_like(module: nn.Module) -> bool:
 
 
 def _is_norm(module: nn.Module) -> bool:
+    """A norm layer: torch's own, or a module classed ``*Norm*`` with no submodules (its weight,
+    if any, its own: OLMo's parameter-free LayerNorm counts)."""
     if isinstance(module, (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase)):
         return True
-    return "norm" in type(module).__name__.lower() and _leaf_like(module)
+    return "norm" in type(module).__name__.lower() and next(module.children(), None) is None
 
 
 def _last(path: str) -> str:
@@ -364,7 +366,7 @@ def attention_parts(block: nn.Module, config=None) -> AttentionParts | None:
 MIXER_NAMES = ("mixer", "mamba", "ssm", "linear_attn", "time_mix", "token_mixer", "recurrent",
                "temporal_block", "retention", "rwkv", "attention_mixer", "conv_mixer", "hyena",
                "linear_attention", "gated_delta_net", "short_conv")
-_MIXER_CLASSES = ("mixer", "mamba", "ssm", "recurrent", "rwkv", "retention", "timemix",
+_MIXER_CLASSES = ("mixer", "mamba", "ssm", "recurrent", "rwkv", "retention", "timemix", "lstm",
                   "linearattention", "deltanet", "gateddelta", "shortconv", "hyena", "lightning")
 
 
@@ -729,6 +731,9 @@ def final_norm_absent(model, found=None) -> str | None:
         ...                          intermediate_size=32, vocab_size=50))
         >>> final_norm_absent(m)
         'post-norm blocks: each block ends with its own norm'
+
+    Otherwise a model is without one when no norm follows the last block at all (none of the
+    parts after the blocks holds a norm).
     """
     module = _module_of(model)
     found = _found(module, found)
@@ -737,6 +742,8 @@ def final_norm_absent(model, found=None) -> str | None:
     roles = block_roles(found.blocks[-1].module, getattr(module, "config", None))
     if roles.norm_position == "post":
         return "post-norm blocks: each block ends with its own norm"
+    if not any(_is_norm(sub) for _, part in found.after for sub in part.modules()):
+        return "no norm follows the last block"
     return None
 
 
