@@ -51,7 +51,6 @@ def record_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Record layer activations to safetensors shards plus a manifest; rerun the same command to resume."""
-    from layerscope.data import load_dataset
     from layerscope.outputs import check_dir
     from layerscope.store import MANIFEST, record
 
@@ -59,7 +58,9 @@ def record_command(
     loaded = model_from_cli(model, blocks=blocks, input_shape=input_shape,
                             trust_remote_code=trust_remote_code,
                             allow_missing_weights=allow_missing_weights)
-    dataset = load_dataset(data, limit=limit)
+    from .limits import load_limited
+
+    dataset = load_limited(data, limit, default=None)
     store = record(loaded, dataset, out, layers=parse_layers(layers), view=view, dtype=dtype,
                    batch_size=batch_size, shard_items=shard_items, max_length=max_length,
                    granularity=granularity, blocks=blocks, overwrite=overwrite,

@@ -8,6 +8,7 @@ import typer
 
 from .app import app
 from .common import AllowMissingWeightsOpt
+from .limits import limit_option
 from .common import (
     BatchSizeOpt,
     DataArg,
@@ -26,6 +27,9 @@ from .common import (
 )
 
 
+SweepLimitOpt = limit_option(2000)
+
+
 @app.command("sweep")
 def sweep_command(
     model: ModelArg,
@@ -33,7 +37,7 @@ def sweep_command(
     layers: LayersOpt = None,
     view: Annotated[str, typer.Option("--view", help="tokens (every real token), mean, first, last or flat.")] = "tokens",
     batch_size: BatchSizeOpt = 32,
-    limit: LimitOpt = None,
+    limit: SweepLimitOpt = None,
     max_length: MaxLengthOpt = 128,
     granularity: GranularityOpt = "blocks",
     blocks: BlocksOpt = None,
@@ -43,14 +47,15 @@ def sweep_command(
     as_json: JsonOpt = False,
 ) -> None:
     """One pass over DATA: activation mean, std, min, max and NaN/inf counts per layer."""
-    from layerscope.data import load_dataset
     from layerscope.reducers import Moments, NonFinite
     from layerscope.sweep import sweep
 
     loaded = model_from_cli(model, blocks=blocks, input_shape=input_shape,
                             trust_remote_code=trust_remote_code,
                             allow_missing_weights=allow_missing_weights)
-    dataset = load_dataset(data, limit=limit)
+    from .limits import load_limited
+
+    dataset = load_limited(data, limit, default=2000)
     moments, nonfinite = Moments(view=view), NonFinite(view=view)
     run = sweep(loaded, dataset, reducers=[moments, nonfinite], layers=parse_layers(layers),
                 granularity=granularity, blocks=blocks, batch_size=batch_size,

@@ -60,8 +60,9 @@ def load_limited(data, limit_text, *, default: int | None = DEFAULT_ITEMS, seed:
     ds = full if n is None or n >= total else take_limit(full, n, seed=seed)
     if len(ds) < minimum:
         raise LayerscopeError(f"data {data!r} gives {len(ds)} items; this needs at least {minimum}")
-    how = ("every item" if len(ds) == total else
-           f"a seeded random subset; --limit all for all {total:,}, --limit N for another amount")
+    every = (f"leave out --limit for all {total:,}" if default is None else
+             f"--limit all for all {total:,}, --limit N for another amount")
+    how = "every item" if len(ds) == total else f"a seeded random subset; {every}"
     if say:
         announce(f"using {len(ds):,} of {total:,} {what} of {getattr(ds, 'name', data)} ({how})")
     return ds
