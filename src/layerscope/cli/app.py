@@ -44,6 +44,7 @@ _state = {"debug": False}
 AT_LEAST_ONE = frozenset({
     "--batch-size", "--max-length", "--limit", "--sample", "--top-k", "--epochs", "--steps",
     "--max-k", "--shard-items", "--importance-items", "--patience", "--auto", "--save-every",
+    "--eval", "--tokens",
 })
 
 
