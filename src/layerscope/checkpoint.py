@@ -212,7 +212,8 @@ def _load_factory_trained(folder: Path, manifest: dict, weights: Path, ref, opti
 
     trained = manifest.get("trained") if isinstance(manifest.get("trained"), dict) else {}
     made_by = trained.get("model")
-    if isinstance(made_by, str) and not looks_like_code(made_by) and load_ref is not None:
+    if isinstance(made_by, str) and not looks_like_code(made_by) and load_ref is not None \
+            and _is_model_reference(made_by):
         return _load_model_trained(folder, manifest, weights, ref, made_by, load_ref, options)
     if not isinstance(made_by, str) or ":" not in made_by or not looks_like_code(made_by):
         raise LayerscopeError(
@@ -232,6 +233,14 @@ def _load_factory_trained(folder: Path, manifest: dict, weights: Path, ref, opti
         loaded.task = manifest["task"]
     loaded.meta.update({"path": str(folder), "checkpoint": manifest})
     return loaded
+
+
+def _is_model_reference(text: str) -> bool:
+    try:
+        check_base_reference(text, Path("."), False)
+    except LayerscopeError:
+        return False
+    return True
 
 
 def _load_model_trained(folder: Path, manifest: dict, weights: Path, ref, made_by: str, load_ref,
