@@ -46,3 +46,47 @@ def test_patch_bad_input_is_one_line_exit_2(capsys, args, message):
 def test_patch_needs_prompts(capsys):
     code, _, err = run(capsys, "patch", "smollm2", "--clean", "a b")
     assert code == 2 and "give --clean, --corrupt and --target together" in err
+
+
+@pytest.mark.slow
+def test_steer_minilm_json(capsys):
+    code, out, err = run(capsys, "steer", "minilm", "--limit", "300", "--eval", "6", "--layers", "4,5",
+                         "--alphas", "4,-4", "--json")
+    assert code == 0, err
+    res = json.loads(out)
+    assert res["objective"] == "embedding 1-cos" and res["labels"] == ["4", "5"]
+    assert len(res["effect"][0]) == 2 and res["n_eval"] == 6
+    assert res["effect"][1][0] > 0 > res["effect"][1][1]
+
+
+def test_steer_bad_alphas(capsys):
+    code, _, err = run(capsys, "steer", "minilm", "--alphas", "big")
+    assert code == 2 and "--alphas must be a comma list of numbers" in err
+
+
+def test_attribute_gradcam_on_the_zoo_cnn(capsys, tmp_path):
+    png = tmp_path / "cam.png"
+    code, out, err = run(capsys, "attribute", "cnn", "--data", "mnist", "--item", "3", "--method",
+                         "gradcam", "--target", "1", "--plot", str(png), "--json")
+    assert code == 0, err
+    res = json.loads(out)
+    assert res["target"] == 1 and len(res["maps"]) == len(res["layers"]) and png.stat().st_size > 1000
+
+
+@pytest.mark.parametrize("args, message", [
+    (["cnn", "--data", "mnist", "--target", "12"], "class 12 is out of range"),
+    (["cnn"], "give --data"),
+    (["cnn", "--data", "mnist", "--method", "gradcam", "--layers", "7"], "layer 7 is out of range"),
+])
+def test_attribute_bad_input(capsys, args, message):
+    code, _, err = run(capsys, "attribute", *args)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_ablate_the_zoo_cnn(capsys):
+    code, out, err = run(capsys, "ablate", "cnn", "mnist", "--limit", "8", "--batch-size", "4", "--json")
+    assert code == 0, err
+    res = json.loads(out)
+    assert res["objective"] == "accuracy" and set(res["values"]) == {"zero", "mean", "resample", "remove"}
+    code, _, err = run(capsys, "ablate", "cnn", "mnist", "--limit", "8", "--part", "head")
+    assert code == 2 and "has no attention, so no heads" in err
