@@ -118,3 +118,24 @@ def test_train_api_refuses_a_users_folder_too(tmp_path):
         train("mlp:in_features=4,width=8,depth=1,n_classes=2", (x, y), out_dir=tmp_path,
               epochs=1, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.csv"]
+
+
+def test_a_module_built_in_python_is_saved_with_a_note_and_refused_on_load(tmp_path, capsys):
+    from torch import nn
+
+    from layerscope.models import load_model
+
+    x, y = torch.randn(40, 4), torch.randint(0, 2, (40,))
+    net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    r = train(net, (x, y), out_dir=tmp_path, epochs=1, task="classification", progress=False,
+              plots=False)
+    err = capsys.readouterr().err
+    assert "note: Sequential was built in Python" in err and "load_model(module" in err
+    with pytest.raises(LayerscopeError):
+        load_model(r.last_checkpoint)
+    module = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    from safetensors.torch import load_model as load_weights
+
+    load_weights(module, f"{r.last_checkpoint}/model.safetensors")   # the way the note names
+    assert all(torch.equal(a, b) for a, b in zip(module.state_dict().values(),
+                                                 net.state_dict().values()))

@@ -186,7 +186,7 @@ def resolve_model(model, train_part, *, seed: int, task: str | None):
     """(module, info): the module to train and what is known about feeding it."""
     from layerscope.models import LoadedModel, load_model
 
-    spec = None
+    spec, python_module = None, False
     if isinstance(model, str):
         ref = model.strip()
         if _is_zoo(ref):
@@ -205,6 +205,7 @@ def resolve_model(model, train_part, *, seed: int, task: str | None):
     elif isinstance(model, nn.Module):
         loaded = load_model(model)
         spec = _zoo_name_of(model)
+        python_module = spec is None
     else:
         raise LayerscopeError(
             f"cannot train a {type(model).__name__}; pass a model name, a checkpoint folder or "
@@ -232,7 +233,8 @@ def resolve_model(model, train_part, *, seed: int, task: str | None):
             or loaded.meta.get("input_dtype") in ("int64", "long"),
             "vocab_size": getattr(config, "vocab_size", None),
             "sequence_model": hasattr(config, "cell"),
-            "config": dataclasses.asdict(config) if dataclasses.is_dataclass(config) else {}}
+            "config": dataclasses.asdict(config) if dataclasses.is_dataclass(config) else {},
+            "python_module": python_module}
     if spec == HEAD_SPEC:
         info["config"] = {"base": _portable_ref(loaded.ref), "n_out": module.head.out_features,
                           "task": task}
@@ -669,6 +671,11 @@ class _Loop:
         path = save_checkpoint(self.module, self.out / name, spec=spec, config=info["config"],
                                task=info["task"], input_shape=shape,
                                extra={"trained": {**_plain(self.settings), **extra}})
+        if info.get("python_module") and not getattr(self, "_noted", False):
+            self._noted = True
+            self.log(f"note: {type(self.module).__name__} was built in Python, so layerscope "
+                     f"cannot rebuild it from {path}: build it again and load the weights with "
+                     f"safetensors.torch.load_model(module, '{path}/model.safetensors')")
         return str(path)
 
     # -- epochs and steps --------------------------------------------------------------------------
