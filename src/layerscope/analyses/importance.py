@@ -240,6 +240,17 @@ def _bar(data, limit, desc: str, progress: bool, unit: str = "item"):
     return bar(count_items(data, limit), desc=desc, unit=unit, enabled=progress)
 
 
+def _removal_bar(data, limit, first_size: int, batch_size: int, n_sets: int, progress: bool):
+    """A bar counting removals evaluated (batches × sets), so it moves on every re-run."""
+    from layerscope.progress import bar
+    from layerscope.sweep import count_items
+
+    n = count_items(data, limit)
+    per = batch_size if first_size == batch_size else first_size
+    total = -(-n // max(per, 1)) * n_sets if n is not None else None
+    return bar(total, desc=f"removal ({n_sets} per batch)", unit="removal", enabled=progress)
+
+
 def mean_outputs(stack: Stack, data, blocks: Sequence[int], *, batch_size: int = 16,
                  max_length: int | None = 128, limit: int | None = None,
                  progress: bool = False) -> dict[int, Tensor]:
@@ -291,7 +302,7 @@ def run_removals(stack: Stack, data, sets: Sequence[tuple[int, ...]] | None, *, 
     use_prefix = None
     n_items = block_calls = 0
     t0 = time.perf_counter()
-    bar = _bar(data, limit, "importance", progress)
+    bar = None
     with evaluating(stack.loaded), torch.inference_mode():
         for enc, labels in iter_batches(stack.loaded, data, batch_size=batch_size,
                                         max_length=max_length, limit=limit):
@@ -300,6 +311,7 @@ def run_removals(stack: Stack, data, sets: Sequence[tuple[int, ...]] | None, *, 
             if keep is None:
                 keep = rec.removable()
                 sets = _removable_sets(stack, rec, keep, sets, ablate)
+                bar = _removal_bar(data, limit, enc.size, batch_size, len(sets), progress)
             if use_prefix is None:
                 ok = tail_matches(stack, rec)
                 if method == "prefix" and not ok:
@@ -324,11 +336,12 @@ def run_removals(stack: Stack, data, sets: Sequence[tuple[int, ...]] | None, *, 
                 else:
                     objective.add(tuple(s), main_output(naive_forward(stack, enc, skip), stack.task))
                     block_calls += L
+                bar.update(1)
             _feed_reducers(reducers, stack, rec, enc, labels, n_items)
             block_calls += L
             n_items += enc.size
-            bar.update(enc.size)
-    bar.close()
+    if bar is not None:
+        bar.close()
     if objective is None:
         raise LayerscopeError("the data is empty; pass at least one item")
     return {"objective": objective.name, "values": {tuple(s): objective.value(tuple(s)) for s in sets},
