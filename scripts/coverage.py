@@ -78,7 +78,7 @@ def _shrink(d: dict, counter: list[int]) -> dict:
         elif key in DEPTH_KEYS and isinstance(value, int) and not isinstance(value, bool) and value > 0:
             old_depths.add(value)
             out[key] = counter[0]
-            counter[0] += 1
+            counter[0] += 2
         elif key in ("use_timm_backbone", "use_pretrained_backbone") and value:
             out[key] = False  # a transformers backbone, no weights to fetch
         elif key in _SHRINK and isinstance(value, int) and not isinstance(value, bool) and value > _SHRINK[key]:
@@ -99,7 +99,7 @@ def _shrink(d: dict, counter: list[int]) -> dict:
 
 def tiny_config(config_cls):
     base = config_cls()
-    counter = [5]
+    counter = [9]  # odd counts from 9: no collision with the usual 4, 6, 7 (conv), 12, 24, 32
     small = _shrink(base.to_dict(), counter)
     small.pop("model_type", None)
     return config_cls(**small), base
@@ -155,8 +155,9 @@ def reference_lists(model, config) -> tuple[list[tuple[str, int, str]], list[str
                                                     and not any(o in n for o in _OTHER_SUBCONFIGS))}
     else:
         keys = {primary}
-    expected = [c[0] for c in outer if keys & set(c[2])
-                and not any(p == "backbone" or p.endswith("_backbone") for p in c[0].split("."))]
+    expected = [c[0] for c in outer if keys & set(c[2])]
+    own = [p for p in expected if not any(x == "backbone" or x.endswith("_backbone") for x in p.split("."))]
+    expected = own or expected  # a backbone's lists are the default only when nothing else is
     return [(p, n, ",".join(c or "config" for c in cs)) for p, n, cs in outer], expected
 
 

@@ -1,0 +1,79 @@
+"""A sample of the coverage population (scripts/coverage.py) in the test suite: every layout
+family, built from tiny configs on the meta device, must keep its default stack, its named
+towers and (for causal LMs) its roles."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "coverage.py"
+_spec = importlib.util.spec_from_file_location("layerscope_coverage_script", _SCRIPT)
+coverage = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(coverage)
+
+#: (model type, family) for base models: encoders, encoder-decoders, speech encoders,
+#: detectors, vision-language models, dual encoders, state-space and MoE decoders
+BASE = [
+    ("bert", "encoder"), ("roberta", "encoder"), ("distilbert", "encoder"), ("electra", "encoder"),
+    ("deberta-v2", "encoder"), ("markuplm", "encoder with 100 embedding tables"),
+    ("vit", "vision encoder"), ("dinov2", "vision encoder"),
+    ("t5", "encoder-decoder"), ("bart", "encoder-decoder"), ("whisper", "speech encoder-decoder"),
+    ("wav2vec2", "speech encoder (conv stem)"), ("hubert", "speech encoder (conv stem)"),
+    ("wavlm", "speech encoder (conv stem)"), ("sew", "speech encoder (conv stem)"),
+    ("data2vec-audio", "speech encoder (conv stem)"), ("unispeech", "speech encoder (conv stem)"),
+    ("detr", "detector (backbone stem)"), ("conditional_detr", "detector (backbone stem)"),
+    ("deformable_detr", "detector (backbone stem)"), ("table-transformer", "detector (backbone stem)"),
+    ("llava", "vision-language"), ("gemma3", "vision-language"), ("idefics3", "vision-language"),
+    ("qwen2_vl", "vision-language"), ("blip-2", "vision-language with a Q-Former"),
+    ("paligemma", "vision-language"), ("qwen2_audio", "audio-language"),
+    ("clip", "dual encoder"), ("siglip", "dual encoder"), ("clap", "dual encoder (audio)"),
+    ("align", "dual encoder (CNN tower)"),
+    ("mamba", "state-space"), ("mixtral", "mixture of experts"), ("llama", "decoder"),
+    ("vjepa2", "encoder + predictor"),
+]
+#: causal LMs: decoders of many layouts, MoE, state-space, hybrid and recurrent ones
+CAUSAL = [
+    ("llama", "decoder"), ("mistral", "decoder"), ("qwen2", "decoder"), ("qwen3", "decoder"),
+    ("gemma", "decoder"), ("gemma2", "decoder"), ("phi", "decoder"), ("phi3", "fused qkv"),
+    ("gpt2", "Conv1D fused qkv"), ("gpt_neox", "fused qkv"), ("gptj", "parallel block"),
+    ("opt", "decoder"), ("bloom", "fused qkv"), ("falcon", "fused qkv"), ("codegen", "decoder"),
+    ("starcoder2", "decoder"), ("olmo", "parameter-free norms"), ("olmo2", "decoder"),
+    ("cohere", "decoder"), ("stablelm", "decoder"), ("granite", "decoder"),
+    ("mixtral", "mixture of experts"), ("qwen2_moe", "mixture of experts"),
+    ("mamba", "state-space"), ("mamba2", "state-space"), ("falcon_mamba", "state-space"),
+    ("jamba", "hybrid"), ("zamba", "hybrid"), ("recurrent_gemma", "recurrent"),
+    ("rwkv", "recurrent"), ("bert", "post-norm decoder"), ("openai-gpt", "post-norm decoder"),
+    ("marian", "post-norm decoder"), ("xglm", "decoder"), ("whisper", "decoder of a speech model"),
+]
+
+
+def _cls(mapping: str, model_type: str) -> str:
+    return next(c for m, t, c, _ in coverage.population({model_type}) if m == mapping)
+
+
+def test_the_sample_covers_sixty_architectures_and_every_family():
+    assert len({t for t, _ in BASE} | {t for t, _ in CAUSAL}) >= 60
+    families = {f for _, f in BASE + CAUSAL}
+    for needed in ("vision-language", "speech encoder (conv stem)", "detector (backbone stem)",
+                   "encoder-decoder", "dual encoder", "state-space", "mixture of experts"):
+        assert needed in families
+
+
+@pytest.mark.parametrize("model_type,family", BASE, ids=[t for t, _ in BASE])
+def test_base_model_default_stack_and_towers(model_type, family):
+    row = coverage.measure("base", model_type, _cls("base", model_type))
+    assert row["builds"], row.get("error")
+    assert row["default_ok"], f"{family}: {row.get('why')} (stacks {row.get('stacks')})"
+    if len(row["reference"]) > 1:
+        assert row["towers_listed"], row["stacks"]
+
+
+@pytest.mark.parametrize("model_type,family", CAUSAL, ids=[t for t, _ in CAUSAL])
+def test_causal_lm_default_stack_and_roles(model_type, family):
+    row = coverage.measure("causal-lm", model_type, _cls("causal-lm", model_type))
+    assert row["builds"], row.get("error")
+    assert row["default_ok"], f"{family}: {row.get('why')}"
+    assert all(row["roles"].values()), f"{family}: roles {row['roles']}"
