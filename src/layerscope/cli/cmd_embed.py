@@ -48,7 +48,7 @@ def embed_command(
 
     from .limits import load_limited, parse_limit
 
-    n_sample = parse_limit(sample, 1000)
+    n_sample = parse_limit(sample, 1000, option="--sample")
     plot = out_file(plot, force, FIGURE_SUFFIXES)
     loaded = model_from_cli(model, blocks=blocks, trust_remote_code=trust_remote_code,
                             allow_missing_weights=allow_missing_weights)
@@ -56,8 +56,8 @@ def embed_command(
     n_sample = len(items) if n_sample is None else min(n_sample, len(items))
     if n_sample < 3:
         raise LayerscopeError(f"a 2-D map needs at least 3 items; --sample/--limit give {n_sample}")
-    announce(f"mapping {n_sample:,} of {len(items):,} items of {getattr(items, 'name', data)} (--sample N|all): only they run "
-             f"through the model")
+    announce(f"mapping {n_sample:,} of {len(items):,} items of {getattr(items, 'name', data)} "
+             f"(--sample N|all): only they run through the model")
     res = embed(loaded, items, layers=parse_layers(layers), method=method, sample=n_sample,
                 granularity=granularity, seed=seed, batch_size=batch_size, max_length=max_length,
                 progress=not as_json)

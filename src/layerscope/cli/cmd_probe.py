@@ -8,20 +8,29 @@ from typing import Annotated, Optional
 import typer
 
 from .app import app
+from .common import (AllowMissingWeightsOpt, BlocksOpt, ForceOpt, GranularityOpt, JsonOpt,
+                     LayersOpt, ModelArg, TrustRemoteCodeOpt, model_from_cli, out_file,
+                     parse_layers, print_json, save_figure_to)
 from .limits import DEFAULT_ITEMS, limit_option, load_limited
-from .common import FIGURE_SUFFIXES, AllowMissingWeightsOpt, ForceOpt, out_file, save_figure_to
-from .common import (BlocksOpt, GranularityOpt, JsonOpt, LayersOpt, ModelArg, TrustRemoteCodeOpt,
-                     model_from_cli, parse_layers, print_json)
 
 DataArg = Annotated[str, typer.Argument(
     help="A built-in dataset (e.g. sentences) or a file with labels (.csv/.jsonl).",
     metavar="DATA", show_default=False)]
 LimitOpt = limit_option(DEFAULT_ITEMS)
+PlotOpt = Annotated[Optional[Path], typer.Option("--plot", help="Write the figure to this image "
+                                                 "file (.png, .svg, .pdf).", show_default=False)]
 TASKS_HELP = "length, bigram-shift, sentiment, sentiment-score, or labels (the data's own labels)."
 
 
+def plot_path(path: Path | None, force: bool) -> Path | None:
+    """``--plot`` checked before any work (a new file, or one layerscope wrote; else --force)."""
+    from layerscope.outputs import FIGURE_SUFFIXES
+
+    return out_file(path, force=force, suffixes=FIGURE_SUFFIXES)
+
+
 def save_plot(result, path: Path | None) -> None:
-    """Write ``result.plot()`` to ``path`` (checked before the work) when a path is given."""
+    """Write ``result.plot()`` to ``path`` when a path is given (checked with :func:`plot_path`)."""
     save_figure_to(result, path)
 
 
@@ -43,27 +52,31 @@ def probe_command(
                                            "products: float32 (fast) or float64.")] = "float32",
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Items per forward pass.")] = 32,
     max_length: Annotated[int, typer.Option("--max-length", help="Longest text in tokens.")] = 128,
-    plot: Annotated[Optional[Path], typer.Option("--plot", help="Write the figure to this PNG file.",
-                                                 show_default=False)] = None,
+    plot: PlotOpt = None,
+    force: ForceOpt = False,
     blocks: BlocksOpt = None,
     trust_remote_code: TrustRemoteCodeOpt = False,
     allow_missing_weights: AllowMissingWeightsOpt = False,
-    force: ForceOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """What each layer encodes: held-out accuracy (or R²) of a linear probe per layer."""
-    from layerscope.analyses.probe import probe
+    """What each layer encodes: held-out accuracy (or R²) of a linear probe per layer.
 
+    A layer is named as the peak only when its interval clears the baseline and every other
+    layer's; otherwise the first line says the peak is uncertain (or that no layer beats the
+    baseline) and about how many held-out items would settle it.
+    """
+    from layerscope.analyses.probe import probe
     from layerscope.analyses.probe_tasks import TASKS
     from layerscope.errors import LayerscopeError
 
     if task not in (*TASKS, "labels"):
         raise LayerscopeError(f"unknown probing task {task!r}; use one of {', '.join(TASKS)} or labels")
-    plot = out_file(plot, force, FIGURE_SUFFIXES)
+    plot = plot_path(plot, force)
+    chosen = parse_layers(layers)
     loaded = model_from_cli(model, blocks=blocks, trust_remote_code=trust_remote_code,
                             allow_missing_weights=allow_missing_weights)
     items = load_limited(data, limit, seed=seed)
-    res = probe(loaded, items, task=task, layers=parse_layers(layers), granularity=granularity,
+    res = probe(loaded, items, task=task, layers=chosen, granularity=granularity,
                 test_fraction=test_fraction, seed=seed, precision=precision, solver=solver, C=c,
                 batch_size=batch_size, max_length=max_length, progress=not as_json)
     save_plot(res, plot)

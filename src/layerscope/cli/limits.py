@@ -29,8 +29,8 @@ def limit_option(default: int = DEFAULT_ITEMS):
                         "or 'all' for every item.", show_default=False, metavar="N|all")]
 
 
-def parse_limit(text: str | int | None, default: int | None) -> int | None:
-    """``--limit`` as a number of items: ``default`` when not given, ``None`` for ``all``."""
+def parse_limit(text: str | int | None, default: int | None, option: str = "--limit") -> int | None:
+    """``--limit`` (or ``option``) as a number of items: ``default`` when not given, ``None`` for ``all``."""
     if text is None:
         return default
     if isinstance(text, int):
@@ -42,9 +42,9 @@ def parse_limit(text: str | int | None, default: int | None) -> int | None:
         try:
             value = int(t)
         except ValueError:
-            raise LayerscopeError(f"--limit must be a whole number of items or 'all'; got {text!r}") from None
+            raise LayerscopeError(f"{option} must be a whole number of items or 'all'; got {text!r}") from None
     if value < 1:
-        raise LayerscopeError(f"--limit must be at least 1 (or 'all'); got {value}")
+        raise LayerscopeError(f"{option} must be at least 1 (or 'all'); got {value}")
     return value
 
 
