@@ -949,30 +949,23 @@ def first_non_finite_layer(module: nn.Module, forward) -> str | None:
         >>> first_non_finite_layer(net, lambda: net(torch.ones(1, 2)))
         '1'
     """
-    from layerscope.layers import primary_tensor
+    from layerscope.layers import Capture, Layer
 
     found: list[str] = []
 
-    def hook_for(name):
-        def hook(mod, args, output):
-            if found:
-                return
-            try:
-                y = primary_tensor(output)
-            except LayerscopeError:
-                return
-            if y.is_floating_point() and not torch.isfinite(y).all():
-                found.append(name or type(module).__name__)
-        return hook
+    def check(y, name):
+        if not found and y.is_floating_point() and not torch.isfinite(y).all():
+            found.append(name)
 
+    layers = [Layer(index=i, name=name or type(module).__name__, module=m, role="module",
+                    kind=type(m).__name__) for i, (name, m) in enumerate(module.named_modules())]
     buffers = {k: v.detach().clone() for k, v in module.named_buffers()}
-    handles = [m.register_forward_hook(hook_for(n)) for n, m in module.named_modules()]
     try:
-        with torch.no_grad():
+        with torch.no_grad(), Capture(module, layers, edit=check):
             forward()
+    except LayerscopeError:
+        pass        # a module whose output holds no tensor: what was found before it stands
     finally:
-        for h in handles:
-            h.remove()
         with torch.no_grad():
             for k, v in module.named_buffers():
                 v.copy_(buffers[k])
