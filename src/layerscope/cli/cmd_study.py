@@ -39,7 +39,7 @@ def _print_result(r) -> None:
 
 @app.command("study")
 def study_command(
-    name: Annotated[str, typer.Argument(help="A study name, 'all', or 'list'.", metavar="NAME")],
+    name: Annotated[str, typer.Argument(help="A study name, 'all', 'list', or 'merge' (with --from).", metavar="NAME")],
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="The model to study (default: the study's own).",
                                                  show_default=False)] = None,
     data: Annotated[Optional[str], typer.Option("--data", "-d", help="The data (default: the study's own).",
@@ -53,6 +53,8 @@ def study_command(
     markdown_path: Annotated[Optional[Path], typer.Option("--markdown", help="Also write the results as Markdown "
                                                           "(figures next to it in <name>_figures/).",
                                                           show_default=False)] = None,
+    from_: Annotated[Optional[list[Path]], typer.Option("--from", help="With NAME 'merge': results.json files "
+                                                        "of earlier runs to put on one page.", show_default=False)] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Test a claim about layers: run the experiment, repeat it, and state a verdict from the numbers."""
@@ -70,6 +72,16 @@ def study_command(
         return
     if quick and full:
         raise LayerscopeError("choose one of --quick and --full")
+    if name == "merge":
+        from layerscope.studies.page import load_results
+
+        if not from_:
+            raise LayerscopeError("study merge needs --from RESULTS.json (one or more)")
+        results = load_results(from_)
+        order = list(studies)
+        results.sort(key=lambda r: order.index(r.name) if r.name in order else len(order))
+        _write(results, out, markdown_path, as_json, [])
+        return
     names = list(studies) if name == "all" else [name]
     if name != "all" and name not in studies:
         raise LayerscopeError(f"unknown study {name!r}; choose one of: {', '.join(studies)} (or all, list)")
@@ -94,6 +106,12 @@ def study_command(
             results.append(r)
             if not as_json:
                 _print_result(r)
+    _write(results, out, markdown_path, as_json, failed)
+    if failed:
+        raise typer.Exit(1)
+
+
+def _write(results, out, markdown_path, as_json, failed) -> None:
     written = {}
     if out is not None:
         from layerscope.studies.page import write_outputs
@@ -117,5 +135,3 @@ def study_command(
         write_atomic(md, markdown(results, figures=figures, command=command, failed=failed))
     if as_json:
         print_json({"studies": [r.to_dict() for r in results], "written": written, "failed": failed})
-    if failed:
-        raise typer.Exit(1)

@@ -89,6 +89,32 @@ def write_outputs(results: list[StudyResult], out_dir: str | Path) -> dict[str, 
     return {"html": str(out / "index.html"), "json": str(out / "results.json"), **figures}
 
 
+def load_results(paths) -> list[StudyResult]:
+    """Study results back from ``results.json`` files written by :func:`write_outputs` (to put
+    runs made in several processes on one page)."""
+    from layerscope.errors import LayerscopeError
+
+    from .common import Verdict
+
+    def verdict(d: dict) -> Verdict:
+        return Verdict(d["verdict"], d["reason"], d["rule"], d.get("needs", ""),
+                       {k: verdict(v) for k, v in (d.get("parts") or {}).items()})
+
+    out = []
+    for path in paths:
+        try:
+            doc = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as exc:
+            raise LayerscopeError(f"cannot read study results from {str(path)!r}: {exc}") from None
+        if doc.get("format") != "layerscope-studies":
+            raise LayerscopeError(f"{str(path)!r} is not a results.json written by layerscope study")
+        for d in doc["studies"]:
+            d = {k: v for k, v in d.items() if k != "kind"}
+            d["verdict"] = verdict(d["verdict"])
+            out.append(StudyResult(**d))
+    return out
+
+
 def _md_cell(x) -> str:
     return str(x).replace("|", "\\|")
 

@@ -113,6 +113,8 @@ def train_once(spec: str | nn.Module, data: str, *, seed: int, epochs: int, work
 
     t0 = time.perf_counter()
     diverged = False
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)        # small networks: a second thread only adds synchronisation
     with contextlib.redirect_stderr(io.StringIO()):     # the monitor's per-layer warnings
         try:
             res = train(module, train_part, eval_data=test_part, out_dir=out, epochs=epochs, lr=lr,
@@ -121,6 +123,8 @@ def train_once(spec: str | nn.Module, data: str, *, seed: int, epochs: int, work
                         freeze=freeze)
         except NonFiniteLossError as exc:     # a diverged run is an outcome, not an error
             res, diverged = exc.result, True
+        finally:
+            torch.set_num_threads(threads)
     seconds = time.perf_counter() - t0
     return Run(spec=name or (spec if isinstance(spec, str) else type(spec).__name__), seed=seed,
                module=module, history=res.history, steps=res.steps, seconds=seconds,
