@@ -101,3 +101,14 @@ def test_bad_input():
         ablate(lm, IDS[:1], how="resample", batch_size=1)
     with pytest.raises(LayerscopeError, match="unknown layer part 'neurons'"):
         ablate(lm, IDS, parts="neurons")
+
+
+def test_result_summary_table_and_plot():
+    import matplotlib.pyplot as plt
+
+    res = ablate(llama(), IDS, how="zero", batch_size=4)
+    assert res.summary().startswith("perplexity intact ")
+    rows = res.table()
+    assert rows[0]["site"] == "0" and set(rows[0]) == {"site", "part", "zero", "remove"}
+    assert res.effect("zero") == [v - res.baseline for v in res.values["zero"]]
+    plt.close(res.plot())

@@ -107,3 +107,11 @@ def test_bad_input():
         attribute(llama(), IDS, method="saliency")
     with pytest.raises(LayerscopeError, match="gradcam is for convolutional blocks"):
         attribute(llama(), IDS, method="gradcam")
+
+
+def test_text_result_plot_and_summary():
+    import matplotlib.pyplot as plt
+
+    res = attribute(llama(), IDS, target=3, n_steps=8)
+    assert "completeness" in res.summary()
+    plt.close(res.plot())

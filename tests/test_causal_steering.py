@@ -78,3 +78,12 @@ def test_bad_input():
         steer(lm, A[:1], B, EVAL)
     with pytest.raises(LayerscopeError, match="no steering vector for block 1"):
         steer(lm, A, B, EVAL, layers="1", vectors={"0": torch.zeros(16)})
+
+
+def test_result_summary_and_plot():
+    import matplotlib.pyplot as plt
+
+    res = steer(llama(), A, B, EVAL, alphas=[2.0])
+    assert res.summary().startswith("steering 3 blocks x 1 strengths: block ")
+    assert res.to_dict()["kind"] == "SteerResult"
+    plt.close(res.plot())
