@@ -855,6 +855,11 @@ def _data_is_classification(data) -> bool:
         raise LayerscopeError("the data has no labels; choose a probing task (length, bigram-shift, sentiment) or labelled data")
     if len(labels) != len(data):
         raise LayerscopeError(f"the data has {len(data)} items but {len(labels)} labels; give one label per item")
+    if torch.as_tensor(labels).dim() != 1:
+        raise LayerscopeError(
+            f"a probe needs one label per item; the data's labels have shape "
+            f"{tuple(torch.as_tensor(labels).shape)} (one per position, as for language modelling); "
+            "use data with one label per item or a probing task (--task)")
     task = getattr(data, "task", None)
     if task in ("classification", "regression"):
         return task == "classification"
