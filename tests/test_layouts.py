@@ -233,3 +233,28 @@ def test_the_scan_sees_a_special_case(tmp_path):
     bad.write_text("def f(m):\n    return m.lm_head if type(m).__name__.endswith('ForCausalLM') "
                    "else m.get_submodule('model.layers')\n")
     assert {name for _, name in _identifiers(bad)} == {"lm_head", "ForCausalLM", "model.layers"}
+
+
+def test_role_named_with_the_role_flag_and_the_lens_of_the_zoo_gpt():
+    from layerscope.analyses.lens import lens_logits
+    from layerscope.models import load_model
+
+    loaded = load_model("gpt:width=16,depth=2,heads=2")
+    x = torch.randint(0, 128, (2, 64), generator=torch.Generator().manual_seed(0))
+    names, logits = lens_logits(loaded, x)
+    assert names == ["embeddings", "blocks.0", "blocks.1"]
+    torch.testing.assert_close(logits[-1], loaded.module(x), atol=1e-5, rtol=1e-5)
+    mlp = load_model(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)))
+    assert output_head(mlp) is None
+    mlp.meta["roles"] = {"head": "2", "final_norm": "none"}
+    assert output_head(mlp) is mlp.module[2] and isinstance(final_norm(mlp), nn.Identity)
+    mlp.meta["roles"] = {"head": "9"}
+    with pytest.raises(LayerscopeError, match=r"--role head=9: Sequential has no module at that path"):
+        output_head(mlp)
+
+
+def test_cli_role_flag_errors_exit_2(capsys):
+    from layerscope.cli import main
+
+    assert main(["layers", "mlp:depth=2,width=8", "--role", "bogus"]) == 2
+    assert "--role 'bogus': write ROLE=PATH" in capsys.readouterr().err

@@ -76,7 +76,7 @@ def build_stack(model, blocks: str | None = None) -> Stack:
     task = infer_task(loaded)
     stack = Stack(loaded, lay.names(), [layer.module for layer in lay], task, layers=list(lay))
     if task == "causal-lm":
-        stack.norm, stack.head = final_norm(loaded.module), output_head(loaded.module)
+        stack.norm, stack.head = final_norm(loaded), output_head(loaded)
     return stack
 
 

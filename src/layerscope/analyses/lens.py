@@ -52,11 +52,12 @@ def lens_stack(model, blocks: str | None = None) -> Stack:
     if stack.task != "causal-lm" or stack.head is None:
         raise LayerscopeError(
             f"model {stack.loaded.ref!r} ({type(stack.module).__name__}) has no LM head: the logit "
-            f"lens needs a causal language model such as smollm2")
+            f"lens needs a causal language model such as smollm2 (name its head with --role "
+            f"head=PATH)")
     if stack.norm is None:
         raise LayerscopeError(
-            f"cannot find the final norm of {type(stack.module).__name__} (looked for "
-            f"model.norm, transformer.ln_f, ...); the logit lens needs it")
+            f"cannot find the final norm of {type(stack.module).__name__}, which the logit lens "
+            f"needs; name it with --role final_norm=PATH (or final_norm=none when it has none)")
     return stack
 
 

@@ -51,7 +51,13 @@ StackOpt = Annotated[
                  "vision_tower, language_model, encoder+decoder); `layerscope summary` lists them.",
                  show_default=False),
 ]
+RoleOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--role", help="Name a part layerscope cannot find, ROLE=PATH: final_norm=model.norm "
+                 "(or final_norm=none), head=lm_head. Repeatable.", show_default=False),
+]
 _STACK: ContextVar = ContextVar("layerscope_stack", default=None)
+_ROLES: ContextVar = ContextVar("layerscope_roles", default=None)
 
 
 def with_stack_option(fn):
@@ -62,21 +68,24 @@ def with_stack_option(fn):
         return fn
 
     @functools.wraps(fn)
-    def command(*args, stack: str | None = None, **kwargs):
-        token = _STACK.set(stack)
+    def command(*args, stack: str | None = None, role: list[str] | None = None, **kwargs):
+        token, roles = _STACK.set(stack), _ROLES.set(role)
         try:
             return fn(*args, **kwargs)
         finally:
             _STACK.reset(token)
+            _ROLES.reset(roles)
 
     hints = typing.get_type_hints(fn, include_extras=True)  # string annotations -> objects
     params = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in sig.parameters.values()]
     at = [p.name for p in params].index("blocks") + 1
     params.insert(at, inspect.Parameter("stack", inspect.Parameter.KEYWORD_ONLY, default=None,
                                         annotation=StackOpt))
+    params.insert(at + 1, inspect.Parameter("role", inspect.Parameter.KEYWORD_ONLY, default=None,
+                                            annotation=RoleOpt))
     params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in params]
     command.__signature__ = sig.replace(parameters=params)
-    command.__annotations__ = {**hints, "stack": StackOpt}
+    command.__annotations__ = {**hints, "stack": StackOpt, "role": RoleOpt}
     return command
 
 
@@ -140,7 +149,30 @@ def model_from_cli(ref: str, blocks: str | None = None, input_shape: str | tuple
     stack = stack or _STACK.get()
     if stack:
         model.meta["stack"] = stack
+    roles = _ROLES.get()
+    if roles:
+        model.meta["roles"] = parse_roles(roles)
     return model
+
+
+def parse_roles(items) -> dict[str, str]:
+    """``["head=lm_head", "final_norm=none"]`` -> ``{"head": "lm_head", "final_norm": "none"}``.
+
+    Example:
+        >>> parse_roles(["head=lm_head"])
+        {'head': 'lm_head'}
+    """
+    from layerscope.errors import LayerscopeError
+    from layerscope.layouts import NAMED_ROLES
+
+    out = {}
+    for item in items:
+        name, sep, path = str(item).partition("=")
+        if not sep or name.strip() not in NAMED_ROLES or not path.strip():
+            raise LayerscopeError(f"--role {item!r}: write ROLE=PATH with ROLE one of "
+                                  f"{', '.join(NAMED_ROLES)}, e.g. --role head=lm_head")
+        out[name.strip()] = path.strip()
+    return out
 
 
 def out_file(path, force: bool = False, suffixes: tuple = ()):

@@ -24,7 +24,7 @@ from .roles import (BLOCK_FAMILIES, DEPTH_KEYS, FFN_WIDTH_KEYS, AttentionParts, 
                     attention_parts, block_norms, block_roles, depth_key, embeddings,
                     ffn_parts, final_norm, final_norm_absent, infer_task, mixer_parts,
                     MixerParts, output_head, task_of_class_name, is_transposed_linear,
-                    set_head_counts, config_head_counts)
+                    set_head_counts, config_head_counts, role_override, NAMED_ROLES)
 
 __all__ = ["Stack", "find_stacks", "default_stacks", "pick_stacks", "BlockRef", "Found", "REGISTRY", "RNN_TYPES", "STACK_NAMES", "find_layout",
            "explicit_blocks", "role_of", "counts_as_sublayer", "has_params",
@@ -33,4 +33,4 @@ __all__ = ["Stack", "find_stacks", "default_stacks", "pick_stacks", "BlockRef", 
            "depth_key", "depth_keys", "require", "block_family", "BlockFamily",
            "BLOCK_FAMILIES", "DEPTH_KEYS", "FFN_WIDTH_KEYS", "mixer_parts", "MixerParts",
            "final_norm_absent", "task_of_class_name", "is_transposed_linear",
-           "set_head_counts", "config_head_counts"]
+           "set_head_counts", "config_head_counts", "role_override", "NAMED_ROLES"]

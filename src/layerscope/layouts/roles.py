@@ -585,6 +585,37 @@ def _module_of(model):
     raise LayerscopeError(f"expected an nn.Module or a LoadedModel; got {type(model).__name__}")
 
 
+#: roles a user can name with ``--role ROLE=PATH`` (kept in a LoadedModel's ``meta["roles"]``)
+NAMED_ROLES = ("final_norm", "head")
+
+
+def role_override(model, role: str) -> nn.Module | None:
+    """The module a LoadedModel's ``meta["roles"]`` names for ``role`` (``--role head=lm_head``;
+    ``final_norm=none`` is an identity), or None when it names none.
+
+    Example:
+        >>> from torch import nn
+        >>> from layerscope.models import load_model
+        >>> loaded = load_model(nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 3)))
+        >>> loaded.meta["roles"] = {"head": "1"}
+        >>> role_override(loaded, "head").out_features
+        3
+    """
+    if isinstance(model, nn.Module):
+        return None
+    path = ((getattr(model, "meta", None) or {}).get("roles") or {}).get(role)
+    if not path:
+        return None
+    if role == "final_norm" and str(path).lower() == "none":
+        return nn.Identity()
+    module = _module_of(model)
+    try:
+        return module.get_submodule(path)
+    except AttributeError:
+        raise LayerscopeError(f"--role {role}={path}: {type(module).__name__} has no module at "
+                              f"that path; name a dotted module path such as 'lm_head'") from None
+
+
 def _path_of(model: nn.Module, target: nn.Module) -> str | None:
     for path, sub in model.named_modules():
         if sub is target:
@@ -654,6 +685,9 @@ def output_head(model, found=None) -> nn.Module | None:
         >>> output_head(lm) is lm.head
         True
     """
+    named = role_override(model, "head")
+    if named is not None:
+        return named
     module = _module_of(model)
     getter = getattr(module, "get_output_embeddings", None)
     try:
@@ -697,6 +731,9 @@ def final_norm(model, found=None) -> nn.Module | None:
         >>> final_norm(lm) is lm.model.norm
         True
     """
+    named = role_override(model, "final_norm")
+    if named is not None:
+        return named
     module = _module_of(model)
     found = _found(module, found)
     owners = []
@@ -846,16 +883,28 @@ def depth_key(config, n: int) -> str | None:
     return keys[0] if keys else None
 
 
-def require(role: str, value, model, flag: str):
-    """``value`` if found, else a one-line LayerscopeError naming the role and the flag to pass."""
+def require(role: str, value, model, needed_by: str = "this analysis"):
+    """``value`` if found, else a one-line LayerscopeError naming the role and the flag that
+    supplies it (``--role ROLE=PATH``).
+
+    Example:
+        >>> from torch import nn
+        >>> require("head", None, nn.Linear(2, 2), "the logit lens")
+        Traceback (most recent call last):
+        ...
+        layerscope.errors.LayerscopeError: cannot find the head of Linear, which the logit lens needs; name it with --role head=PATH (a dotted module path)
+    """
     if value is None:
         name = type(_module_of(model)).__name__
-        raise LayerscopeError(f"cannot find the {role} of {name}; name it with {flag}")
+        extra = " or final_norm=none when it has none" if role == "final_norm" else ""
+        raise LayerscopeError(f"cannot find the {role.replace('_', ' ')} of {name}, which "
+                              f"{needed_by} needs; name it with --role {role}=PATH (a dotted "
+                              f"module path{extra})")
     return value
 
 
 __all__ = ["AttentionParts", "FFNParts", "BlockRoles", "BlockFamily", "BLOCK_FAMILIES",
-           "MixerParts", "mixer_parts", "final_norm_absent", "task_of_class_name",
+           "MixerParts", "mixer_parts", "final_norm_absent", "role_override", "NAMED_ROLES", "task_of_class_name",
            "is_transposed_linear", "set_head_counts", "config_head_counts", "HEAD_KEYS",
            "attention_parts", "ffn_parts", "block_norms", "block_roles", "block_family",
            "final_norm", "output_head", "embeddings", "infer_task", "depth_key", "depth_keys",
