@@ -215,3 +215,41 @@ def test_studies_page_renders_in_a_browser(tmp_path):
     assert not check.console_errors and not check.page_errors and not check.requests
     assert check.sections == ["s0", "s1"] and check.charts == check.charts_rendered == 2
     assert not check.injected
+
+
+def test_merge_reads_back_what_was_written(tmp_path):
+    from layerscope.studies.common import StudyResult, combine
+    from layerscope.studies.page import load_results, write_outputs
+
+    parts = {"a": threshold_rule(mean_interval([0.3, 0.31, 0.29], what="gain")),
+             "b": threshold_rule(mean_interval([-0.3, -0.31, -0.29], what="loss"))}
+    r = StudyResult("demo", "Demo", "x", "seed", "anchor", "ran", ["a"], [["1"]], None, combine(parts),
+                    seconds=3.0, cpu_seconds=2.0)
+    write_outputs([r], tmp_path)
+    back = load_results([tmp_path / "results.json"])[0]
+    assert back.verdict.verdict == "mixed" and back.verdict.parts["b"].verdict == "refuted"
+    assert back.to_dict() == r.to_dict()
+    with pytest.raises(LayerscopeError, match="not a results.json"):
+        (tmp_path / "x.json").write_text('{"format": "other"}')
+        load_results([tmp_path / "x.json"])
+
+
+def test_halving_an_mlp_keeps_the_units_that_carry_the_output():
+    import torch
+
+    from layerscope import zoo
+    from layerscope.studies.halving_width import halve_mlp
+
+    torch.manual_seed(0)
+    net = zoo.build("mlp:depth=2,width=8").eval()
+    with torch.no_grad():                  # units 4-7 of both hidden layers are dead: zero weights in and out
+        for block in net.blocks:
+            block.linear.weight[4:] = 0
+            block.linear.bias[4:] = 0
+        net.blocks[1].linear.weight[:, 4:] = 0
+        net.head.weight[:, 4:] = 0
+    small = halve_mlp(net)
+    x = torch.randn(5, 64)
+    assert small.blocks[0].linear.out_features == 4 and small.head.in_features == 4
+    assert torch.allclose(small(x), net(x), atol=1e-6)
+    assert net.blocks[0].linear.out_features == 8           # the original is untouched
