@@ -12,15 +12,19 @@ def layers_data(lay) -> dict:
     """The JSON of ``layerscope layers --json`` for a :class:`~layerscope.layers.Layers`."""
     return {"model": type(lay.model).__name__, "family": lay.family,
             "granularity": lay.granularity, "count": len(lay), "rule": lay.rule,
-            "layers": [{"index": l.index, "name": l.name, "role": l.role, "kind": l.kind}
-                       for l in lay]}
+            "stack": lay.stack,
+            "stacks": [{"name": s.name, "paths": list(s.paths), "blocks": len(s.blocks),
+                        "kind": s.kind, "modality": s.modality} for s in lay.stacks],
+            "layers": [{"index": l.index, "name": l.name, "role": l.role, "kind": l.kind,
+                        "stack": l.stack} for l in lay]}
 
 
 def layers_table(lay):
     """A rich table: index, name, role and class of every layer."""
     from rich.table import Table
 
-    table = Table(title=f"{type(lay.model).__name__}: {len(lay)} {lay.granularity}")
+    where = f" of stack {lay.stack}" if len(lay.stacks) > 1 else ""
+    table = Table(title=f"{type(lay.model).__name__}: {len(lay)} {lay.granularity}{where}")
     for column, justify in (("#", "right"), ("name", "left"), ("role", "left"), ("kind", "left")):
         table.add_column(column, justify=justify)
     for layer in lay:
