@@ -265,7 +265,7 @@ def _exit_on_import(folder):
 
 
 BAD_LOADS = [
-    ("truncated safetensors", _truncated, None, "could not load"),
+    ("truncated safetensors", _truncated, None, "model.safetensors is unreadable"),
     ("pickle-only folder", _pickle_only, None, "only pickled weights"),
     ("missing weights", _missing_head, None, "--allow-missing-weights"),
     ("config not a mapping",

@@ -72,8 +72,14 @@ def load_hf(source: str, *, ref: str, trust_remote_code: bool = False, dtype=Non
 
 def _check_weight_files(folder: Path, ref: str) -> None:
     """A local folder must hold safetensors weights; pickled ones are never loaded."""
-    if any(folder.glob("*.safetensors")) or (folder / "model.safetensors.index.json").is_file():
+    weights = sorted(folder.glob("*.safetensors"))
+    if weights:
+        for file in weights:
+            _check_safetensors(file, ref)
         return
+    if (folder / "model.safetensors.index.json").is_file():
+        raise LayerscopeError(f"folder {ref!r} lists its weights in model.safetensors.index.json "
+                              f"but holds none of the shards; copy the whole model folder")
     pickled = sorted(p.name for p in folder.iterdir() if p.suffix in _PICKLE_SUFFIXES)
     if pickled:
         raise LayerscopeError(
@@ -82,6 +88,31 @@ def _check_weight_files(folder: Path, ref: str) -> None:
             f"trust it and save_pretrained(..., safe_serialization=True))")
     raise LayerscopeError(f"folder {ref!r} has a config.json but no *.safetensors weights; "
                           f"pass a complete model folder")
+
+
+def _check_safetensors(file: Path, ref: str) -> None:
+    """A weights file whose header or size does not add up (cut short, not safetensors) is one line."""
+    import json
+    import struct
+
+    size = file.stat().st_size
+    problem = None
+    try:
+        with open(file, "rb") as fh:
+            head = fh.read(8)
+            n = struct.unpack("<Q", head)[0] if len(head) == 8 else None
+            if n is None or n > size - 8:
+                problem = "its header is cut short"
+            else:
+                header = json.loads(fh.read(n))
+                ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+                if 8 + n + max(ends, default=0) > size:
+                    problem = f"it is cut short ({size:,} of {8 + n + max(ends):,} bytes)"
+    except (OSError, ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError):
+        problem = "it is not a safetensors file"
+    if problem:
+        raise LayerscopeError(f"the weights of {ref!r} are damaged: {file.name} is unreadable "
+                              f"({problem}); copy or save the model again")
 
 
 def _check_loading_info(info: dict, ref: str, name: str, allow: bool) -> None:

@@ -375,7 +375,7 @@ def parse_input_shape(text: str) -> tuple[int, ...]:
         >>> parse_input_shape("1,28,28")
         (1, 28, 28)
     """
-    parts = [p for p in re.split(r"[,x\s]+", text.strip().strip("()[]")) if p]
+    parts = [p for p in re.split(r"[,\s]+|(?<=\d)x(?=\d)", text.strip().strip("()[]")) if p]
     try:
         dims = tuple(int(p) for p in parts)
     except ValueError:

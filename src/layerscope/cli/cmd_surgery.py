@@ -35,7 +35,9 @@ BatchOpt = Annotated[int, typer.Option("--batch-size", "-b", help="Items per for
 NoMeasureOpt = Annotated[bool, typer.Option("--no-measure", help="Save without measuring before/after.")]
 
 
-def _dataset(ref: str | None, limit: int | None):
+def _dataset(ref: str | None, limit: int | None, model=None):
+    """DATA loaded (``None`` when not given) and, with ``model``, checked to fit it before any
+    surgery is done or saved."""
     if ref is None:
         return None
     from layerscope.errors import LayerscopeError
@@ -44,7 +46,10 @@ def _dataset(ref: str | None, limit: int | None):
         from layerscope.data import load_dataset
     except ImportError as exc:
         raise LayerscopeError("datasets are not available in this install; reinstall layerscope") from exc
-    return load_dataset(ref, limit=limit)
+    dataset = load_dataset(ref, limit=limit)
+    if model is not None and len(dataset):
+        model.encode(dataset.items[:2])  # wrong kind of data: one line now, not after the save
+    return dataset
 
 
 def _folder(model: str) -> Path | None:
@@ -108,7 +113,7 @@ def drop_command(
                             trust_remote_code=trust_remote_code,
                             allow_missing_weights=allow_missing_weights)
     check_output(out, source=source_path(loaded), overwrite=overwrite)
-    dataset = _dataset(data, limit)
+    dataset = _dataset(data, limit, loaded)
     if auto is not None:
         if dataset is None:
             raise LayerscopeError("--auto chooses blocks from data: pass --data (e.g. --data sentences)")
@@ -168,7 +173,7 @@ def prune_command(
     loaded = model_from_cli(model, blocks=blocks, input_shape=input_shape,
                             trust_remote_code=trust_remote_code,
                             allow_missing_weights=allow_missing_weights)
-    dataset = _dataset(data, limit)
+    dataset = _dataset(data, limit, loaded)
     if sensitivity:
         from layerscope.surgery import prune_sensitivity
 
@@ -224,9 +229,10 @@ def quantize_command(
                             trust_remote_code=trust_remote_code,
                             allow_missing_weights=allow_missing_weights)
     check_output(out, source=source_path(loaded), overwrite=overwrite)
+    dataset = _dataset(data, limit, loaded)
     q = quantize(loaded, parse_layers(layers), blocks=blocks)
     path = save_quantized(q, out, overwrite=overwrite)
-    result = _measured(loaded, q.loaded, _dataset(data, limit), operation="quantize int8",
+    result = _measured(loaded, q.loaded, dataset, operation="quantize int8",
                        out=path, changes={"quantized": q.quantized, "skipped": q.skipped},
                        batch_size=batch_size, limit=limit, no_measure=no_measure,
                        bytes_after=folder_bytes(path))
@@ -270,7 +276,7 @@ def early_exit_command(
     loaded = model_from_cli(model, blocks=blocks, input_shape=input_shape,
                             trust_remote_code=trust_remote_code,
                             allow_missing_weights=allow_missing_weights)
-    dataset = _dataset(data, limit)
+    dataset = _dataset(data, limit, loaded)
     items, labels = dataset.items, dataset.labels
     if binarize is not None and labels is not None:
         labels = (labels.float() > binarize).long()
