@@ -282,17 +282,20 @@ def mean_outputs(stack: Stack, data, blocks: Sequence[int], *, batch_size: int =
 def run_removals(stack: Stack, data, sets: Sequence[tuple[int, ...]] | None, *, batch_size: int = 16,
                  max_length: int | None = 128, limit: int | None = None, method: str = "auto",
                  reducers: Sequence[Reducer] = (), progress: bool = False,
-                 ablate: dict[int, Tensor] | None = None) -> dict:
+                 ablate=None) -> dict:
     """Evaluate the objective with each set of blocks removed, in one pass over the data.
 
     ``sets=None`` removes each removable block (one that keeps its input's shape) on its own, and
-    each block in ``ablate`` (block -> its mean output) by mean ablation. Returns
+    each block in ``ablate`` (block -> its mean output) by mean ablation; ``ablate`` may be a
+    function of the shape-changing blocks' indices giving that mapping, called only when the
+    first batch shows some (so residual models pay no extra pass). Returns
     ``{"objective", "values": {set: {...}}, "baseline": {...}, "method", "n_items", "seconds",
     "block_calls", "removable"}``; ``reducers`` are fed each batch's block inputs and outputs.
     """
     if method not in ("auto", "prefix", "naive"):
         raise LayerscopeError(f"unknown method {method!r}; use auto, prefix or naive")
-    ablate = dict(ablate or {})
+    means_of = ablate if callable(ablate) else None
+    ablate = {} if means_of is not None else dict(ablate or {})
     L = len(stack.blocks)
     for s in sets or ():
         if not s or any(not 0 <= i < L for i in s):
@@ -310,6 +313,9 @@ def run_removals(stack: Stack, data, sets: Sequence[tuple[int, ...]] | None, *, 
             rec = record_forward(stack, enc)
             if keep is None:
                 keep = rec.removable()
+                fixed = [i for i, ok in enumerate(keep) if not ok]
+                if means_of is not None and fixed and sets is None:
+                    ablate = dict(means_of(fixed))
                 sets = _removable_sets(stack, rec, keep, sets, ablate)
                 bar = _removal_bar(data, limit, enc.size, batch_size, len(sets), progress)
             if use_prefix is None:
@@ -369,14 +375,6 @@ def _removable_sets(stack: Stack, rec: Recorded, keep: list[bool], sets,
                 f"block {stack.names[i]!r} maps {tuple(rec.block_input(i).shape)} to "
                 f"{tuple(rec.outs[i].shape)}; only blocks that keep the shape can be removed")
     return list(sets)
-
-
-def _first_record(stack: Stack, data, *, batch_size, max_length, limit) -> Recorded:
-    with evaluating(stack.loaded), torch.inference_mode():
-        for enc, _ in iter_batches(stack.loaded, data, batch_size=batch_size,
-                                   max_length=max_length, limit=limit):
-            return record_forward(stack, prepare(stack, enc))
-    raise LayerscopeError("the data is empty; pass at least one item")
 
 
 # --- results -------------------------------------------------------------------------------------
@@ -565,15 +563,16 @@ def layer_importance(model, data, *, blocks: str | None = None, batch_size: int 
     stack = build_stack(model, blocks)
     L = len(stack.blocks)
     means: dict[int, Tensor] = {}
-    if ablate:
-        first = _first_record(stack, data, batch_size=batch_size, max_length=max_length, limit=limit)
-        fixed = [i for i, ok in enumerate(first.removable()) if not ok]
-        if fixed:
-            means = mean_outputs(stack, data, fixed, batch_size=batch_size, max_length=max_length,
-                                 limit=limit, progress=progress)
+
+    def means_of(fixed: list[int]) -> dict[int, Tensor]:
+        means.update(mean_outputs(stack, data, fixed, batch_size=batch_size, max_length=max_length,
+                                  limit=limit, progress=progress))
+        return means
+
     bi, ad = BlockInfluence(), AngularDistance(view=view or "auto")
     run = run_removals(stack, data, None, batch_size=batch_size, max_length=max_length, limit=limit,
-                       method=method, reducers=[bi, ad], progress=progress, ablate=means)
+                       method=method, reducers=[bi, ad], progress=progress,
+                       ablate=means_of if ablate else None)
     keep = run["removable"]
     nan = float("nan")
     values = [run["values"].get((i,), {}) for i in range(L)]
