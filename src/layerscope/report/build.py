@@ -513,8 +513,7 @@ def build_report(model="minilm", data=None, out_dir="layerscope-report", *, limi
         raise LayerscopeError(f"--importance-items must be at least 2; got {importance_items}")
     check_out_dir(out_dir, force=force)
     t0 = time.perf_counter()
-    # load, anatomy, main pass, bigram shift, removal, (lens), training history, write
-    stages = Stages(progress, total=8)
+    stages = Stages(progress)
     with stages.stage("load", str(model) if isinstance(model, str) else type(model).__name__):
         loaded = load_model(model, input_shape=input_shape, trust_remote_code=trust_remote_code,
                             allow_missing_weights=allow_missing_weights)
@@ -526,17 +525,21 @@ def build_report(model="minilm", data=None, out_dir="layerscope-report", *, limi
         if len(dataset) < 4:
             raise LayerscopeError(f"data {data_name!r} has {len(dataset)} items; a report needs at least 4")
         _check_fits(loaded, dataset, max_length)
+        # load, anatomy, main pass, bigram shift, probe fits, removal, (lens), training, write
+        stages.total = 9 if loaded.task == "causal-lm" else 8
     out = prepare_out_dir(out_dir, force=force)
     run = _Run(loaded, dataset, data_name, stages, batch_size, max_length, seed)
     with stages.optional("anatomy"):
         _anatomy(run)
-    with stages.stage("main pass", f"{len(dataset)} items of {data_name}"):
+    with stages.stage("main pass", f"{len(dataset):,} items of {data_name}"):
         _main_pass(run)
-    with stages.optional("bigram-shift probe", f"{min(BIGRAM_ITEMS, len(dataset))} perturbed items"):
+    texts = isinstance(dataset.items, list)
+    with stages.optional("bigram-shift probe", f"{min(BIGRAM_ITEMS, len(dataset)):,} perturbed items"
+                         if texts else "(text only; skipped)"):
         run.probes += _bigram_shift(run, BIGRAM_ITEMS)
-    _probe_results(run, run.probes)
+    with stages.stage("probe fits", f"{len(run.probes)} tasks × {len(run.layers)} layers"):
+        _probe_results(run, run.probes)
     causal = loaded.task == "causal-lm"
-    stages.total = 8 if causal else 7
     with stages.optional("layer removal", f"{min(importance_items, len(dataset))} items"):
         _importance(run, importance_items, curve=causal)
     if causal:

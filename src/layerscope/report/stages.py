@@ -23,6 +23,7 @@ class Stages:
         self.progress = progress
         self.total = total
         self.count = 0
+        self._depth = 0
         self.seconds: dict[str, float] = {}
         self.skipped: dict[str, str] = {}
         self._console = None
@@ -39,14 +40,18 @@ class Stages:
     def stage(self, name: str, detail: str = ""):
         from rich.markup import escape
 
-        self.count += 1
-        step = f"[{self.count}/{max(self.total, self.count)}] " if self.total else ""
-        self.say(f"[bold]▸ {escape(step)}{escape(name)}[/bold]"
+        nested = self._depth > 0   # a part of a stage (e.g. similarity inside the main pass)
+        if not nested:
+            self.count += 1
+        step = (f"[{self.count}/{max(self.total, self.count)}] " if self.total and not nested else "")
+        self.say(("  " if nested else "") + f"[bold]▸ {escape(step)}{escape(name)}[/bold]"
                  + (f" [dim]{escape(detail)}[/dim]" if detail else ""))
         t0 = time.perf_counter()
+        self._depth += 1
         try:
             yield
         finally:
+            self._depth -= 1
             took = time.perf_counter() - t0
             self.seconds[name] = self.seconds.get(name, 0.0) + took
             if took >= 1.0:
