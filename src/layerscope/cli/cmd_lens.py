@@ -82,6 +82,8 @@ def lens_command(
                    f"{res.top1_agreement[i]:>7.3f}")
     if res.top_tokens is not None:
         typer.echo(f"top-1 next token per layer for: {res.prompt!r}")
+        if res.prompt_tokens:  # columns headed by the prompt token each prediction follows
+            typer.echo(f"  {'after token:':<24} " + " | ".join(repr(t) for t in res.prompt_tokens))
         for i, name in enumerate(res.layers):
             cells = " | ".join(repr(pos[0]) for pos in res.top_tokens[i])
             typer.echo(f"  {name:<24} {cells}")
