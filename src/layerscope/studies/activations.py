@@ -14,7 +14,7 @@ from .common import (Settings, check_model, combine, diff_interval, make_result,
 from .training import build, constant_units, first_value, split, train_once
 
 ACTIVATIONS = ("relu", "gelu", "tanh", "sigmoid")
-LR = 0.05
+LR = 1e-3
 
 
 def network(depth: int, width: int, act: str, seed: int) -> nn.Module:
@@ -36,7 +36,7 @@ def activations(s: Settings):
     model = s.model or "mlp"
     check_model("activations", model, ("mlp",), "zoo MLPs (mlp), whose activation can be swapped")
     data = s.data or "digits"
-    depth, width, epochs = s.pick(10, 20), s.pick(32, 64), s.pick(2, 8)
+    depth, width, epochs = s.pick(10, 20), s.pick(32, 64), s.pick(3, 8)
     seeds = seed_list(s)
     first, last = "blocks.0.linear", f"blocks.{depth - 1}.linear"
     stats = {a: {"ratio": [], "acc": [], "dead": [], "first": []} for a in ACTIVATIONS}
@@ -44,7 +44,7 @@ def activations(s: Settings):
         _, test_part = split(data, seed)
         for act in ACTIVATIONS:
             run = train_once(network(depth, width, act, seed), data, seed=seed, epochs=epochs,
-                             workdir=s.workdir, lr=LR, optimizer="sgd", monitor_every=5, name=act)
+                             workdir=s.workdir, lr=LR, optimizer="adam", monitor_every=5, name=act)
             per_epoch = max(1, run.steps // max(len(run.history), 1))
             g0 = first_value(run.grads.get(first, []), per_epoch)
             gl = first_value(run.grads.get(last, []), per_epoch)
@@ -74,8 +74,8 @@ def activations(s: Settings):
     return make_result(
         "activations",
         experiment=(f"MLP with {depth} hidden layers of width {width} on {data}, one network per "
-                    f"activation ({', '.join(ACTIVATIONS)}), default PyTorch initialisation; SGD "
-                    f"(momentum 0.9, lr {LR}), {epochs} epochs, {len(seeds)} seeds. Gradient flow: median "
+                    f"activation ({', '.join(ACTIVATIONS)}), default PyTorch initialisation; Adam "
+                    f"(lr {LR:g}), {epochs} epochs, {len(seeds)} seeds. Gradient flow: median "
                     f"over epoch 1 of the ratio of layer 0's to layer {depth - 1}'s gradient norm (training "
                     f"monitor)."),
         columns=["activation", "layer-0 / last gradient ratio", "layer-0 gradient norm",
