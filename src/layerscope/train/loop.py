@@ -97,7 +97,7 @@ def train(model, data, *, out_dir, epochs: int = 5, batch_size: int = 64, lr: fl
     gradient) was not finite; the checkpoints written before it are kept.
     """
     _check_settings(epochs, batch_size, lr, optimizer, monitor_every, clip_grad, patience,
-                    save_every)
+                    save_every, weight_decay, lr_decay)
     started = time.perf_counter()
     out = check_run_dir(out_dir, force=force, resume=resume)
     state = read_state(out) if resume else None
@@ -140,7 +140,6 @@ def train(model, data, *, out_dir, epochs: int = 5, batch_size: int = 64, lr: fl
         plan = plan_freezing(module, freeze=freeze, freeze_bn=freeze_bn)
         run = _Runner(module, obj, info, dev, max_length)
         _check_fit(run, prepared, obj, batch_size)
-        out = claim_run_dir(out, force=force, resume=resume)   # files appear from here on
         obj.module = module
         if task == "gan":
             if layer_lr or lr_decay:
@@ -152,6 +151,7 @@ def train(model, data, *, out_dir, epochs: int = 5, batch_size: int = 64, lr: fl
         else:
             groups = param_groups(module, lr, layer_lr=layer_lr, lr_decay=lr_decay)
             opt = _optimizer(optimizer, groups, lr, weight_decay)
+        out = claim_run_dir(out, force=force, resume=resume)   # files appear from here on
         if state is not None and state.get("monitor"):
             keep_first_bytes(out / "metrics.jsonl", state["monitor"]["metrics_bytes"])
         monitor = LayerMonitor(module, every=monitor_every, path=out / "metrics.jsonl",
@@ -308,7 +308,10 @@ def _device(module: nn.Module, device) -> torch.device:
     current = next(module.parameters()).device
     if device is None:
         return current
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise LayerscopeError(f"unknown device {device!r}; use cpu or cuda (cuda:0, ...)") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise LayerscopeError(f"device {device!r} is not available here; use device='cpu'")
     if dev != current:
@@ -317,7 +320,7 @@ def _device(module: nn.Module, device) -> torch.device:
 
 
 def _check_settings(epochs, batch_size, lr, optimizer, monitor_every, clip_grad, patience,
-                    save_every=None):
+                    save_every=None, weight_decay=0.0, lr_decay=None):
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
         if not isinstance(value, int) or value <= 0:
             raise LayerscopeError(f"{name}={value!r} must be a whole number of at least 1")
@@ -331,6 +334,10 @@ def _check_settings(epochs, batch_size, lr, optimizer, monitor_every, clip_grad,
         raise LayerscopeError(f"clip_grad={clip_grad!r} must be above 0, e.g. 1.0")
     if patience is not None and patience < 1:
         raise LayerscopeError(f"patience={patience} must be at least 1 epoch")
+    if not weight_decay >= 0:
+        raise LayerscopeError(f"weight_decay={weight_decay!r} must be 0 or above, e.g. 0.01")
+    if lr_decay is not None and not 0 < lr_decay <= 1:
+        raise LayerscopeError(f"lr_decay={lr_decay!r} must lie in (0, 1], e.g. 0.8")
     if save_every is not None and (not isinstance(save_every, int) or save_every < 0):
         raise LayerscopeError(f"save_every={save_every!r} must be 0 (epoch ends only) or a "
                               f"number of steps")
