@@ -14,8 +14,8 @@ output head, attention, feed-forward) were found.
 The reference is independent of layerscope: the block lists are the ``nn.ModuleList``s whose
 length is a layer count the config declares (``num_hidden_layers``, ``n_layer``,
 ``encoder_layers``...). The default should be the lists of the *primary* config: the top-level
-config, or for a multi-modal model (a ``text_config`` beside vision/audio configs) the text
-config; for an encoder-decoder (``is_encoder_decoder``) the lists of its encoder and decoder
+config when it declares a layer count, else (a multi-modal model whose ``text_config`` sits
+beside vision/audio configs) the text config; for an encoder-decoder (``is_encoder_decoder``) the lists of its encoder and decoder
 configs; lists inside a detector's backbone are never the default. Dual encoders (the forward
 computes ``logits_per_*`` and there is no LM head) have no default: layerscope should ask,
 naming the stacks.
@@ -145,9 +145,9 @@ def reference_lists(model, config) -> tuple[list[tuple[str, int, str]], list[str
                 cands.append((path, len(mod), by_len[len(mod)]))
     outer = [c for c in cands if not any(c[0].startswith(o[0] + ".") for o in cands if o is not c)]
     names = list(depths)
-    primary = ""
-    if "" not in depths or any(n in names for n in _TEXT_SUBCONFIGS):
-        primary = next((n for n in _TEXT_SUBCONFIGS if n in depths), "" if "" in depths else None)
+    primary = ""  # the model's own config when it declares a depth, else its text config
+    if "" not in depths:
+        primary = next((n for n in _TEXT_SUBCONFIGS if n in depths), None)
         if primary is None:
             primary = names[0] if names else ""
     if getattr(config, "is_encoder_decoder", False):  # both stacks, whichever config holds them
@@ -420,11 +420,15 @@ def write_markdown(rows: list[dict], path: Path, meta: dict, before: dict | None
              f"({meta['how']}); when the tiny config does not build, from the default config. "
              f"See the script's docstring for the reference and the rules.", "",
              "**Reference.** The block lists a person names: the `nn.ModuleList`s whose length is a "
-             "layer count the config declares (every count set to a different small number). The "
-             "default stack is right when its blocks are exactly the lists of the primary config "
-             "(the model's own, or its text config in a multi-modal model; both lists of an "
-             "encoder-decoder), and for a dual encoder (zero-shot image classification / object "
-             "detection models, CLAP) when layerscope asks which stack, naming them.", "",
+             "layer count the config declares (every count set to a different odd number from 9). "
+             "The default stack is right when its blocks are exactly the lists of the primary "
+             "config (the model's own when it declares a layer count, else its text config; the lists of "
+             "both configs of an encoder-decoder; a detector's backbone lists only when nothing "
+             "else is), and for a dual encoder (its forward computes `logits_per_*` and it has "
+             "no LM head) when layerscope asks which stack, naming them. A model with no list as "
+             "long as a declared count (CNNs declaring per-stage `depths`, for instance) has no "
+             "reference: it is counted in the first column as not right and left out of the "
+             "second.", "",
              "## Totals", "",
              "| population | models | built | default stack right (of built) | right where a reference exists | multi-tower: every tower listed | all four roles found | final norm | output head | attention | feed-forward |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -442,12 +446,16 @@ def write_markdown(rows: list[dict], path: Path, meta: dict, before: dict | None
               "the causal-LM row is the one the roles target (>= 95%) applies to.", ""]
     if before:
         lines += ["## Before this change", "",
-                  "The same script run on the discovery before named stacks (one merged block list):", "",
-                  "| population | built | default blocks right | all four roles |", "|---|---|---|---|"]
+                  "The script run on the discovery before named stacks (one block list, the "
+                  "largest stack plus its same-named twins; roles from the first roles API), "
+                  f"{meta.get('before_note', '')}", "",
+                  "| population | built | default stack right (of built) | right where a reference exists | all four roles found |",
+                  "|---|---|---|---|---|"]
         for mapping in ("base", "causal-lm", "all"):
             t = before.get(mapping)
             if t:
                 lines.append(f"| {mapping} | {t['built']} | {_pct(t['default_ok'], t['built'])} | "
+                             f"{_pct(t['default_ok_judged'], t['judged'])} | "
                              f"{_pct(t['roles_all'], t['built'])} |")
         lines.append("")
     lines += ["## TransformerLens, for comparison", "",
@@ -471,6 +479,14 @@ def write_markdown(rows: list[dict], path: Path, meta: dict, before: dict | None
               "| model | class | mapping | why |", "|---|---|---|---|"]
     for r in sorted(misses, key=lambda r: (r["model_type"], r["mapping"])):
         lines.append(f"| {r['model_type']} | {r['cls']} | {r['mapping']} | {_cell(r.get('why', '?'))} |")
+    unlisted = [r for r in rows if r.get("builds") and len(r.get("reference") or []) > 1
+                and not r.get("towers_listed")]
+    lines += ["", "## Every miss: multi-list models with a reference list that is not a stack", "",
+              "| model | class | reference lists | stacks found |", "|---|---|---|---|"]
+    for r in sorted(unlisted, key=lambda r: (r["model_type"], r["mapping"])):
+        refs = ", ".join(p for p, _, _ in r["reference"])
+        found = ", ".join(f"{n} ({'+'.join(ps)})" for n, ps, _, _ in (r.get("stacks") or []))
+        lines.append(f"| {r['model_type']} | {r['cls']} | {_cell(refs)} | {_cell(found)} |")
     role_miss = [r for r in rows if r.get("builds") and r["mapping"] == "causal-lm"
                  and (not r.get("roles") or not all(r["roles"].values()))]
     lines += ["", "## Every miss: roles of causal LMs", "",
@@ -495,11 +511,20 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds per model")
     ap.add_argument("--only", default="", help="comma list of model types")
+    ap.add_argument("--mapping", choices=("base", "causal-lm"), default=None,
+                    help="only this population (default: both)")
+    ap.add_argument("--part", default="1/1", help="I/N: only the I-th of N interleaved shares of "
+                    "the jobs (run N processes, then --markdown-only on their rows together)")
     ap.add_argument("--out", default=str(ROOT / "docs" / "COVERAGE.md"))
     ap.add_argument("--rows", default=str(ROOT / "build" / "coverage_rows.jsonl"),
                     help="per-model results, one JSON object a line")
     ap.add_argument("--before", default="", help="a rows file of an earlier run to compare with")
+    ap.add_argument("--before-note", default="", help="one sentence on how the earlier run differs")
     ap.add_argument("--no-markdown", action="store_true")
+    ap.add_argument("--seconds", type=float, default=0.0,
+                    help="with --markdown-only: how long the run that wrote --rows took")
+    ap.add_argument("--markdown-only", action="store_true",
+                    help="write the markdown from an existing --rows file without building models")
     ap.add_argument("--weights", action="store_true",
                     help="build with random weights on the CPU (default: on the meta device, "
                          "which holds the same modules without allocating or initialising weights)")
@@ -508,7 +533,25 @@ def main(argv=None) -> int:
     import layerscope.layers  # noqa: F401
 
     only = {t.strip() for t in args.only.split(",") if t.strip()} or None
-    jobs = population(only, args.weights)
+    if args.markdown_only:  # --rows may name several files, comma-separated
+        rows = [json.loads(x) for f in args.rows.split(",")
+                for x in Path(f).read_text().splitlines() if x.strip()]
+        before = None
+        if args.before and Path(args.before).exists():
+            before = summarise([json.loads(x) for x in Path(args.before).read_text().splitlines() if x.strip()])
+        how = Counter(r.get("how") for r in rows if r.get("builds"))
+        meta = {"date": time.strftime("%Y-%m-%d", time.gmtime()), "seconds": args.seconds,
+                "timeout": args.timeout, "before_note": args.before_note,
+                "how": ("random weights on the CPU" if args.weights else
+                        "on the meta device: the same modules and parameter shapes, no weights "
+                        "allocated, since layout and roles read structure only")
+                + "; " + ", ".join(f"{v} built {k}" for k, v in how.most_common())}
+        write_markdown(rows, Path(args.out), meta, before)
+        print(json.dumps(summarise(rows), indent=1))
+        return 0
+    jobs = [j for j in population(only, args.weights) if args.mapping in (None, j[0])]
+    part, parts = (int(x) for x in args.part.split("/"))
+    jobs = jobs[part - 1::parts]
     pool = Pool()
     rows, t0 = [], time.time()
     rows_path = Path(args.rows)
@@ -531,7 +574,7 @@ def main(argv=None) -> int:
     if not args.no_markdown:
         how = Counter(r.get("how") for r in rows if r.get("builds"))
         meta = {"date": time.strftime("%Y-%m-%d", time.gmtime()), "seconds": time.time() - t0,
-                "timeout": args.timeout,
+                "timeout": args.timeout, "before_note": args.before_note,
                 "how": ("random weights on the CPU" if args.weights else
                         "on the meta device: the same modules and parameter shapes, no weights "
                         "allocated, since layout and roles read structure only")

@@ -314,8 +314,10 @@ def find_stacks(model: nn.Module) -> list[Stack]:
     _name_stacks(stacks)
     mixing = [s for s in stacks if s.blocks and _has_mixer(s.blocks[0].module)]
     if mixing:
-        for s in stacks:  # a convolutional tower of another modality (ALIGN's image CNN) stays one
-            if s not in mixing and s.modality not in ("vision", "audio"):
+        towers = {m.paths[0].split(".")[0] for m in mixing}
+        for s in stacks:  # a convolutional tower of its own (ALIGN's image CNN) stays a tower
+            own_tower = s.modality in ("vision", "audio") and s.paths[0].split(".")[0] not in towers
+            if s not in mixing and not own_tower:
                 s.kind = "stem"
     return stacks
 
