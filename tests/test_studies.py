@@ -168,7 +168,8 @@ def test_dropout_study_runs_and_quotes_its_interval(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["skip-connections", "activations", "batch-norm", "similarity-across-seeds"])
+@pytest.mark.parametrize("name", ["skip-connections", "activations", "batch-norm", "similarity-across-seeds",
+                                  "width-vs-depth", "depthwise", "halving-width"])
 def test_training_studies_quick(name, tmp_path):
     r = run_study(name, workdir=str(tmp_path))
     assert r.seeds == 3 and r.rows and r.verdict.verdict in ("supported", "refuted", "mixed", "cannot tell")
@@ -176,10 +177,16 @@ def test_training_studies_quick(name, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["depth-represents", "prune-depth"])
+@pytest.mark.parametrize("name", ["depth-represents", "prune-depth", "lm-decides"])
 def test_model_studies_quick(name):
     r = run_study(name)
-    assert r.verdict.parts and all("[" in p.reason for p in r.verdict.parts.values())
+    quoted = [p.reason for p in r.verdict.parts.values()] or [r.verdict.reason]
+    assert all("[" in q for q in quoted)
+
+
+def test_lens_study_refuses_an_encoder():
+    with pytest.raises(LayerscopeError, match="does not apply to 'minilm'.*causal language models"):
+        run_study("lm-decides", model="minilm")
 
 
 def test_page_and_markdown_are_written(tmp_path):
