@@ -80,7 +80,8 @@ def study_command(
         results = load_results(from_)
         order = list(studies)
         results.sort(key=lambda r: order.index(r.name) if r.name in order else len(order))
-        _write(results, out, markdown_path, as_json, [])
+        missing = [f"{n}: no results given to this merge" for n in studies if n not in {r.name for r in results}]
+        _write(results, out, markdown_path, as_json, missing)
         return
     names = list(studies) if name == "all" else [name]
     if name != "all" and name not in studies:

@@ -139,7 +139,7 @@ def markdown(results: list[StudyResult], *, figures: dict[str, str], command: st
                   "roughly how many items or seeds would decide it. `--full` forms are larger versions of "
                   "the same experiments."]
     if failed:
-        lines += ["", "Failed in this run: " + "; ".join(failed) + "."]
+        lines += ["", "Not in this page: " + "; ".join(failed) + "."]
     for r in results:
         lines += ["", f"<a id=\"{r.name}\"></a>", f"## {r.title} (`layerscope study {r.name}`)", "",
                   f"**Claim.** {r.claim} *(source: {r.source})*", "",
