@@ -745,3 +745,11 @@ def test_interrupted_report_says_so_and_leaves_no_report(fx, tmp_path, capsys):
     assert "Traceback" not in err
     out_dir = tmp_path / "out"
     assert not (out_dir / "index.html").exists() and not (out_dir / "results.json").exists()
+
+
+def test_a_network_trained_from_a_factory_loads_back_when_trusted(runs, tmp_path, capsys):
+    """The other side of the refusal above: with --trust-remote-code the factory rebuilds it."""
+    code, out, err, changed = run_cli(["summary", f"{runs}/frun/best", "--trust-remote-code",
+                                       "--json"], tmp_path, capsys, [runs])
+    assert code == 0, err
+    assert json.loads(out) and not changed
