@@ -440,6 +440,19 @@ def write_markdown(rows: list[dict], path: Path, meta: dict, before: dict | None
             f"{_pct(t['roles_all'], t['built'])} | {_pct(t['role_final_norm'], t['built'])} | "
             f"{_pct(t['role_head'], t['built'])} | {_pct(t['role_attention'], t['built'])} | "
             f"{_pct(t['role_ffn'], t['built'])} |")
+    a, c = s["all"], s["causal-lm"]
+
+    def verdict(ok, total, target):
+        share = ok / total if total else 0.0
+        return f"{100 * share:.1f}% ({'met' if share >= target else 'not met'})"
+
+    lines += ["", "**Targets.** Default stack right on >= 98% of the models that build: "
+              f"{verdict(a['default_ok'], a['built'], 0.98)} of all built, "
+              f"{verdict(a['default_ok_judged'], a['judged'], 0.98)} where a reference exists; "
+              f"causal LMs {verdict(c['default_ok_judged'], c['judged'], 0.98)}. Every multi-tower "
+              f"model's towers listed by name: {verdict(a['multi_listed'], a['multi'], 1.0)}. "
+              f"Roles on >= 95% of causal LMs: {verdict(c['roles_all'], c['built'], 0.95)}. "
+              "The misses are listed below."]
     lines += ["", "Roles: *attention* counts a token mixer that is not attention (a state-space "
               "or recurrent mixer) as found; *feed-forward* counts a block declared without one. "
               "Base models have no output head, so the head column reads low for them by design; "
