@@ -554,7 +554,7 @@ CASES: list[tuple] = [
     ("probe mlp {fx}/unlabeled.npy", "no labels"),
     ("early-exit mlp {fx}/unlabeled.npy", "labels"),
     ("train mlp {fx}/unlabeled.npy -o run --epochs 1", "labels"),
-    ("early-exit mlp sentences --limit 16", "labels"),
+    ("early-exit mlp sentences --limit 16", "got text"),
     ("early-exit gpt text --limit 16", "label"),
     ("probe mlp digits --limit 40 --task sentiment", "text"),
     ("probe mlp digits --limit 40 --task length", "text"),
