@@ -73,8 +73,8 @@ EXPECTED = {
     "gpt":                "o   o   o   r   o   o   o   o   o   o   r   o   o   o   r   r",
     "autoencoder":        "o   o   o   o   o   o   o   r   o   o   o   o   o   r   r   r",
     "gan":                "o   o   o   r   o   o   o   r   o   o   r   o   o   r   r   r",
-    "minilm":             "o   o   o   o   o   o   o   r   o   o   r   o   o   o   r   o",
-    "efficientnet-lite0": "o   o   o   o   o   o   o   r   o   o   o   o   o   o   r   r",
+    "minilm":             "o   o   o   o   o   o   o   r   o   o   r   o   o   r   r   o",
+    "efficientnet-lite0": "o   o   o   r   o   o   o   r   o   o   o   o   o   o   r   r",
     "smollm2":            "o   o   o   o   o   o   o   o   o   o   r   o   o   o   o   o",
 }
 
@@ -192,7 +192,8 @@ def test_every_command_on_every_model(model, command, expected, data_files, load
         assert len(errors) == 1 and errors[0].startswith("error: "), err[-500:]
         assert not re.match(r"^error: (?:[\w.]+\.)?[A-Z]\w*(?:Error|Exception)\b", errors[0])
         outcome = "r"
-    assert _state(loaded_once) == before, f"{line} changed the loaded model"
+    after = _state(loaded_once)  # a model first loaded by this cell is compared from the next
+    assert {key: after[key] for key in before} == before, f"{line} changed the loaded model"
     assert outcome == expected, (
         f"{line}: expected {'works' if expected == 'o' else 'refuses'}, got "
         f"{errors[0] if errors else 'a result'}")
