@@ -74,7 +74,7 @@ EXPECTED = {
     "autoencoder":        "o   o   o   o   o   o   o   r   o   o   o   o   o   r   r   r",
     "gan":                "o   o   o   r   o   o   o   r   o   o   r   o   o   r   r   r",
     "minilm":             "o   o   o   o   o   o   o   r   o   o   r   o   o   r   r   o",
-    "efficientnet-lite0": "o   o   o   r   o   o   o   r   o   o   o   o   o   o   r   r",
+    "efficientnet-lite0": "o   o   o   r   o   o   o   r   o   r   o   o   o   o   r   r",
     "smollm2":            "o   o   o   o   o   o   o   o   o   o   r   o   o   o   o   o",
 }
 

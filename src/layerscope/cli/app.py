@@ -147,6 +147,11 @@ def main(argv: list[str] | None = None) -> int:
     # the command line shows its own progress; transformers' "Loading weights" bar on every load
     # is noise there (read when transformers is first imported; a user's setting wins)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1" and "transformers" in sys.modules:
+        # already imported (main() called in-process, e.g. from a notebook or tests): the
+        # environment is no longer read, so switch the bar off through transformers itself
+        from transformers.utils import logging as hf_logging
+        hf_logging.disable_progress_bar()
     load_commands()
     args = sys.argv[1:] if argv is None else list(argv)
     if "--debug" in args:
