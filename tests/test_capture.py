@@ -132,3 +132,18 @@ def test_edit_refused_inside_multilayer_rnn():
     lstm = nn.LSTM(3, 4, num_layers=2, batch_first=True)
     with pytest.raises(LayerscopeError, match="multi-layer RNN"):
         Layers(lstm).capture("0", edit=lambda o, n: o)
+
+
+def test_no_module_outside_layers_registers_a_hook():
+    """Every hook goes through Capture: no register_*hook call anywhere else in the package."""
+    import re
+    from pathlib import Path
+
+    import layerscope
+
+    root = Path(layerscope.__file__).parent
+    pattern = re.compile(r"\.register_(forward|forward_pre|full_backward|full_backward_pre)_hook\(")
+    found = [str(p.relative_to(root)) for p in root.rglob("*.py")
+             if p.name != "layers.py" or p.parent != root
+             if pattern.search(p.read_text())]
+    assert found == []

@@ -136,19 +136,15 @@ def train_once(spec: str | nn.Module, data: str, *, seed: int, epochs: int, work
 def constant_units(module: nn.Module, part, layer_modules: list[nn.Module], tol: float = 1e-6) -> list[float]:
     """Per given module: the share of its output units that take the same value (within ``tol``)
     on every item of ``part`` — units that pass no signal (dead ReLUs, saturated sigmoids)."""
-    outs: dict[int, list[torch.Tensor]] = {i: [] for i in range(len(layer_modules))}
-    hooks = [m.register_forward_hook(lambda _m, _a, y, i=i: outs[i].append(y.detach().flatten(1)))
-             for i, m in enumerate(layer_modules)]
-    was = {m: m.training for m in module.modules()}
-    module.eval()
-    try:
-        with torch.no_grad():
-            module(part.items)
-    finally:
-        for h in hooks:
-            h.remove()
-        for m, flag in was.items():
-            m.training = flag
+    from layerscope.layers import Capture, Layer
+    from layerscope.modes import evaluating
+
+    names = {id(m): n for n, m in module.named_modules()}
+    layers = [Layer(i, names.get(id(m), f"module{i}"), m, "layer", type(m).__name__)
+              for i, m in enumerate(layer_modules)]
+    with evaluating(module), torch.no_grad(), Capture(module, layers) as cap:
+        cap.call(module, part.items)
+        outs = {i: [cap[layer.name].detach().flatten(1)] for i, layer in enumerate(layers)}
     fracs = []
     for i in range(len(layer_modules)):
         y = torch.cat(outs[i])
