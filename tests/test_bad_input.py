@@ -6,8 +6,8 @@ in-process in a fresh folder. A clean refusal is: exit code 2; on stderr exactly
 is not an internal-error report; no traceback; no file created, changed or removed in the
 working folder or among the fixtures (so an ``-o`` target is not created, or is left as it was).
 
-Cases whose fix belongs to another part of the code base are marked ``xfail(strict=True)`` with
-the owner named, so they turn into failures (to be unmarked) as soon as they are fixed.
+Cases that still fail are marked ``xfail(strict=True)`` with
+where the fix belongs, so they turn into failures (to be unmarked) as soon as they are fixed.
 """
 
 from __future__ import annotations
@@ -280,16 +280,16 @@ def assert_clean_refusal(code, out, err, changed, fragment: str):
 
 
 # ---------------------------------------------------------------------------------------------
-# The corpus: (command line, fragment of the message, owner of the fix if it still fails).
+# The corpus: (command line, fragment of the message, where the fix belongs if it still fails).
 # {fx} is the fixtures folder, {runs} the training runs; relative paths land in the fresh
 # working folder of the case.
 
-OWN_TRUST = "owner: trust-files engineer (outputs/models/checkpoint)"
-OWN_TRAIN = "owner: training engineer (train/*, cmd_train)"
-OWN_ENGINE = "owner: engine engineer (sweep/importance/lens)"
-OWN_HONEST = "owner: honesty engineer (probe/embed/similarity/report CLI)"
-OWN_LAYOUTS = "owner: layouts engineer (Layers.select)"
-OWN_CAUSAL = "owner: author of the causal commands (attribute/patch/ablate/steer)"
+OWN_TRUST = "fix in outputs/models/checkpoint"
+OWN_TRAIN = "fix in train/*, cli/cmd_train.py"
+OWN_ENGINE = "fix in sweep/importance/lens"
+OWN_HONEST = "fix in the probe/embed/similarity/report commands"
+OWN_LAYOUTS = "fix in Layers.select"
+OWN_CAUSAL = "fix in analyses/causal (attribute/patch/ablate/steer)"
 
 CASES: list[tuple] = [
     # ---- unknown names, options and specs -------------------------------------------------
@@ -723,15 +723,10 @@ def test_the_corpus_is_large_and_covers_every_command():
     "report mlp digits -o {fx}/notmodel",
     "record mlp digits -o {fx}/afile --limit 8",
 ])
-def test_output_paths_are_refused_before_any_work(command, fx, tmp_path, capsys, request):
+def test_output_paths_are_refused_before_any_work(command, fx, tmp_path, capsys):
     """Nothing but the error on stderr: no progress bar, no stage line ran before the check."""
-    owners = {"probe": OWN_HONEST, "similarity": OWN_HONEST, "embed": OWN_HONEST,
-              "importance": OWN_ENGINE, "report": OWN_TRUST}
-    name = command.split()[0]
     code, out, err, changed = run_cli(shlex.split(command.format(fx=fx)), tmp_path, capsys, [fx])
     early = code == 2 and [s for s in err.splitlines() if s.strip()] == [_error_line(err)]
-    if not early and name in owners:
-        pytest.xfail(f"{owners[name]} — output path checked only after the work: {err[-200:]!r}")
     assert early, err
     assert not changed
 

@@ -78,8 +78,8 @@ EXPECTED = {
     "smollm2":            "o   o   o   o   o   o   o   o   o   o   r   o   o   o   o   o",
 }
 
-OWN_ENGINE = "owner: engine engineer (objectives/importance/sensitivity)"
-OWN_CAUSAL = "owner: author of the causal commands (attribute/patch/ablate/steer)"
+OWN_ENGINE = "fix in objectives/importance/sensitivity"
+OWN_CAUSAL = "fix in analyses/causal (attribute/patch/ablate/steer)"
 
 #: cells that crash today (an internal error instead of a result or a reason)
 KNOWN_BUGS = {
