@@ -94,7 +94,8 @@ def hidden_of(args: tuple, kwargs: dict) -> Tensor:
     return h
 
 
-def _with_hidden(args: tuple, kwargs: dict, h: Tensor) -> tuple[tuple, dict]:
+def with_hidden(args: tuple, kwargs: dict, h: Tensor) -> tuple[tuple, dict]:
+    """A block call's arguments with its hidden-state argument (see :func:`hidden_of`) set to ``h``."""
     if args and isinstance(args[0], Tensor):
         return (h,) + tuple(args[1:]), kwargs
     return args, {**kwargs, "hidden_states": h}
@@ -145,7 +146,7 @@ def replay(stack: Stack, rec: Recorded, skip: set[int]) -> Tensor:
     for j in range(start, len(stack.blocks)):
         if j in skip:
             continue
-        args, kwargs = _with_hidden(*rec.calls[j], h)
+        args, kwargs = with_hidden(*rec.calls[j], h)
         h = primary_tensor(stack.blocks[j](*args, **kwargs))
     return h
 
@@ -213,4 +214,4 @@ def tail_matches(stack: Stack, rec: Recorded) -> bool:
 
 
 __all__ = ["Stack", "Recorded", "build_stack", "record_forward", "replay", "edited_forward",
-           "naive_forward", "main_output", "prepare", "tail_matches", "hidden_of"]
+           "naive_forward", "main_output", "prepare", "tail_matches", "hidden_of", "with_hidden"]

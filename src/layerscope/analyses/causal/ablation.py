@@ -37,14 +37,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from layerscope.errors import LayerscopeError
-from layerscope.layers import Capture, Layers
+from layerscope.layers import Layers
 from layerscope.results import Result
 
 from .interventions import (Intervened, Intervention, Site, apply, mean_activation, normalise_part,
-                            run_blocks, site_in)
+                            record_batch, run_blocks, site_in)
 
 HOWS = ("zero", "mean", "resample")
 
@@ -150,21 +149,19 @@ def ablate(model, data, *, parts="block", how="zero,mean,resample", layers=None,
     which blocks) each way in ``how`` and score the model on ``data`` with its own objective."""
     from layerscope.modes import evaluating
     from layerscope.objectives import make_objective
-    from layerscope.replay import Recorded, build_stack, main_output, prepare, tail_matches
+    from layerscope.replay import build_stack, main_output, prepare
     from layerscope.sweep import as_model, encoded_batches
-
-    from .patching import METHODS
 
     part_list = _parse(parts, ("block", "attention", "feed-forward", "head"), "part")
     hows = _parse(how, HOWS, "ablation")
-    if method not in METHODS or method == "loop":
+    if method not in ("auto", "prefix", "full"):
         raise LayerscopeError(f"unknown method {method!r}; use auto, prefix or full")
     loaded = as_model(model)
     view = Layers(loaded, "blocks", blocks=blocks)
     stack = build_stack(loaded, blocks)
     chosen = view.select(layers)
     sites = _sites(view, chosen, part_list)
-    all_blocks = list(view)
+    all_blocks = stack.layers
     started = time.perf_counter()
     means = {}
     with evaluating(loaded):
@@ -182,20 +179,13 @@ def ablate(model, data, *, parts="block", how="zero,mean,resample", layers=None,
                 if "resample" in hows and enc.size < 2:
                     raise LayerscopeError("resample ablation swaps activations between items; use "
                                           "batches of at least 2 items (--batch-size 2 or more)")
-                with Capture(loaded.module, all_blocks + list(extra.values()), inputs=True,
-                             kwargs=True) as cap:
-                    output = cap.call(loaded, enc)
-                calls = [(cap.args[b.name], cap.kwargs[b.name]) for b in all_blocks]
-                outs = [cap.outputs[b.name] for b in all_blocks]
-                rec = Recorded(output, calls, outs)
+                rec, cap, prefix = record_batch(stack, enc, method, list(extra.values()))
+                calls, outs = rec.calls, rec.outs
                 if objective is None:
                     objective = make_objective(stack.task, labels)
-                objective.begin(enc, main_output(output, stack.task), labels)
-                prefix = method != "full" and tail_matches(stack, rec)
-                if method == "prefix" and not prefix:
-                    raise LayerscopeError("the model's tail cannot be re-run from the last block's "
-                                          "output; use method full")
+                objective.begin(enc, main_output(rec.output, stack.task), labels)
                 used = "prefix" if prefix else "full"
+                removable = rec.removable()
                 n_items += enc.size
 
                 def score(key, site_index: int, ivs, start_h=None):
@@ -223,7 +213,7 @@ def ablate(model, data, *, parts="block", how="zero,mean,resample", layers=None,
                             score((h, k), site.index, (), apply(outs[site.index], [iv]))
                         else:
                             score((h, k), site.index, [iv])
-                    if remove and site.part == "block" and rec.removable()[site.index]:
+                    if remove and site.part == "block" and removable[site.index]:
                         if prefix:
                             score(("remove", k), site.index, (), rec.block_input(site.index))
                         else:

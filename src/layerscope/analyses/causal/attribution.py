@@ -41,7 +41,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from layerscope.errors import LayerscopeError
 from layerscope.layers import Capture, Layers

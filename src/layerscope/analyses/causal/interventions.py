@@ -50,21 +50,13 @@ from torch import Tensor, nn
 
 from layerscope.errors import LayerscopeError
 from layerscope.layers import Capture, Layer, Layers, primary_tensor
+from layerscope.layouts.roles import _module_of
 
 PARTS = ("block", "attention", "feed-forward", "head")
 OPS = ("replace", "add", "scale", "zero", "mean", "resample")
 _PART_ALIASES = {"attn": "attention", "ffn": "feed-forward", "mlp": "feed-forward",
                  "feedforward": "feed-forward", "blocks": "block", "heads": "head",
                  "output": "block", "resid": "block"}
-
-
-def _module_of(model) -> nn.Module:
-    if isinstance(model, nn.Module):
-        return model
-    module = getattr(model, "module", None)
-    if isinstance(module, nn.Module):
-        return module
-    raise LayerscopeError(f"expected an nn.Module or a LoadedModel; got {type(model).__name__}")
 
 
 def normalise_part(part: str) -> str:
@@ -386,13 +378,34 @@ def run_blocks(model, blocks: Sequence[Layer], calls: Sequence[tuple[tuple, dict
     with each block's recorded call arguments ``calls[j] = (args, kwargs)`` (prefix reuse, see
     :mod:`layerscope.replay`) and ``interventions`` in place. Batch-1 arguments (masks,
     position embeddings) broadcast over the rows of ``h``."""
-    from layerscope.replay import _with_hidden
+    from layerscope.replay import with_hidden
 
     with Intervened(_module_of(model), interventions) as edit:
         for j in range(start, len(blocks)):
-            args, kwargs = _with_hidden(*calls[j], h)
+            args, kwargs = with_hidden(*calls[j], h)
             h = primary_tensor(edit.call(blocks[j].module, *args, **kwargs))
     return h
+
+
+def record_batch(stack, enc, method: str, extra: Sequence[Layer] = ()):
+    """One forward of ``enc`` recorded for prefix reuse (see :mod:`layerscope.replay`):
+    ``(rec, cap, prefix)``, the :class:`~layerscope.replay.Recorded` pass (every block's call
+    arguments and output), the :class:`~layerscope.layers.Capture` that also holds the inputs and
+    outputs of the ``extra`` layers, and whether the blocks may be re-run from the record
+    (``method`` is not ``"full"`` and the model's tail reproduces its output; ``"prefix"``
+    without it is a LayerscopeError)."""
+    from layerscope.replay import Recorded, tail_matches
+
+    with Capture(stack.module, list(stack.layers) + list(extra), inputs=bool(extra),
+                 kwargs=True) as cap:
+        output = cap.call(stack.loaded, enc)
+    rec = Recorded(output, [(cap.args[n], cap.kwargs[n]) for n in stack.names],
+                   [cap.outputs[n] for n in stack.names])
+    prefix = method != "full" and tail_matches(stack, rec)
+    if method == "prefix" and not prefix:
+        raise LayerscopeError("the model's tail cannot be re-run from the last block's output; use "
+                              "method full")
+    return rec, cap, prefix
 
 
 def site_activations(model, sites: Sequence[Site], inputs) -> dict[str, Tensor]:
@@ -444,4 +457,5 @@ def mean_activation(model, sites: Sequence[Site], data, *, batch_size: int = 16,
 
 
 __all__ = ["PARTS", "OPS", "Site", "Intervention", "Intervened", "apply", "site_in", "heads_of",
-           "normalise_part", "run_intervened", "run_blocks", "site_activations", "mean_activation"]
+           "normalise_part", "run_intervened", "run_blocks", "record_batch", "site_activations",
+           "mean_activation"]

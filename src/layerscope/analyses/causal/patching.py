@@ -57,7 +57,8 @@ import torch
 from torch import Tensor
 
 from layerscope.errors import LayerscopeError
-from layerscope.layers import Capture, Layers, primary_tensor
+from layerscope.layers import Capture, Layers
+from layerscope.replay import main_output
 from layerscope.results import Result
 
 from .interventions import (Intervened, Intervention, Site, apply, normalise_part, run_blocks,
@@ -241,25 +242,20 @@ def _record(ctx: "_Context", ids: Tensor) -> _Run:
     enc = Encoded(args=(), kwargs={"input_ids": ids, "attention_mask": torch.ones_like(ids)},
                   mask=torch.ones_like(ids), size=1).to(ctx.device)
     enc = ctx.prepare(enc)
-    blocks = [layer for layer in ctx.blocks]
+    blocks = ctx.blocks
     extra = {s.name: s.layer for s in ctx.sites if s.part != "block"}
     with torch.no_grad(), Capture(ctx.module, blocks + list(extra.values()), inputs=True,
                                   kwargs=True) as cap:
         out = cap.call(ctx.loaded, enc)
     ctx.forward_calls += 1
     ctx.block_calls += len(blocks)
-    logits = _logits(out)[:, -1].float()
+    logits = main_output(out, "causal-lm")[:, -1].float()
     acts = {}
     for s in ctx.sites:
         if s.part != "block":
             acts[s.name] = (cap.inputs[s.name] if s.head is not None else cap.outputs[s.name])
     return _Run(enc, logits, [cap.args[b.name] for b in blocks], [cap.kwargs[b.name] for b in blocks],
                 [cap.inputs[b.name] for b in blocks], [cap.outputs[b.name] for b in blocks], acts)
-
-
-def _logits(output) -> Tensor:
-    value = getattr(output, "logits", None)
-    return value if isinstance(value, Tensor) else primary_tensor(output)
 
 
 class _Context:
@@ -324,7 +320,7 @@ class _Context:
             out = edit.call(self.loaded, enc)
         self.forward_calls += 1
         self.block_calls += rows * len(self.blocks)
-        return _logits(out)[:, -1].float()
+        return main_output(out, "causal-lm")[:, -1].float()
 
 
 def _jobs(ctx: _Context, positions: int) -> list[tuple[Site, int | None]]:

@@ -44,8 +44,8 @@ from layerscope.errors import LayerscopeError
 from layerscope.layers import Capture, Layers
 from layerscope.results import Result
 
-from .interventions import (Intervened, Intervention, Site, apply, mean_activation, run_blocks,
-                            site_in)
+from .interventions import (Intervened, Intervention, Site, apply, mean_activation, record_batch,
+                            run_blocks, site_in)
 
 
 def steering_vectors(model, group_a, group_b, *, layers=None, blocks: str | None = None,
@@ -174,7 +174,7 @@ def steer(model, group_a, group_b, evaluate, *, layers=None, alphas: Sequence[fl
 
     from layerscope.modes import evaluating
     from layerscope.objectives import make_objective
-    from layerscope.replay import Recorded, build_stack, main_output, prepare, tail_matches
+    from layerscope.replay import build_stack, main_output, prepare
     from layerscope.sweep import as_model, encoded_batches
 
     alphas = [float(a) for a in alphas]
@@ -221,18 +221,11 @@ def steer(model, group_a, group_b, evaluate, *, layers=None, alphas: Sequence[fl
             for enc, labels in encoded_batches(loaded, evaluate, batch_size=batch_size,
                                                max_length=max_length):
                 enc = prepare(stack, enc)
-                with Capture(loaded.module, all_blocks, kwargs=True) as cap:
-                    output = cap.call(loaded, enc)
-                calls = [(cap.args[b.name], cap.kwargs[b.name]) for b in all_blocks]
-                outs = [cap.outputs[b.name] for b in all_blocks]
-                rec = Recorded(output, calls, outs)
+                rec, _, prefix = record_batch(stack, enc, method)
+                calls, outs = rec.calls, rec.outs
                 if objective is None:
                     objective = make_objective(stack.task, None)
-                objective.begin(enc, main_output(output, stack.task), None)
-                prefix = method != "full" and tail_matches(stack, rec)
-                if method == "prefix" and not prefix:
-                    raise LayerscopeError("the model's tail cannot be re-run from the last block's "
-                                          "output; use method full")
+                objective.begin(enc, main_output(rec.output, stack.task), None)
                 used = "prefix" if prefix else "full"
                 base_read += read(outs[-1], enc)
                 n_eval += enc.size
