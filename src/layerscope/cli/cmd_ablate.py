@@ -7,9 +7,10 @@ from typing import Annotated, Optional
 import typer
 
 from .app import app
-from .cmd_patch import PlotFileOpt, plot_target, write_plot
-from .common import (BlocksOpt, ForceOpt, JsonOpt, LayersOpt, ModelArg, TrustRemoteCodeOpt,
-                     model_from_cli, print_json)
+from .cmd_patch import PlotFileOpt
+from .common import (FIGURE_SUFFIXES, BatchSizeOpt, BlocksOpt, ForceOpt, JsonOpt, LayersOpt,
+                     LimitOpt, MaxLengthOpt, ModelArg, TrustRemoteCodeOpt, model_from_cli, out_file,
+                     print_json, save_figure_to)
 
 
 @app.command("ablate")
@@ -25,10 +26,9 @@ def ablate_command(
     no_remove: Annotated[bool, typer.Option("--no-remove", help="Do not also measure removal "
                                             "(skipping) of each block.")] = False,
     layers: LayersOpt = None,
-    limit: Annotated[Optional[int], typer.Option("--limit", help="Use only N items of DATA.",
-                                                 show_default=False)] = 64,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Items per forward pass.")] = 16,
-    max_length: Annotated[int, typer.Option("--max-length", help="Longest text in tokens.")] = 128,
+    limit: LimitOpt = 64,
+    batch_size: BatchSizeOpt = 16,
+    max_length: MaxLengthOpt = 128,
     method: Annotated[str, typer.Option("--method", help="auto, prefix or full.")] = "auto",
     plot: PlotFileOpt = None,
     force: ForceOpt = False,
@@ -40,13 +40,13 @@ def ablate_command(
     from layerscope.analyses.causal.ablation import ablate
     from layerscope.data import load_dataset
 
-    out = plot_target(plot, force)
+    out = out_file(plot, force, FIGURE_SUFFIXES)
     loaded = model_from_cli(model, blocks=blocks, trust_remote_code=trust_remote_code)
     items = load_dataset(data, limit=limit)
     ref = load_dataset(reference, limit=limit) if reference is not None else None
     res = ablate(loaded, items, parts=part, how=how, layers=layers, reference=ref, blocks=blocks,
                  batch_size=batch_size, max_length=max_length, remove=not no_remove, method=method)
-    write_plot(res, out)
+    save_figure_to(res, out)
     if as_json:
         print_json(res.to_dict())
         return

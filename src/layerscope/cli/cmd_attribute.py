@@ -7,9 +7,9 @@ from typing import Annotated, Optional
 import typer
 
 from .app import app
-from .cmd_patch import PlotFileOpt, plot_target, write_plot
-from .common import (BlocksOpt, ForceOpt, JsonOpt, LayersOpt, ModelArg, TrustRemoteCodeOpt,
-                     model_from_cli, print_json)
+from .cmd_patch import PlotFileOpt
+from .common import (FIGURE_SUFFIXES, BlocksOpt, ForceOpt, JsonOpt, LayersOpt, ModelArg,
+                     TrustRemoteCodeOpt, model_from_cli, out_file, print_json, save_figure_to)
 
 
 @app.command("attribute")
@@ -38,7 +38,7 @@ def attribute_command(
     from layerscope.analyses.causal.attribution import attribute
     from layerscope.errors import LayerscopeError
 
-    out = plot_target(plot, force)
+    out = out_file(plot, force, FIGURE_SUFFIXES)
     loaded = model_from_cli(model, blocks=blocks, trust_remote_code=trust_remote_code)
     if loaded.modality == "text":
         if text is None:
@@ -61,7 +61,7 @@ def attribute_command(
         except ValueError:
             raise LayerscopeError(f"--target must be a class index for this model; got {target!r}") from None
     res = attribute(loaded, inputs, method=method, layers=layers, target=tgt, n_steps=steps, blocks=blocks)
-    write_plot(res, out)
+    save_figure_to(res, out)
     if as_json:
         print_json({k: v for k, v in res.to_dict().items() if k not in ("image",)})
         return

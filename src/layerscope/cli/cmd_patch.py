@@ -8,33 +8,12 @@ from typing import Annotated, Optional
 import typer
 
 from .app import app
-from .common import AllowMissingWeightsOpt
-from .common import (BlocksOpt, ForceOpt, JsonOpt, LayersOpt, ModelArg, TrustRemoteCodeOpt,
-                     model_from_cli, print_json)
+from .common import (FIGURE_SUFFIXES, AllowMissingWeightsOpt, BlocksOpt, ForceOpt, JsonOpt,
+                     LayersOpt, ModelArg, TrustRemoteCodeOpt, model_from_cli, out_file, print_json,
+                     save_figure_to)
 
 PlotFileOpt = Annotated[Optional[Path], typer.Option("--plot", help="Write the figure to this "
                                                      "file (.png, .svg or .pdf).", show_default=False)]
-
-
-def plot_target(plot: Path | None, force: bool) -> Path | None:
-    """The --plot file, checked before any computation (None when not asked for)."""
-    if plot is None:
-        return None
-    from layerscope.outputs import FIGURE_SUFFIXES, check_out_file
-
-    return check_out_file(plot, force=force, suffixes=FIGURE_SUFFIXES)
-
-
-def write_plot(result, path: Path | None) -> None:
-    if path is None:
-        return
-    import matplotlib.pyplot as plt
-
-    from layerscope.outputs import save_figure
-
-    fig = result.plot()
-    save_figure(fig, path)
-    plt.close(fig)
 
 
 @app.command("patch")
@@ -81,12 +60,12 @@ def patch_command(
     if clean is None and pairs is None:
         raise LayerscopeError("nothing to patch: give --clean/--corrupt/--target or --pairs FILE")
     todo = read_pairs(pairs) if pairs is not None else []
-    out = plot_target(plot, force)
+    out = out_file(plot, force, FIGURE_SUFFIXES)
     loaded = model_from_cli(model, blocks=blocks, trust_remote_code=trust_remote_code,
                             allow_missing_weights=allow_missing_weights)
     res = patch(loaded, clean, corrupt, target, foil, pairs=todo, part=part, direction=direction,
                 metric=metric, layers=layers, blocks=blocks, batch_size=batch_size, method=method)
-    write_plot(res, out)
+    save_figure_to(res, out)
     if as_json:
         print_json(res.to_dict())
         return

@@ -7,9 +7,10 @@ from typing import Annotated, Optional
 import typer
 
 from .app import app
-from .cmd_patch import PlotFileOpt, plot_target, write_plot
-from .common import (BlocksOpt, ForceOpt, JsonOpt, LayersOpt, ModelArg, TrustRemoteCodeOpt,
-                     model_from_cli, print_json)
+from .cmd_patch import PlotFileOpt
+from .common import (FIGURE_SUFFIXES, BatchSizeOpt, BlocksOpt, ForceOpt, JsonOpt, LayersOpt,
+                     MaxLengthOpt, ModelArg, TrustRemoteCodeOpt, model_from_cli, out_file, print_json,
+                     save_figure_to)
 
 
 def contrast_split(data, high: float, low: float, n_eval: int, seed: int):
@@ -54,8 +55,8 @@ def steer_command(
                                                   "continuations of this prompt with the best "
                                                   "setting, +alpha and -alpha.", show_default=False)] = None,
     tokens: Annotated[int, typer.Option("--tokens", help="Tokens to generate.")] = 20,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Items per forward pass.")] = 16,
-    max_length: Annotated[int, typer.Option("--max-length", help="Longest text in tokens.")] = 64,
+    batch_size: BatchSizeOpt = 16,
+    max_length: MaxLengthOpt = 64,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the data draw.")] = 0,
     plot: PlotFileOpt = None,
     force: ForceOpt = False,
@@ -73,7 +74,7 @@ def steer_command(
         alpha_list = [float(a) for a in alphas.split(",") if a.strip()]
     except ValueError:
         raise LayerscopeError(f"--alphas must be a comma list of numbers, e.g. 2,4,8; got {alphas!r}") from None
-    out = plot_target(plot, force)
+    out = out_file(plot, force, FIGURE_SUFFIXES)
     loaded = model_from_cli(model, blocks=blocks, trust_remote_code=trust_remote_code)
     ds = load_dataset(data, limit=limit, seed=seed)
     group_a, group_b, rest = contrast_split(ds, high, low, n_eval, seed)
@@ -87,7 +88,7 @@ def steer_command(
         res.samples = [{"layer": label, "alpha": a, "text": generate(
             loaded, prompt, layer=int(label), vector=v, alpha=a, max_new_tokens=tokens, blocks=blocks)}
             for a in (0.0, alpha, -alpha)]
-    write_plot(res, out)
+    save_figure_to(res, out)
     if as_json:
         print_json(res.to_dict())
         return
