@@ -91,3 +91,25 @@ def llama_folder(tmp_path_factory):
     LlamaForCausalLM(cfg).eval().save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
+
+
+def _small_lm(kind: str = "llama"):
+    """A seeded random-config causal LM with 3 blocks, width 16, 4 heads and 40 tokens: a Llama
+    (2 key-value heads, seed 0) or a GPT-2 (seed 1)."""
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    if kind == "gpt2":
+        torch.manual_seed(1)
+        return GPT2LMHeadModel(GPT2Config(n_embd=16, n_layer=3, n_head=4, vocab_size=40,
+                                          bos_token_id=0, eos_token_id=0)).eval()
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=32,
+                                        num_hidden_layers=3, num_attention_heads=4,
+                                        num_key_value_heads=2)).eval()
+
+
+@pytest.fixture
+def small_lm():
+    """A builder of the causal-analysis tests' models: ``small_lm()`` (Llama), ``small_lm("gpt2")``;
+    each call gives a fresh, identically seeded model."""
+    return _small_lm

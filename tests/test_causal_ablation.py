@@ -6,19 +6,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from layerscope.analyses.causal.ablation import ablate
 from layerscope.errors import LayerscopeError
 
 IDS = torch.tensor([[1, 5, 7, 9, 2, 8], [3, 4, 6, 1, 1, 2], [7, 7, 2, 5, 9, 1], [2, 3, 4, 5, 6, 7]])
-
-
-def llama():
-    torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=32,
-                                        num_hidden_layers=3, num_attention_heads=4,
-                                        num_key_value_heads=2)).eval()
 
 
 def perplexity(logits, ids):
@@ -39,8 +31,8 @@ def hooked_ppl(lm, module, fn, pre=False):
         h.remove()
 
 
-def test_block_ablations_equal_hand_hooks_and_removal():
-    lm = llama()
+def test_block_ablations_equal_hand_hooks_and_removal(small_lm):
+    lm = small_lm()
     res = ablate(lm, IDS, batch_size=4)
     full = ablate(lm, IDS, batch_size=4, method="full")
     assert res.method == "prefix" and full.method == "full"
@@ -68,8 +60,8 @@ def test_block_ablations_equal_hand_hooks_and_removal():
     np.testing.assert_allclose(full.values["remove"], imp.metric, rtol=1e-5)
 
 
-def test_head_and_sublayer_zero_ablation_equal_hand_hooks():
-    lm = llama()
+def test_head_and_sublayer_zero_ablation_equal_hand_hooks(small_lm):
+    lm = small_lm()
     res = ablate(lm, IDS, parts="head,attention,mlp", how="zero", layers="1", batch_size=2)
     assert res.labels == ["1.head0", "1.head1", "1.head2", "1.head3", "1.attention", "1.feed-forward"]
     assert "remove" not in res.values
@@ -93,8 +85,8 @@ def test_minilm_encoder_ablation_uses_the_embedding_objective():
     assert res.labels == ["0", "5", "0.attention", "5.attention"]
 
 
-def test_bad_input():
-    lm = llama()
+def test_bad_input(small_lm):
+    lm = small_lm()
     with pytest.raises(LayerscopeError, match="unknown ablation 'shuffle'"):
         ablate(lm, IDS, how="shuffle")
     with pytest.raises(LayerscopeError, match="at least 2 items"):
@@ -103,10 +95,10 @@ def test_bad_input():
         ablate(lm, IDS, parts="neurons")
 
 
-def test_result_summary_table_and_plot():
+def test_result_summary_table_and_plot(small_lm):
     import matplotlib.pyplot as plt
 
-    res = ablate(llama(), IDS, how="zero", batch_size=4)
+    res = ablate(small_lm(), IDS, how="zero", batch_size=4)
     assert res.summary().startswith("perplexity intact ")
     rows = res.table()
     assert rows[0]["site"] == "0" and set(rows[0]) == {"site", "part", "zero", "remove"}

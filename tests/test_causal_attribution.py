@@ -4,25 +4,11 @@ import pytest
 import torch
 from captum.attr import (LayerConductance, LayerGradCam, LayerGradientXActivation,
                          LayerIntegratedGradients)
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 from layerscope.analyses.causal.attribution import attribute
 from layerscope.errors import LayerscopeError
 
 IDS = torch.tensor([[1, 5, 7, 9, 2]])
-
-
-def llama():
-    torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=32,
-                                        num_hidden_layers=3, num_attention_heads=4,
-                                        num_key_value_heads=2)).eval()
-
-
-def gpt2():
-    torch.manual_seed(1)
-    return GPT2LMHeadModel(GPT2Config(n_embd=16, n_layer=3, n_head=4, vocab_size=40,
-                                      bos_token_id=0, eos_token_id=0)).eval()
 
 
 def direct(lm, cls, block, **kw):
@@ -39,14 +25,14 @@ def direct(lm, cls, block, **kw):
     return attr[0].sum(-1)
 
 
-@pytest.mark.parametrize("build", [llama, gpt2])
+@pytest.mark.parametrize("build", ["llama", "gpt2"])
 @pytest.mark.parametrize("method, cls, kw", [
     ("integrated-gradients", LayerIntegratedGradients, {"baselines": torch.zeros_like(IDS), "n_steps": 16}),
     ("conductance", LayerConductance, {"baselines": torch.zeros_like(IDS), "n_steps": 16}),
     ("activation-x-gradient", LayerGradientXActivation, {}),
 ])
-def test_equals_captum_called_directly(build, method, cls, kw):
-    lm = build()
+def test_equals_captum_called_directly(small_lm, build, method, cls, kw):
+    lm = small_lm(build)
     before = [p.clone() for p in lm.parameters()]
     res = attribute(lm, IDS, method=method, target=3, n_steps=16)
     blocks = lm.model.layers if hasattr(lm, "model") else lm.transformer.h
@@ -59,8 +45,8 @@ def test_equals_captum_called_directly(build, method, cls, kw):
     assert sum(len(m._forward_hooks) for m in lm.modules()) == 0
 
 
-def test_integrated_gradients_completeness():
-    res = attribute(llama(), IDS, target=3, n_steps=128)
+def test_integrated_gradients_completeness(small_lm):
+    res = attribute(small_lm(), IDS, target=3, n_steps=128)
     for total, delta in zip(res.totals, res.delta):
         assert abs(total - res.output_diff) < 1e-2 * max(1.0, abs(res.output_diff))
         assert abs(total - res.output_diff - delta) < 1e-5
@@ -82,9 +68,9 @@ def test_gradcam_on_the_zoo_cnn_equals_captum():
     assert block is not None
 
 
-def test_bad_input():
+def test_bad_input(small_lm):
     with pytest.raises(LayerscopeError, match="gives no gradients"):
-        lm = llama()
+        lm = small_lm()
 
         class NoGrad(torch.nn.Module):  # a wrapper whose forward runs without autograd
             def __init__(self, inner):
@@ -104,14 +90,14 @@ def test_bad_input():
         loaded.task = "causal-lm"
         attribute(loaded, IDS, target=3, blocks="inner.model.layers")
     with pytest.raises(LayerscopeError, match="unknown attribution method"):
-        attribute(llama(), IDS, method="saliency")
+        attribute(small_lm(), IDS, method="saliency")
     with pytest.raises(LayerscopeError, match="gradcam is for convolutional blocks"):
-        attribute(llama(), IDS, method="gradcam")
+        attribute(small_lm(), IDS, method="gradcam")
 
 
-def test_text_result_plot_and_summary():
+def test_text_result_plot_and_summary(small_lm):
     import matplotlib.pyplot as plt
 
-    res = attribute(llama(), IDS, target=3, n_steps=8)
+    res = attribute(small_lm(), IDS, target=3, n_steps=8)
     assert "completeness" in res.summary()
     plt.close(res.plot())

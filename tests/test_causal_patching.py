@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 from layerscope.analyses.causal.interventions import (Intervened, Intervention, Site,
                                                       mean_activation, run_intervened,
@@ -14,19 +13,6 @@ from layerscope.errors import LayerscopeError
 
 CLEAN = torch.tensor([[1, 5, 7, 9, 2, 8]])
 CORRUPT = torch.tensor([[1, 6, 7, 9, 3, 8]])
-
-
-def llama():
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=3,
-                      num_attention_heads=4, num_key_value_heads=2)
-    return LlamaForCausalLM(cfg).eval()
-
-
-def gpt2():
-    torch.manual_seed(1)
-    return GPT2LMHeadModel(GPT2Config(n_embd=16, n_layer=3, n_head=4, vocab_size=40,
-                                      bos_token_id=0, eos_token_id=0)).eval()
 
 
 def blocks_of(lm):
@@ -42,8 +28,8 @@ def hooks_left(lm) -> int:
 
 
 @pytest.fixture(params=["llama", "gpt2"])
-def lm(request):
-    return llama() if request.param == "llama" else gpt2()
+def lm(small_lm, request):
+    return small_lm() if request.param == "llama" else small_lm("gpt2")
 
 
 def test_patching_a_layer_with_its_own_activation_is_bit_identical(lm):
@@ -175,8 +161,8 @@ def test_sublayer_patching_prefix_equals_full_forwards(lm):
         assert a.labels[0] == f"0.{part}"
 
 
-def test_prefix_reuse_halves_block_calls():
-    lm = llama()
+def test_prefix_reuse_halves_block_calls(small_lm):
+    lm = small_lm()
     a = patch(lm, CLEAN, CORRUPT, target=3, foil=4, method="prefix")
     b = patch(lm, CLEAN, CORRUPT, target=3, foil=4, method="loop")
     L, P = 3, CLEAN.shape[1]
@@ -184,8 +170,8 @@ def test_prefix_reuse_halves_block_calls():
     assert a.block_calls == 2 * L + 2 * L + P * L * (L - 1) // 2
 
 
-def test_probability_metric_and_pairs_average():
-    lm = llama()
+def test_probability_metric_and_pairs_average(small_lm):
+    lm = small_lm()
     one = patch(lm, CLEAN, CORRUPT, target=3, metric="prob")
     with torch.no_grad():
         p = torch.softmax(lm(CLEAN).logits[0, -1].double(), -1)[3]
@@ -196,8 +182,8 @@ def test_probability_metric_and_pairs_average():
     np.testing.assert_allclose(two.restored, (np.array(a.restored) + np.array(b.restored)) / 2, atol=1e-9)
 
 
-def test_hooks_come_off_when_the_forward_raises_and_weights_stay():
-    lm = llama()
+def test_hooks_come_off_when_the_forward_raises_and_weights_stay(small_lm):
+    lm = small_lm()
     before = {k: v.clone() for k, v in lm.state_dict().items()}
     site = Site.of(lm, 1)
     bad = Intervention(site, "replace", torch.zeros(1, 99, 16))
@@ -222,8 +208,8 @@ def test_scale_add_zero_and_mean_on_a_small_mlp():
     assert torch.allclose(mean, h.mean(0), atol=1e-6)
 
 
-def test_mean_activation_skips_padding():
-    lm = llama()
+def test_mean_activation_skips_padding(small_lm):
+    lm = small_lm()
     from layerscope.models import Encoded
 
     ids = torch.tensor([[1, 2, 3, 4], [5, 6, 0, 0]])
@@ -235,8 +221,8 @@ def test_mean_activation_skips_padding():
     assert torch.allclose(mean, acts[mask.bool()].mean(0), atol=1e-5)
 
 
-def test_bad_input_one_line_errors(tmp_path):
-    lm = llama()
+def test_bad_input_one_line_errors(small_lm, tmp_path):
+    lm = small_lm()
     with pytest.raises(LayerscopeError, match="clean prompt is 6 tokens and the corrupted prompt 5"):
         patch(lm, CLEAN, CORRUPT[:, :5], target=3, foil=4)
     with pytest.raises(LayerscopeError, match="head 4 is out of range: block 1 has 4 heads"):

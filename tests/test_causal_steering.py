@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from layerscope.analyses.causal.steering import steer, steering_vectors
 from layerscope.errors import LayerscopeError
@@ -14,13 +13,6 @@ from layerscope.errors import LayerscopeError
 A = torch.randint(0, 20, (8, 6), generator=torch.Generator().manual_seed(1))
 B = torch.randint(20, 40, (8, 6), generator=torch.Generator().manual_seed(2))
 EVAL = torch.randint(0, 40, (5, 7), generator=torch.Generator().manual_seed(3))
-
-
-def llama():
-    torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=32,
-                                        num_hidden_layers=3, num_attention_heads=4,
-                                        num_key_value_heads=2)).eval()
 
 
 def block_outputs(lm, ids):
@@ -34,8 +26,8 @@ def block_outputs(lm, ids):
     return outs
 
 
-def test_vectors_are_differences_of_means():
-    lm = llama()
+def test_vectors_are_differences_of_means(small_lm):
+    lm = small_lm()
     v = steering_vectors(lm, A, B)
     oa, ob = block_outputs(lm, A), block_outputs(lm, B)
     for i in range(3):
@@ -43,8 +35,8 @@ def test_vectors_are_differences_of_means():
         assert torch.allclose(v[str(i)].double(), want, atol=1e-5)
 
 
-def test_steered_perplexity_equals_a_hand_hook_and_prefix_equals_full():
-    lm = llama()
+def test_steered_perplexity_equals_a_hand_hook_and_prefix_equals_full(small_lm):
+    lm = small_lm()
     res = steer(lm, A, B, EVAL, alphas=[0.0, 3.0], batch_size=5)
     full = steer(lm, A, B, EVAL, alphas=[0.0, 3.0], batch_size=5, method="full")
     assert res.method == "prefix" and full.method == "full"
@@ -66,24 +58,24 @@ def test_steered_perplexity_equals_a_hand_hook_and_prefix_equals_full():
     assert all(abs(row[0]) < 1e-9 for row in res.effect)
 
 
-def test_steering_the_last_block_towards_a_moves_the_probe():
-    res = steer(llama(), A, B, EVAL, layers="-1", alphas=[4.0, -4.0])
+def test_steering_the_last_block_towards_a_moves_the_probe(small_lm):
+    res = steer(small_lm(), A, B, EVAL, layers="-1", alphas=[4.0, -4.0])
     assert res.effect[0][0] > 0 > res.effect[0][1]
     assert res.probe_accuracy == 1.0
 
 
-def test_bad_input():
-    lm = llama()
+def test_bad_input(small_lm):
+    lm = small_lm()
     with pytest.raises(LayerscopeError, match="at least 2 items per group"):
         steer(lm, A[:1], B, EVAL)
     with pytest.raises(LayerscopeError, match="no steering vector for block 1"):
         steer(lm, A, B, EVAL, layers="1", vectors={"0": torch.zeros(16)})
 
 
-def test_result_summary_and_plot():
+def test_result_summary_and_plot(small_lm):
     import matplotlib.pyplot as plt
 
-    res = steer(llama(), A, B, EVAL, alphas=[2.0])
+    res = steer(small_lm(), A, B, EVAL, alphas=[2.0])
     assert res.summary().startswith("steering 3 blocks x 1 strengths: block ")
     assert res.to_dict()["kind"] == "SteerResult"
     plt.close(res.plot())
