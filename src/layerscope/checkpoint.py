@@ -32,6 +32,7 @@ from safetensors.torch import save_model as save_safetensors
 from torch import nn
 
 from .errors import LayerscopeError
+from .factories import load_factory, looks_like_factory
 from .outputs import claim_dir, publish_dir, staging_dir
 from .safeload import load_json, load_weights
 
@@ -162,14 +163,7 @@ def looks_like_code(ref: str) -> bool:
         >>> looks_like_code("payload.py:make"), looks_like_code("mlp:depth=2")
         (True, False)
     """
-    if ref.endswith(".py"):
-        return True
-    if ":" not in ref:
-        return False
-    target, func = ref.rsplit(":", 1)
-    if not func.isidentifier():
-        return False
-    return target.endswith(".py") or all(part.isidentifier() for part in target.split("."))
+    return ref.endswith(".py") or looks_like_factory(ref)
 
 
 def check_base_reference(base, folder: Path, trust_remote_code: bool) -> str:
@@ -208,7 +202,6 @@ def check_base_reference(base, folder: Path, trust_remote_code: bool) -> str:
 def _load_factory_trained(folder: Path, manifest: dict, weights: Path, ref, options,
                           load_ref=None):
     """A network trained from a factory: rebuilt by that factory, only when code is trusted."""
-    from .factories import load_factory
 
     trained = manifest.get("trained") if isinstance(manifest.get("trained"), dict) else {}
     made_by = trained.get("model")
@@ -225,14 +218,8 @@ def _load_factory_trained(folder: Path, manifest: dict, weights: Path, ref, opti
             f"checkpoint {str(folder)!r} is rebuilt by running the factory {made_by!r}; rerun with "
             f"--trust-remote-code (trust_remote_code=True) only if you trust that code")
     loaded = load_factory(made_by, input_shape=manifest.get("input_shape"))
-    load_weights(loaded.module, weights, what=f"factory {made_by!r}",
-                 allow_missing_weights=options["allow_missing_weights"])
-    loaded.module.eval()
-    loaded.ref = ref or str(folder)
-    if manifest.get("task"):
-        loaded.task = manifest["task"]
-    loaded.meta.update({"path": str(folder), "checkpoint": manifest})
-    return loaded
+    return _with_trained_weights(loaded, f"factory {made_by!r}", folder, manifest, weights, ref,
+                                 options)
 
 
 def _is_model_reference(text: str) -> bool:
@@ -254,7 +241,14 @@ def _load_model_trained(folder: Path, manifest: dict, weights: Path, ref, made_b
         raise LayerscopeError(
             f"checkpoint {str(folder)!r} holds a {want} trained from {made_by!r}, which now loads "
             f"as {type(loaded.module).__name__}; load {str(weights)!r} into a {want} yourself")
-    load_weights(loaded.module, weights, what=f"{made_by!r}",
+    return _with_trained_weights(loaded, f"{made_by!r}", folder, manifest, weights, ref, options)
+
+
+def _with_trained_weights(loaded, what: str, folder: Path, manifest: dict, weights: Path, ref,
+                          options: dict):
+    """``loaded`` with the checkpoint's weights in place of its own (strict), in eval mode, named
+    and described by the checkpoint."""
+    load_weights(loaded.module, weights, what=what,
                  allow_missing_weights=options["allow_missing_weights"])
     loaded.module.eval()
     loaded.ref = ref or str(folder)

@@ -28,6 +28,21 @@ from .errors import LayerscopeError
 from .model_types import LoadedModel, wrap_module
 
 
+def looks_like_factory(ref: str) -> bool:
+    """Whether ``ref`` names code to run: ``pkg.module:function`` or ``file.py:function``.
+
+    Example:
+        >>> looks_like_factory("payload.py:make"), looks_like_factory("mlp:depth=2")
+        (True, False)
+    """
+    if ":" not in ref:
+        return False
+    target, func = ref.rsplit(":", 1)
+    if not func.isidentifier():
+        return False
+    return target.endswith(".py") or all(part.isidentifier() for part in target.split("."))
+
+
 def load_factory(ref: str, *, input_shape=None) -> LoadedModel:
     """Call the factory named by ``ref`` and wrap what it returns (in eval mode)."""
     target, name = ref.rsplit(":", 1)
@@ -118,4 +133,4 @@ def _import_module(target: str, ref: str):
             sys.path.remove(os.getcwd())
 
 
-__all__ = ["load_factory"]
+__all__ = ["load_factory", "looks_like_factory"]

@@ -31,7 +31,6 @@ Example:
 
 from __future__ import annotations
 
-import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -39,9 +38,9 @@ import torch
 from torch import nn
 
 from . import builtin_models as builtins
-from .checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
+from .checkpoint import _HUB_ID, CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 from .errors import LayerscopeError
-from .factories import load_factory
+from .factories import load_factory, looks_like_factory
 from .hf import load_hf
 from .model_types import (
     Encoded,
@@ -51,7 +50,6 @@ from .model_types import (
     wrap_module,
 )
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _QUANTIZED_FILE = "layerscope-quantized.json"
 _NOT_MODELS = {  # marker kind of a layerscope output folder that is no model -> what to do with it
     "early-exit": "it holds early-exit heads, not a model: load them with "
@@ -122,7 +120,7 @@ def _load_reference(ref, shape, dtype, options) -> LoadedModel:
     zoo_names = builtins.zoo_names()
     if ref.split(":", 1)[0] in zoo_names:
         return _cast(builtins.load_zoo(ref), dtype)
-    if _looks_like_factory(ref):
+    if looks_like_factory(ref):
         return _cast(load_factory(ref, input_shape=shape), dtype)
     if _HUB_ID.match(ref):
         return load_hf(ref, ref=ref, dtype=dtype, hub=True, **options)
@@ -167,23 +165,6 @@ def _cast(loaded: LoadedModel, dtype) -> LoadedModel:
         loaded.module.to(dtype)
     return loaded
 
-
-def looks_like_factory(ref: str) -> bool:
-    """Whether ``ref`` names code to run: ``pkg.module:function`` or ``file.py:function``.
-
-    Example:
-        >>> looks_like_factory("payload.py:make"), looks_like_factory("mlp:depth=2")
-        (True, False)
-    """
-    if ":" not in ref:
-        return False
-    target, func = ref.rsplit(":", 1)
-    if not func.isidentifier():
-        return False
-    return target.endswith(".py") or all(part.isidentifier() for part in target.split("."))
-
-
-_looks_like_factory = looks_like_factory
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
            "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
