@@ -6,14 +6,11 @@ config key of the depth). Every other module of layerscope asks here instead of 
 paths or architecture classes itself.
 
 Example:
-    >>> from torch import nn
-    >>> from layerscope.layouts import find_layout
-    >>> mlp = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
-    >>> found = find_layout(mlp)
-    >>> [b.path for b in found.blocks], found.family
-    (['0', '2'], 'sequential')
-    >>> found.blocks[0].output_path  # the block's output is read after its activation
-    '1'
+    >>> from layerscope.layouts import find_layout, output_head
+    >>> from layerscope.zoo.transformer import GPT, GPTConfig
+    >>> lm = GPT(GPTConfig(width=16, depth=2, heads=2))
+    >>> len(find_layout(lm).blocks), output_head(lm) is lm.head
+    (2, True)
 """
 
 from .discover import (REGISTRY, RNN_TYPES, STACK_NAMES, BlockRef, Found, Stack, counts_as_sublayer,

@@ -616,13 +616,6 @@ def role_override(model, role: str) -> nn.Module | None:
                               f"that path; name a dotted module path such as 'lm_head'") from None
 
 
-def _path_of(model: nn.Module, target: nn.Module) -> str | None:
-    for path, sub in model.named_modules():
-        if sub is target:
-            return path
-    return None
-
-
 def _found(model: nn.Module, found=None):
     if found is not None:
         return found
@@ -634,13 +627,20 @@ def _found(model: nn.Module, found=None):
         return None
 
 
-def _input_embedding(model: nn.Module) -> nn.Module | None:
-    getter = getattr(model, "get_input_embeddings", None)
+def _declared(model: nn.Module, getter_name: str) -> nn.Module | None:
+    """What the model's own getter (``get_input_embeddings``/``get_output_embeddings``) returns,
+    when it has one that answers with a module."""
+    getter = getattr(model, getter_name, None)
     try:
-        emb = getter() if callable(getter) else None
+        found = getter() if callable(getter) else None
     except (NotImplementedError, AttributeError):
-        emb = None
-    if isinstance(emb, nn.Module):
+        return None
+    return found if isinstance(found, nn.Module) else None
+
+
+def _input_embedding(model: nn.Module) -> nn.Module | None:
+    emb = _declared(model, "get_input_embeddings")
+    if emb is not None:
         return emb
     for _, sub in model.named_modules():
         if isinstance(sub, nn.Embedding):
@@ -689,12 +689,8 @@ def output_head(model, found=None) -> nn.Module | None:
     if named is not None:
         return named
     module = _module_of(model)
-    getter = getattr(module, "get_output_embeddings", None)
-    try:
-        head = getter() if callable(getter) else None
-    except (NotImplementedError, AttributeError):
-        head = None
-    if isinstance(head, nn.Module):
+    head = _declared(module, "get_output_embeddings")
+    if head is not None:
         return head
     emb = _input_embedding(module)
     vocab = emb.weight.shape[0] if emb is not None and hasattr(emb, "weight") else None
