@@ -26,6 +26,7 @@ from pathlib import Path
 from .errors import LayerscopeError
 from .layouts import task_of_class_name
 from .model_types import LoadedModel, hf_meta
+from .safeload import count_keys
 
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json",
@@ -120,9 +121,9 @@ def _check_loading_info(info: dict, ref: str, name: str, allow: bool) -> None:
     problems = []
     for key, label in (("missing_keys", "missing"), ("unexpected_keys", "unexpected"),
                        ("mismatched_keys", "of another shape")):
-        found = sorted(str(k[0] if isinstance(k, (tuple, list)) else k) for k in (info or {}).get(key) or [])
+        found = [str(k[0] if isinstance(k, (tuple, list)) else k) for k in (info or {}).get(key) or []]
         if found:
-            problems.append(f"{len(found)} {label} ({', '.join(found[:2])}{', ...' if len(found) > 2 else ''})")
+            problems.append(count_keys(found, label))
     if problems and not allow:
         raise LayerscopeError(
             f"the weights in {ref!r} do not fit {name}: {'; '.join(problems)} weights; it would run "
@@ -178,8 +179,8 @@ def _known_class(transformers, name: str):
 def _task_of(arch: str, config) -> str | None:
     if arch.endswith("Classification"):
         return "classification"
-    if task_of_class_name(arch):
-        return task_of_class_name(arch)
+    if task := task_of_class_name(arch):
+        return task
     if arch and not arch.endswith("Model"):
         return None
     from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES

@@ -58,6 +58,12 @@ def load_tensors(path, *, what: str = "weights") -> dict:
                               f"({_reason(exc)}); save it again") from None
 
 
+def count_keys(keys, label: str) -> str:
+    """``"3 missing (a, b, ...)"``: how many weight names, and the first two of them sorted."""
+    keys = sorted(keys)
+    return f"{len(keys)} {label} ({', '.join(keys[:2])}{', ...' if len(keys) > 2 else ''})"
+
+
 def load_weights(module, path, *, what: str, allow_missing_weights: bool = False) -> None:
     """Load the safetensors file ``path`` into ``module``: every weight must fit.
 
@@ -73,7 +79,7 @@ def load_weights(module, path, *, what: str, allow_missing_weights: bool = False
         raise LayerscopeError(f"{str(path)!r} is damaged or does not fit {what} "
                               f"({_reason(exc)}); was it saved from another model?") from None
     if (missing or unexpected) and not allow_missing_weights:
-        parts = [f"{len(keys)} {label} ({', '.join(sorted(keys)[:2])}{', ...' if len(keys) > 2 else ''})"
+        parts = [count_keys(keys, label)
                  for keys, label in ((missing, "missing"), (unexpected, "unexpected")) if keys]
         raise LayerscopeError(f"{str(path)!r} does not fit {what}: {'; '.join(parts)} weights; pass "
                               f"--allow-missing-weights (allow_missing_weights=True) to load it anyway")
@@ -101,4 +107,4 @@ def torch_load(path, *, what: str = "file", fix: str = "write it again") -> Any:
                               f"({_reason(exc)}); {fix}") from None
 
 
-__all__ = ["load_json", "load_tensors", "load_weights", "torch_load"]
+__all__ = ["load_json", "load_tensors", "load_weights", "count_keys", "torch_load"]
