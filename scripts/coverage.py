@@ -520,6 +520,23 @@ def _cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")[:240]
 
 
+def _read_rows(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def _write_summary(rows: list[dict], args, seconds: float) -> None:
+    """Write the markdown page for ``rows``, compared with the ``--before`` rows when they exist."""
+    before = summarise(_read_rows(Path(args.before))) if args.before and Path(args.before).exists() else None
+    how = Counter(r.get("how") for r in rows if r.get("builds"))
+    meta = {"date": time.strftime("%Y-%m-%d", time.gmtime()), "seconds": seconds,
+            "timeout": args.timeout, "before_note": args.before_note,
+            "how": ("random weights on the CPU" if args.weights else
+                    "on the meta device: the same modules and parameter shapes, no weights "
+                    "allocated, since layout and roles read structure only")
+            + "; " + ", ".join(f"{v} built {k}" for k, v in how.most_common())}
+    write_markdown(rows, Path(args.out), meta, before)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds per model")
@@ -547,19 +564,8 @@ def main(argv=None) -> int:
 
     only = {t.strip() for t in args.only.split(",") if t.strip()} or None
     if args.markdown_only:  # --rows may name several files, comma-separated
-        rows = [json.loads(x) for f in args.rows.split(",")
-                for x in Path(f).read_text().splitlines() if x.strip()]
-        before = None
-        if args.before and Path(args.before).exists():
-            before = summarise([json.loads(x) for x in Path(args.before).read_text().splitlines() if x.strip()])
-        how = Counter(r.get("how") for r in rows if r.get("builds"))
-        meta = {"date": time.strftime("%Y-%m-%d", time.gmtime()), "seconds": args.seconds,
-                "timeout": args.timeout, "before_note": args.before_note,
-                "how": ("random weights on the CPU" if args.weights else
-                        "on the meta device: the same modules and parameter shapes, no weights "
-                        "allocated, since layout and roles read structure only")
-                + "; " + ", ".join(f"{v} built {k}" for k, v in how.most_common())}
-        write_markdown(rows, Path(args.out), meta, before)
+        rows = [row for f in args.rows.split(",") for row in _read_rows(Path(f))]
+        _write_summary(rows, args, args.seconds)
         print(json.dumps(summarise(rows), indent=1))
         return 0
     jobs = [j for j in population(only, args.weights) if args.mapping in (None, j[0])]
@@ -581,18 +587,8 @@ def main(argv=None) -> int:
                   flush=True)
     pool.close()
     tmp.replace(rows_path)
-    before = None
-    if args.before and Path(args.before).exists():
-        before = summarise([json.loads(x) for x in Path(args.before).read_text().splitlines() if x.strip()])
     if not args.no_markdown:
-        how = Counter(r.get("how") for r in rows if r.get("builds"))
-        meta = {"date": time.strftime("%Y-%m-%d", time.gmtime()), "seconds": time.time() - t0,
-                "timeout": args.timeout, "before_note": args.before_note,
-                "how": ("random weights on the CPU" if args.weights else
-                        "on the meta device: the same modules and parameter shapes, no weights "
-                        "allocated, since layout and roles read structure only")
-                + "; " + ", ".join(f"{v} built {k}" for k, v in how.most_common())}
-        write_markdown(rows, Path(args.out), meta, before)
+        _write_summary(rows, args, time.time() - t0)
     print(json.dumps(summarise(rows), indent=1))
     return 0
 

@@ -22,7 +22,7 @@ import json
 from pathlib import Path
 
 from layerscope.errors import LayerscopeError
-from layerscope.outputs import check_dir, claim_dir, note_written, read_marker, remove_written
+from layerscope.outputs import check_dir, claim_dir, note_written, remove_written
 
 FORMAT = "layerscope-report"
 KIND = "report"
@@ -42,14 +42,6 @@ def _legacy_figures(path: Path) -> list[str] | None:
         return None
     figures = results.get("figures") or []
     return [f for f in figures if isinstance(f, str) and f.startswith("figures/") and ".." not in f]
-
-
-def is_report_dir(path: Path) -> bool:
-    """True when ``path`` is a layerscope report folder (marked, or an older report)."""
-    marker = read_marker(path)
-    if marker is not None:
-        return marker["kind"] == KIND
-    return _legacy_figures(Path(path)) is not None
 
 
 def _older_report(path: Path):

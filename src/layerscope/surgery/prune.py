@@ -138,19 +138,15 @@ def prune_magnitude(model, sparsity: float, layers=None, *, scope: str = "layer"
 # --- structured ----------------------------------------------------------------------------------
 
 
-def _is_conv1d_hf(layer: nn.Module) -> bool:
-    return is_transposed_linear(layer)
-
-
 def _rows_out(layer: nn.Module) -> Tensor:
     """The weight as (out units, in units)."""
-    return layer.weight.detach().t() if _is_conv1d_hf(layer) else layer.weight.detach().flatten(1) \
+    return layer.weight.detach().t() if is_transposed_linear(layer) else layer.weight.detach().flatten(1) \
         if layer.weight.dim() > 2 else layer.weight.detach()
 
 
 def _keep_out(layer: nn.Module, idx: Tensor) -> None:
     with torch.no_grad():
-        if _is_conv1d_hf(layer):
+        if is_transposed_linear(layer):
             layer.weight = nn.Parameter(layer.weight[:, idx].clone())
             layer.nf = len(idx)
         else:
@@ -165,7 +161,7 @@ def _keep_out(layer: nn.Module, idx: Tensor) -> None:
 
 def _keep_in(layer: nn.Module, idx: Tensor) -> None:
     with torch.no_grad():
-        if _is_conv1d_hf(layer):
+        if is_transposed_linear(layer):
             layer.weight = nn.Parameter(layer.weight[idx].clone())
         else:
             layer.weight = nn.Parameter(layer.weight[:, idx].clone())
