@@ -29,6 +29,7 @@ Example:
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 
 import torch
 import torch.nn.functional as F
@@ -54,7 +55,7 @@ def real_mask(enc, shape) -> Tensor:
     return mask.bool()
 
 
-class Objective:
+class Objective(ABC):
     """Accumulates the effect of each removal (keyed by a tuple of block indices)."""
 
     name = ""
@@ -67,14 +68,17 @@ class Objective:
         for k, v in values.items():
             slot[k] = slot.get(k, 0.0) + float(v)
 
-    def begin(self, enc, reference: Tensor, labels):  # pragma: no cover - overridden
-        raise NotImplementedError
+    @abstractmethod
+    def begin(self, enc, reference: Tensor, labels):
+        """Start a batch: keep what ``add`` compares against and score the intact ``reference``."""
 
-    def add(self, key: tuple, output: Tensor) -> None:  # pragma: no cover - overridden
-        raise NotImplementedError
+    @abstractmethod
+    def add(self, key: tuple, output: Tensor) -> None:
+        """Add the batch's ``output`` with the blocks in ``key`` changed to that key's sums."""
 
-    def value(self, key: tuple) -> dict[str, float]:  # pragma: no cover - overridden
-        raise NotImplementedError
+    @abstractmethod
+    def value(self, key: tuple) -> dict[str, float]:
+        """The key's summed measure: ``{"metric": ..., ...}``."""
 
     def add_final(self, key: tuple, h: Tensor, stack) -> None:
         """Add the output computed by the model's tail from the last block's output ``h``."""

@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import copy
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -46,7 +47,7 @@ class BatchInfo:
     encoded: Any = None                      # the batch as the model was called with (Encoded)
 
 
-class Reducer:
+class Reducer(ABC):
     """Base class: ``update`` with each batch's activations, ``merge`` exactly, ``result``.
 
     ``view`` says how the sweep pools each layer's output (see :mod:`layerscope.views`);
@@ -73,9 +74,12 @@ class Reducer:
     wants_inputs: bool = False
     layers: list[str] | None = None
 
+    @abstractmethod
     def update(self, acts: dict[str, Tensor], batch: BatchInfo) -> None:
-        raise NotImplementedError
+        """Fold one batch's activations (layer name -> pooled tensor) into the state."""
 
+    # merge and result are optional: a reducer read through its own attributes needs no result,
+    # and one never split across runs needs no merge
     def merge(self, other: "Reducer") -> "Reducer":
         raise NotImplementedError
 

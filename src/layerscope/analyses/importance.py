@@ -240,14 +240,13 @@ def _bar(data, limit, desc: str, progress: bool, unit: str = "item"):
     return bar(count_items(data, limit), desc=desc, unit=unit, enabled=progress)
 
 
-def _removal_bar(data, limit, first_size: int, batch_size: int, n_sets: int, progress: bool):
+def _removal_bar(data, limit, first_size: int, n_sets: int, progress: bool):
     """A bar counting removals evaluated (batches × sets), so it moves on every re-run."""
     from layerscope.progress import bar
     from layerscope.sweep import count_items
 
     n = count_items(data, limit)
-    per = batch_size if first_size == batch_size else first_size
-    total = -(-n // max(per, 1)) * n_sets if n is not None else None
+    total = -(-n // max(first_size, 1)) * n_sets if n is not None else None
     return bar(total, desc=f"removal ({n_sets} per batch)", unit="removal", enabled=progress)
 
 
@@ -317,7 +316,8 @@ def run_removals(stack: Stack, data, sets: Sequence[tuple[int, ...]] | None, *, 
                 if means_of is not None and fixed and sets is None:
                     ablate = dict(means_of(fixed))
                 sets = _removable_sets(stack, rec, keep, sets, ablate)
-                bar = _removal_bar(data, limit, enc.size, batch_size, len(sets), progress)
+                ablated = set(ablate)
+                bar = _removal_bar(data, limit, enc.size, len(sets), progress)
             if use_prefix is None:
                 ok = tail_matches(stack, rec)
                 if method == "prefix" and not ok:
@@ -331,9 +331,9 @@ def run_removals(stack: Stack, data, sets: Sequence[tuple[int, ...]] | None, *, 
             objective.begin(enc, reference, labels)
             for s in sets:
                 skip = set(s)
-                if skip & set(ablate):
-                    out = edited_forward(stack, enc, skip=skip - set(ablate),
-                                         ablate={i: ablate[i] for i in skip & set(ablate)})
+                if skip & ablated:
+                    out = edited_forward(stack, enc, skip=skip - ablated,
+                                         ablate={i: ablate[i] for i in skip & ablated})
                     objective.add(tuple(s), main_output(out, stack.task))
                     block_calls += L
                 elif use_prefix:

@@ -102,14 +102,14 @@ class LensStats:
         valid = mask[:, :-1] & mask[:, 1:]
         targets = ids[:, 1:][valid]
         final = F.log_softmax(main_output(output, "causal-lm").float()[mask], dim=-1)
-        final_top = final.argmax(-1)
+        final_p, final_top = final.exp(), final.argmax(-1)
         for layer, h in enumerate(states):
             logits = _decode(stack, layer, h, translate)
             logp = F.log_softmax(logits[mask], dim=-1)
             next_logits = logits[:, :-1][valid]
             self.sums["nll"][layer] += float(F.cross_entropy(next_logits, targets, reduction="sum"))
             self.sums["correct"][layer] += int((next_logits.argmax(-1) == targets).sum())
-            kl = (final.exp() * (final - logp)).sum(-1)
+            kl = (final_p * (final - logp)).sum(-1)
             self.sums["kl"][layer] += float(kl.double().sum())
             self.sums["agree"][layer] += int((logp.argmax(-1) == final_top).sum())
         self.n_next += int(valid.sum())

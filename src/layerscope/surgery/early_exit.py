@@ -158,18 +158,16 @@ def _split(data, test_fraction: float, seed: int):
 
 def _features(loaded, view, items, *, batch_size, max_length, with_output: bool):
     """Pooled outputs of every block (list of (N, D) arrays) and the model's logits if wanted."""
-    from layerscope.views import pool
-
     from layerscope.replay import main_output
-
     from layerscope.sweep import encoded_batches
+    from layerscope.views import pool
 
     feats = [[] for _ in view]
     outs = []
-    with torch.inference_mode():
+    with torch.inference_mode(), view.capture(list(view)) as cap:
         for enc, _ in encoded_batches(loaded, items, batch_size=batch_size, max_length=max_length):
-            with view.capture(list(view)) as cap:
-                out = cap.call(loaded, enc)
+            cap.clear()
+            out = cap.call(loaded, enc)
             for i, layer in enumerate(view):
                 feats[i].append(pool(cap.outputs[layer.name], enc.mask, "mean").cpu().numpy())
             if with_output:

@@ -35,7 +35,7 @@ from __future__ import annotations
 import math
 import statistics
 
-from .monitors import SUSTAIN
+from .monitors import SUSTAIN, depth_kind
 
 RATIO = 1e3            # "orders of magnitude": three
 ABS_VANISH, ABS_EXPLODE = 1e-7, 1e3
@@ -55,10 +55,8 @@ def diagnose(rows: list[dict], history: list[dict], *, task: str | None = None,
 
 # -- gradients ---------------------------------------------------------------------------------
 def _by_step(rows: list[dict]) -> dict[int, list[dict]]:
-    kinds = {r["kind"] for r in rows}
-    blocks = {r["layer"] for r in rows if r["kind"] == "block"}
-    kind = "block" if len(blocks) >= 3 else "module"
-    if kind not in kinds:
+    kind = depth_kind(rows)
+    if kind not in {r["kind"] for r in rows}:
         return {}
     steps: dict[int, list[dict]] = {}
     for r in rows:

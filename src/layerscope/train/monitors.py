@@ -178,7 +178,8 @@ class LayerMonitor:
             self._grad_sq, self._has_grad = sq, has
             return
         keep = torch.zeros(len(self._params), dtype=torch.float64)
-        keep[[i for i, p in enumerate(self._params) if id(p) in {id(q) for q in only}]] = 1.0
+        ids = {id(q) for q in only}
+        keep[[i for i, p in enumerate(self._params) if id(p) in ids]] = 1.0
         inside = (m @ (1.0 - keep)) == 0                # groups made only of ``only``'s params
         self._grad_sq = torch.where(inside, sq, self._grad_sq)
         self._has_grad = torch.where(inside, has, self._has_grad)
@@ -192,7 +193,8 @@ class LayerMonitor:
     def finish(self, *, step: int, epoch: int, loss: float) -> list[dict]:
         """Compute the rest after ``optimizer.step()``, write the rows, raise flags; the rows."""
         m, trainable = self._matrix(), self._trainable
-        frozen = [i for i in range(len(self._params)) if i not in set(trainable)]
+        moving = set(trainable)
+        frozen = [i for i in range(len(self._params)) if i not in moving]
         w_sq = self._norms_sq([self._params[i].detach() for i in frozen], frozen)
         w_sq += self._norms_sq(self._before, trainable)
         after = [self._params[i].detach() for i in trainable]
@@ -337,13 +339,19 @@ def plot_metrics(path, out_dir) -> list[str]:
     return written
 
 
+def depth_kind(rows: list[dict]) -> str:
+    """The rows read by depth: ``"block"`` when the model has at least three blocks, otherwise
+    ``"module"`` (every module with parameters)."""
+    blocks = {r["layer"] for r in rows if r["kind"] == "block"}
+    return "block" if len(blocks) >= 3 else "module"
+
+
 def grad_depth_series(rows: list[dict]) -> tuple[str, list[str], dict[int, list]]:
     """(kind, layers in depth order, {step: gradient norm per layer}) from metrics rows.
 
     The blocks when the model has at least three, otherwise the modules with parameters.
     """
-    blocks = {r["layer"] for r in rows if r["kind"] == "block"}
-    kind = "block" if len(blocks) >= 3 else "module"
+    kind = depth_kind(rows)
     layers: list[str] = []
     by_step: dict[int, dict[str, float]] = {}
     for r in rows:
