@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import torch
 
+from layerscope.modes import evaluating
 from layerscope.report.charts import bar_chart
 
 from .common import (Estimate, Settings, check_model, combine, diff_interval, make_result, pm,
@@ -23,30 +22,9 @@ def _conv_params(module) -> int:
 def _flops(module, x) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
-    was = module.training
-    module.eval()
-    try:
-        with torch.no_grad(), FlopCounterMode(display=False) as fc:
-            module(x)
-    finally:
-        module.train(was)
+    with evaluating(module), torch.no_grad(), FlopCounterMode(display=False) as fc:
+        module(x)
     return int(fc.get_total_flops())
-
-
-def _forward_ms(module, x, repeats: int = 5) -> float:
-    was = module.training
-    module.eval()
-    try:
-        with torch.no_grad():
-            module(x)
-            times = []
-            for _ in range(repeats):
-                t = time.perf_counter()
-                module(x)
-                times.append(time.perf_counter() - t)
-    finally:
-        module.train(was)
-    return 1e3 * float(np.median(times))
 
 
 @register("depthwise", title="Depthwise-separable convolutions",
@@ -56,6 +34,8 @@ def _forward_ms(module, x, repeats: int = 5) -> float:
                  "parameters and 8.5x fewer multiply-adds than the same network with full convolutions",
           models="the zoo CNN (cnn, with options such as cnn:width=16) on images such as mnist", order=90)
 def depthwise(s: Settings):
+    from layerscope.surgery.measure import interleaved_latency
+
     model = s.model or "cnn"
     check_model("depthwise", model, ("cnn",), "the zoo CNN (cnn or cnn:width=N,...), compared with its cnn-dw twin")
     data = s.data or "mnist"
@@ -65,15 +45,18 @@ def depthwise(s: Settings):
     seeds = seed_list(s)
     _, test_part = split(data, 0, limit)
     x = test_part.items[:256]
-    acc, info = {}, {}
+    acc, runs = {}, {}
     for name in ("cnn", "cnn-dw"):
         for seed in seeds:
             run = train_once(f"{name}:{opts}", data, seed=seed, epochs=epochs, workdir=s.workdir, limit=limit)
             acc.setdefault(name, []).append(run.test_accuracy)
-            info.setdefault(name, []).append(run)
-        m = info[name][0].module
-        info[name] = {"params": param_count(m), "conv": _conv_params(m), "flops": _flops(m, x),
-                      "ms": _forward_ms(m, x), "train_s": float(np.mean([r.seconds for r in info[name]]))}
+            runs.setdefault(name, []).append(run)
+    full, dw = runs["cnn"][0].module, runs["cnn-dw"][0].module
+    with evaluating(full, dw):      # median forward ms, the two networks interleaved
+        ms = interleaved_latency(full, dw, lambda: full(x), lambda: dw(x), repeats=5, warmup=1)[:2]
+    info = {name: {"params": param_count(m), "conv": _conv_params(m), "flops": _flops(m, x), "ms": t,
+                   "train_s": float(np.mean([r.seconds for r in runs[name]]))}
+            for name, m, t in (("cnn", full, ms[0]), ("cnn-dw", dw, ms[1]))}
     ratio = info["cnn-dw"]["conv"] / info["cnn"]["conv"]
     fewer = threshold_rule(Estimate(ratio, ratio, ratio, 1, "conv parameters, cnn-dw / cnn", "exact count"),
                            0.5, claim="below")

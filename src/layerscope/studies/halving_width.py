@@ -2,33 +2,15 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import torch
 
+from layerscope.modes import evaluating
 from layerscope.report.charts import bar_chart
 
 from .common import (Settings, check_model, combine, make_result, mean_interval, pm, register,
                      seed_list, threshold_rule)
 from .training import accuracy, split, train_once
-
-
-def _forward_s(module, x, repeats: int = 15) -> float:
-    was = {m: m.training for m in module.modules()}
-    module.eval()
-    try:
-        with torch.no_grad():
-            module(x)
-            times = []
-            for _ in range(repeats):
-                t = time.perf_counter()
-                module(x)
-                times.append(time.perf_counter() - t)
-    finally:
-        for m, flag in was.items():
-            m.training = flag
-    return float(np.median(times))
 
 
 def halve_mlp(module, keep: float = 0.5):
@@ -66,6 +48,8 @@ def halve_mlp(module, keep: float = 0.5):
                  "CIFAR-10 accuracy with 34% fewer FLOPs on VGG-16",
           models="zoo MLPs (mlp, mlp:width=N) on a tensor data set such as digits", order=97)
 def halving_width(s: Settings):
+    from layerscope.surgery.measure import interleaved_latency
+
     model = s.model or "mlp"
     check_model("halving-width", model, ("mlp",), "zoo MLPs (mlp), whose hidden neurons can be pruned")
     data = s.data or "digits"
@@ -77,7 +61,9 @@ def halving_width(s: Settings):
         run = train_once(f"mlp:depth=2,width={width}", data, seed=seed, epochs=epochs, workdir=s.workdir)
         small = halve_mlp(run.module)
         x = test_part.items
-        t_big, t_small = _forward_s(run.module, x), _forward_s(small, x)
+        with evaluating(run.module, small):     # median forward ms, the two runs interleaved
+            t_big, t_small, _ = interleaved_latency(run.module, small, lambda: run.module(x),
+                                                    lambda: small(x), repeats=15, warmup=1)
         before.append(run.test_accuracy)
         cut.append(accuracy(small, test_part))
         fine = train_once(small, data, seed=seed, epochs=tune, workdir=s.workdir, lr=3e-4, name="halved")

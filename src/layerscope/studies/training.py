@@ -69,18 +69,14 @@ class Run:
 
 def accuracy(module: nn.Module, part, batch_size: int = 512) -> float:
     """Accuracy of ``module`` on a labelled tensor data set, in eval mode (restored after)."""
-    was = {m: m.training for m in module.modules()}
-    module.eval()
+    from layerscope.modes import evaluating
+
     correct = 0
-    try:
-        with torch.no_grad():
-            for i in range(0, len(part), batch_size):
-                x = part.items[i:i + batch_size]
-                out = torch.nan_to_num(module(x), nan=-1e30)    # a diverged network predicts nothing
-                correct += int((out.argmax(-1) == part.labels[i:i + batch_size]).sum())
-    finally:
-        for m, flag in was.items():
-            m.training = flag
+    with evaluating(module), torch.no_grad():
+        for i in range(0, len(part), batch_size):
+            x = part.items[i:i + batch_size]
+            out = torch.nan_to_num(module(x), nan=-1e30)    # a diverged network predicts nothing
+            correct += int((out.argmax(-1) == part.labels[i:i + batch_size]).sum())
     return correct / max(len(part), 1)
 
 
