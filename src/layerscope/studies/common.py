@@ -221,11 +221,17 @@ def peak_rule(names: Sequence[str], values: Sequence[float], lows: Sequence[floa
             f"or a layer outside it has one above every layer's in it (refuted)")
     if not inside or not outside:
         raise LayerscopeError(f"{region} holds {len(inside)} of {len(values)} layers; the peak test needs layers on both sides")
+    from layerscope.analyses.claims import peak_claim
+
     bi = max(inside, key=lambda i: values[i])
     bo = max(outside, key=lambda i: values[i])
     peak = int(np.argmax(values))
-    desc = (f"{what} peaks at layer {names[peak]} ({values[peak]:.3f} [{lows[peak]:.3f}, {highs[peak]:.3f}]); "
-            f"best in {region}: {names[bi]} {values[bi]:.3f} [{lows[bi]:.3f}, {highs[bi]:.3f}], "
+    top = f"layer {names[peak]} ({values[peak]:.3f} [{lows[peak]:.3f}, {highs[peak]:.3f}])"
+    if peak_claim(what, names, values, lows, highs, baseline=None, n_test=n).is_peak:
+        top = f"{what} peaks at {top}"
+    else:                   # a peak is named only when its interval clears every other layer's
+        top = f"{what} is highest at {top}, but its interval overlaps another layer's"
+    desc = (f"{top}; best in {region}: {names[bi]} {values[bi]:.3f} [{lows[bi]:.3f}, {highs[bi]:.3f}], "
             f"best elsewhere: {names[bo]} {values[bo]:.3f} [{lows[bo]:.3f}, {highs[bo]:.3f}]")
     if lows[bi] > max(highs[i] for i in outside):
         return Verdict("supported", desc, rule)
