@@ -41,7 +41,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-CS = (0.001, 0.01, 0.1, 1.0)
+from layerscope.analyses.probe_logistic import CS  # noqa: E402  (scikit-learn gets the same C grid)
 
 
 def features(n_items: int):

@@ -59,7 +59,7 @@ def study_command(
 ) -> None:
     """Test a claim about layers: run the experiment, repeat it, and state a verdict from the numbers."""
     from layerscope.errors import LayerscopeError
-    from layerscope.studies.common import registry, run_study
+    from layerscope.studies.common import get_study, registry, run_study
 
     studies = registry()
     if name == "list":
@@ -83,9 +83,7 @@ def study_command(
         missing = [f"{n}: no results given to this merge" for n in studies if n not in {r.name for r in results}]
         _write(results, out, markdown_path, as_json, missing)
         return
-    names = list(studies) if name == "all" else [name]
-    if name != "all" and name not in studies:
-        raise LayerscopeError(f"unknown study {name!r}; choose one of: {', '.join(studies)} (or all, list)")
+    names = list(studies) if name == "all" else [get_study(name).name]
     if name == "all" and (model or data):
         raise LayerscopeError("study all runs each study on its own model and data; drop --model/--data "
                               "or name one study")
