@@ -281,6 +281,8 @@ def sweep(model, data, *, reducers: Sequence[Reducer], layers=None, granularity:
     from layerscope.progress import bar as progress_bar
 
     n_total = len(source)
+    needs = [swept if r.layers is None else [n for n in capture if n in set(r.layers)]
+             for r in reducers]   # each reducer's layers, in model order
     bar = progress_bar(max(n_total - start, 0), unit="item", desc="sweep", enabled=progress)
     n_items = n_batches = 0
     t0 = time.perf_counter()
@@ -302,8 +304,7 @@ def sweep(model, data, *, reducers: Sequence[Reducer], layers=None, granularity:
                     views = _pooled(cap.outputs, enc.mask, reducers, swept, "out")
                     in_views = _pooled(cap.inputs, enc.mask, reducers, swept, "in") if wants_inputs else {}
                 with torch.no_grad():
-                    for r in reducers:
-                        names = swept if r.layers is None else [n for n in capture if n in set(r.layers)]
+                    for r, names in zip(reducers, needs):
                         acts = {n: views[(r.view, n)] for n in names}
                         inputs = ({n: in_views[(r.view, n)] for n in names if (r.view, n) in in_views}
                                   if r.wants_inputs else None)

@@ -240,6 +240,7 @@ def _train(stack, train, test, *, epochs, steps, lr, tokens_per_step, batch_size
         final = F.log_softmax(main_output(output, "causal-lm").float()[mask], dim=-1)
         pick = torch.randperm(len(final), generator=gen)[:tokens_per_step].to(final.device)
         final = final[pick]
+        final_p = final.exp()
         if lens is None:
             lens = TunedLens(layers, states[0].shape[-1]).to(device)
             opt = torch.optim.Adam(lens.parameters(), lr=lr)
@@ -248,7 +249,7 @@ def _train(stack, train, test, *, epochs, steps, lr, tokens_per_step, batch_size
         for layer in range(len(layers) - 1):
             h = states[layer][mask][pick].detach()
             logp = F.log_softmax(decode(lens.translate(layer, h)), dim=-1)
-            kl = (final.exp() * (final - logp)).sum(-1).mean()
+            kl = (final_p * (final - logp)).sum(-1).mean()
             kl.backward()
             total += float(kl.detach())
         torch.nn.utils.clip_grad_norm_(lens.parameters(), 1.0)

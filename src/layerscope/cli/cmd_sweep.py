@@ -7,27 +7,25 @@ from typing import Annotated
 import typer
 
 from .app import app
-from .common import AllowMissingWeightsOpt
-from .limits import limit_option
 from .common import (
+    AllowMissingWeightsOpt,
     BatchSizeOpt,
-    DataArg,
-    LimitOpt,
-    MaxLengthOpt,
     BlocksOpt,
+    DataArg,
     GranularityOpt,
     InputShapeOpt,
     JsonOpt,
     LayersOpt,
+    MaxLengthOpt,
     ModelArg,
     TrustRemoteCodeOpt,
     model_from_cli,
     parse_layers,
     print_json,
 )
+from .limits import DEFAULT_ITEMS, limit_option, load_limited
 
-
-SweepLimitOpt = limit_option(2000)
+SweepLimitOpt = limit_option(DEFAULT_ITEMS)
 
 
 @app.command("sweep")
@@ -53,9 +51,7 @@ def sweep_command(
     loaded = model_from_cli(model, blocks=blocks, input_shape=input_shape,
                             trust_remote_code=trust_remote_code,
                             allow_missing_weights=allow_missing_weights)
-    from .limits import load_limited
-
-    dataset = load_limited(data, limit, default=2000)
+    dataset = load_limited(data, limit, default=DEFAULT_ITEMS)
     moments, nonfinite = Moments(view=view), NonFinite(view=view)
     run = sweep(loaded, dataset, reducers=[moments, nonfinite], layers=parse_layers(layers),
                 granularity=granularity, blocks=blocks, batch_size=batch_size,
