@@ -576,7 +576,8 @@ def _norm_position(block, att, ffn, norms, config) -> str | None:
 # --- around the blocks --------------------------------------------------------------------------
 
 
-def _module_of(model):
+def module_of(model) -> nn.Module:
+    """The nn.Module of ``model`` (itself, or a LoadedModel's ``module``)."""
     if isinstance(model, nn.Module):
         return model
     module = getattr(model, "module", None)
@@ -608,7 +609,7 @@ def role_override(model, role: str) -> nn.Module | None:
         return None
     if role == "final_norm" and str(path).lower() == "none":
         return nn.Identity()
-    module = _module_of(model)
+    module = module_of(model)
     try:
         return module.get_submodule(path)
     except AttributeError:
@@ -657,7 +658,7 @@ def embeddings(model, found=None) -> list[tuple[str, nn.Module]]:
         >>> [p for p, _ in embeddings(m)]
         ['wte', 'wpe']
     """
-    module = _module_of(model)
+    module = module_of(model)
     found = _found(module, found)
     inside = [b.path for b in found.blocks] if found else []
     first = _input_embedding(module)
@@ -688,7 +689,7 @@ def output_head(model, found=None) -> nn.Module | None:
     named = role_override(model, "head")
     if named is not None:
         return named
-    module = _module_of(model)
+    module = module_of(model)
     head = _declared(module, "get_output_embeddings")
     if head is not None:
         return head
@@ -730,7 +731,7 @@ def final_norm(model, found=None) -> nn.Module | None:
     named = role_override(model, "final_norm")
     if named is not None:
         return named
-    module = _module_of(model)
+    module = module_of(model)
     found = _found(module, found)
     owners = []
     if found and found.blocks:
@@ -768,7 +769,7 @@ def final_norm_absent(model, found=None) -> str | None:
     Otherwise a model is without one when no norm follows the last block at all (none of the
     parts after the blocks holds a norm).
     """
-    module = _module_of(model)
+    module = module_of(model)
     found = _found(module, found)
     if not found or not found.blocks or final_norm(module, found) is not None:
         return None
@@ -841,7 +842,7 @@ def infer_task(model_or_loaded) -> str:
     task = None if isinstance(model_or_loaded, nn.Module) else getattr(model_or_loaded, "task", None)
     if task in known:
         return task
-    module = _module_of(model_or_loaded)
+    module = module_of(model_or_loaded)
     own = getattr(module, "task", None)
     if isinstance(own, str) and own in known:
         return own
@@ -891,7 +892,7 @@ def require(role: str, value, model, needed_by: str = "this analysis"):
         layerscope.errors.LayerscopeError: cannot find the head of Linear, which the logit lens needs; name it with --role head=PATH (a dotted module path)
     """
     if value is None:
-        name = type(_module_of(model)).__name__
+        name = type(module_of(model)).__name__
         extra = " or final_norm=none when it has none" if role == "final_norm" else ""
         raise LayerscopeError(f"cannot find the {role.replace('_', ' ')} of {name}, which "
                               f"{needed_by} needs; name it with --role {role}=PATH (a dotted "
@@ -899,7 +900,7 @@ def require(role: str, value, model, needed_by: str = "this analysis"):
     return value
 
 
-__all__ = ["AttentionParts", "FFNParts", "BlockRoles", "BlockFamily", "BLOCK_FAMILIES",
+__all__ = ["module_of", "AttentionParts", "FFNParts", "BlockRoles", "BlockFamily", "BLOCK_FAMILIES",
            "MixerParts", "mixer_parts", "final_norm_absent", "role_override", "NAMED_ROLES", "task_of_class_name",
            "is_transposed_linear", "set_head_counts", "config_head_counts", "HEAD_KEYS",
            "attention_parts", "ffn_parts", "block_norms", "block_roles", "block_family",

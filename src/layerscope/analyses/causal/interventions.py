@@ -50,7 +50,7 @@ from torch import Tensor, nn
 
 from layerscope.errors import LayerscopeError
 from layerscope.layers import Capture, Layer, Layers, primary_tensor
-from layerscope.layouts.roles import _module_of
+from layerscope.layouts.roles import module_of
 
 PARTS = ("block", "attention", "feed-forward", "head")
 OPS = ("replace", "add", "scale", "zero", "mean", "resample")
@@ -287,7 +287,7 @@ class Intervened:
     """
 
     def __init__(self, model, interventions: Sequence[Intervention], record: Sequence[Site] = ()):
-        self.model = _module_of(model)
+        self.model = module_of(model)
         self.interventions = list(interventions)
         by_name: dict[str, list[Intervention]] = {}
         sites: dict[str, Site] = {}
@@ -367,7 +367,7 @@ def run_intervened(model, interventions: Sequence[Intervention], inputs):
         ...     == [net[2].bias.item()] * 3
         True
     """
-    module = _module_of(model)
+    module = module_of(model)
     with torch.no_grad(), Intervened(module, interventions) as iv:
         return iv.call(_run, module, inputs)
 
@@ -380,7 +380,7 @@ def run_blocks(model, blocks: Sequence[Layer], calls: Sequence[tuple[tuple, dict
     position embeddings) broadcast over the rows of ``h``."""
     from layerscope.replay import with_hidden
 
-    with Intervened(_module_of(model), interventions) as edit:
+    with Intervened(module_of(model), interventions) as edit:
         for j in range(start, len(blocks)):
             args, kwargs = with_hidden(*calls[j], h)
             h = primary_tensor(edit.call(blocks[j].module, *args, **kwargs))
@@ -411,7 +411,7 @@ def record_batch(stack, enc, method: str, extra: Sequence[Layer] = ()):
 def site_activations(model, sites: Sequence[Site], inputs) -> dict[str, Tensor]:
     """Each site's activation on ``inputs`` by site label: a block's / part's output, or for a
     head the whole input of the output projection (the head's slice is taken when it is used)."""
-    module = _module_of(model)
+    module = module_of(model)
     plain = [s for s in sites if s.head is None]
     heads = [s for s in sites if s.head is not None]
     layers = {s.name: s.layer for s in plain + heads}
