@@ -288,7 +288,6 @@ OWN_TRUST = "fix in outputs/models/checkpoint"
 OWN_TRAIN = "fix in train/*, cli/cmd_train.py"
 OWN_ENGINE = "fix in sweep/importance/lens"
 OWN_HONEST = "fix in the probe/embed/similarity/report commands"
-OWN_LAYOUTS = "fix in Layers.select"
 OWN_CAUSAL = "fix in analyses/causal (attribute/patch/ablate/steer)"
 
 CASES: list[tuple] = [
@@ -396,7 +395,8 @@ CASES: list[tuple] = [
     ("sweep mlp digits --limit 4 --layers 3-1", "3"),
     ("sweep mlp digits --limit 4 --layers x", "'x'"),
     ("sweep mlp digits --limit 4 --layers 1.5", "1.5"),
-    ("sweep mlp digits --limit 4 --layers ,", "','", OWN_LAYOUTS),
+    ("sweep mlp digits --limit 4 --layers ,", "','"),
+    ("probe mlp digits --limit 40 --layers ' , '", "names no layer"),
     ("probe mlp digits --limit 40 --layers 7", "layer 7"),
     ("embed mlp digits --limit 40 --layers 7", "layer 7"),
     ("similarity mlp digits --limit 40 --layers 7", "layer 7"),
@@ -444,6 +444,11 @@ CASES: list[tuple] = [
     ("importance mlp digits --limit 8 --max-length 0", "--max-length"),
     ("importance mlp digits --limit 8 --max-k 0", "--max-k"),
     ("importance mlp digits --limit 8 --curve --max-k 99", "99"),
+    # labels that cannot score the model's output (a task metric needs one class per item)
+    ("importance transformer text --limit 8", "64 per item"),
+    ("importance mlp:n_classes=3 digits --limit 8", "3 classes"),
+    ("prune transformer --sensitivity --data text --limit 8 --sparsities 0.5", "64 per item"),
+    ("prune mlp:n_classes=3 --sensitivity --data digits --limit 8 --sparsities 0.5", "3 classes"),
     ("record mlp digits -o store --limit 8 --shard-items 0", "--shard-items"),
     ("record mlp digits -o store --limit 8 --batch-size 0", "--batch-size"),
     ("record mlp digits -o store --limit 8 --max-length 0", "--max-length"),
@@ -680,7 +685,7 @@ CASES: list[tuple] = [
     ("attribute mlp --data digits --steps 0", "--steps"),
     ("attribute mlp --data digits --layers 9", "layer 9"),
     ("attribute mlp --input hello", "--data"),
-    ("attribute cnn --data sentences", "text", OWN_CAUSAL),
+    ("attribute cnn --data sentences", "text"),
     ("attribute mlp --data digits --target 99", "class 99"),
     ("attribute mlp --data digits --plot {fx}/afile/x.png", "afile"),
     # ---- training runs ---------------------------------------------------------------------

@@ -78,16 +78,10 @@ EXPECTED = {
     "smollm2":            "o   o   o   o   o   o   o   o   o   o   r   o   o   o   o   o",
 }
 
-OWN_ENGINE = "fix in objectives/importance/sensitivity"
 OWN_CAUSAL = "fix in analyses/causal (attribute/patch/ablate/steer)"
 
 #: cells that crash today (an internal error instead of a result or a reason)
 KNOWN_BUGS = {
-    ("transformer", "importance"): OWN_ENGINE + " — per-position labels of 'text' against a "
-                                                "classifier's (N, 2) output: size mismatch",
-    ("transformer", "prune-sensitivity"): OWN_ENGINE + " — same size mismatch in the quality "
-                                                       "metric",
-    ("transformer", "ablate"): OWN_CAUSAL + " — same size mismatch in the quality metric",
     ("gpt", "attribute"): OWN_CAUSAL + " — token target index out of range on the zoo gpt",
 }
 
@@ -150,7 +144,7 @@ def _state(cache: dict) -> dict:
     for key, loaded in cache.items():
         module = loaded.module
         tensors = [(n, t) for n, t in [*module.named_parameters(), *module.named_buffers()]]
-        state[key] = ([(n, float(t.double().sum()), float(t.double().abs().sum()))
+        state[key] = ([(n, float(t.detach().double().sum()), float(t.detach().double().abs().sum()))
                        for n, t in tensors],
                       [m.training for m in module.modules()])
     return state

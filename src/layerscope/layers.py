@@ -211,8 +211,12 @@ class Layers(Sequence):
         """
         if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "all")):
             return list(self._layers)
+        tokens = _tokens(spec)
+        if isinstance(spec, str) and not tokens:
+            raise LayerscopeError(f"layers {spec!r} names no layer; use indices {self._range()}, "
+                                  "ranges like 2-4, names, or all")
         picked: dict[int, Layer] = {}
-        for token in _tokens(spec):
+        for token in tokens:
             for layer in self._pick(token):
                 picked[layer.index] = layer
         return [picked[i] for i in sorted(picked)]

@@ -55,6 +55,36 @@ def real_mask(enc, shape) -> Tensor:
     return mask.bool()
 
 
+def check_class_labels(labels: Tensor, logits: Tensor) -> None:
+    """Refuse labels that are not one class index per item of ``logits`` ``(B, C)``.
+
+    Example:
+        >>> import torch
+        >>> check_class_labels(torch.tensor([0, 1]), torch.zeros(2, 2))
+        >>> check_class_labels(torch.zeros(2, 64, dtype=torch.long), torch.zeros(2, 2))
+        Traceback (most recent call last):
+        ...
+        layerscope.errors.LayerscopeError: the data's labels are 64 per item (one per position?), but the model gives one of 2 classes per item, so they cannot score it; use data labelled with one class (0-1) per item, or data without labels to compare with the intact model's output
+    """
+    n_classes = logits.shape[-1]
+    fix = (f"use data labelled with one class (0-{n_classes - 1}) per item, or data without "
+           "labels to compare with the intact model's output")
+    if labels.is_floating_point() and not bool((labels == labels.round()).all()):
+        raise LayerscopeError(f"the data's labels are numbers, not classes, but the model gives "
+                              f"one of {n_classes} classes per item; {fix}")
+    if labels.dim() != 1 or logits.dim() != 2 or len(labels) != len(logits):
+        per_item = int(labels[0].numel()) if labels.dim() and len(labels) else 0
+        shape = (f"{per_item} per item (one per position?)" if labels.dim() > 1
+                 else f"of shape {tuple(labels.shape)}")
+        out = (f"one of {n_classes} classes per item" if logits.dim() == 2
+               else f"an output of shape {tuple(logits.shape)}")
+        raise LayerscopeError(f"the data's labels are {shape}, but the model gives {out}, so "
+                              f"they cannot score it; {fix}")
+    if len(labels) and not bool(((labels >= 0) & (labels < n_classes)).all()):
+        raise LayerscopeError(f"the data's labels run from {int(labels.min())} to "
+                              f"{int(labels.max())}, but the model has {n_classes} classes; {fix}")
+
+
 class Objective(ABC):
     """Accumulates the effect of each removal (keyed by a tuple of block indices)."""
 
@@ -152,9 +182,11 @@ class ClassifierObjective(Objective):
         self.name = "accuracy" if with_labels else "kl"
 
     def begin(self, enc, reference, labels):
-        self.labels = labels.to(reference.device).long() if labels is not None else None
-        if self.with_labels and self.labels is None:
+        if self.with_labels and labels is None:
             raise LayerscopeError("some batches have labels and some do not; pass labels for every item")
+        if labels is not None:
+            check_class_labels(torch.as_tensor(labels), reference)
+        self.labels = labels.to(reference.device).long() if labels is not None else None
         self.ref_logp = F.log_softmax(reference.float(), dim=-1)
         self.add((), reference)
 
@@ -275,6 +307,8 @@ class Quality:
             self.sums["after"] += float((emb[0] * emb[1]).sum(-1).sum())
             self.count += before.shape[0]
         elif self.task == "classification":
+            if self.with_labels:
+                check_class_labels(torch.as_tensor(labels), before)
             target = labels.to(before.device) if self.with_labels else before.argmax(-1)
             self.sums["before"] += float((before.argmax(-1) == target).sum())
             self.sums["after"] += float((after.argmax(-1) == target).sum())
@@ -296,4 +330,4 @@ class Quality:
 
 __all__ = ["Objective", "LMObjective", "EmbeddingObjective", "ClassifierObjective",
            "OutputObjective", "RegressionObjective", "make_objective", "Quality", "quality_task",
-           "token_ids", "real_mask"]
+           "token_ids", "real_mask", "check_class_labels"]
