@@ -280,16 +280,25 @@ def sweep(model, data, *, reducers: Sequence[Reducer], layers=None, granularity:
 
     from layerscope.progress import bar as progress_bar
 
+    from layerscope import distributed
+
     n_total = len(source)
     needs = [swept if r.layers is None else [n for n in capture if n in set(r.layers)]
              for r in reducers]   # each reducer's layers, in model order
-    bar = progress_bar(max(n_total - start, 0), unit="item", desc="sweep", enabled=progress)
+    rank, world = distributed.world()  # a process group: this rank's shard, states combined after
+    shard = distributed.shard_range(n_total, world, rank, align=batch_size, start=start)
+    batches = (source.batches(batch_size, start) if world == 1
+               else distributed.shard_batches(source, batch_size, shard))
+    scale = max(n_total - start, 0) / max(len(shard), 1)  # rank 0's bar counts all ranks' items
+    bar = progress_bar(max(n_total - start, 0), unit="item", desc="sweep",
+                       enabled=progress and rank == 0)
     n_items = n_batches = 0
+    failed: BaseException | None = None
     t0 = time.perf_counter()
     try:
         with evaluating(loaded), \
                 lay.capture(capture, inputs=wants_inputs, stop_early=stop_early) as cap:
-            for items, labels, first in source.batches(batch_size, start):
+            for items, labels, first in batches:
                 with torch.inference_mode():
                     enc = loaded.encode(items, max_length=max_length).to(dev)
                     cap.outputs.clear()
@@ -314,9 +323,15 @@ def sweep(model, data, *, reducers: Sequence[Reducer], layers=None, granularity:
                 del views, in_views, enc
                 n_items += len(items)
                 n_batches += 1
-                bar.update(len(items))
+                bar.update(round(len(items) * scale) if world > 1 else len(items))
+    except Exception as exc:
+        if world == 1:
+            raise
+        failed = exc  # sent to the other ranks, which then stop with it instead of waiting
     finally:
         bar.close()
+    if world > 1:
+        n_items, n_batches = distributed.combine(reducers, n_items, n_batches, failed)
     return SweepRun(n_items, n_batches, time.perf_counter() - t0, swept, reducers)
 
 

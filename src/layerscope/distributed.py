@@ -1,0 +1,299 @@
+"""Data-parallel passes on ``torch.distributed``: shards of items per rank, reducer states combined.
+
+When a process group is initialised (``torchrun --nproc-per-node N -m layerscope ...``, or your
+own ``torch.distributed.init_process_group``), :func:`layerscope.sweep.sweep` takes the same path
+on every rank:
+
+1. the items are cut into ``world_size`` contiguous, disjoint shards by index
+   (:func:`shard_range`), on batch boundaries, so every rank meets exactly the batches a single
+   process would meet, and the union of the shards is the whole data set;
+2. each rank runs its own pass over its shard (a rank may get no item: it then contributes
+   nothing);
+3. the reducers' states are gathered from every rank (:func:`combine`) and merged with the
+   reducers' own ``merge``, in rank order; because the shards are in item order, rank-ordered
+   merging keeps rows (samples, labels, kept rows) in the single-process order, and reruns
+   are bit-identical. Every rank ends with the same combined reducers.
+
+A rank that fails sends its one-line error instead of its state; every rank then raises it. A
+rank that dies without a word (killed, out of memory) closes its connections, and the others
+stop with a one-line error; a collective that waits longer than the group's timeout
+(``LAYERSCOPE_DIST_TIMEOUT`` seconds for groups layerscope starts, default 1800) stops the same
+way instead of hanging.
+
+``with local():`` runs sweeps inside it in this process only (no sharding, no collectives).
+
+Example:
+    >>> from layerscope.distributed import shard_range
+    >>> [shard_range(10, 3, r, align=4) for r in range(3)]
+    [range(0, 4), range(4, 8), range(8, 10)]
+    >>> [shard_range(5, 3, r, align=4) for r in range(3)]   # two batches, three ranks
+    [range(0, 0), range(0, 4), range(4, 5)]
+    >>> [shard_range(10, 2, r, align=1) for r in range(2)]
+    [range(0, 5), range(5, 10)]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import datetime
+import os
+import threading
+from typing import Any, Iterator, Sequence
+
+import torch
+from torch import Tensor
+
+from layerscope.errors import LayerscopeError
+
+TIMEOUT_ENV = "LAYERSCOPE_DIST_TIMEOUT"
+DEFAULT_TIMEOUT_S = 1800.0
+
+_local = threading.local()
+_groups: dict[str, Any] = {}
+
+
+# --- who am I ---------------------------------------------------------------------------------
+
+
+def _dist():
+    import torch.distributed as dist
+
+    return dist if dist.is_available() and dist.is_initialized() else None
+
+
+def active() -> bool:
+    """Whether passes run data-parallel here: a process group of 2+ ranks, not inside :func:`local`."""
+    dist = _dist()
+    return dist is not None and dist.get_world_size() > 1 and not getattr(_local, "off", 0)
+
+
+def world() -> tuple[int, int]:
+    """``(rank, world_size)`` of the data-parallel group; ``(0, 1)`` when not distributed."""
+    dist = _dist()
+    if dist is None or getattr(_local, "off", 0):
+        return 0, 1
+    return dist.get_rank(), dist.get_world_size()
+
+
+def is_writer() -> bool:
+    """Whether this process writes results, plots and reports: rank 0, or the only process."""
+    return world()[0] == 0
+
+
+@contextlib.contextmanager
+def local():
+    """Run sweeps inside the block in this process only, even when a process group exists.
+
+    Example:
+        >>> from layerscope.distributed import local, world
+        >>> with local():
+        ...     world()
+        (0, 1)
+    """
+    _local.off = getattr(_local, "off", 0) + 1
+    try:
+        yield
+    finally:
+        _local.off -= 1
+
+
+# --- shards -----------------------------------------------------------------------------------
+
+
+def shard_range(n_items: int, world_size: int, rank: int, *, align: int = 1, start: int = 0) -> range:
+    """The items of ``rank``: a contiguous share of ``[start, n_items)`` cut on multiples of ``align``.
+
+    Ranks take whole blocks of ``align`` items (batches), ``floor(blocks * r / world_size)`` up to
+    ``floor(blocks * (r + 1) / world_size)``; the shards are disjoint, in rank order, and cover
+    every item once. With fewer blocks than ranks, the first ranks get none.
+    """
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise LayerscopeError(f"rank {rank} is not in a world of {world_size}")
+    align = max(int(align), 1)
+    n = max(n_items - start, 0)
+    blocks = -(-n // align)
+    lo = start + (blocks * rank // world_size) * align
+    hi = start + (blocks * (rank + 1) // world_size) * align
+    return range(min(lo, n_items), min(hi, n_items))
+
+
+def shard_batches(source, batch_size: int, items: range) -> Iterator[tuple[Any, Tensor | None, int]]:
+    """``source.batches(batch_size)`` restricted to the positions in ``items`` (global positions)."""
+    if len(items) == 0:
+        return
+    for batch, labels, first in source.batches(batch_size, items.start):
+        if first >= items.stop:
+            return
+        keep = min(len(batch), items.stop - first)
+        if keep < len(batch):
+            batch = batch[:keep]
+            labels = labels[:keep] if labels is not None else None
+        yield batch, labels, first
+
+
+# --- the process group ------------------------------------------------------------------------
+
+
+def timeout_seconds() -> float:
+    """The collective timeout for groups layerscope starts: ``LAYERSCOPE_DIST_TIMEOUT`` or 1800 s."""
+    raw = os.environ.get(TIMEOUT_ENV)
+    if raw is None or not raw.strip():
+        return DEFAULT_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if value <= 0:
+        raise LayerscopeError(f"{TIMEOUT_ENV}={raw!r} is not a positive number of seconds; "
+                              f"set it to e.g. 600")
+    return value
+
+
+def backend_for(device: str | None = None) -> str:
+    """``nccl`` when this process drives a CUDA device (and NCCL is built in), else ``gloo``."""
+    import torch.distributed as dist
+
+    wants_cuda = (device or "auto") in ("auto", "cuda") and torch.cuda.is_available()
+    if wants_cuda and dist.is_nccl_available():
+        return "nccl"
+    return "gloo"
+
+
+def init_from_env(device: str | None = None) -> bool:
+    """Start the process group a launcher (``torchrun``) described in the environment.
+
+    Does nothing (returns False) when ``WORLD_SIZE`` is unset or 1, or a group already exists.
+    The backend is chosen by :func:`backend_for`; with NCCL each rank takes the GPU of its
+    ``LOCAL_RANK``. The collective timeout is :func:`timeout_seconds`.
+    """
+    import torch.distributed as dist
+
+    try:
+        size = int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        raise LayerscopeError(f"WORLD_SIZE={os.environ['WORLD_SIZE']!r} is not a number of "
+                              f"processes; start layerscope with torchrun") from None
+    if size <= 1 or (dist.is_available() and dist.is_initialized()):
+        return False
+    if not dist.is_available():
+        raise LayerscopeError("this PyTorch build has no torch.distributed; run in one process")
+    for key in ("RANK", "MASTER_ADDR", "MASTER_PORT"):
+        if key not in os.environ:
+            raise LayerscopeError(f"WORLD_SIZE is {size} but {key} is not set; start layerscope "
+                                  f"with torchrun --nproc-per-node N -m layerscope ...")
+    backend = backend_for(device)
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+    timeout = datetime.timedelta(seconds=timeout_seconds())
+    try:
+        dist.init_process_group(backend, timeout=timeout)
+    except (RuntimeError, ValueError) as exc:
+        raise LayerscopeError(f"cannot start the {backend} process group of {size} ranks: "
+                              f"{_first_line(exc)}") from exc
+    return True
+
+
+def _control_group():
+    """A gloo group for the CPU-side exchanges (states, errors); the default group when it is gloo."""
+    import torch.distributed as dist
+
+    if dist.get_backend() == "gloo":
+        return None
+    key = "gloo"
+    if key not in _groups:
+        _groups[key] = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=timeout_seconds()))
+    return _groups[key]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def all_gather(obj) -> list:
+    """Every rank's ``obj`` (picklable), in rank order; a lost or silent rank is a one-line error."""
+    import torch.distributed as dist
+
+    rank, size = world()
+    out: list = [None] * size
+    try:
+        dist.all_gather_object(out, obj, group=_control_group())
+    except Exception as exc:  # gloo/nccl raise RuntimeError subclasses on timeouts and lost peers
+        raise LayerscopeError(
+            f"rank {rank} of {size}: another rank stopped or did not answer within "
+            f"{timeout_seconds():.0f} s ({_first_line(exc)}); its own error is above"
+        ) from exc
+    return out
+
+
+def check_all(error: BaseException | None) -> None:
+    """Tell every rank whether this one failed; raise the first failing rank's error everywhere.
+
+    Every rank must call this at the same point (a failing rank instead of its next collective).
+    """
+    failures = [(r, msg) for r, msg in enumerate(all_gather(_describe(error))) if msg is not None]
+    if failures:
+        rank, msg = failures[0]
+        raise LayerscopeError(f"rank {rank} of {world()[1]}: {msg}") from error
+
+
+def _describe(error: BaseException | None) -> str | None:
+    if error is None:
+        return None
+    if isinstance(error, LayerscopeError):
+        return _first_line(error)
+    return f"internal error ({type(error).__name__}: {_first_line(error)})"
+
+
+# --- combining reducers -----------------------------------------------------------------------
+
+
+def _to_cpu(value):
+    if isinstance(value, Tensor):
+        return value.cpu()
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_to_cpu(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_to_cpu(v) for v in value)
+    return value
+
+
+def _rebuilt(reducer, state: dict):
+    out = copy.copy(reducer)   # the same class and settings; load_state_dict replaces the sums
+    return out.load_state_dict(state)
+
+
+def combine(reducers: Sequence, n_items: int, n_batches: int,
+            error: BaseException | None = None) -> tuple[int, int]:
+    """Merge every rank's ``reducers`` (in place, on every rank); return the global item and batch counts.
+
+    Each rank sends its reducers' ``state_dict()`` (tensors on the CPU) or its error; the states
+    of ranks that saw items are merged in rank order with the reducers' own ``merge`` and
+    loaded back into ``reducers``. Raises the first failing rank's error on every rank.
+    """
+    payload = {"error": _describe(error), "items": n_items, "batches": n_batches,
+               "states": None if error is not None else [_to_cpu(r.state_dict()) for r in reducers]}
+    gathered = all_gather(payload)
+    failures = [(r, g["error"]) for r, g in enumerate(gathered) if g["error"] is not None]
+    if failures:
+        rank, msg = failures[0]
+        raise LayerscopeError(f"rank {rank} of {len(gathered)}: {msg}") from error
+    parts = [g for g in gathered if g["items"] > 0]
+    for k, reducer in enumerate(reducers):
+        states = [g["states"][k] for g in parts]
+        if not states:
+            continue
+        merged = _rebuilt(reducer, states[0])
+        for state in states[1:]:
+            merged = merged.merge(_rebuilt(reducer, state))
+        reducer.load_state_dict(merged.state_dict())
+    return sum(g["items"] for g in gathered), sum(g["batches"] for g in gathered)
+
+
+def barrier() -> None:
+    """Wait for every rank (a no-op outside a group); a lost rank is a one-line error."""
+    if active():
+        all_gather(None)

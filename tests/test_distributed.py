@@ -1,0 +1,169 @@
+"""Data-parallel passes: 2 CPU processes on gloo give the single-process results.
+
+Each job below is a plain function run twice: once in this process (no process group: the
+reference) and once on every rank of a 2-process gloo group started with
+``torch.multiprocessing`` (spawn). The ranks' results must equal the reference to 1e-6 and be
+the same on every rank.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import pickle
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from layerscope.distributed import shard_range
+from layerscope.errors import LayerscopeError
+from layerscope.reducers import Moments
+
+TIMEOUT_S = 120   # generous for a loaded 2-core machine; failures below end long before it
+
+
+# --- the harness ------------------------------------------------------------------------------
+
+
+def _rank_main(rank: int, world: int, folder: str, job, args, timeout_s: float) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank,
+                            world_size=world, timeout=datetime.timedelta(seconds=timeout_s))
+    try:
+        out = {"ok": job(*args)}
+    except LayerscopeError as exc:
+        out = {"error": str(exc)}
+    with open(Path(folder) / f"rank{rank}.pkl", "wb") as f:
+        pickle.dump(out, f)
+    dist.destroy_process_group()
+
+
+def run_ranks(job, *args, world: int = 2, timeout_s: float = TIMEOUT_S) -> list[dict]:
+    """``job(*args)`` on each rank of a ``world``-process gloo group; each rank's {"ok"|"error"}."""
+    with tempfile.TemporaryDirectory() as folder:
+        torch.multiprocessing.start_processes(_rank_main, args=(world, folder, job, args, timeout_s),
+                                              nprocs=world, join=True, start_method="spawn")
+        outs = []
+        for r in range(world):
+            with open(Path(folder) / f"rank{r}.pkl", "rb") as f:
+                outs.append(pickle.load(f))
+    return outs
+
+
+def _close(a, b, path="") -> None:
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            _close(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, (list, tuple)) and a and not isinstance(a[0], (int, float, np.number)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            _close(x, y, f"{path}[{i}]")
+    elif isinstance(a, str) or a is None:
+        assert a == b, path
+    else:
+        np.testing.assert_allclose(np.asarray(a, dtype=float), np.asarray(b, dtype=float),
+                                   rtol=1e-6, atol=1e-6, err_msg=path)
+
+
+def _same_everywhere(job, *args, world: int = 2):
+    ref = job(*args)
+    outs = run_ranks(job, *args, world=world)
+    for r, out in enumerate(outs):
+        assert "ok" in out, f"rank {r}: {out.get('error')}"
+        _close(ref, out["ok"])
+    return ref, outs
+
+
+# --- jobs (module level: the spawned ranks import them) ---------------------------------------
+
+
+def _mlp():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(6, 12), torch.nn.Tanh(), torch.nn.Linear(12, 12),
+                               torch.nn.ReLU(), torch.nn.Linear(12, 3)).eval()
+
+
+def _tensor_data(n: int):
+    from layerscope.data import Dataset
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(n, 6, generator=g)
+    return Dataset("toy", x, (x[:, 0] + 0.3 * x[:, 1] > 0).long(), "tensor", "classification")
+
+
+def job_sweep_stats(n: int, batch_size: int) -> dict:
+    from layerscope.reducers import Covariance, LabelCollector, Moments, NonFinite, Reservoir
+    from layerscope.sweep import sweep
+
+    reds = [Moments(), NonFinite(), Covariance(), Reservoir(capacity=1000), LabelCollector()]
+    run = sweep(_mlp(), _tensor_data(n), reducers=reds, batch_size=batch_size, progress=False)
+    m, cov, res = reds[0].result(), reds[2].result(), reds[3].result()
+    return {"items": run.n_items, "batches": run.n_batches, "mean": m.mean, "std": m.std,
+            "min": m.min, "max": m.max, "nonfinite": reds[1].result().nan,
+            "cov": {k: np.asarray(v) for k, v in cov.cov.items()}, "rank": cov.effective_rank,
+            "sample_index": res.indices, "sample_rows": {k: v for k, v in res.rows.items()},
+            "labels": reds[4].result().tolist()}
+
+
+def job_probe_cka(n: int) -> dict:
+    from layerscope.analyses.probe import probe
+    from layerscope.analyses.similarity import similarity
+
+    pr = probe(_mlp(), _tensor_data(n), batch_size=16)
+    sim = similarity(_mlp(), _tensor_data(n).items, batch_size=16)
+    return {"probe": list(pr.score), "cka": np.asarray(sim.cka)}
+
+
+# --- tests ------------------------------------------------------------------------------------
+
+
+def test_shards_cover_every_item_once_in_order():
+    for n, world, align, start in [(37, 2, 8, 0), (5, 3, 4, 0), (100, 4, 7, 9), (1, 8, 32, 0)]:
+        parts = [shard_range(n, world, r, align=align, start=start) for r in range(world)]
+        assert [i for p in parts for i in p] == list(range(start, n))
+        assert all(p.start % align == start % align or len(p) == 0 for p in parts)
+
+
+def test_sweep_statistics_equal_single_process_uneven_split():
+    ref, outs = _same_everywhere(job_sweep_stats, 37, 8)   # 5 batches: ranks get 16 and 21 items
+    assert ref["items"] == 37 and outs[0]["ok"]["items"] == 37 and outs[1]["ok"]["batches"] == 5
+
+
+def test_sweep_with_a_rank_that_gets_no_item():
+    ref, outs = _same_everywhere(job_sweep_stats, 5, 8)    # one batch: rank 0 gets nothing
+    assert outs[0]["ok"]["labels"] == ref["labels"]
+
+
+def test_probe_scores_and_cka_equal_single_process():
+    _same_everywhere(job_probe_cka, 90)
+
+
+class FailsLate(Moments):
+    """Moments that fail on items from 16 on: only the rank holding them fails."""
+
+    def update(self, acts, batch):
+        if batch.start >= 16:
+            raise LayerscopeError(f"item {batch.start} is bad; fix the data")
+        super().update(acts, batch)
+
+
+def job_fails_on_one_rank() -> str:
+    from layerscope.sweep import sweep
+
+    sweep(_mlp(), _tensor_data(37), reducers=[FailsLate()], batch_size=8, progress=False)
+    return "finished"
+
+
+def test_a_failing_rank_stops_every_rank_with_its_error():
+    import time
+
+    t0 = time.perf_counter()
+    outs = run_ranks(job_fails_on_one_rank)
+    assert time.perf_counter() - t0 < 50
+    assert [o.get("error") for o in outs] == ["rank 1 of 2: item 16 is bad; fix the data"] * 2
