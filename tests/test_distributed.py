@@ -9,6 +9,7 @@ the same on every rank.
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import pickle
 import tempfile
@@ -167,3 +168,66 @@ def test_a_failing_rank_stops_every_rank_with_its_error():
     outs = run_ranks(job_fails_on_one_rank)
     assert time.perf_counter() - t0 < 50
     assert [o.get("error") for o in outs] == ["rank 1 of 2: item 16 is bad; fix the data"] * 2
+
+
+# --- record -----------------------------------------------------------------------------------
+
+
+class KilledNet(torch.nn.Module):
+    """The test MLP; on rank ``kill_rank`` its ``kill_at``-th forward SIGKILLs its own process."""
+
+    def __init__(self, kill_at: int | None = None, kill_rank: int = 1):
+        super().__init__()
+        self.net, self.kill_at, self.kill_rank, self.calls = _mlp(), kill_at, kill_rank, 0
+
+    def forward(self, x):
+        import signal
+
+        import torch.distributed as dist
+
+        self.calls += 1
+        if (self.kill_at is not None and dist.is_initialized()
+                and dist.get_rank() == self.kill_rank and self.calls == self.kill_at):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return self.net(x)
+
+
+def job_record(folder: str, n: int, kill_at: int | None = None) -> dict:
+    from layerscope.store import Store, record
+
+    record(KilledNet(kill_at), _tensor_data(n).items, folder, dtype="float16", batch_size=4,
+           shard_items=8, progress=False)
+    store = Store(folder)
+    return {"items": len(store), "shards": [s["file"] for s in store.manifest["shards"]]}
+
+
+def _files(folder) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(Path(folder).iterdir())}
+
+
+def test_record_from_two_ranks_is_the_single_process_store(tmp_path):
+    job_record(str(tmp_path / "one"), 37)
+    outs = run_ranks(job_record, str(tmp_path / "two"), 37)
+    assert all("ok" in o for o in outs), outs
+    one, two = _files(tmp_path / "one"), _files(tmp_path / "two")
+    assert sorted(one) == sorted(two) and len(one) == 6    # 5 shards (the last of 5 items) + manifest
+    for name in one:
+        if name != "manifest.json":
+            assert one[name] == two[name], name
+    m1, m2 = (json.loads(one["manifest.json"]), json.loads(two["manifest.json"]))
+    assert m1 == m2
+
+
+def test_record_killed_rank_then_rerun_gives_the_same_store(tmp_path):
+    job_record(str(tmp_path / "one"), 45)          # 6 shards: rank 0 takes 0-2, rank 1 takes 3-5
+    folder = tmp_path / "two"
+    with pytest.raises(Exception):                 # rank 1 dies in its 4th batch (its 2nd shard)
+        run_ranks(job_record, str(folder), 45, 4)
+    left = {p.name for p in folder.iterdir()}
+    assert "shard-00003.safetensors" in left and ".manifest.json.rank-1" in left
+    assert not json.loads((folder / "manifest.json").read_text())["complete"]
+    before = (folder / "shard-00003.safetensors").stat().st_mtime_ns
+    outs = run_ranks(job_record, str(folder), 45)
+    assert all("ok" in o for o in outs), outs
+    assert (folder / "shard-00003.safetensors").stat().st_mtime_ns == before   # resumed, not redone
+    assert _files(tmp_path / "one") == _files(folder)

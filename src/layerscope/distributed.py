@@ -118,6 +118,28 @@ def shard_range(n_items: int, world_size: int, rank: int, *, align: int = 1, sta
     return range(min(lo, n_items), min(hi, n_items))
 
 
+def plan(n_items: int, batch_size: int, start: int = 0, *, progress: bool = True
+         ) -> tuple[int, int, range]:
+    """``(rank, world_size, this rank's items)`` for a pass over ``[start, n_items)`` in batches.
+
+    When some ranks get no item (fewer batches than ranks), rank 0 says so once (unless
+    ``progress`` is off): that is allowed, those ranks only take part in combining.
+    """
+    rank, size = world()
+    items = shard_range(n_items, size, rank, align=batch_size, start=start)
+    if size > 1 and rank == 0:
+        idle = sum(1 for r in range(size)
+                   if not len(shard_range(n_items, size, r, align=batch_size, start=start)))
+        if idle:
+            from layerscope.progress import announce
+
+            n = max(n_items - start, 0)
+            announce(f"note: {idle} of {size} ranks get no item ({n} items in batches of "
+                     f"{batch_size}); they only take part in combining the results",
+                     progress=progress)
+    return rank, size, items
+
+
 def shard_batches(source, batch_size: int, items: range) -> Iterator[tuple[Any, Tensor | None, int]]:
     """``source.batches(batch_size)`` restricted to the positions in ``items`` (global positions)."""
     if len(items) == 0:
@@ -266,21 +288,44 @@ def _rebuilt(reducer, state: dict):
     return out.load_state_dict(state)
 
 
+def weights_signature(module: torch.nn.Module | None, head: int = 256) -> str | None:
+    """A cheap check that two ranks hold the same model: sha256 over every parameter's name,
+    shape and first ``head`` values (parameters offloaded to the meta device count by shape)."""
+    if module is None:
+        return None
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, p in module.named_parameters():
+        h.update(f"{name} {p.dtype} {tuple(p.shape)}\n".encode())
+        if p.device.type != "meta" and p.numel():
+            h.update(p.detach().reshape(-1)[:head].float().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
 def combine(reducers: Sequence, n_items: int, n_batches: int,
-            error: BaseException | None = None) -> tuple[int, int]:
+            error: BaseException | None = None, module: torch.nn.Module | None = None
+            ) -> tuple[int, int]:
     """Merge every rank's ``reducers`` (in place, on every rank); return the global item and batch counts.
 
     Each rank sends its reducers' ``state_dict()`` (tensors on the CPU) or its error; the states
     of ranks that saw items are merged in rank order with the reducers' own ``merge`` and
-    loaded back into ``reducers``. Raises the first failing rank's error on every rank.
+    loaded back into ``reducers``. Raises the first failing rank's error on every rank, and
+    refuses when ``module`` (the model the pass ran) differs between ranks.
     """
     payload = {"error": _describe(error), "items": n_items, "batches": n_batches,
+               "model": weights_signature(module) if error is None else None,
                "states": None if error is not None else [_to_cpu(r.state_dict()) for r in reducers]}
     gathered = all_gather(payload)
     failures = [(r, g["error"]) for r, g in enumerate(gathered) if g["error"] is not None]
     if failures:
         rank, msg = failures[0]
         raise LayerscopeError(f"rank {rank} of {len(gathered)}: {msg}") from error
+    other = next((r for r, g in enumerate(gathered) if g["model"] != gathered[0]["model"]), None)
+    if other is not None:
+        raise LayerscopeError(
+            f"rank {other} runs other weights than rank 0 (a randomly initialised model not "
+            f"seeded alike?); every rank must load the same model: save it and load the file")
     parts = [g for g in gathered if g["items"] > 0]
     for k, reducer in enumerate(reducers):
         states = [g["states"][k] for g in parts]

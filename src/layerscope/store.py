@@ -234,8 +234,9 @@ def _describe_difference(key: str, old: dict, new: dict) -> str:
     return f"another {key} ({old.get(key)!r}, not {new.get(key)!r})"
 
 
-def _prepare_folder(out: Path, identity: dict, overwrite: bool) -> list[dict]:
-    """Check/clean the output folder; return the verified shards to resume from."""
+def _prepare_folder(out: Path, identity: dict, overwrite: bool, verify=None) -> list[dict]:
+    """Check/clean the output folder; return the verified shards to resume from
+    (``verify(out, listed shards)``, by default the verified prefix)."""
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -258,7 +259,7 @@ def _prepare_folder(out: Path, identity: dict, overwrite: bool) -> list[dict]:
                 f"{out} holds a store of {_describe_difference(diff[0], old, identity)}; pass "
                 f"--overwrite (overwrite=True) to replace it, or choose another output folder"
             )
-        keep = [] if diff else _verified_prefix(out, old.get("shards", []))
+        keep = [] if diff else (verify or _verified_prefix)(out, old.get("shards", []))
     elif (others or ours) and not overwrite:
         raise LayerscopeError(
             f"{out} is not empty and holds no layerscope store; choose an empty folder or pass --overwrite"
@@ -331,6 +332,15 @@ def record(model, data, out_dir, *, layers=None, view: str = "mean", dtype: str 
         "data": {"name": source.name, "items": len(source), "sha256": data_hash(source.items)},
     }
     out = Path(out_dir)
+    from layerscope import distributed
+
+    if distributed.active():  # every rank records its shards of the one store
+        from layerscope.store_ranks import record_ranks
+
+        record_ranks(loaded, source, out, identity, names=names, view=view, dtype=dtype,
+                     batch_size=batch_size, shard_items=shard_items, max_length=max_length,
+                     granularity=granularity, blocks=blocks, overwrite=overwrite, progress=progress)
+        return Store(out)
     created = not out.exists()
     shards = _prepare_folder(out, identity, overwrite)
     manifest = {**identity, "n_items": len(source), "shapes": {}, "shards": shards, "complete": False}

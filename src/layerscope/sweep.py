@@ -285,8 +285,8 @@ def sweep(model, data, *, reducers: Sequence[Reducer], layers=None, granularity:
     n_total = len(source)
     needs = [swept if r.layers is None else [n for n in capture if n in set(r.layers)]
              for r in reducers]   # each reducer's layers, in model order
-    rank, world = distributed.world()  # a process group: this rank's shard, states combined after
-    shard = distributed.shard_range(n_total, world, rank, align=batch_size, start=start)
+    # under a process group: this rank's shard of the items; the states are combined after
+    rank, world, shard = distributed.plan(n_total, batch_size, start, progress=progress)
     batches = (source.batches(batch_size, start) if world == 1
                else distributed.shard_batches(source, batch_size, shard))
     scale = max(n_total - start, 0) / max(len(shard), 1)  # rank 0's bar counts all ranks' items
@@ -331,7 +331,8 @@ def sweep(model, data, *, reducers: Sequence[Reducer], layers=None, granularity:
     finally:
         bar.close()
     if world > 1:
-        n_items, n_batches = distributed.combine(reducers, n_items, n_batches, failed)
+        n_items, n_batches = distributed.combine(reducers, n_items, n_batches, failed,
+                                                       loaded.module)
     return SweepRun(n_items, n_batches, time.perf_counter() - t0, swept, reducers)
 
 
