@@ -147,3 +147,27 @@ def test_no_module_outside_layers_registers_a_hook():
              if p.name != "layers.py" or p.parent != root
              if pattern.search(p.read_text())]
     assert found == []
+
+
+def test_replace_primary_edits_the_tensor_primary_tensor_reads():
+    from collections import namedtuple
+
+    from layerscope.layers import primary_tensor
+
+    Pair = namedtuple("Pair", "cache hidden")
+    a, b, new = torch.zeros(2), torch.ones(3), torch.full((4,), 5.0)
+    cases = [
+        ("cache", [None, (a, b)]),                         # nested: the list's first tensor
+        Pair(cache=None, hidden=a),                        # a namedtuple keeps its type
+        {"past": None, "scores": a, "logits": b},          # a preferred key wins over order
+        {"past": "x", "extra": [None, a]},                 # else the first field holding one
+    ]
+    for output in cases:
+        old = primary_tensor(output)
+        edited = replace_primary(output, new)
+        assert type(edited) is type(output) and primary_tensor(edited) is new
+        assert old is not new and primary_tensor(output) is old  # the original is untouched
+    assert replace_primary(cases[0], new)[1][1] is b and replace_primary(cases[1], new).cache is None
+    assert replace_primary(cases[2], new)["scores"] is a
+    with pytest.raises(LayerscopeError, match="can be edited"):
+        replace_primary((None, "x"), new)

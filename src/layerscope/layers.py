@@ -83,24 +83,34 @@ def primary_tensor(output) -> Tensor:
         return output
     if isinstance(output, PackedSequence):
         return pad_packed_sequence(output, batch_first=True)[0]
+    found = _primary_slot(output)
+    if found is None:
+        raise LayerscopeError(
+            f"a layer returned {type(output).__name__} with no tensor in it; choose a layer that "
+            f"outputs a tensor")
+    return found[1]
+
+
+def _primary_slot(output) -> tuple | None:
+    """``(key or index, tensor)``: where in a mapping, tuple or list the primary tensor lies.
+
+    A mapping's ``last_hidden_state``, ``hidden_states`` or ``logits`` tensor comes first (in
+    that order), else the first field or item that holds a tensor; None when nothing does.
+    """
     if isinstance(output, Mapping):
-        for key in ("last_hidden_state", "hidden_states", "logits"):
-            value = output.get(key)
-            if isinstance(value, Tensor):
-                return value
-        items = list(output.values())
+        preferred = [k for k in ("last_hidden_state", "hidden_states", "logits")
+                     if isinstance(output.get(k), Tensor)]
+        slots = preferred or list(output.keys())
     elif isinstance(output, (tuple, list)):
-        items = list(output)
+        slots = range(len(output))
     else:
-        items = []
-    for item in items:
+        return None
+    for slot in slots:
         try:
-            return primary_tensor(item)
+            return slot, primary_tensor(output[slot])
         except LayerscopeError:
             continue
-    raise LayerscopeError(
-        f"a layer returned {type(output).__name__} with no tensor in it; choose a layer that "
-        f"outputs a tensor")
+    return None
 
 
 def _own_blocks(module: nn.Module) -> str | None:
@@ -383,34 +393,24 @@ def replace_primary(output, new: Tensor):
     """
     if isinstance(output, Tensor):
         return new
+    found = _primary_slot(output) if not isinstance(output, PackedSequence) else None
+    if found is None:
+        raise LayerscopeError(
+            f"a layer returned {type(output).__name__}; only a tensor, or a tuple, list or "
+            f"ModelOutput holding one, can be edited")
+    slot = found[0]
     if isinstance(output, Mapping):
-        keys = [k for k in ("last_hidden_state", "hidden_states", "logits")
-                if isinstance(output.get(k), Tensor)] or list(output.keys())
-        for key in keys:
-            try:
-                primary_tensor(output[key])
-            except LayerscopeError:
-                continue
-            fields = dict(output.items())
-            fields[key] = replace_primary(output[key], new)
-            try:
-                return type(output)(**fields)
-            except TypeError:
-                return fields
-    elif isinstance(output, (tuple, list)):
-        for i, item in enumerate(output):
-            try:
-                primary_tensor(item)
-            except LayerscopeError:
-                continue
-            items = list(output)
-            items[i] = replace_primary(item, new)
-            if isinstance(output, list):
-                return items
-            return type(output)(*items) if hasattr(output, "_fields") else tuple(items)
-    raise LayerscopeError(
-        f"a layer returned {type(output).__name__}; only a tensor, or a tuple, list or ModelOutput "
-        f"holding one, can be edited")
+        fields = dict(output.items())
+        fields[slot] = replace_primary(output[slot], new)
+        try:
+            return type(output)(**fields)
+        except TypeError:
+            return fields
+    items = list(output)
+    items[slot] = replace_primary(output[slot], new)
+    if isinstance(output, list):
+        return items
+    return type(output)(*items) if hasattr(output, "_fields") else tuple(items)
 
 
 class Capture:
