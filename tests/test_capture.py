@@ -167,7 +167,7 @@ def test_replace_primary_edits_the_tensor_primary_tensor_reads():
         edited = replace_primary(output, new)
         assert type(edited) is type(output) and primary_tensor(edited) is new
         assert old is not new and primary_tensor(output) is old  # the original is untouched
-    assert replace_primary(cases[0], new)[1][1] is b and replace_primary(cases[1], new).cache is None
+    assert replace_primary(cases[0], new)[1][1][1] is b and replace_primary(cases[1], new).cache is None
     assert replace_primary(cases[2], new)["scores"] is a
     with pytest.raises(LayerscopeError, match="can be edited"):
         replace_primary((None, "x"), new)
