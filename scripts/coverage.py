@@ -166,8 +166,11 @@ def reference_lists(model, config) -> tuple[list[tuple[str, int, str]], list[str
 
 def _dual(model) -> bool:
     """A dual encoder: its forward scores one tower's embeddings against the other's (the
-    source of its ``forward`` computes ``logits_per_*``), and it has no LM head."""
+    source of its ``forward`` computes two or more ``logits_per_*``, one per tower: CLIP's
+    ``logits_per_image``/``logits_per_text``; a tracker's single ``logits_per_obj`` is not),
+    and it has no LM head."""
     import inspect
+    import re
 
     try:
         source = inspect.getsource(type(model).forward)
@@ -178,7 +181,15 @@ def _dual(model) -> bool:
         head = getter() if callable(getter) else None
     except Exception:  # noqa: BLE001
         head = None
-    return "logits_per_" in source and head is None
+    return len(set(re.findall(r"logits_per_\w+", source))) >= 2 and head is None
+
+
+def _no_forward(model) -> bool:
+    """A container whose class defines no forward (its sub-models run one after another in
+    ``generate``): no stack comes first, so layerscope should ask, as for a dual encoder."""
+    from torch import nn
+
+    return type(model).forward is nn.Module.forward
 
 
 def _build(model_type: str, cls_name: str, weights: bool = False):
@@ -226,7 +237,7 @@ def measure(mapping: str, model_type: str, cls_name: str, weights: bool = False)
     cands, expected = reference_lists(model, config)
     row["reference"] = cands
     row["expected"] = expected
-    dual = _dual(model)
+    dual = _dual(model) or _no_forward(model)
     row["dual"] = dual
     stacks = None
     try:
@@ -244,13 +255,13 @@ def measure(mapping: str, model_type: str, cls_name: str, weights: bool = False)
         want = []
         for p in expected:
             want += [f"{p}.{n}" if p else n for n, _ in model.get_submodule(p).named_children()]
-        row["default_ok"] = (not dual) and bool(expected) and names == want
+        row["default_ok"] = (not dual) and bool(expected) and (names == want or _grouped_ok(lay, want))
         if dual:
             row["default_ok"] = False
             row["why"] = "dual encoder: expected a question naming the stacks"
         elif not expected:
             row["why"] = "no reference list (no ModuleList as long as a declared layer count)"
-        elif names != want:
+        elif not row["default_ok"]:
             row["why"] = f"got {_span(names)}; reference {_span(want)}"
     except LayerscopeError as exc:
         msg = str(exc)
@@ -271,7 +282,8 @@ def measure(mapping: str, model_type: str, cls_name: str, weights: bool = False)
     if lay is not None and len(lay):
         try:
             found = getattr(lay, "found", None)
-            block = lay[0].module
+            view = getattr(layouts, "block_view", None)
+            block = view(found.blocks[0]) if view and found is not None else lay[0].module
             row["roles"] = {
                 "final_norm": layouts.final_norm(model, found) is not None
                 or bool(getattr(layouts, "final_norm_absent", lambda *a: None)(model, found)),
@@ -283,6 +295,22 @@ def measure(mapping: str, model_type: str, cls_name: str, weights: bool = False)
         except Exception as exc:  # noqa: BLE001
             row["roles_error"] = f"{type(exc).__name__}: {exc}"[:300]
     return row
+
+
+def _grouped_ok(lay, want: list[str]) -> bool:
+    """Blocks kept in parallel lists (one block = the i-th entry of each list) match the
+    reference when together they hold exactly the reference's entries, each block the entries
+    of one index."""
+    refs = getattr(getattr(lay, "found", None), "blocks", None) or []
+    if not any(getattr(b, "members", None) for b in refs):
+        return False
+    got = []
+    for b in refs:
+        paths = [p for p, _ in b.members] or [b.path]
+        if len({p.rsplit(".", 1)[-1] for p in paths}) != 1:
+            return False
+        got += paths
+    return len(got) == len(want) and set(got) == set(want)
 
 
 def _mixer(layouts, block) -> bool:

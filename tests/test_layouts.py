@@ -258,3 +258,66 @@ def test_cli_role_flag_errors_exit_2(capsys):
 
     assert main(["layers", "mlp:depth=2,width=8", "--role", "bogus"]) == 2
     assert "--role 'bogus': write ROLE=PATH" in capsys.readouterr().err
+
+
+def _xlm():
+    from transformers import XLMConfig, XLMWithLMHeadModel
+
+    torch.manual_seed(0)
+    return XLMWithLMHeadModel(XLMConfig(emb_dim=32, n_layers=3, n_heads=4, vocab_size=60,
+                                        max_position_embeddings=32)).eval()
+
+
+def test_parallel_lists_are_one_stack_of_blocks_read_at_the_block_edges():
+    lm = _xlm()
+    lay = Layers(lm)
+    assert len(lay) == 3 and lay.stacks[0].paths == ["transformer.attentions", "transformer.layer_norm1",
+                                                     "transformer.ffns", "transformer.layer_norm2"]
+    assert "parallel lists" in lay.rule
+    ids = torch.randint(0, 60, (2, 7))
+    with torch.no_grad():
+        want = lm(ids, output_hidden_states=True).hidden_states
+        with lay.capture(inputs=True) as cap:
+            lm(ids)
+    for i, layer in enumerate(lay):  # transformers' own hidden states, block by block
+        assert torch.allclose(cap.outputs[layer.name], want[i + 1], atol=1e-6)
+        assert torch.allclose(cap.inputs[layer.name], want[i], atol=1e-6)
+    from layerscope.layouts import block_view
+
+    view = block_view(lay.found.blocks[0])
+    assert attention_parts(view) is not None and ffn_parts(view) is not None
+    assert final_norm_absent(lm) is not None
+
+
+def test_removal_on_parallel_lists_runs_the_full_forward_with_the_block_skipped():
+    from layerscope.analyses.importance import run_removals
+    from layerscope.replay import build_stack, record_forward, replay
+
+    lm = _xlm()
+    stack = build_stack(lm)
+    ids = torch.randint(0, 60, (2, 7))
+    out = run_removals(stack, ids, [(1,)], batch_size=2)
+    assert out["method"] == "naive"
+    with torch.no_grad():
+        rec = record_forward(stack, stack.loaded.encode(ids))
+    with pytest.raises(LayerscopeError, match="parallel lists"):
+        replay(stack, rec, {1})
+
+
+def test_logit_lens_on_a_model_without_a_final_norm_finds_that_itself():
+    from transformers import OpenAIGPTConfig, OpenAIGPTLMHeadModel
+
+    from layerscope.analyses.lens import logit_lens
+    from layerscope.models import load_model
+
+    torch.manual_seed(0)
+    lm = OpenAIGPTLMHeadModel(OpenAIGPTConfig(n_embd=32, n_layer=3, n_head=4, vocab_size=60,
+                                              n_positions=32)).eval()
+    ids = torch.randint(0, 60, (3, 8))
+    auto = logit_lens(lm, ids)
+    assert "found automatically" in auto.norm_rule and "found automatically" in auto.summary()
+    assert auto.kl[-1] < 1e-6  # the last layer decodes to the model's own logits
+    named = load_model(lm)
+    named.meta["roles"] = {"final_norm": "none"}
+    by_hand = logit_lens(named, ids)
+    assert by_hand.kl == auto.kl and by_hand.accuracy == auto.accuracy

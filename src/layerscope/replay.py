@@ -50,6 +50,7 @@ class Stack:
     norm: nn.Module | None = None    # final norm of a causal LM
     head: nn.Module | None = None    # output head (unembedding) of a causal LM
     layers: list[Layer] | None = None
+    grouped: str | None = None       # blocks kept in parallel lists: re-running one is refused
 
     @property
     def module(self) -> nn.Module:
@@ -75,6 +76,9 @@ def build_stack(model, blocks: str | None = None) -> Stack:
         raise LayerscopeError(f"model {loaded.ref!r} has no blocks to analyse; pass --blocks PATH")
     task = infer_task(loaded)
     stack = Stack(loaded, lay.names(), [layer.module for layer in lay], task, layers=list(lay))
+    grouped = next((ref for ref in lay.found.blocks if ref.members), None)
+    if grouped is not None:
+        stack.grouped = " + ".join(p for p, _ in grouped.members)
     if task == "causal-lm":
         stack.norm, stack.head = final_norm(loaded), output_head(loaded)
     return stack
@@ -141,6 +145,11 @@ def replay(stack: Stack, rec: Recorded, skip: set[int]) -> Tensor:
     """The last block's output with the blocks in ``skip`` removed, re-running only what follows."""
     if not skip:
         return rec.outs[-1]
+    if stack.grouped:
+        raise LayerscopeError(
+            f"the blocks of {type(stack.module).__name__} are kept in parallel lists (block 0 = "
+            f"{stack.grouped}), which only the model's own loop runs; re-running the blocks after "
+            f"a removed one is not possible here: use the full forward with the block skipped")
     start = min(skip)
     h = rec.block_input(start)
     for j in range(start, len(stack.blocks)):

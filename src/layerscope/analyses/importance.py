@@ -324,7 +324,7 @@ def run_removals(stack: Stack, data, sets: Sequence[tuple[int, ...]] | None, *, 
                     raise LayerscopeError(
                         f"cannot reproduce {type(stack.module).__name__}'s output from its last block "
                         f"(no known final norm/head); use method='naive'")
-                use_prefix = ok and method != "naive"
+                use_prefix = ok and method != "naive" and not stack.grouped  # parallel lists: naive
             if objective is None:
                 objective = make_objective(stack.task, labels)
             reference = main_output(rec.output, stack.task)

@@ -30,7 +30,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from layerscope.errors import LayerscopeError
 from layerscope.modes import evaluating
@@ -54,10 +54,18 @@ def lens_stack(model, blocks: str | None = None) -> Stack:
             f"model {stack.loaded.ref!r} ({type(stack.module).__name__}) has no LM head: the logit "
             f"lens needs a causal language model such as smollm2 (name its head with --role "
             f"head=PATH)")
+    stack.norm_rule = "final norm: found by the layout roles"
     if stack.norm is None:
-        raise LayerscopeError(
-            f"cannot find the final norm of {type(stack.module).__name__}, which the logit lens "
-            f"needs; name it with --role final_norm=PATH (or final_norm=none when it has none)")
+        from layerscope.layouts import final_norm_absent
+
+        why = final_norm_absent(stack.loaded)
+        if why is None:
+            raise LayerscopeError(
+                f"cannot find the final norm of {type(stack.module).__name__}, which the logit lens "
+                f"needs; name it with --role final_norm=PATH (or final_norm=none when it has none)")
+        stack.norm = nn.Identity()   # checked: the tail must still reproduce the model's logits
+        stack.norm_rule = (f"final norm: none, found automatically ({why}); name one with --role "
+                           f"final_norm=PATH")
     return stack
 
 
@@ -281,6 +289,7 @@ class LensResult(Result):
     top_probs: list[list[list[float]]] | None
     seconds: float
     lens: str = "logit"         # "logit", or "tuned" when decoded through a trained TunedLens
+    norm_rule: str = ""         # how the final norm was found (or found absent, post-norm blocks)
 
     def first_layer_reaching(self, agreement: float = 0.5) -> int | None:
         """The first layer whose top-1 agrees with the final prediction at least this often."""
@@ -299,7 +308,7 @@ class LensResult(Result):
                 f"at the embeddings, {self.accuracy[mid]:.1%} at {self.layers[mid]}, "
                 f"{self.accuracy[-1]:.1%} at the last layer (best {self.layers[best]}); "
                 f"KL(final ‖ lens) falls from {self.kl[0]:.3g} to {self.kl[-2]:.3g} nats one layer "
-                f"before the end{reach}")
+                f"before the end{reach}" + (f"; {self.norm_rule}" if "automatically" in self.norm_rule else ""))
 
     def plot(self, ax=None):
         import matplotlib
@@ -381,7 +390,8 @@ def logit_lens(model, data=None, *, prompt=None, top_k: int = 5, blocks: str | N
                       top1_agreement=values["top1_agreement"], n_items=stats.n_items,
                       n_tokens=stats.n_tokens, prompt=prompt_text, prompt_tokens=prompt_tokens,
                       top_k=top_k, top_tokens=tokens, top_probs=probs,
-                      seconds=time.perf_counter() - t0, lens="logit" if lens is None else "tuned")
+                      seconds=time.perf_counter() - t0, lens="logit" if lens is None else "tuned",
+                      norm_rule=stack.norm_rule)
 
 
 __all__ = ["logit_lens", "lens_logits", "lens_stack", "lens_statistics", "LensResult", "LensStats",

@@ -13,7 +13,7 @@ Example:
     (2, True)
 """
 
-from .discover import (REGISTRY, RNN_TYPES, STACK_NAMES, BlockRef, Found, Stack, counts_as_sublayer,
+from .discover import (REGISTRY, BlockGroup, block_view, RNN_TYPES, STACK_NAMES, BlockRef, Found, Stack, counts_as_sublayer,
                        default_stacks, explicit_blocks, find_layout, find_stacks, has_params,
                        pick_stacks, role_of)
 from .roles import (BLOCK_FAMILIES, DEPTH_KEYS, FFN_WIDTH_KEYS, AttentionParts, BlockFamily,
@@ -23,7 +23,7 @@ from .roles import (BLOCK_FAMILIES, DEPTH_KEYS, FFN_WIDTH_KEYS, AttentionParts, 
                     MixerParts, output_head, task_of_class_name, is_transposed_linear,
                     set_head_counts, config_head_counts, role_override, NAMED_ROLES)
 
-__all__ = ["Stack", "find_stacks", "default_stacks", "pick_stacks", "BlockRef", "Found", "REGISTRY", "RNN_TYPES", "STACK_NAMES", "find_layout",
+__all__ = ["BlockGroup", "block_view", "Stack", "find_stacks", "default_stacks", "pick_stacks", "BlockRef", "Found", "REGISTRY", "RNN_TYPES", "STACK_NAMES", "find_layout",
            "explicit_blocks", "role_of", "counts_as_sublayer", "has_params",
            "AttentionParts", "FFNParts", "BlockRoles", "attention_parts", "ffn_parts",
            "block_norms", "block_roles", "final_norm", "output_head", "embeddings", "infer_task",

@@ -44,7 +44,10 @@ class BlockRef:
     """One block: its module path, the module, and for a split multi-layer RNN its layer number.
 
     ``output`` (at ``output_path``) is the module whose output is the block's output when that
-    is not ``module`` itself: the last parameter-free child after a Linear in an nn.Sequential.
+    is not ``module`` itself: the last parameter-free child after a Linear in an nn.Sequential,
+    or the trailing norm of a block kept in parallel lists. ``members`` (path, module) are the
+    i-th entries of parallel lists (XLM's ``attentions``/``layer_norm1``/``ffns``/``layer_norm2``)
+    that together make the block; empty for a block that is one module.
     """
 
     path: str
@@ -52,12 +55,40 @@ class BlockRef:
     part: int | None = None
     output: nn.Module | None = None
     output_path: str | None = None
+    members: list[tuple[str, nn.Module]] = field(default_factory=list)
 
     @property
     def name(self) -> str:
         if self.part is None:
             return self.path
         return f"{self.path}.l{self.part}" if self.path else f"l{self.part}"
+
+
+class BlockGroup(nn.Module):
+    """One block kept in parallel lists, seen as one module: the i-th entries as children named
+    by their list (``attentions``, ``layer_norm1``, ``ffns``, ``layer_norm2``). A view only: it
+    is not put into the model and has no forward; the roles read it like a block.
+
+    Example:
+        >>> from torch import nn
+        >>> net = nn.Module()
+        >>> net.attentions = nn.ModuleList([nn.MultiheadAttention(4, 2) for _ in range(2)])
+        >>> net.norms = nn.ModuleList([nn.LayerNorm(4) for _ in range(2)])
+        >>> ref = find_layout(net).blocks[1]
+        >>> [name for name, _ in block_view(ref).named_children()]
+        ['attentions', 'norms']
+    """
+
+    def __init__(self, members: list[tuple[str, nn.Module]]):
+        super().__init__()
+        for path, module in members:
+            self.add_module(path.rsplit(".", 2)[-2], module)
+
+
+def block_view(ref: "BlockRef") -> nn.Module:
+    """The module to read a block's roles from: the block, or for a block kept in parallel lists
+    a :class:`BlockGroup` of its entries."""
+    return BlockGroup(ref.members) if ref.members else ref.module
 
 
 @dataclass
@@ -245,8 +276,10 @@ def _words(path: str) -> list[str]:
 def _modality(path: str) -> str:
     parts = path.lower().split(".")
     words = _words(path)
-    if any(part == "backbone" or part.endswith("_backbone") for part in parts):
-        return "backbone"
+    back = next((i for i, part in enumerate(parts) if part == "backbone" or part.endswith("_backbone")), None)
+    if back is not None:  # a tower's own backbone (SAM 3's vision_encoder.backbone) is the tower
+        outer = ".".join(parts[:back])
+        return _modality(outer) if outer and _modality(outer) in ("vision", "audio") else "backbone"
     if any(b in part for part in parts for b in BRIDGE_WORDS):
         return "bridge"
     if any(w in VISION_WORDS or w.startswith(("vision", "visual")) for w in words):
@@ -306,13 +339,29 @@ def find_stacks(model: nn.Module) -> list[Stack]:
                                                               for x in o) for o in groups)]
     if any(not _leaf_stack(s.module) for g in groups for s in g):
         groups = [g for g in groups if not all(_leaf_stack(s.module) for s in g)]
+    parallel = {id(g[0]): _parallel_lists(model, g[0]) for g in groups if len(g) == 1}
+    in_parallel = {p for lists in parallel.values() for p, _ in lists}
+    seen_lists: set[tuple[str, ...]] = set()
+    kept = []
+    for g in groups:  # one stack per set of parallel lists, at the first of them found
+        lists = tuple(p for p, _ in parallel.get(id(g[0])) or ()) if len(g) == 1 else ()
+        if (lists and lists in seen_lists) or (not lists and len(g) == 1 and g[0].path in in_parallel):
+            continue
+        seen_lists.add(lists)
+        kept.append(g)
+    groups = kept
     stacks = []
     for g in groups:
+        lists = parallel.get(id(g[0])) if len(g) == 1 else None
+        if lists:
+            stacks.append(_parallel_stack(g[0], lists))
+            continue
         blocks = _split_rnns([BlockRef(_join(s.path, n), c) for s in g for n, c in s.module.named_children()])
         stacks.append(Stack("", [s.path for s in g], blocks, g[0].cls, sum(s.params for s in g),
                             modality=_modality(g[0].path)))
     _name_stacks(stacks)
-    mixing = [s for s in stacks if s.blocks and _has_mixer(s.blocks[0].module)]
+    mixing = [s for s in stacks if s.blocks and any(
+        _has_mixer(m) for _, m in s.blocks[0].members or [(s.blocks[0].path, s.blocks[0].module)])]
     if mixing:
         towers = {m.paths[0].split(".")[0] for m in mixing}
         for s in stacks:  # a convolutional tower of its own (ALIGN's image CNN) stays a tower
@@ -320,6 +369,56 @@ def find_stacks(model: nn.Module) -> list[Stack]:
             if s not in mixing and not own_tower:
                 s.kind = "stem"
     return stacks
+
+
+def _parallel_lists(model: nn.Module, s: _Stack) -> list[tuple[str, nn.ModuleList]]:
+    """The sibling ModuleLists (same parent, same length, another entry class) whose i-th
+    entries belong to ``s``'s i-th block, ``s`` included, in definition order; [] when none.
+
+    An encoder list beside a decoder list of the same length is two stacks, not one.
+    """
+    if not isinstance(s.module, nn.ModuleList):
+        return []
+    parent_path = _parent(s.path)
+    parent = model.get_submodule(parent_path) if parent_path else model
+    def side(name: str) -> set[str]:
+        return {w for w in ("encoder", "decoder") if w in name.lower()}
+
+    lists = []
+    for name, mod in parent.named_children():
+        path = _join(parent_path, name)
+        if path == s.path:
+            lists.append((path, mod))
+        elif (isinstance(mod, nn.ModuleList) and len(mod) == len(s.module)
+              and all(has_params(c) for c in mod.children())
+              and _majority(list(mod.children()))[0] != s.cls
+              and not (side(name) and side(s.attr) and side(name) != side(s.attr))):
+            lists.append((path, mod))
+    return lists if len(lists) > 1 else []
+
+
+def _parallel_stack(s: _Stack, lists: list[tuple[str, nn.ModuleList]]) -> Stack:
+    """One stack whose block i is the i-th entry of every parallel list.
+
+    Its inputs are read at the first list whose entries mix tokens (the attention) when that
+    list comes before the stack's own list, else at the stack's own; its output at the last
+    norm list after the stack's own list (a post-norm block), else at the stack's own entry.
+    """
+    own = next(i for i, (p, _) in enumerate(lists) if p == s.path)
+    first = next((i for i, (_, m) in enumerate(lists[:own]) if _has_mixer(m[0])), own)
+    norms = [i for i, (_, m) in enumerate(lists) if i > own and _leaf_stack(m)
+             and all("norm" in type(c).__name__.lower() for c in m.children())]
+    out = norms[-1] if norms else None
+    blocks = []
+    for k in range(len(s.module)):
+        members = [(f"{p}.{k}", m[k]) for p, m in lists]
+        ref = BlockRef(members[first][0], members[first][1], members=members)
+        if out is not None or first != own:
+            end = members[out if out is not None else own]
+            ref.output, ref.output_path = end[1], end[0]
+        blocks.append(ref)
+    return Stack("", [p for p, _ in lists], blocks, s.cls, sum(_numel(m) for _, m in lists),
+                 modality=_modality(s.path))
 
 
 def _name_stacks(stacks: list[Stack]) -> None:
@@ -374,41 +473,144 @@ def _describe(stacks: list[Stack]) -> str:
                      for s in stacks)
 
 
+def _scores_towers(model: nn.Module) -> bool:
+    """Whether the model's forward declares an output scoring towers against each other: two or
+    more ``logits_per_*`` fields (CLIP's ``logits_per_image``/``logits_per_text``)."""
+    import inspect
+    import typing
+
+    try:
+        ann = inspect.signature(type(model).forward).return_annotation
+    except (TypeError, ValueError):
+        return False
+    for cls in (typing.get_args(ann) or (ann,)):
+        fields = getattr(cls, "__dataclass_fields__", None) or {}
+        if sum(f.startswith("logits_per_") for f in fields) >= 2:
+            return True
+    return False
+
+
+def _no_forward(model: nn.Module) -> bool:
+    """A container with no forward of its own (its sub-models are run one after another by
+    ``generate``), so no stack comes first."""
+    return getattr(type(model).forward, "__name__", "") == "_forward_unimplemented"
+
+
+def _config_owner(model: nn.Module, path: str):
+    """The config of the innermost module on ``path`` (the model included) that holds one."""
+    parts = path.split(".")
+    for k in range(len(parts), -1, -1):
+        try:
+            mod = model.get_submodule(".".join(parts[:k])) if k else model
+        except AttributeError:
+            continue
+        cfg = getattr(mod, "config", None)
+        if cfg is not None and not isinstance(cfg, (int, float, str, bool, dict)):
+            return cfg
+    return None
+
+
+def _takes_tokens(model: nn.Module, stacks: list[Stack]) -> bool:
+    """Whether the model reads token ids: its declared input embedding holds an nn.Embedding,
+    or (none declared) an nn.Embedding comes before the first stack."""
+    getter = getattr(model, "get_input_embeddings", None)
+    try:
+        emb = getter() if callable(getter) else None
+    except (NotImplementedError, AttributeError, TypeError):
+        emb = None
+    if isinstance(emb, nn.Module):
+        return any(isinstance(m, nn.Embedding) for m in emb.modules())
+    firsts = {s.paths[0] for s in stacks}
+    for path, mod in model.named_modules():
+        if path in firsts:
+            return False
+        if isinstance(mod, nn.Embedding):
+            return True
+    return False
+
+
+def _side_key(path: str, side: str) -> str | None:
+    """The path up to the first part naming ``side`` ("encoder"/"decoder"), with that word
+    swapped for the other side's, so an encoder and its decoder share a key."""
+    parts = path.split(".")
+    for k, part in enumerate(parts):
+        if side in part:
+            other = "decoder" if side == "encoder" else "encoder"
+            return ".".join(parts[:k] + [part.replace(side, other) if side == "encoder" else part])
+    return None
+
+
+def _encoder_decoder(pool: list[Stack]) -> list[Stack]:
+    """The shallowest encoder/decoder pair in ``pool`` (paths that differ only by the
+    encoder/decoder word: ``encoder``/``decoder``, ``text_encoder``/``text_decoder``,
+    ``encoder.encoder_transformer``/``decoder.decoder_transformer``), encoder first; [] if none."""
+    enc = {s.name: _side_key(s.paths[0], "encoder") for s in pool}
+    dec = {s.name: _side_key(s.paths[0], "decoder") for s in pool}
+    keys = sorted({k for k in enc.values() if k and k in dec.values()}, key=lambda k: k.count("."))
+    if not keys:
+        return []
+    key = keys[0]
+    return ([s for s in pool if enc[s.name] == key and dec[s.name] != key]
+            + [s for s in pool if dec[s.name] == key and enc[s.name] != key])
+
+
 def default_stacks(model: nn.Module, stacks: list[Stack]) -> tuple[list[Stack], str]:
     """The stack(s) a person counts, and the rule that chose them; LayerscopeError for a dual
-    encoder (it asks which stack).
+    encoder or a container of models run one after another (it asks which stack).
 
-    The rule: towers of another modality (vision, audio), bridges between towers and backbones
-    give way to the model's own stack; an encoder and a decoder are both counted, encoder first;
-    among the rest a language-model stack wins, then a lone encoder; a dual encoder (towers
-    scored against each other: a ``logit_scale``/``temperature``, or two ``*_projection``
-    heads, and no LM head) asks; otherwise the stack with the most parameters.
+    The rule, in order: a model without a forward of its own asks; in a model that reads
+    tokens, stacks of sub-models built from a config of their own (a codec, a speech-unit model
+    inside a speech-text model) give way to the stacks built from the model's own config; towers of another modality (vision, audio), bridges between towers and
+    backbones give way to the model's own stack, unless the model reads no tokens (SAM: its
+    vision encoder is its own); an encoder and its decoder (paths that differ only by that
+    word, the shallowest such pair) are both counted, encoder first; among the rest a
+    language-model stack wins (a ``*decoder`` counts as one only in a model that reads tokens),
+    then a lone encoder; a dual encoder (towers scored against each other: a
+    ``logit_scale``/``temperature``, two ``*_projection`` heads or two ``logits_per_*`` outputs,
+    and no LM head) asks; otherwise the stack with the most parameters.
     """
     main = [s for s in stacks if s.kind == "main"] or stacks
     if len(main) == 1:
         return main, ""
+    if _no_forward(model):
+        raise LayerscopeError(
+            f"{type(model).__name__} runs its sub-models one after another and has no forward of "
+            f"its own; its stacks: {_describe(stacks)}; say which with --stack NAME (or "
+            f"Layers(model, stack=NAME))")
+    tokens = _takes_tokens(model, main)
+    own_config = getattr(model, "config", None)
+    if own_config is not None and tokens:
+        same = [s for s in main if _config_owner(model, s.paths[0]) is own_config]
+        if same and len(same) < len(main):
+            main = same
+            if len(main) == 1:
+                return main, "the stack built from the model's own config (the others are sub-models)"
     own = [s for s in main if s.modality == ""]
     towers = [s for s in main if s.modality in ("vision", "audio")]
-    if towers and own and _is_dual(model) and not _has_lm_head(model):
+    dual = _is_dual(model) or _scores_towers(model)
+    if towers and own and dual and not _has_lm_head(model):
         raise LayerscopeError(
             f"{type(model).__name__} is a dual encoder with stacks {_describe(stacks)}; say which "
             f"with --stack NAME (or Layers(model, stack=NAME))")
-    pool = own or [s for s in main if s.modality not in ("bridge", "backbone")] or main
+    if tokens:
+        pool = own or [s for s in main if s.modality not in ("bridge", "backbone")] or main
+    else:
+        pool = [s for s in main if s.modality not in ("bridge", "backbone")] or main
     if len(pool) == 1:
         return pool, f"the others are {_other(main, pool)}"
-    enc = [s for s in pool if "encoder" in s.paths[0].lower().split(".")[-2:] or
-           any("encoder" in p for p in s.paths[0].lower().split(".")[:-1])]
-    dec = [s for s in pool if any("decoder" in p for p in s.paths[0].lower().split(".")[:-1])]
-    if enc and dec and not set(map(id, enc)) & set(map(id, dec)):
-        chosen = [s for s in pool if s in enc] + [s for s in pool if s in dec]
-        return chosen, "encoder then decoder stacks"
-    lang = [s for s in pool if any(w in LANGUAGE_WORDS or p in LANGUAGE_WORDS
+    pair = _encoder_decoder(pool)
+    if pair:
+        return pair, "encoder then decoder stacks"
+    lang_words = LANGUAGE_WORDS if tokens else tuple(w for w in LANGUAGE_WORDS if w != "decoder")
+    lang = [s for s in pool if any(w in lang_words or p in lang_words
                                    for p in s.paths[0].lower().split(".") for w in p.split("_"))]
     if len(lang) == 1:
         return lang, "the language-model stack"
-    if enc and not dec and len(enc) == 1:
+    enc = [s for s in pool if any("encoder" in p for p in s.paths[0].lower().split(".")[:-1])
+           or "encoder" in s.paths[0].lower().split(".")[-1]]
+    if len(enc) == 1:
         return enc, "the encoder (the other stacks work on its output)"
-    if _is_dual(model) and not _has_lm_head(model):
+    if dual and not _has_lm_head(model):
         raise LayerscopeError(
             f"{type(model).__name__} is a dual encoder with stacks {_describe(stacks)}; say which "
             f"with --stack NAME (or Layers(model, stack=NAME))")
@@ -449,7 +651,11 @@ def _generic(model: nn.Module, stack: str | None = None) -> Found | None:
     blocks = [b for s in chosen for b in s.blocks]
     parts = []
     for s in chosen:
-        if len(s.paths) == 1:
+        if s.blocks and s.blocks[0].members:
+            parts.append(f"the {len(s.blocks)} blocks of the parallel lists {', '.join(s.paths)} "
+                         f"(block i = the i-th entry of each; read from {s.blocks[0].path} to "
+                         f"{s.blocks[0].output_path or s.blocks[0].path})")
+        elif len(s.paths) == 1:
             parts.append(f"the {len(s.blocks)} children of {s.paths[0]} ({s.cls})")
         else:
             parts.append(f"the {len(s.blocks)} {s.cls} blocks of stages " + ", ".join(s.paths))
@@ -707,6 +913,6 @@ def find_layout(model: nn.Module, blocks: str | None = None, stack: str | None =
     return found
 
 
-__all__ = ["Stack", "find_stacks", "default_stacks", "pick_stacks", "BlockRef", "Found", "REGISTRY",
+__all__ = ["BlockGroup", "block_view", "Stack", "find_stacks", "default_stacks", "pick_stacks", "BlockRef", "Found", "REGISTRY",
            "STACK_NAMES", "find_layout", "explicit_blocks", "role_of", "counts_as_sublayer",
            "has_params"]
