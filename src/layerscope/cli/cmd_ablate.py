@@ -8,9 +8,9 @@ import typer
 
 from .app import app
 from .cmd_patch import PlotFileOpt
-from .common import (FIGURE_SUFFIXES, BatchSizeOpt, BlocksOpt, ForceOpt, JsonOpt, LayersOpt,
-                     LimitOpt, MaxLengthOpt, ModelArg, TrustRemoteCodeOpt, model_from_cli, out_file,
-                     print_json, save_figure_to)
+from .common import (FIGURE_SUFFIXES, AllowMissingWeightsOpt, BatchSizeOpt, BlocksOpt, ForceOpt,
+                     JsonOpt, LayersOpt, LimitOpt, MaxLengthOpt, ModelArg, TrustRemoteCodeOpt,
+                     model_from_cli, out_file, print_json, save_figure_to)
 
 
 @app.command("ablate")
@@ -34,6 +34,7 @@ def ablate_command(
     force: ForceOpt = False,
     blocks: BlocksOpt = None,
     trust_remote_code: TrustRemoteCodeOpt = False,
+    allow_missing_weights: AllowMissingWeightsOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """What the model loses when a block, sublayer or head is ablated (and when a block is removed)."""
@@ -41,7 +42,8 @@ def ablate_command(
     from layerscope.data import load_dataset
 
     out = out_file(plot, force, FIGURE_SUFFIXES)
-    loaded = model_from_cli(model, blocks=blocks, trust_remote_code=trust_remote_code)
+    loaded = model_from_cli(model, blocks=blocks, trust_remote_code=trust_remote_code,
+                            allow_missing_weights=allow_missing_weights)
     items = load_dataset(data, limit=limit)
     ref = load_dataset(reference, limit=limit) if reference is not None else None
     res = ablate(loaded, items, parts=part, how=how, layers=layers, reference=ref, blocks=blocks,

@@ -8,8 +8,9 @@ import typer
 
 from .app import app
 from .cmd_patch import PlotFileOpt
-from .common import (FIGURE_SUFFIXES, BlocksOpt, ForceOpt, JsonOpt, LayersOpt, ModelArg,
-                     TrustRemoteCodeOpt, model_from_cli, out_file, print_json, save_figure_to)
+from .common import (FIGURE_SUFFIXES, AllowMissingWeightsOpt, BlocksOpt, ForceOpt, JsonOpt,
+                     LayersOpt, ModelArg, TrustRemoteCodeOpt, model_from_cli, out_file, print_json,
+                     save_figure_to)
 
 
 @app.command("attribute")
@@ -32,6 +33,7 @@ def attribute_command(
     force: ForceOpt = False,
     blocks: BlocksOpt = None,
     trust_remote_code: TrustRemoteCodeOpt = False,
+    allow_missing_weights: AllowMissingWeightsOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """How much each block (and each token or pixel in it) contributes to one output: Captum."""
@@ -39,7 +41,8 @@ def attribute_command(
     from layerscope.errors import LayerscopeError
 
     out = out_file(plot, force, FIGURE_SUFFIXES)
-    loaded = model_from_cli(model, blocks=blocks, trust_remote_code=trust_remote_code)
+    loaded = model_from_cli(model, blocks=blocks, trust_remote_code=trust_remote_code,
+                            allow_missing_weights=allow_missing_weights)
     if loaded.modality == "text":
         if text is None:
             raise LayerscopeError("give the text to explain with --input")

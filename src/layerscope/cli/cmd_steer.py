@@ -8,9 +8,9 @@ import typer
 
 from .app import app
 from .cmd_patch import PlotFileOpt
-from .common import (FIGURE_SUFFIXES, BatchSizeOpt, BlocksOpt, ForceOpt, JsonOpt, LayersOpt,
-                     MaxLengthOpt, ModelArg, TrustRemoteCodeOpt, model_from_cli, out_file, print_json,
-                     save_figure_to)
+from .common import (FIGURE_SUFFIXES, AllowMissingWeightsOpt, BatchSizeOpt, BlocksOpt, ForceOpt,
+                     JsonOpt, LayersOpt, MaxLengthOpt, ModelArg, TrustRemoteCodeOpt, model_from_cli,
+                     out_file, print_json, save_figure_to)
 
 
 def contrast_split(data, high: float, low: float, n_eval: int, seed: int):
@@ -62,6 +62,7 @@ def steer_command(
     force: ForceOpt = False,
     blocks: BlocksOpt = None,
     trust_remote_code: TrustRemoteCodeOpt = False,
+    allow_missing_weights: AllowMissingWeightsOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Which block steers best, for how much damage: difference-of-means steering swept over
@@ -75,7 +76,8 @@ def steer_command(
     except ValueError:
         raise LayerscopeError(f"--alphas must be a comma list of numbers, e.g. 2,4,8; got {alphas!r}") from None
     out = out_file(plot, force, FIGURE_SUFFIXES)
-    loaded = model_from_cli(model, blocks=blocks, trust_remote_code=trust_remote_code)
+    loaded = model_from_cli(model, blocks=blocks, trust_remote_code=trust_remote_code,
+                            allow_missing_weights=allow_missing_weights)
     ds = load_dataset(data, limit=limit, seed=seed)
     group_a, group_b, rest = contrast_split(ds, high, low, n_eval, seed)
     vectors = steering_vectors(loaded, group_a, group_b, layers=layers, blocks=blocks,

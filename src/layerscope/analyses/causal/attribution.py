@@ -149,7 +149,7 @@ def _scalar_forward(loaded, task: str, target_index: int):
         def forward(x):
             out = module(x)
             logits = getattr(out, "logits", out)
-            return logits[:, target_index]
+            return logits[:, -1, target_index] if task == "causal-lm" else logits[:, target_index]
     return forward
 
 
@@ -203,6 +203,10 @@ def attribute(model, inputs, *, method: str = "integrated-gradients", layers=Non
         baseline_text = f"every token replaced by token id {base_id}" + (
             f" ({tok.decode([base_id])!r})" if tok is not None else "")
     else:
+        if isinstance(inputs, str) or (isinstance(inputs, (list, tuple)) and inputs
+                                       and isinstance(inputs[0], str)):
+            raise LayerscopeError(f"model {loaded.ref!r} takes {loaded.modality} inputs, not text; give "
+                                  f"an input of that kind (e.g. --data mnist or photos for an image model)")
         x = torch.as_tensor(inputs) if not isinstance(inputs, Tensor) else inputs
         x = x if x.dim() == len(loaded.input_shape or x.shape[1:]) + 1 else x.unsqueeze(0)
         x = loaded.encode(x).args[0].to(device) if loaded.encode is not None else x.to(device)
@@ -210,6 +214,13 @@ def attribute(model, inputs, *, method: str = "integrated-gradients", layers=Non
             raise LayerscopeError(f"attribute one item at a time; got a batch of {len(x)}")
         baseline = torch.zeros_like(x)
         baseline_text = "an all-zero input"
+        if not x.is_floating_point():  # token ids of a model without a tokenizer (the zoo GPT)
+            baseline_text = "every token replaced by token id 0"
+            tokens = [str(int(i)) for i in x[0].reshape(-1)]
+            if method == "conductance":
+                raise LayerscopeError(f"conductance interpolates the inputs, and model {loaded.ref!r} "
+                                      f"takes token ids without a known embedding input; use "
+                                      f"integrated-gradients or activation-x-gradient")
     if method == "gradcam" and loaded.modality == "text":
         raise LayerscopeError("gradcam is for convolutional blocks of image models; use "
                               "integrated-gradients, conductance or activation-x-gradient for text")
@@ -225,9 +236,10 @@ def attribute(model, inputs, *, method: str = "integrated-gradients", layers=Non
             t_index = token_id(loaded, target, "target")
         else:
             t_index = int(target)
+            what = "token" if task == "causal-lm" else "class"
             if not 0 <= t_index < last.shape[-1]:
-                raise LayerscopeError(f"class {t_index} is out of range: the model has {last.shape[-1]} "
-                                      f"classes (0-{last.shape[-1] - 1})")
+                raise LayerscopeError(f"{what} {t_index} is out of range: the model has {last.shape[-1]} "
+                                      f"{what}s (0-{last.shape[-1] - 1})")
         label = loaded.tokenizer.decode([t_index]) if loaded.tokenizer is not None and task == "causal-lm" \
             else str(t_index)
         forward = _scalar_forward(loaded, task, t_index)
@@ -271,7 +283,7 @@ def attribute(model, inputs, *, method: str = "integrated-gradients", layers=Non
             if method == "gradcam":
                 up = LayerAttribution.interpolate(attr, tuple(x.shape[-2:]), interpolate_mode="bilinear")
                 maps.append(up[0, 0].cpu().tolist())
-            elif attr.dim() >= 3 and loaded.modality == "text":
+            elif attr.dim() >= 3 and tokens is not None:
                 per_token.append(attr[0].reshape(attr.shape[1], -1).sum(-1).cpu().tolist())
             else:
                 up = attr[0]
