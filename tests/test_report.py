@@ -270,3 +270,39 @@ def test_cli_report_and_its_errors(tmp_path, scored_file, capsys):
         assert last.startswith("error: ") and needle in last and "Traceback" not in err
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
     assert not (tmp_path / "x").exists()
+
+
+def test_report_shows_training_flags_of_every_kind(tmp_path):
+    """Flags that carry no gradient norm (dead units, chance, overfitting) reach the page too."""
+    from layerscope.data import load_dataset
+    from layerscope.report.build import build_report
+    from layerscope.train import train
+    from layerscope.train.diagnose import chance_flags, dead_unit_flags, held_out_flags
+    from layerscope.train.monitors import SUSTAIN
+
+    digits = load_dataset("digits", limit=200)
+    torch.manual_seed(0)
+    train("mlp", digits, out_dir=tmp_path / "run", epochs=1, batch_size=64, lr=1e-2,
+          monitor_every=0, progress=False)
+    history = [{"epoch": e, "step": 20 * e, "eval_loss": v, "train_loss": 1.0 / e, "accuracy": 0.1}
+               for e, v in enumerate([0.9, 0.5, 0.7, 0.8], 1)]
+    relu = [{"kind": "relu", "layer": "blocks.0.act", "step": s, "dead_sustained": 0.8}
+            for s in range(0, 10 * SUSTAIN, 10)]
+    flags = (held_out_flags(history) + dead_unit_flags(relu)
+             + chance_flags(history, {"accuracy": 0.1, "majority": 0.1, "classes": 10, "n": 200},
+                            min_steps=50))
+    assert sorted(f["kind"] for f in flags) == ["dead-units", "overfitting", "stuck-at-chance"]
+    result_file = tmp_path / "run" / "result.json"
+    saved = json.loads(result_file.read_text())
+    saved["flags"] = flags
+    result_file.write_text(json.dumps(saved))
+    res = build_report(str(tmp_path / "run" / "best"), "digits", tmp_path / "rep", limit=40,
+                       importance_items=8, progress=False)
+    assert "training" in res.sections
+    from html import unescape
+
+    html = unescape((tmp_path / "rep" / "index.html").read_text())
+    for f in flags:
+        assert f["message"].split(":")[0] in html, f["kind"]
+    payload = json.loads((tmp_path / "rep" / "results.json").read_text())
+    assert [f["kind"] for f in payload["results"]["training"]["flags"]] == [f["kind"] for f in flags]

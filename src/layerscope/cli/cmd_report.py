@@ -21,9 +21,9 @@ def report_command(
              "data that suits the model (sentences for text models).", metavar="[DATA]",
         show_default=False)] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("layerscope-report"),
-    limit: Annotated[Optional[int], typer.Option(
-        "--limit", help="Items for the main pass (a seeded random subset; default 2000).",
-        show_default=False)] = None,
+    limit: Annotated[Optional[str], typer.Option(
+        "--limit", help="Items for the main pass: N (a seeded random subset; default 2,000, 500 "
+        "for models above 50M parameters) or 'all'.", show_default=False, metavar="N|all")] = None,
     importance_items: Annotated[Optional[int], typer.Option(
         "--importance-items", help="Items for the layer-removal and logit-lens passes "
         "(default 256; 64 for models above 50M parameters).", show_default=False)] = None,

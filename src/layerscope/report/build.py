@@ -84,26 +84,23 @@ class _Run:
     probes: list = field(default_factory=list)
 
 
-def _load_data(loaded, data, limit, seed, default_limit, progress: bool = True):
-    """The items of the main pass, said up front: how many of how many, and how to get all."""
-    from layerscope.data import Dataset, load_dataset, take_limit
-    from layerscope.progress import announce
+def _load_data(data, limit, seed, default_limit, progress: bool = True):
+    """The items of the main pass, said up front (through the CLI's one ``--limit`` rule): a
+    seeded random subset of ``default_limit`` items of a named dataset unless ``limit`` says
+    otherwise (a number, or ``"all"``); a :class:`Dataset` given in Python is used whole unless
+    ``limit`` is given."""
+    from layerscope.cli.limits import load_limited
+    from layerscope.data import Dataset
 
-    if isinstance(data, Dataset):
-        ds = data
-        if limit is not None and limit < len(ds):
-            ds = ds.subset(range(limit))
-        return ds, ds.name
-    ref = data if data is not None else default_data(loaded)
-    if not isinstance(ref, str):
-        raise LayerscopeError(f"DATA must be a dataset name, a file or a Dataset; got {type(ref).__name__}")
-    n = limit if limit is not None else default_limit
-    full = load_dataset(ref)
-    ds = take_limit(full, n, seed)
-    how = ("every item" if len(ds) == len(full) else
-           f"a seeded random subset; --limit {len(full)} for all of them")
-    announce(f"using {len(ds):,} of {len(full):,} items of {ref} ({how})", progress=progress)
-    return ds, ref
+    given = isinstance(data, Dataset)
+    if not given and not isinstance(data, str):
+        raise LayerscopeError(f"DATA must be a dataset name, a file or a Dataset; got {type(data).__name__}")
+    ds = load_limited(data, limit, default=None if given else default_limit, seed=seed,
+                      say=progress and not given)
+    name = ds.name if given else data
+    if len(ds) < 4:
+        raise LayerscopeError(f"data {name!r} has {len(ds)} items; a report needs at least 4")
+    return ds, name
 
 
 def _check_fits(loaded, dataset, max_length) -> None:
@@ -421,19 +418,23 @@ def _lens(run: _Run, n_items: int) -> None:
 
 
 def _training(run: _Run) -> None:
-    """Gradient flow recorded by `layerscope train` next to the checkpoint, when there is one."""
+    """What `layerscope train` recorded next to the checkpoint, when there is a run folder:
+    gradient flow per layer (metrics.jsonl) and the run's flags of every kind (result.json)."""
     path = run.loaded.meta.get("path")
     if not path:
         return
     folder = Path(path)
-    metrics = next((p / "metrics.jsonl" for p in (folder, folder.parent) if (p / "metrics.jsonl").is_file()), None)
-    if metrics is None:
+    run_dir = next((p for p in (folder, folder.parent)
+                    if (p / "metrics.jsonl").is_file() or (p / "result.json").is_file()), None)
+    if run_dir is None:
         return
     from layerscope.train.monitors import read_metrics
 
-    rows = read_metrics(metrics)
+    metrics = run_dir / "metrics.jsonl"
+    rows = read_metrics(metrics) if metrics.is_file() else []
     steps = sorted({r["step"] for r in rows if r.get("kind") == "block" and r.get("grad_norm") is not None})
-    if not steps:
+    raw_flags = _run_flags(run_dir / "result.json")
+    if not steps and not raw_flags:
         return
     grad: dict[str, dict[int, float]] = {}
     for r in rows:
@@ -441,18 +442,50 @@ def _training(run: _Run) -> None:
             grad.setdefault(r["layer"], {})[r["step"]] = r["grad_norm"]
     loss_at = {r["step"]: r["loss"] for r in rows if r.get("kind") == "loss"}
     grad_norm = {name: [by_step.get(s) for s in steps] for name, by_step in grad.items()}
-    loss = [loss_at.get(s) for s in steps] if loss_at else None
-    flags = []
-    result_file = metrics.parent / "result.json"
-    if result_file.is_file():
-        try:
-            for f in json.loads(result_file.read_text()).get("flags", []):
-                flags.append(f"Training flagged a {f['kind']} gradient in {f['layer']} at step {f['step']} "
-                             f"(norm {f['grad_norm']:.3g}).")
-        except (ValueError, KeyError, TypeError):
-            pass
-    run.results["training"] = {"metrics": str(metrics), "steps": steps, "grad_norm": grad_norm, "loss": loss}
+    loss = [loss_at.get(s) for s in steps] if loss_at and steps else None
+    flags = [flag_sentence(f) for f in raw_flags]
+    run.results["training"] = {"metrics": str(metrics) if rows else None, "steps": steps,
+                               "grad_norm": grad_norm, "loss": loss, "flags": raw_flags}
     run.sections.append(S.training_section(steps, grad_norm, loss=loss, flags=flags))
+
+
+def _run_flags(result_file: Path) -> list[dict]:
+    """The flags a training run wrote to its result.json (none when the file is absent or unreadable)."""
+    if not result_file.is_file():
+        return []
+    try:
+        flags = json.loads(result_file.read_text()).get("flags", [])
+    except (ValueError, AttributeError):
+        return []
+    return [f for f in flags if isinstance(f, dict) and f.get("kind")] if isinstance(flags, list) else []
+
+
+#: how the report words each kind of training flag when the flag carries no message of its own
+FLAG_WORDS = {
+    "vanishing": "a vanishing gradient", "exploding": "an exploding gradient or update",
+    "dead-units": "dead units", "stuck-at-chance": "accuracy stuck at chance",
+    "overfitting": "overfitting", "divergence": "divergence",
+}
+
+
+def flag_sentence(flag: dict) -> str:
+    """One sentence for a training flag of any kind (see :mod:`layerscope.train.diagnose`).
+
+    Example:
+        >>> flag_sentence({"kind": "dead-units", "layer": "blocks.0.act", "step": 40,
+        ...                "message": "dead units in ReLU 'blocks.0.act' from step 40: 75% of its units"})
+        "Training flagged dead units in ReLU 'blocks.0.act' from step 40: 75% of its units."
+        >>> flag_sentence({"kind": "stuck-at-chance", "layer": "(model)", "step": 60})
+        'Training flagged accuracy stuck at chance in the whole model from step 60.'
+    """
+    message = flag.get("message")
+    if message:
+        return S._sentence(f"Training flagged {message}")
+    kind = str(flag.get("kind"))
+    layer = flag.get("layer")
+    where = "the whole model" if layer in (None, "(model)") else str(layer)
+    step = f" from step {flag['step']}" if flag.get("step") is not None else ""
+    return S._sentence(f"Training flagged {FLAG_WORDS.get(kind, kind)} in {where}{step}")
 
 
 # --- writing ----------------------------------------------------------------------------------
@@ -482,7 +515,7 @@ def _write_figures(out: Path, page: Page) -> list[str]:
     return written
 
 
-def build_report(model="minilm", data=None, out_dir="layerscope-report", *, limit: int | None = None,
+def build_report(model="minilm", data=None, out_dir="layerscope-report", *, limit: int | str | None = None,
                  batch_size: int = 32, max_length: int | None = 128, seed: int = 0,
                  input_shape=None, blocks: str | None = None, trust_remote_code: bool = False,
                  importance_items: int | None = None, progress: bool = True,
@@ -491,8 +524,9 @@ def build_report(model="minilm", data=None, out_dir="layerscope-report", *, limi
 
     ``model``: a reference (see ``layerscope models``), an ``nn.Module`` or a LoadedModel.
     ``data``: a dataset name or file, a :class:`~layerscope.data.Dataset`, or ``None`` for the
-    built-in data that suits the model. ``limit`` caps the items of the main pass (default 2,000,
-    a seeded random subset; 500 for models above 50M parameters); ``importance_items`` caps the
+    built-in data that suits the model. ``limit`` caps the items of the main pass (a number or
+    ``"all"``; default 2,000, a seeded random subset; 500 for models above 50M parameters; a
+    Dataset object is used whole unless ``limit`` is given); ``importance_items`` caps the
     removal and lens passes (default 256; 64 for large models).
 
     Example:
@@ -505,7 +539,9 @@ def build_report(model="minilm", data=None, out_dir="layerscope-report", *, limi
     """
     from layerscope.models import load_model
 
-    if limit is not None and limit < 4:
+    from layerscope.cli.limits import parse_limit
+
+    if (parse_limit(limit, None) or 4) < 4:
         raise LayerscopeError(f"--limit must be at least 4 (similarity needs n > 3); got {limit}")
     if batch_size < 1:
         raise LayerscopeError(f"--batch-size must be at least 1; got {batch_size}")
@@ -521,9 +557,8 @@ def build_report(model="minilm", data=None, out_dir="layerscope-report", *, limi
             loaded.meta["blocks"] = blocks
         main_items, removal_items = default_amounts(loaded)
         importance_items = removal_items if importance_items is None else importance_items
-        dataset, data_name = _load_data(loaded, data, limit, seed, main_items, progress)
-        if len(dataset) < 4:
-            raise LayerscopeError(f"data {data_name!r} has {len(dataset)} items; a report needs at least 4")
+        dataset, data_name = _load_data(data if data is not None else default_data(loaded), limit,
+                                        seed, main_items, progress)
         _check_fits(loaded, dataset, max_length)
         # load, anatomy, main pass, bigram shift, probe fits, removal, (lens), training, write
         stages.total = 9 if loaded.task == "causal-lm" else 8

@@ -330,8 +330,14 @@ def _first_layer_with(top_tokens, token, layers) -> str:
 
 def training_section(steps: Sequence[int], grad_norm: Mapping[str, Sequence[float]], *,
                      loss: Sequence[float] | None = None, flags: Sequence[str] = ()) -> Section:
-    """Gradient flow recorded during training: gradient norm per layer over steps, and the loss."""
+    """Gradient flow recorded during training: gradient norm per layer over steps, and the loss;
+    ``flags`` (one sentence each) are findings of their own, also when no steps were monitored."""
     sec = Section("training", "Gradient flow in training")
+    if not steps or not grad_norm:
+        sec.findings.extend(flags)
+        sec.findings.append("The run recorded no per-layer gradient norms (it was trained without "
+                            "monitoring).")
+        return sec
     names = list(grad_norm)
     last = [grad_norm[n][-1] for n in names]
     first = [grad_norm[n][0] for n in names]
