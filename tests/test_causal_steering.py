@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from layerscope.analyses.causal.steering import steer, steering_vectors
+from layerscope.analyses.causal.steering import probe_vectors, steer, steering_vectors
 from layerscope.errors import LayerscopeError
 
 A = torch.randint(0, 20, (8, 6), generator=torch.Generator().manual_seed(1))
@@ -33,6 +33,27 @@ def test_vectors_are_differences_of_means(small_lm):
     for i in range(3):
         want = oa[i].reshape(-1, 16).double().mean(0) - ob[i].reshape(-1, 16).double().mean(0)
         assert torch.allclose(v[str(i)].double(), want, atol=1e-5)
+
+
+def test_probe_vectors_follow_a_hand_fitted_probe(small_lm):
+    from sklearn.linear_model import LogisticRegression
+
+    lm = small_lm()
+    v = probe_vectors(lm, A, B, seed=0)
+    oa, ob = block_outputs(lm, A), block_outputs(lm, B)
+    for i in range(3):
+        xa = oa[i].double().mean(1).numpy()  # no padding: the mean over all 6 tokens
+        xb = ob[i].double().mean(1).numpy()
+        x = np.concatenate([xa, xb])
+        y = np.r_[np.ones(len(xa)), np.zeros(len(xb))]
+        sd = x.std(0) + 1e-6
+        w = LogisticRegression(C=1.0, max_iter=2000, random_state=0).fit((x - x.mean(0)) / sd, y).coef_[0] / sd
+        u = w / np.linalg.norm(w)
+        want = u * (u @ (xa.mean(0) - xb.mean(0)))
+        assert np.allclose(v[str(i)].double().numpy(), want, atol=1e-4)
+        assert float(v[str(i)].double() @ torch.as_tensor(w)) > 0  # points towards group A
+    res = steer(lm, A, B, EVAL, alphas=[2.0], vectors=v)
+    assert len(res.effect) == 3
 
 
 def test_steered_perplexity_equals_a_hand_hook_and_prefix_equals_full(small_lm):

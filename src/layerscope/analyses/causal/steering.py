@@ -2,8 +2,8 @@
 
 A **steering vector** per block comes from a contrast set: ``v_l = mean(h_l | group A) -
 mean(h_l | group B)`` over the real tokens of each group's texts (activation addition, Turner et
-al. 2023; contrastive activation addition, Rimsky et al. 2024), or from a given direction (e.g.
-a probe's weights). Steering adds ``alpha * v_l`` to block l's output at every position.
+al. 2023; contrastive activation addition, Rimsky et al. 2024), or from a probe's direction
+(:func:`probe_vectors`: a logistic-regression probe per block, A vs B), or any given vector. Steering adds ``alpha * v_l`` to block l's output at every position.
 
 :func:`steer` sweeps blocks x strengths on held-out texts and measures, per (block, alpha):
 
@@ -65,6 +65,63 @@ def steering_vectors(model, group_a, group_b, *, layers=None, blocks: str | None
     mean_a = mean_activation(model, sites, group_a, batch_size=batch_size, max_length=max_length)
     mean_b = mean_activation(model, sites, group_b, batch_size=batch_size, max_length=max_length)
     return {k: mean_a[k] - mean_b[k] for k in mean_a}
+
+
+def probe_vectors(model, group_a, group_b, *, layers=None, blocks: str | None = None,
+                  batch_size: int = 16, max_length: int | None = 128, seed: int = 0,
+                  C: float = 1.0) -> dict[str, Tensor]:
+    """Per block, the direction of a logistic-regression probe (scikit-learn) that tells group A
+    from group B on the block's output mean-pooled over real tokens, as a steering vector.
+
+    The probe is fitted on standardised features; its direction in activation space is the
+    weights divided by the features' scales, ``u`` of unit length, pointing towards A. The
+    vector is ``u`` times the groups' mean separation along it, ``u · (mean_A - mean_B)``, so an
+    alpha means the same amount of movement as with the difference of means (whose projection
+    on ``u`` this is).
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> _ = torch.manual_seed(0)
+        >>> net = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1))
+        >>> v = probe_vectors(net, torch.randn(20, 2) + 1, torch.randn(20, 2) - 1)
+        >>> sorted(v), tuple(v["0"].shape)
+        (['0', '1'], (3,))
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    from layerscope.modes import evaluating
+    from layerscope.sweep import as_model, encoded_batches
+
+    loaded = as_model(model)
+    chosen = Layers(loaded, "blocks", blocks=blocks).select(layers)
+    pooled: dict[str, list[list[Tensor]]] = {b.name: [[], []] for b in chosen}
+    with evaluating(loaded), torch.no_grad():
+        for g, group in enumerate((group_a, group_b)):
+            for enc, _ in encoded_batches(loaded, group, batch_size=batch_size, max_length=max_length):
+                with Capture(loaded.module, chosen) as cap:
+                    cap.call(loaded, enc)
+                for b in chosen:
+                    pooled[b.name][g].append(_pooled(cap.outputs[b.name], enc).double())
+    out = {}
+    for b in chosen:
+        xa, xb = (torch.cat(rows).numpy() for rows in pooled[b.name])
+        if len(xa) < 2 or len(xb) < 2:
+            raise LayerscopeError(f"a probe direction needs at least 2 items per group; got {len(xa)} "
+                                  f"and {len(xb)}")
+        x = np.concatenate([xa, xb])
+        y = np.r_[np.ones(len(xa)), np.zeros(len(xb))]
+        mu, sd = x.mean(0), x.std(0) + 1e-6
+        probe = LogisticRegression(C=C, max_iter=2000, random_state=seed).fit((x - mu) / sd, y)
+        w = probe.coef_[0] / sd
+        norm = float(np.linalg.norm(w))
+        if norm == 0.0:
+            raise LayerscopeError(f"the probe on block {b.index} has zero weights (the groups do not "
+                                  f"differ there); use the difference of means")
+        u = w / norm
+        sep = float(u @ (xa.mean(0) - xb.mean(0)))
+        out[str(b.index)] = torch.as_tensor(u * sep, dtype=torch.float32)
+    return out
 
 
 @dataclass
@@ -282,4 +339,4 @@ def generate(model, prompt: str, *, layer=None, vector: Tensor | None = None, al
     return loaded.tokenizer.decode(out[0, enc.kwargs["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
-__all__ = ["SteerResult", "steer", "steering_vectors", "generate"]
+__all__ = ["SteerResult", "steer", "steering_vectors", "probe_vectors", "generate"]
