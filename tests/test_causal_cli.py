@@ -59,6 +59,21 @@ def test_steer_minilm_json(capsys):
     assert res["effect"][1][0] > 0 > res["effect"][1][1]
 
 
+@pytest.mark.slow
+def test_steer_along_a_probe_direction(capsys):
+    code, out, err = run(capsys, "steer", "minilm", "--vector", "probe", "--limit", "300", "--eval", "6",
+                         "--layers", "5", "--alphas", "4,-4", "--json")
+    assert code == 0, err
+    res = json.loads(out)
+    assert res["vector"] == "probe" and res["labels"] == ["5"]
+    assert res["effect"][0][0] > 0 > res["effect"][0][1]
+
+
+def test_steer_bad_vector(capsys):
+    code, _, err = run(capsys, "steer", "minilm", "--vector", "pca")
+    assert code == 2 and "--vector must be mean-difference or probe" in err
+
+
 def test_steer_bad_alphas(capsys):
     code, _, err = run(capsys, "steer", "minilm", "--alphas", "big")
     assert code == 2 and "--alphas must be a comma list of numbers" in err

@@ -46,6 +46,10 @@ def steer_command(
                                         "--high, B: score <= --low) and the held-out texts (the "
                                         "items in between).", metavar="[DATA]")] = "sentences",
     alphas: Annotated[str, typer.Option("--alphas", help="Comma list of steering strengths.")] = "2,4,8",
+    vector: Annotated[str, typer.Option("--vector", help="The steering direction per block: "
+                                        "mean-difference (mean of A minus mean of B) or probe (a "
+                                        "logistic-regression probe's direction, A vs B, scaled to "
+                                        "the groups' separation along it).")] = "mean-difference",
     layers: LayersOpt = None,
     high: Annotated[float, typer.Option("--high", help="Group A: score at least this.")] = 2.0,
     low: Annotated[float, typer.Option("--low", help="Group B: score at most this.")] = -2.0,
@@ -67,9 +71,13 @@ def steer_command(
 ) -> None:
     """Which block steers best, for how much damage: difference-of-means steering swept over
     blocks x strengths."""
-    from layerscope.analyses.causal.steering import generate, steer, steering_vectors
+    from layerscope.analyses.causal.steering import generate, probe_vectors, steer, steering_vectors
     from layerscope.data import load_dataset
     from layerscope.errors import LayerscopeError
+
+    make_vectors = {"mean-difference": steering_vectors, "probe": probe_vectors}.get(vector)
+    if make_vectors is None:
+        raise LayerscopeError(f"--vector must be mean-difference or probe; got {vector!r}")
 
     try:
         alpha_list = [float(a) for a in alphas.split(",") if a.strip()]
@@ -80,10 +88,11 @@ def steer_command(
                             allow_missing_weights=allow_missing_weights)
     ds = load_dataset(data, limit=limit, seed=seed)
     group_a, group_b, rest = contrast_split(ds, high, low, n_eval, seed)
-    vectors = steering_vectors(loaded, group_a, group_b, layers=layers, blocks=blocks,
-                               batch_size=batch_size, max_length=max_length)
+    vectors = make_vectors(loaded, group_a, group_b, layers=layers, blocks=blocks,
+                           batch_size=batch_size, max_length=max_length)
     res = steer(loaded, group_a, group_b, rest, layers=layers, alphas=alpha_list, vectors=vectors,
                 blocks=blocks, batch_size=batch_size, max_length=max_length, seed=seed)
+    res.vector = vector
     if prompt is not None:
         label, alpha, _, _ = res.best()
         v = vectors[label]

@@ -147,6 +147,7 @@ class SteerResult(Result):
     method: str
     seconds: float
     samples: list[dict] | None = None
+    vector: str = "mean-difference"  # how the vectors were made: mean-difference, probe or given
 
     def best(self, max_damage: float = 1.2) -> tuple[str, float, float, float]:
         """(block label, alpha, effect, damage) with the largest |effect| among the settings whose
@@ -163,7 +164,8 @@ class SteerResult(Result):
 
     def summary(self) -> str:
         label, alpha, eff, dmg = self.best()
-        return (f"steering {len(self.labels)} blocks x {len(self.alphas)} strengths: block {label} at "
+        return (f"steering ({self.vector} vectors) {len(self.labels)} blocks x {len(self.alphas)} "
+                f"strengths: block {label} at "
                 f"alpha {alpha:g} moves the last-layer probe's P(A) from {self.reading_base:.2f} by "
                 f"{eff:+.2f}, {self.objective} {self.damage_base:.4g} -> {dmg:.4g} (probe accuracy "
                 f"{self.probe_accuracy:.2f} on the contrast set; {self.seconds:.1f}s, {self.method})")
@@ -246,6 +248,7 @@ def steer(model, group_a, group_b, evaluate, *, layers=None, alphas: Sequence[fl
     last = all_blocks[-1]
     stack = build_stack(loaded, blocks)
     started = time.perf_counter()
+    kind = "given" if vectors is not None else "mean-difference"
     with evaluating(loaded):
         if vectors is None:
             vectors = steering_vectors(loaded, group_a, group_b, layers=[b.index for b in chosen],
@@ -312,7 +315,7 @@ def steer(model, group_a, group_b, evaluate, *, layers=None, alphas: Sequence[fl
         damage_base=objective.value(())["metric"],
         vector_norms=[float(vectors[s.label].norm()) for s in sites], probe_accuracy=accuracy,
         n_contrast=[len(xa), len(xb)], n_eval=n_eval, method=used,
-        seconds=time.perf_counter() - started)
+        seconds=time.perf_counter() - started, vector=kind)
 
 
 def generate(model, prompt: str, *, layer=None, vector: Tensor | None = None, alpha: float = 0.0,
