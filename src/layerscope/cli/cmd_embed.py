@@ -39,6 +39,7 @@ def embed_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Pictures of layers: PCA or t-SNE of layer outputs on a sample, coloured by label."""
+    plot = out_file(plot, force, FIGURE_SUFFIXES)  # before the imports: a bad path fails fast
     from layerscope.analyses.pictures import METHODS, embed
     from layerscope.errors import LayerscopeError
 
@@ -49,7 +50,6 @@ def embed_command(
     from .limits import load_limited, parse_limit
 
     n_sample = parse_limit(sample, 1000, option="--sample")
-    plot = out_file(plot, force, FIGURE_SUFFIXES)
     loaded = model_from_cli(model, blocks=blocks, trust_remote_code=trust_remote_code,
                             allow_missing_weights=allow_missing_weights)
     items = load_limited(data, limit, default=None, seed=seed, what="items", say=limit is not None)

@@ -72,9 +72,9 @@ def importance_command(
 ) -> None:
     """Which blocks matter: the model's own objective (accuracy and loss with labels) with each
     block removed (skipped; mean-ablated where it changes the shape)."""
+    plot = out_file(plot, force, FIGURE_SUFFIXES)  # before the imports: a bad path fails fast
     from layerscope.analyses.importance import build_stack, layer_importance, removal_curve
 
-    plot = out_file(plot, force, FIGURE_SUFFIXES)
     loaded = model_from_cli(model, blocks=blocks, trust_remote_code=trust_remote_code,
                             allow_missing_weights=allow_missing_weights)
     if curve:

@@ -46,8 +46,6 @@ def lens_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Decode every layer's residual stream through the final norm and the LM head."""
-    from layerscope.analyses.lens import lens_stack, logit_lens
-    from layerscope.analyses.tuned_lens import TunedLens
     from layerscope.errors import LayerscopeError
 
     if data is None and prompt is None:
@@ -60,6 +58,9 @@ def lens_command(
         raise LayerscopeError("--lens-out saves a lens trained with --tuned; add --tuned")
     plot = out_file(plot, force, FIGURE_SUFFIXES)
     lens_out = out_file(lens_out, force, (".safetensors",))
+    from layerscope.analyses.lens import lens_stack, logit_lens  # after the checks: they import torch
+    from layerscope.analyses.tuned_lens import TunedLens
+
     loaded = model_from_cli(model, blocks=blocks, trust_remote_code=trust_remote_code,
                             allow_missing_weights=allow_missing_weights)
     lens_stack(loaded, blocks)  # no LM head: fail before reading any data

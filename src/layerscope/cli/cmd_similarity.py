@@ -37,13 +37,13 @@ def similarity_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Which layers compute alike: CKA between every pair of layers (unbiased estimator)."""
+    plot = out_file(plot, force, FIGURE_SUFFIXES)  # before the imports: a bad path fails fast
     from .limits import load_limited
     from layerscope.analyses.similarity import similarity
     from layerscope.errors import LayerscopeError
 
     if kernel not in ("linear", "rbf"):
         raise LayerscopeError(f"unknown kernel {kernel!r}; use linear or rbf")
-    plot = out_file(plot, force, FIGURE_SUFFIXES)
     loaded = model_from_cli(model, blocks=blocks, trust_remote_code=trust_remote_code,
                             allow_missing_weights=allow_missing_weights)
     second = model_from_cli(other, trust_remote_code=trust_remote_code,

@@ -24,7 +24,6 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from layerscope.models import parse_input_shape
 from layerscope.outputs import FIGURE_SUFFIXES
 
 MODEL_HELP = (
@@ -203,6 +202,14 @@ def save_figure_to(result, path) -> None:
         save_figure(fig, path)
     finally:
         plt.close(fig)
+
+
+def parse_input_shape(text: str) -> tuple[int, ...]:
+    """``--input-shape`` as a tuple (see :func:`layerscope.model_types.parse_input_shape`);
+    imported on use so that starting the command line does not import torch."""
+    from layerscope.model_types import parse_input_shape as parse
+
+    return parse(text)
 
 
 def parse_layers(spec: str | None) -> str | None:
