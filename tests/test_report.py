@@ -306,3 +306,51 @@ def test_report_shows_training_flags_of_every_kind(tmp_path):
         assert f["message"].split(":")[0] in html, f["kind"]
     payload = json.loads((tmp_path / "rep" / "results.json").read_text())
     assert [f["kind"] for f in payload["results"]["training"]["flags"]] == [f["kind"] for f in flags]
+
+
+def _write_pairs(path, rows):
+    path.write_text("clean\tcorrupt\ttarget\tfoil\n" + "".join("\t".join(r) + "\n" for r in rows))
+    return path
+
+
+def test_report_causal_section_patches_every_block_and_position(tmp_path, llama_folder):
+    """--causal adds 'What each layer does': the patching heat map equals patch() run by itself,
+    and the last block's output at the last position restores the whole gap."""
+    from layerscope.analyses.causal.patching import patch, read_pairs
+    from layerscope.models import load_model
+    from layerscope.report.build import build_report
+
+    tsv = _write_pairs(tmp_path / "pairs.tsv", [
+        ("the capital of france is", "the capital of italy is", " paris", " rome"),
+        ("the river runs through france", "the river runs through italy", " paris", " rome")])
+    loaded = load_model(str(llama_folder))
+    res = build_report(loaded, "sentences", tmp_path / "rep", limit=24, importance_items=4,
+                       progress=False, causal=tsv)
+    assert "causal" in res.sections, res.skipped
+    got = json.loads((tmp_path / "rep" / "results.json").read_text())["results"]["causal"]
+    want = patch(loaded, pairs=read_pairs(tsv))
+    assert got["labels"] == ["0", "1"] and got["tokens"] == want.tokens
+    assert np.allclose(got["restored"], want.restored, atol=1e-9)
+    assert abs(got["restored"][-1][-1] - 1.0) < 1e-4
+    html = (tmp_path / "rep" / "index.html").read_text()
+    assert "What each layer does" in html and "figures/causal-patching.png" in " ".join(
+        json.loads((tmp_path / "rep" / "results.json").read_text())["figures"])
+
+
+def test_report_causal_refusals_come_before_any_work(tmp_path, llama_folder, capsys):
+    from layerscope.cli import main
+
+    uneven = _write_pairs(tmp_path / "uneven.tsv", [("the capital of france is", "the capital of "
+                                                     "the united kingdom is", " paris", " london")])
+    good = _write_pairs(tmp_path / "good.tsv", [("the capital of france is", "the capital of italy is",
+                                                 " paris", " rome")])
+    cases = [(["report", str(llama_folder), "sentences", "--causal", str(uneven)], "same token length"),
+             (["report", "mlp", "digits", "--causal", str(good)], "not a causal language model"),
+             (["report", str(llama_folder), "sentences", "--causal", str(tmp_path / "none.tsv")],
+              "does not exist")]
+    for argv, fragment in cases:
+        out = tmp_path / f"out{len(fragment)}"
+        code = main(argv + ["-o", str(out), "--limit", "8"])
+        err = capsys.readouterr().err
+        assert code == 2 and fragment in err, err
+        assert not out.exists()

@@ -30,6 +30,10 @@ def report_command(
     batch_size: BatchSizeOpt = 32,
     max_length: MaxLengthOpt = 128,
     seed: Annotated[int, typer.Option("--seed", help="Seed for the subset and the pictures.")] = 0,
+    causal: Annotated[Optional[Path], typer.Option(
+        "--causal", help="Causal LMs: a .tsv of prompt pairs (clean<TAB>corrupt<TAB>target[<TAB>foil] "
+        "per line, one token length) for the section 'What each layer does': activation patching "
+        "of every block at every position.", show_default=False, metavar="PROMPTS.tsv")] = None,
     open_browser: Annotated[bool, typer.Option("--open", help="Open the report in the browser.")] = False,
     blocks: BlocksOpt = None,
     input_shape: InputShapeOpt = None,
@@ -47,7 +51,7 @@ def report_command(
                        seed=seed, input_shape=shape, blocks=blocks,
                        trust_remote_code=trust_remote_code, importance_items=importance_items,
                        progress=not as_json, force=force,
-                       allow_missing_weights=allow_missing_weights)
+                       allow_missing_weights=allow_missing_weights, causal=causal)
     if as_json:
         print_json(res)
     else:

@@ -417,6 +417,33 @@ def _lens(run: _Run, n_items: int) -> None:
                                        prompt_tokens=res.prompt_tokens))
 
 
+def _causal_pairs(loaded, causal) -> list:
+    """The prompt pairs of ``--causal`` (a .tsv file or PromptPairs), checked before any long work."""
+    from layerscope.analyses.causal.patching import PromptPair, check_pairs, read_pairs
+
+    if loaded.task != "causal-lm":
+        raise LayerscopeError(f"--causal patches next-token predictions; model {loaded.ref!r} is a "
+                              f"{loaded.task} model, not a causal language model: leave out --causal")
+    pairs = read_pairs(causal) if isinstance(causal, (str, Path)) else list(causal)
+    if not all(isinstance(p, PromptPair) for p in pairs):
+        raise LayerscopeError("causal must be a .tsv file of prompt pairs or a list of PromptPair")
+    check_pairs(loaded, pairs)
+    return pairs
+
+
+def _causal(run: _Run, pairs: list) -> None:
+    """Activation patching of every block's output at every position, averaged over the pairs."""
+    from layerscope.analyses.causal.patching import patch
+
+    res = patch(run.loaded, pairs=pairs, part="block", blocks=run.loaded.meta.get("blocks"),
+                batch_size=run.batch_size)
+    run.results["causal"] = res
+    run.sections.append(S.causal_section(res.labels, res.tokens, res.restored, metric=res.metric,
+                                         metric_clean=res.metric_clean,
+                                         metric_corrupt=res.metric_corrupt, pairs=res.pairs,
+                                         direction=res.direction))
+
+
 def _training(run: _Run) -> None:
     """What `layerscope train` recorded next to the checkpoint, when there is a run folder:
     gradient flow per layer (metrics.jsonl) and the run's flags of every kind (result.json)."""
@@ -519,7 +546,8 @@ def build_report(model="minilm", data=None, out_dir="layerscope-report", *, limi
                  batch_size: int = 32, max_length: int | None = 128, seed: int = 0,
                  input_shape=None, blocks: str | None = None, trust_remote_code: bool = False,
                  importance_items: int | None = None, progress: bool = True,
-                 force: bool = False, allow_missing_weights: bool = False) -> ReportResult:
+                 force: bool = False, allow_missing_weights: bool = False,
+                 causal=None) -> ReportResult:
     """Analyse ``model`` on ``data`` and write ``out_dir/index.html``, ``results.json`` and PNGs.
 
     ``model``: a reference (see ``layerscope models``), an ``nn.Module`` or a LoadedModel.
@@ -527,7 +555,10 @@ def build_report(model="minilm", data=None, out_dir="layerscope-report", *, limi
     built-in data that suits the model. ``limit`` caps the items of the main pass (a number or
     ``"all"``; default 2,000, a seeded random subset; 500 for models above 50M parameters; a
     Dataset object is used whole unless ``limit`` is given); ``importance_items`` caps the
-    removal and lens passes (default 256; 64 for large models).
+    removal and lens passes (default 256; 64 for large models). ``causal`` (causal LMs): a .tsv
+    of prompt pairs (``clean<TAB>corrupt<TAB>target[<TAB>foil]``, see
+    :func:`~layerscope.analyses.causal.patching.read_pairs`) or a list of PromptPairs; adds the
+    section "What each layer does" (activation patching of every block × position).
 
     Example:
         >>> import tempfile, torch
@@ -560,8 +591,9 @@ def build_report(model="minilm", data=None, out_dir="layerscope-report", *, limi
         dataset, data_name = _load_data(data if data is not None else default_data(loaded), limit,
                                         seed, main_items, progress)
         _check_fits(loaded, dataset, max_length)
-        # load, anatomy, main pass, bigram shift, probe fits, removal, (lens), training, write
-        stages.total = 9 if loaded.task == "causal-lm" else 8
+        pairs = _causal_pairs(loaded, causal) if causal is not None else None
+        # load, anatomy, main pass, bigram shift, probe fits, removal, (lens), (patching), training, write
+        stages.total = (9 if loaded.task == "causal-lm" else 8) + (pairs is not None)
     out = prepare_out_dir(out_dir, force=force)
     run = _Run(loaded, dataset, data_name, stages, batch_size, max_length, seed)
     with stages.optional("anatomy"):
@@ -574,18 +606,22 @@ def build_report(model="minilm", data=None, out_dir="layerscope-report", *, limi
         run.probes += _bigram_shift(run, BIGRAM_ITEMS)
     with stages.stage("probe fits", f"{len(run.probes)} tasks × {len(run.layers)} layers"):
         _probe_results(run, run.probes)
-    causal = loaded.task == "causal-lm"
+    is_lm = loaded.task == "causal-lm"
     with stages.optional("layer removal", f"{min(importance_items, len(dataset))} items"):
-        _importance(run, importance_items, curve=causal)
-    if causal:
+        _importance(run, importance_items, curve=is_lm)
+    if is_lm:
         with stages.optional("logit lens"):
             _lens(run, importance_items)
+    if pairs is not None:
+        with stages.optional("activation patching", f"{len(pairs)} prompt pair(s) × "
+                             f"every block × position"):
+            _causal(run, pairs)
     with stages.optional("training history"):
         _training(run)
 
     with stages.stage("write", str(out)):
-        order = ["anatomy", "probes", "similarity", "importance", "activations", "pictures", "lens",
-                 "training"]
+        order = ["anatomy", "probes", "similarity", "importance", "causal", "activations", "pictures",
+                 "lens", "training"]
         secs = sorted(run.sections, key=lambda s: order.index(s.id) if s.id in order else len(order))
         facts = [("model", loaded.ref), ("family", loaded.family), ("data", data_name),
                  ("items", f"{len(dataset):,}"), ("layers swept", str(len(run.layers)))]

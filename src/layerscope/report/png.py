@@ -65,7 +65,8 @@ def chart_png(chart: dict, title: str = "", *, width: float = 7.0, height: float
         for t in traces:
             if t.get("type") == "heatmap":
                 z = [_num(r) for r in t["z"]]
-                im = ax.imshow(z, cmap="viridis", vmin=t.get("zmin"), vmax=t.get("zmax"), aspect="auto")
+                cmap = "RdBu_r" if t.get("colorscale") == "RdBu" else "viridis"  # plotly's RdBu runs blue to red
+                im = ax.imshow(z, cmap=cmap, vmin=t.get("zmin"), vmax=t.get("zmax"), aspect="auto")
                 ax.set_xticks(range(len(t["x"])), t["x"], rotation=90, fontsize=7)
                 ax.set_yticks(range(len(t["y"])), t["y"], fontsize=7)
                 fig.colorbar(im, ax=ax)

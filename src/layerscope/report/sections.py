@@ -212,6 +212,89 @@ def _rank_agreement(a: Sequence[float], b: Sequence[float]) -> float | None:
     return float(rho) if math.isfinite(rho) else None
 
 
+# --- causal -----------------------------------------------------------------------------------
+
+
+def causal_section(blocks: Sequence[str], tokens: Sequence[str], restored: Sequence[Sequence[float]], *,
+                   metric: str, metric_clean: float, metric_corrupt: float,
+                   pairs: Sequence[Mapping] = (), direction: str = "denoise", top: int = 3) -> Section:
+    """Activation patching of the residual stream after each block at each position (rows:
+    ``blocks``, columns: the prompt's ``tokens``): the heat map of restored shares, where the
+    answer sits (the earlier positions or the last one) block by block, and the top blocks: those
+    whose own step raises the last position's share most (where the answer is moved there).
+
+    Example:
+        >>> sec = causal_section(["0", "1", "2"], ["The", "Eiffel", " of"],
+        ...                      [[0.0, 0.9, 0.1], [0.0, 0.2, 0.8], [0.0, 0.0, 1.0]],
+        ...                      metric="logit-diff", metric_clean=3.0, metric_corrupt=-2.0)
+        >>> sec.findings[1]
+        'The last position (“ of”) carries at least half of the gap from block 1 on; before that the answer sits at “Eiffel” (90% at block 0).'
+    """
+    sec = Section("causal", "What each layer does")
+    n_pairs = max(1, len(pairs))
+    arr = [[float(v) if _finite(v) else float("nan") for v in row] for row in restored]
+    flat = [(v, i, j) for i, row in enumerate(arr) for j, v in enumerate(row) if math.isfinite(v)]
+    over = f"{'the mean of ' + str(n_pairs) + ' prompt pairs' if n_pairs > 1 else 'one prompt pair'}"
+    what = ("restores" if direction == "denoise" else "keeps")
+    gap = (f"{metric} clean {fmt(metric_clean, 3)}, corrupted {fmt(metric_corrupt, 3)}; {over}")
+    if not flat:
+        sec.findings.append(f"Patching gave no finite restored shares ({gap}).")
+        return sec
+    # the last block at the last position restores everything by construction: not a finding
+    informative = [t for t in flat if not (t[1] == len(arr) - 1 and t[2] == len(tokens) - 1)] or flat
+    v, i, j = max(informative) if direction == "denoise" else min(informative)
+    tok = _token_text(tokens[j])
+    head = (f"Patching the clean residual stream after block {blocks[i]} at “{tok}” {what} "
+            f"{100 * v:.0f}% of the gap ({gap}).")
+    sec.findings.append(head)
+    last = [row[-1] for row in arr]
+    earlier = [max((x for x in row[:-1] if math.isfinite(x)), default=float("nan")) for row in arr]
+    where = [max(range(len(row) - 1), key=lambda k: row[k] if math.isfinite(row[k]) else -math.inf)
+             if len(row) > 1 else 0 for row in arr]
+    from_block = next((k for k, x in enumerate(last) if math.isfinite(x) and x >= 0.5), None)
+    if from_block is not None and len(tokens) > 1:
+        before = [k for k in range(from_block) if math.isfinite(earlier[k])]
+        text = (f"The last position (“{_token_text(tokens[-1])}”) carries at least half of the gap from "
+                f"block {blocks[from_block]} on")
+        if before:
+            k = max(before, key=lambda b: earlier[b])
+            text += (f"; before that the answer sits at “{_token_text(tokens[where[k]])}” "
+                     f"({100 * earlier[k]:.0f}% at block {blocks[k]})")
+        sec.findings.append(text + ".")
+    elif len(tokens) > 1:
+        sec.findings.append(f"No block's output at the last position (“{_token_text(tokens[-1])}”) "
+                            f"restores half of the gap.")
+    steps = [(last[k] - (last[k - 1] if k else 0.0), k) for k in range(len(last)) if math.isfinite(last[k])
+             and (k == 0 or math.isfinite(last[k - 1]))]
+    ranked = [(d, k) for d, k in sorted(steps, reverse=True)[:top] if d > 0.05]
+    if ranked:
+        sec.findings.append("The blocks that move the answer to the last position most (their own "
+                            "step in its restored share): "
+                            + ", ".join(f"block {blocks[k]} (+{100 * d:.0f} points)" for d, k in ranked) + ".")
+    heads = [f"{j}: {_token_text(t)}" for j, t in enumerate(tokens)]
+    sec.add(Figure("patching", f"Restored share of {metric} ({direction}), blocks × positions",
+                   head, chart=charts.heatmap(arr, heads, list(blocks), zmin=-1.0, zmax=1.0,
+                                              colorscale="RdBu", value_name="restored share",
+                                              x_title="position (token)", y_title="block patched")))
+    series = {f"last position (“{_token_text(tokens[-1])}”)": last}
+    if len(tokens) > 1:
+        series["best earlier position"] = earlier
+    reading = sec.findings[1] if len(sec.findings) > 1 else head
+    sec.add(Figure("patching-by-block", "Restored share by block: the last position and the best "
+                   "earlier one", reading,
+                   chart=charts.line_chart(list(blocks), series, x_title="block patched",
+                                           y_title="restored share", log_y=False)))
+    if pairs:
+        rows = [[str(p.get("clean", "")), str(p.get("corrupt", "")), _token_text(str(p.get("target", ""))),
+                 _token_text(str(p.get("foil", ""))), fmt(p.get("metric_clean"), 3),
+                 fmt(p.get("metric_corrupt"), 3)] for p in pairs]
+        sec.add(Figure("pairs", "Prompt pairs", f"{len(rows)} prompt pair(s), {metric} read at the last "
+                       f"position.", table=Table(["clean", "corrupted", "target", "foil",
+                                                 f"{metric} clean", f"{metric} corrupted"], rows,
+                                                [False, False, False, False, True, True])))
+    return sec
+
+
 # --- activations ------------------------------------------------------------------------------
 
 

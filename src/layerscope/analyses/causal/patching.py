@@ -369,6 +369,45 @@ def _sweep(ctx: _Context, base: _Run, source: _Run, method: str) -> list[Tensor]
     return logits
 
 
+def _pair_ids(loaded, pair: PromptPair, k: int, n: int, length: int | None) -> tuple[Tensor, Tensor]:
+    """The clean and corrupted token ids of pair ``k`` (of ``n``), of one length (and ``length``)."""
+    where = f" (pair {k})" if n > 1 else ""
+    c_ids, x_ids = _ids(loaded, pair.clean, "clean"), _ids(loaded, pair.corrupt, "corrupted")
+    if c_ids.shape[1] != x_ids.shape[1]:
+        raise LayerscopeError(
+            f"the clean prompt is {c_ids.shape[1]} tokens and the corrupted prompt "
+            f"{x_ids.shape[1]}{where}; patching needs the same token length: reword one prompt "
+            f"so both tokenize to the same number of tokens")
+    if length is not None and c_ids.shape[1] != length:
+        raise LayerscopeError(f"pair {k} is {c_ids.shape[1]} tokens and pair 1 is {length}; every "
+                              f"pair must have the same token length to share a positions axis")
+    return c_ids, x_ids
+
+
+def check_pairs(model, pairs: Sequence[PromptPair]) -> int:
+    """Refuse, before any long work, prompt pairs that :func:`patch` would refuse (token lengths
+    that differ, an answer that is not one token); the pairs' token length.
+
+    Example:
+        >>> import torch
+        >>> check_pairs(torch.nn.Linear(2, 2), [PromptPair(torch.tensor([[1, 2]]), torch.tensor([[1, 3]]), 4)])
+        2
+    """
+    from layerscope.sweep import as_model
+
+    loaded = as_model(model)
+    if not pairs:
+        raise LayerscopeError("no prompt pairs to patch; write clean<TAB>corrupt<TAB>target lines")
+    length = None
+    for k, pair in enumerate(pairs, 1):
+        c_ids, _ = _pair_ids(loaded, pair, k, len(pairs), length)
+        length = c_ids.shape[1]
+        token_id(loaded, pair.target, "target")
+        if pair.foil is not None:
+            token_id(loaded, pair.foil, "foil")
+    return length
+
+
 def _metric(logits: Tensor, metric: str, target: int, foil: int) -> Tensor:
     if metric == "prob":
         return torch.softmax(logits.double(), dim=-1)[..., target]
@@ -416,15 +455,7 @@ def _patch_all(ctx: _Context, todo: list[PromptPair], direction: str, metric: st
     tokens: list[str] = []
     for k, pair in enumerate(todo, 1):
         where = f" (pair {k})" if len(todo) > 1 else ""
-        c_ids, x_ids = _ids(ctx.loaded, pair.clean, "clean"), _ids(ctx.loaded, pair.corrupt, "corrupted")
-        if c_ids.shape[1] != x_ids.shape[1]:
-            raise LayerscopeError(
-                f"the clean prompt is {c_ids.shape[1]} tokens and the corrupted prompt "
-                f"{x_ids.shape[1]}{where}; patching needs the same token length: reword one prompt "
-                f"so both tokenize to the same number of tokens")
-        if length is not None and c_ids.shape[1] != length:
-            raise LayerscopeError(f"pair {k} is {c_ids.shape[1]} tokens and pair 1 is {length}; every "
-                                  f"pair must have the same token length to share a positions axis")
+        c_ids, x_ids = _pair_ids(ctx.loaded, pair, k, len(todo), length)
         length = c_ids.shape[1]
         t_id = token_id(ctx.loaded, pair.target, "target")
         clean_run, corrupt_run = _record(ctx, c_ids), _record(ctx, x_ids)
@@ -466,5 +497,5 @@ def _patch_all(ctx: _Context, todo: list[PromptPair], direction: str, metric: st
         forward_calls=ctx.forward_calls)
 
 
-__all__ = ["PromptPair", "PatchResult", "patch", "read_pairs", "token_id", "DIRECTIONS", "METRICS",
-           "METHODS"]
+__all__ = ["PromptPair", "PatchResult", "patch", "check_pairs", "read_pairs", "token_id", "DIRECTIONS",
+           "METRICS", "METHODS"]
