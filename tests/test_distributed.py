@@ -231,3 +231,47 @@ def test_record_killed_rank_then_rerun_gives_the_same_store(tmp_path):
     assert all("ok" in o for o in outs), outs
     assert (folder / "shard-00003.safetensors").stat().st_mtime_ns == before   # resumed, not redone
     assert _files(tmp_path / "one") == _files(folder)
+
+
+# --- a tiny Llama: the lens, importance and the command line under torchrun --------------------
+
+TEXTS = [f"the {w} sat on the mat number {i}" for i, w in
+         enumerate(["cat", "dog", "bird", "fish", "horse", "cow", "mouse", "fox", "owl", "bee", "ant"])]
+
+
+def job_lens_importance(folder: str) -> dict:
+    from layerscope.analyses.importance import layer_importance
+    from layerscope.analyses.lens import logit_lens
+    from layerscope.models import load_model
+
+    model = load_model(folder)
+    lens = logit_lens(model, TEXTS, batch_size=4)
+    imp = layer_importance(model, TEXTS, batch_size=4)
+    return {"lens": {k: list(getattr(lens, k)) for k in ("accuracy", "loss", "kl", "top1_agreement")},
+            "importance": [list(imp.metric), list(imp.block_influence)]}
+
+
+def test_lens_and_importance_equal_single_process(llama_folder):
+    _same_everywhere(job_lens_importance, str(llama_folder))
+
+
+def test_torchrun_sweep_command_equals_one_process(llama_folder, tmp_path):
+    import subprocess
+    import sys
+
+    data = tmp_path / "texts.txt"
+    data.write_text("\n".join(TEXTS) + "\n")
+    args = ["sweep", str(llama_folder), str(data), "--view", "mean", "-b", "4", "--json"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "LAYERSCOPE_DIST_TIMEOUT": str(TIMEOUT_S)}
+    one = subprocess.run([sys.executable, "-m", "layerscope", *args], capture_output=True,
+                         text=True, env=env, timeout=300)
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                          "--nproc-per-node", "2", "-m", "layerscope", *args],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert one.returncode == 0 and two.returncode == 0, two.stderr[-2000:]
+    a, b = json.loads(one.stdout), json.loads(two.stdout)   # rank 1 printed nothing
+    assert a["items"] == b["items"] == len(TEXTS)
+    for ra, rb in zip(a["layers"], b["layers"], strict=True):
+        assert ra["layer"] == rb["layer"]
+        for key in ("mean", "std", "min", "max"):
+            assert rb[key] == pytest.approx(ra[key], rel=1e-6, abs=1e-6)
