@@ -69,6 +69,24 @@ def test_steer_along_a_probe_direction(capsys):
     assert res["effect"][0][0] > 0 > res["effect"][0][1]
 
 
+def test_steer_generates_and_reads_the_continuations_sentiment(capsys, llama_folder):
+    from layerscope.analyses.causal.steering import text_classifier
+    from layerscope.cli.cmd_steer import contrast_split
+    from layerscope.data import load_dataset
+
+    code, out, err = run(capsys, "steer", str(llama_folder), "--limit", "300", "--eval", "4",
+                         "--layers", "1", "--alphas", "4", "--generate", "the film was", "--tokens", "4",
+                         "--json")
+    assert code == 0, err
+    res = json.loads(out)
+    assert [s["alpha"] for s in res["samples"]] == [0.0, 4.0, -4.0]
+    a, b, _ = contrast_split(load_dataset("sentences", limit=300, seed=0), 2.0, -2.0, 4, 0)
+    clf, accuracy = text_classifier(a, b)
+    assert res["text_classifier_accuracy"] == pytest.approx(accuracy) and accuracy > 0.6
+    for sample in res["samples"]:
+        assert sample["p_a"] == pytest.approx(float(clf.predict_proba([sample["text"]])[0, 1]))
+
+
 def test_steer_bad_vector(capsys):
     code, _, err = run(capsys, "steer", "minilm", "--vector", "pca")
     assert code == 2 and "--vector must be mean-difference or probe" in err

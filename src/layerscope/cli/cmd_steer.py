@@ -71,7 +71,8 @@ def steer_command(
 ) -> None:
     """Which block steers best, for how much damage: difference-of-means steering swept over
     blocks x strengths."""
-    from layerscope.analyses.causal.steering import generate, probe_vectors, steer, steering_vectors
+    from layerscope.analyses.causal.steering import (generate, probe_vectors, steer, steering_vectors,
+                                                     text_classifier)
     from layerscope.data import load_dataset
     from layerscope.errors import LayerscopeError
 
@@ -99,6 +100,10 @@ def steer_command(
         res.samples = [{"layer": label, "alpha": a, "text": generate(
             loaded, prompt, layer=int(label), vector=v, alpha=a, max_new_tokens=tokens, blocks=blocks)}
             for a in (0.0, alpha, -alpha)]
+        if all(isinstance(t, str) for t in [*group_a, *group_b]):
+            clf, res.text_classifier_accuracy = text_classifier(group_a, group_b, seed=seed)
+            for sample in res.samples:
+                sample["p_a"] = float(clf.predict_proba([sample["text"]])[0, 1])
     save_figure_to(res, out)
     if as_json:
         print_json(res.to_dict())
@@ -112,5 +117,9 @@ def steer_command(
     for i, label in enumerate(res.labels):
         cells = "".join(f"{res.effect[i][j]:>+10.3f}{res.damage[i][j]:>11.4g}" for j in range(len(res.alphas)))
         typer.echo(f"  {label:<8}{res.vector_norms[i]:>8.2f}{cells}")
+    if res.samples and res.text_classifier_accuracy is not None:
+        typer.echo(f"  continuations' P(A) by a word classifier of the two groups (TF-IDF + logistic "
+                   f"regression, 5-fold accuracy {res.text_classifier_accuracy:.2f}):")
     for s in res.samples or []:
-        typer.echo(f"  block {s['layer']} alpha {s['alpha']:+g}: {prompt}{s['text']!s}")
+        p_a = f" P(A) {s['p_a']:.2f}" if "p_a" in s else ""
+        typer.echo(f"  block {s['layer']} alpha {s['alpha']:+g}{p_a}: {prompt}{s['text']!s}")

@@ -15,7 +15,9 @@ al. 2023; contrastive activation addition, Rimsky et al. 2024), or from a probe'
 
 Where the model's tail can be re-run (causal LMs, encoders) the held-out batch is recorded
 once and only the blocks after l are re-run (prefix reuse). :func:`generate` writes greedy
-continuations with a vector applied (Hugging Face ``generate``, the edit through Capture).
+continuations with a vector applied (Hugging Face ``generate``, the edit through Capture), and
+:func:`text_classifier` (TF-IDF + logistic regression on the contrast texts, independent of the
+model) reads their sentiment.
 
 Example:
     >>> import torch
@@ -146,7 +148,8 @@ class SteerResult(Result):
     n_eval: int
     method: str
     seconds: float
-    samples: list[dict] | None = None
+    samples: list[dict] | None = None  # generated continuations: layer, alpha, text, p_a (by text_classifier)
+    text_classifier_accuracy: float | None = None
     vector: str = "mean-difference"  # how the vectors were made: mean-difference, probe or given
 
     def best(self, max_damage: float = 1.2) -> tuple[str, float, float, float]:
@@ -318,6 +321,40 @@ def steer(model, group_a, group_b, evaluate, *, layers=None, alphas: Sequence[fl
         seconds=time.perf_counter() - started, vector=kind)
 
 
+def text_classifier(group_a: Sequence[str], group_b: Sequence[str], *, seed: int = 0):
+    """A bag-of-words classifier of group A (1) vs group B (0), independent of the steered model:
+    scikit-learn's TF-IDF (words and word pairs) and logistic regression, fitted on the contrast
+    texts. It reads the sentiment (or whatever tells the groups apart) of generated text; its
+    5-fold cross-validated accuracy on the groups says how far to trust it.
+
+    Returns ``(pipeline, accuracy)``; ``pipeline.predict_proba([text])[0, 1]`` is P(A).
+
+    Example:
+        >>> a = ["a great film", "wonderful and great", "great fun", "a wonderful story", "great acting"]
+        >>> b = ["an awful film", "boring and awful", "awful fun", "a boring story", "awful acting"]
+        >>> clf, acc = text_classifier(a, b)
+        >>> float(clf.predict_proba(["great"])[0, 1]) > 0.5 > float(clf.predict_proba(["boring"])[0, 1])
+        True
+    """
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_score
+    from sklearn.pipeline import make_pipeline
+
+    texts = [str(t) for t in group_a] + [str(t) for t in group_b]
+    if len(group_a) < 2 or len(group_b) < 2 or not all(isinstance(t, str) for t in [*group_a, *group_b]):
+        raise LayerscopeError("a text classifier needs at least 2 texts per group")
+    y = [1] * len(group_a) + [0] * len(group_b)
+
+    def make():
+        return make_pipeline(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True),
+                             LogisticRegression(C=4.0, max_iter=2000, random_state=seed))
+
+    folds = min(5, len(group_a), len(group_b))
+    accuracy = float(np.mean(cross_val_score(make(), texts, y, cv=folds))) if folds >= 2 else float("nan")
+    return make().fit(texts, y), accuracy
+
+
 def generate(model, prompt: str, *, layer=None, vector: Tensor | None = None, alpha: float = 0.0,
              max_new_tokens: int = 20, blocks: str | None = None) -> str:
     """The greedy continuation of ``prompt`` with ``alpha * vector`` added to block ``layer``'s
@@ -342,4 +379,4 @@ def generate(model, prompt: str, *, layer=None, vector: Tensor | None = None, al
     return loaded.tokenizer.decode(out[0, enc.kwargs["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
-__all__ = ["SteerResult", "steer", "steering_vectors", "probe_vectors", "generate"]
+__all__ = ["SteerResult", "steer", "steering_vectors", "probe_vectors", "text_classifier", "generate"]
