@@ -52,6 +52,35 @@ def test_integrated_gradients_completeness(small_lm):
         assert abs(total - res.output_diff - delta) < 1e-5
 
 
+def test_token_ids_of_the_zoo_gpt_equal_captum():
+    """A causal LM without a tokenizer (token-id tensors): the last position's logit is explained."""
+    import layerscope
+    from layerscope.layers import Layers
+
+    loaded = layerscope.load_model("gpt")
+    torch.manual_seed(0)
+    x = torch.randint(0, 100, (1, 64))  # the zoo GPT takes 64 tokens
+    res = attribute(loaded, x, target=7, n_steps=16)
+    assert res.tokens == [str(int(t)) for t in x[0]] and len(res.per_token[0]) == 64
+    assert res.baseline == "every token replaced by token id 0"
+    for i, layer in enumerate(Layers(loaded)):
+        algo = LayerIntegratedGradients(lambda t: loaded.module(t)[:, -1, 7], layer.observed)
+        want = algo.attribute(x, baselines=torch.zeros_like(x), n_steps=16)
+        want = (want[0] if isinstance(want, tuple) else want)[0].sum(-1)
+        assert torch.allclose(torch.tensor(res.per_token[i]), want.float(), atol=1e-5)
+    with pytest.raises(LayerscopeError, match="token 500 is out of range"):
+        attribute(loaded, x, target=500)
+    with pytest.raises(LayerscopeError, match="conductance interpolates the inputs"):
+        attribute(loaded, x, method="conductance")
+
+
+def test_text_given_to_an_image_model_is_refused():
+    import layerscope
+
+    with pytest.raises(LayerscopeError, match="takes image inputs, not text"):
+        attribute(layerscope.load_model("cnn"), ["a sentence"])
+
+
 def test_gradcam_on_the_zoo_cnn_equals_captum():
     import layerscope
 
