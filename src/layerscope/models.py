@@ -67,6 +67,8 @@ def load_model(
     trust_remote_code: bool = False,
     dtype=None,
     allow_missing_weights: bool = False,
+    device=None,
+    device_map=None,
 ) -> LoadedModel:
     """Load a model from any reference layerscope accepts (see the module docstring).
 
@@ -74,6 +76,8 @@ def load_model(
     (``torch.float16`` or ``"bfloat16"``...) applies to models layerscope loads itself.
     ``trust_remote_code`` lets a Hugging Face model or a checkpoint run code named in its folder;
     ``allow_missing_weights`` accepts a load that leaves weights missing or unexpected.
+    ``device`` ("cpu", "cuda", "cuda:1", "auto") or ``device_map`` ("auto", a dict or JSON file;
+    accelerate) places a model layerscope loads (see :mod:`layerscope.placement`).
 
     Example:
         >>> from layerscope.models import load_model
@@ -84,6 +88,9 @@ def load_model(
     """
     shape = _parse_shape(input_shape)
     torch_dtype = _parse_dtype(dtype)
+    if isinstance(ref, (nn.Module, LoadedModel)) and (device is not None or device_map is not None):
+        raise LayerscopeError("layerscope never moves a model you pass in; place it yourself "
+                              "(model.to(device), or accelerate's dispatch_model), or pass a reference")
     if isinstance(ref, LoadedModel):
         return ref if shape is None else replace(ref, input_shape=shape)
     if isinstance(ref, nn.Module):
@@ -100,6 +107,12 @@ def load_model(
     ref = ref.strip()
     options = {"trust_remote_code": trust_remote_code, "allow_missing_weights": allow_missing_weights}
     loaded = _load_reference(ref, shape, torch_dtype, options)
+    if device is not None or device_map is not None:
+        from .placement import place
+
+        placed = place(loaded.module, device=device, device_map=device_map, dtype=torch_dtype)
+        if placed is not None:
+            loaded.meta["device_map"] = placed
     if shape is not None and loaded.modality != "text":
         loaded.input_shape = shape
     return loaded

@@ -148,11 +148,14 @@ def as_model(model):
 
 
 def model_device(module: nn.Module) -> torch.device:
-    """The device of the module's first parameter (or buffer); CPU for a stateless module."""
+    """The device of the module's first parameter (or buffer) not offloaded to the meta device
+    (accelerate's disk offload); CPU for a stateless or wholly offloaded module."""
     for t in module.parameters():
-        return t.device
+        if t.device.type != "meta":
+            return t.device
     for t in module.buffers():
-        return t.device
+        if t.device.type != "meta":
+            return t.device
     return torch.device("cpu")
 
 
@@ -310,8 +313,9 @@ def sweep(model, data, *, reducers: Sequence[Reducer], layers=None, granularity:
                             f"layer {missing[0]!r} produced no output in the forward pass (it is "
                             f"not used by this model's forward); choose other layers"
                         )
-                    views = _pooled(cap.outputs, enc.mask, reducers, swept, "out")
-                    in_views = _pooled(cap.inputs, enc.mask, reducers, swept, "in") if wants_inputs else {}
+                    views = _pooled(cap.outputs, enc.mask, reducers, swept, "out", dev)
+                    in_views = (_pooled(cap.inputs, enc.mask, reducers, swept, "in", dev)
+                                if wants_inputs else {})
                 with torch.no_grad():
                     for r, names in zip(reducers, needs):
                         acts = {n: views[(r.view, n)] for n in names}
@@ -336,8 +340,9 @@ def sweep(model, data, *, reducers: Sequence[Reducer], layers=None, granularity:
     return SweepRun(n_items, n_batches, time.perf_counter() - t0, swept, reducers)
 
 
-def _pooled(captured: dict, mask, reducers, swept, kind: str) -> dict[tuple[str, str], Tensor]:
-    """Each (view, layer) pair any reducer needs, pooled once."""
+def _pooled(captured: dict, mask, reducers, swept, kind: str, dev=None) -> dict[tuple[str, str], Tensor]:
+    """Each (view, layer) pair any reducer needs, pooled once, on ``dev`` (the inputs' device:
+    a model spread over devices by a device map hands every reducer one device)."""
     out: dict[tuple[str, str], Tensor] = {}
     for r in reducers:
         if kind == "in" and not r.wants_inputs:
@@ -345,7 +350,10 @@ def _pooled(captured: dict, mask, reducers, swept, kind: str) -> dict[tuple[str,
         for name in (swept if r.layers is None else r.layers):
             key = (r.view, name)
             if key not in out and name in captured:
-                out[key] = captured[name] if r.view == RAW else pool(captured[name], mask, r.view)
+                x = captured[name]
+                if dev is not None and isinstance(x, Tensor) and x.device != dev:
+                    x = x.to(dev)
+                out[key] = x if r.view == RAW else pool(x, mask, r.view)
     return out
 
 

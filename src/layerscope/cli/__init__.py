@@ -21,10 +21,10 @@ def load_commands() -> None:
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         if info.name.startswith("cmd_"):
             importlib.import_module(f"{__name__}.{info.name}")
-    from .common import with_stack_option
+    from .common import with_placement_options, with_stack_option
 
     for command in app.registered_commands:  # --stack wherever a command takes --blocks
-        command.callback = with_stack_option(command.callback)
+        command.callback = with_placement_options(with_stack_option(command.callback))
     _loaded = True
 
 

@@ -88,6 +88,49 @@ def with_stack_option(fn):
     return command
 
 
+DeviceOpt = Annotated[
+    Optional[str],
+    typer.Option("--device", help="Run the model on cpu, cuda, cuda:N or auto (a GPU when there "
+                 "is one); default: where it loads (the CPU).", show_default=False),
+]
+DeviceMapOpt = Annotated[
+    Optional[str],
+    typer.Option("--device-map", help="Spread a Hugging Face model over devices with accelerate: "
+                 "auto (GPUs, then CPU, then disk) or a JSON file {module path: device}.",
+                 show_default=False),
+]
+_PLACEMENT: ContextVar = ContextVar("layerscope_placement", default={})
+
+
+def with_placement_options(fn):
+    """``fn`` (a command taking MODEL) with ``--device``, ``--device-map`` and, unless it has its
+    own ``--dtype``, ``--dtype``; the values reach :func:`model_from_cli`."""
+    sig = inspect.signature(fn)
+    if "model" not in sig.parameters or "device" in sig.parameters:
+        return fn
+    extra = {"device": DeviceOpt, "device_map": DeviceMapOpt}
+    if "dtype" not in sig.parameters:
+        extra["model_dtype"] = Annotated[Optional[str], typer.Option(
+            "--dtype", help="Load the model in float32, float16 or bfloat16.", show_default=False)]
+
+    @functools.wraps(fn)
+    def command(*args, device=None, device_map=None, model_dtype=None, **kwargs):
+        token = _PLACEMENT.set({"device": device, "device_map": device_map, "dtype": model_dtype})
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _PLACEMENT.reset(token)
+
+    hints = typing.get_type_hints(fn, include_extras=True)
+    params = [p.replace(annotation=hints.get(p.name, p.annotation), kind=inspect.Parameter.KEYWORD_ONLY)
+              for p in sig.parameters.values()]
+    params += [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=opt)
+               for name, opt in extra.items()]
+    command.__signature__ = sig.replace(parameters=params)
+    command.__annotations__ = {**hints, **extra}
+    return command
+
+
 TrustRemoteCodeOpt = Annotated[
     bool,
     typer.Option("--trust-remote-code", help="Allow a Hugging Face model to run its own Python "
@@ -141,8 +184,10 @@ def model_from_cli(ref: str, blocks: str | None = None, input_shape: str | tuple
     """
     from layerscope.models import load_model
 
+    place = _PLACEMENT.get()
     model = load_model(ref, input_shape=input_shape, trust_remote_code=trust_remote_code,
-                       dtype=dtype, allow_missing_weights=allow_missing_weights)
+                       dtype=dtype or place.get("dtype"), allow_missing_weights=allow_missing_weights,
+                       device=place.get("device"), device_map=place.get("device_map"))
     if blocks:
         model.meta["blocks"] = blocks
     stack = stack or _STACK.get()
