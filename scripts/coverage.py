@@ -42,7 +42,8 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 ROOT = Path(__file__).resolve().parents[1]
 
 DEPTH_KEYS = ("num_hidden_layers", "n_layer", "n_layers", "num_layers", "encoder_layers",
-              "decoder_layers", "num_encoder_layers", "num_decoder_layers", "depth")
+              "decoder_layers", "num_encoder_layers", "num_decoder_layers", "decoder_num_layers",
+              "depth")
 _SHRINK = {  # key -> small value (applied when the default is larger)
     "hidden_size": 64, "d_model": 64, "n_embd": 64, "embed_dim": 64, "model_dim": 64,
     "num_attention_heads": 4, "n_head": 4, "n_heads": 4, "encoder_attention_heads": 4,
@@ -148,6 +149,8 @@ def reference_lists(model, config) -> tuple[list[tuple[str, int, str]], list[str
     primary = ""  # the model's own config when it declares a depth, else its text config
     if "" not in depths:
         primary = next((n for n in _TEXT_SUBCONFIGS if n in depths), None)
+        if primary is None:  # a text config one level down (a robot policy's vlm_config.text_config)
+            primary = next((n for n in depths if n.rsplit(".", 1)[-1] in _TEXT_SUBCONFIGS), None)
         if primary is None:
             primary = names[0] if names else ""
     if getattr(config, "is_encoder_decoder", False):  # both stacks, whichever config holds them

@@ -33,6 +33,15 @@ BASE = [
     ("align", "dual encoder (CNN tower)"),
     ("mamba", "state-space"), ("mixtral", "mixture of experts"), ("llama", "decoder"),
     ("vjepa2", "encoder + predictor"),
+    ("xlm", "parallel per-layer lists"), ("flaubert", "parallel per-layer lists"),
+    ("idefics", "parallel per-layer lists (gated cross-attention)"),
+    ("lightglue", "parallel per-layer lists (matcher)"), ("d_fine", "detector with per-layer heads"),
+    ("sam", "vision model without tokens"), ("sam3_tracker", "vision model without tokens"),
+    ("seamless_m4t", "multi-model container (speech-to-unit sub-model)"),
+    ("csm", "multi-model container (codec and depth decoder)"),
+    ("evolla", "multi-model container (protein encoder)"), ("bark", "container without a forward"),
+    ("videoprism", "dual encoder (video)"), ("xclip", "dual encoder (video)"),
+    ("maskformer", "segmenter with a backbone config"), ("neucodec", "audio codec"),
 ]
 #: causal LMs: decoders of many layouts, MoE, state-space, hybrid and recurrent ones
 CAUSAL = [
@@ -47,6 +56,7 @@ CAUSAL = [
     ("jamba", "hybrid"), ("zamba", "hybrid"), ("recurrent_gemma", "recurrent"),
     ("rwkv", "recurrent"), ("bert", "post-norm decoder"), ("openai-gpt", "post-norm decoder"),
     ("marian", "post-norm decoder"), ("xglm", "decoder"), ("whisper", "decoder of a speech model"),
+    ("xlm", "parallel per-layer lists"),
 ]
 
 

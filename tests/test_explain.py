@@ -437,3 +437,41 @@ def test_docstring_examples_run():
     for module in (pkg, block, capture, ffn, recurrent, simple, steps, cmd):
         failed, _ = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert failed == 0, module.__name__
+
+
+@pytest.mark.parametrize("build,form", [
+    ("opt", "pre-norm"), ("gptj", "parallel"), ("t5", "pre-norm"), ("xlm", "post-norm")])
+def test_generic_walk_of_undeclared_blocks_rebuilds_their_output(build, form):
+    """Blocks of no declared layout are walked through the role finder; each part's output is
+    the real one and the residual form found rebuilds the block's output."""
+    from transformers import (GPTJConfig, GPTJModel, OPTConfig, OPTModel, T5Config, T5EncoderModel,
+                              XLMConfig, XLMModel)
+
+    torch.manual_seed(0)
+    model = {
+        "opt": lambda: OPTModel(OPTConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                                          ffn_dim=64, vocab_size=60, word_embed_proj_dim=32)),
+        "gptj": lambda: GPTJModel(GPTJConfig(n_embd=32, n_layer=3, n_head=4, rotary_dim=4,
+                                             vocab_size=60)),
+        "t5": lambda: T5EncoderModel(T5Config(d_model=32, d_ff=64, d_kv=8, num_heads=4,
+                                              num_layers=3, vocab_size=60)),
+        "xlm": lambda: XLMModel(XLMConfig(emb_dim=64, n_layers=3, n_heads=4, vocab_size=20,
+                                          max_position_embeddings=16)),
+    }[build]().eval()
+    ids = torch.tensor([[5, 6, 7, 8, 9]])  # no padding id (XLM masks its pad index 2)
+    r = explain(model, layer=1, inputs=ids)
+    assert r.layer_kind == "transformer-block" and r.check < 1e-5
+    assert r.notes[0].startswith(f"residual form: {form}")
+    with torch.no_grad():
+        want = model(ids, output_hidden_states=True).hidden_states[2]
+    assert torch.allclose(r.tensors["step-by-step output"], want, atol=1e-5)
+    assert any(s.name == "attention" or s.name.startswith("attention") for s in r.steps)
+
+
+def test_declared_walk_that_does_not_fit_falls_back_to_the_roles_and_says_so():
+    from transformers import OpenAIGPTConfig, OpenAIGPTModel
+
+    torch.manual_seed(0)
+    model = OpenAIGPTModel(OpenAIGPTConfig(n_embd=16, n_layer=2, n_head=2, vocab_size=40)).eval()
+    r = explain(model, layer=1, inputs=torch.tensor([[1, 2, 3]]))
+    assert "walked through its roles instead" in r.notes[0] and r.check < 1e-5

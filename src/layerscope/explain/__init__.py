@@ -22,10 +22,12 @@ import torch
 from torch import Tensor
 
 from layerscope.errors import LayerscopeError
+from layerscope.layouts import block_view
 
 from .block import KINDS as BLOCK_KINDS
 from .block import block_kind, explain_block
 from .ffn import explain_ffn, load_ffn
+from .generic import explain_generic, generic_kind
 from .recurrent import explain_recurrent, recurrent_kind
 from .simple import KINDS as SIMPLE_KINDS
 from .simple import explain_simple, simple_kind
@@ -129,24 +131,31 @@ def explain(model, layer=0, inputs=None, *, head: int = 0, blocks: str | None = 
     view = Layers(loaded, "blocks", blocks=blocks)
     target = view[layer]
     module = target.module
-    kind = block_kind(module) or simple_kind(module) or recurrent_kind(module)
+    ref = next((b for b in view.found.blocks if b.name == target.name), None)
+    roles_of = block_view(ref) if ref is not None else module
+    grouped = ref is not None and bool(ref.members)
+    kind = None if grouped else (block_kind(module) or simple_kind(module) or recurrent_kind(module))
+    kind = kind or generic_kind(roles_of)
     if kind is None:
         raise LayerscopeError(
             f"layer {target.name!r} is a {type(module).__name__}, which explain cannot walk; "
             f"it walks {_kinds()}")
     from .capture import check_eval, run_layer
 
-    check_eval(module, target.name)
+    check_eval(roles_of, target.name)
     enc, label = _encode(loaded, inputs)
-    seen = run_layer(loaded.module, target, enc.args, enc.kwargs)
-    if block_kind(module):
-        result = explain_block(loaded.module, module, seen.input, seen.kwargs, name=target.name,
-                               head=head, output=seen.output, batch_mask=enc.mask, inputs=label)
-    elif recurrent_kind(module):
-        result = explain_recurrent(module, seen.input, seen.output, name=target.name,
-                                   part=target.part, inputs=label)
+    if kind == "generic":
+        result = explain_generic(loaded.module, target, roles_of, enc.args, enc.kwargs, head=head,
+                                 inputs=label)
     else:
-        result = explain_simple(module, seen.input, seen.output, name=target.name, inputs=label)
+        seen = run_layer(loaded.module, target, enc.args, enc.kwargs)
+        if block_kind(module):
+            result = _declared_or_generic(loaded, target, module, seen, enc, head, label)
+        elif recurrent_kind(module):
+            result = explain_recurrent(module, seen.input, seen.output, name=target.name,
+                                       part=target.part, inputs=label)
+        else:
+            result = explain_simple(module, seen.input, seen.output, name=target.name, inputs=label)
     if loaded.modality == "text" and loaded.tokenizer is not None and "input_ids" in enc.kwargs:
         result.tokens = loaded.tokenizer.convert_ids_to_tokens(enc.kwargs["input_ids"][0].tolist())
     result.layers_note += (f". It is block {target.index} of the {len(view)} blocks of "
@@ -154,10 +163,30 @@ def explain(model, layer=0, inputs=None, *, head: int = 0, blocks: str | None = 
     return result
 
 
+def _declared_or_generic(loaded, target, module, seen, enc, head: int, label: str) -> ExplainResult:
+    """The declared layout's walk; when it does not fit this block after all (a part it expects is
+    missing, or its result misses the block's output), the walk through the roles, saying so."""
+    try:
+        result = explain_block(loaded.module, module, seen.input, seen.kwargs, name=target.name,
+                               head=head, output=seen.output, batch_mask=enc.mask, inputs=label)
+        why = None if result.check <= 1e-3 * max(1.0, float(seen.output.abs().max())) else \
+            f"its result is off by {result.check:.2e}"
+    except (AttributeError, KeyError, TypeError, RuntimeError) as exc:
+        why = f"{type(exc).__name__}: {str(exc)[:80]}"
+    if why is None:
+        return result
+    generic = explain_generic(loaded.module, target, module, enc.args, enc.kwargs, head=head,
+                              inputs=label)
+    generic.notes.insert(0, f"the declared {block_kind(module)} walk does not fit this block ({why}); "
+                            f"walked through its roles instead")
+    return generic
+
+
 def _kinds() -> str:
     return "; ".join(list(BLOCK_KINDS.values()) + list(SIMPLE_KINDS.values())
-                     + ["LSTM/GRU layers (one-directional)"])
+                     + ["LSTM/GRU layers (one-directional)",
+                        "any other block in which the role finder sees attention or a token mixer"])
 
 
-__all__ = ["explain", "explain_ffn", "explain_block", "explain_simple", "explain_recurrent", "load_ffn",
+__all__ = ["explain", "explain_ffn", "explain_block", "explain_generic", "explain_simple", "explain_recurrent", "load_ffn",
            "load_tensor_file", "ExplainResult", "Step", "DEFAULT_TEXT"]

@@ -554,20 +554,39 @@ def _encoder_decoder(pool: list[Stack]) -> list[Stack]:
             + [s for s in pool if dec[s.name] == key and enc[s.name] != key])
 
 
+def _mixes(stack: Stack) -> bool:
+    ref = stack.blocks[0] if stack.blocks else None
+    return ref is not None and any(_has_mixer(m) for _, m in ref.members or [(ref.path, ref.module)])
+
+
+def _backbone_config(model: nn.Module, stack: Stack) -> bool:
+    """Whether ``stack`` is built from the model's own ``*backbone*`` sub-config (a detector's or
+    segmenter's backbone; a tower's backbone inside its own config stays the tower)."""
+    root = getattr(model, "config", None)
+    cfg = _config_owner(model, stack.paths[0])
+    if root is None or cfg is None or cfg is root:
+        return False
+    return any(value is cfg and "backbone" in key for key, value in vars(root).items())
+
+
 def default_stacks(model: nn.Module, stacks: list[Stack]) -> tuple[list[Stack], str]:
     """The stack(s) a person counts, and the rule that chose them; LayerscopeError for a dual
     encoder or a container of models run one after another (it asks which stack).
 
-    The rule, in order: a model without a forward of its own asks; in a model that reads
-    tokens, stacks of sub-models built from a config of their own (a codec, a speech-unit model
-    inside a speech-text model) give way to the stacks built from the model's own config; towers of another modality (vision, audio), bridges between towers and
+    The rule, in order: a model without a forward of its own asks; a dual encoder (towers
+    scored against each other: a ``logit_scale``/``temperature``, two ``*_projection`` heads or
+    two ``logits_per_*`` outputs, and no LM head) asks; in a model that is not an
+    encoder-decoder, stacks of sub-models built from a config of their own (a codec, a protein
+    encoder, a semantic encoder) give way to those built from the model's own config when these
+    mix tokens and hold the most parameters; towers of another modality (vision, audio), bridges between towers and
     backbones give way to the model's own stack, unless the model reads no tokens (SAM: its
-    vision encoder is its own); an encoder and its decoder (paths that differ only by that
-    word, the shallowest such pair) are both counted, encoder first; among the rest a
-    language-model stack wins (a ``*decoder`` counts as one only in a model that reads tokens),
-    then a lone encoder; a dual encoder (towers scored against each other: a
-    ``logit_scale``/``temperature``, two ``*_projection`` heads or two ``logits_per_*`` outputs,
-    and no LM head) asks; otherwise the stack with the most parameters.
+    vision encoder is its own; there, towers that do not mix tokens and stacks built from the
+    model's ``*backbone*`` config still give way); in a model that reads tokens, a lone stack
+    named as a language model (``language_model``, ``llm``...) wins; then an encoder and its
+    decoder (paths that differ only by that word, the shallowest such pair), encoder first;
+    then a lone language-model stack (a ``*decoder`` counts as one only in a model that reads
+    tokens); then a lone encoder; a dual encoder asks; otherwise the stack with the most
+    parameters.
     """
     main = [s for s in stacks if s.kind == "main"] or stacks
     if len(main) == 1:
@@ -577,33 +596,42 @@ def default_stacks(model: nn.Module, stacks: list[Stack]) -> tuple[list[Stack], 
             f"{type(model).__name__} runs its sub-models one after another and has no forward of "
             f"its own; its stacks: {_describe(stacks)}; say which with --stack NAME (or "
             f"Layers(model, stack=NAME))")
+    dual = _is_dual(model) or _scores_towers(model)
+    if dual and not _has_lm_head(model) and any(s.modality == "" for s in main) \
+            and any(s.modality in ("vision", "audio") for s in main):
+        raise LayerscopeError(
+            f"{type(model).__name__} is a dual encoder with stacks {_describe(stacks)}; say which "
+            f"with --stack NAME (or Layers(model, stack=NAME))")
     tokens = _takes_tokens(model, main)
     own_config = getattr(model, "config", None)
-    if own_config is not None and tokens:
+    if own_config is not None and not getattr(own_config, "is_encoder_decoder", False):
         same = [s for s in main if _config_owner(model, s.paths[0]) is own_config]
-        if same and len(same) < len(main):
+        others = [s for s in main if s not in same]
+        if same and others and any(_mixes(s) for s in same) \
+                and sum(s.params for s in same) >= max(s.params for s in others):
             main = same
             if len(main) == 1:
                 return main, "the stack built from the model's own config (the others are sub-models)"
     own = [s for s in main if s.modality == ""]
-    towers = [s for s in main if s.modality in ("vision", "audio")]
-    dual = _is_dual(model) or _scores_towers(model)
-    if towers and own and dual and not _has_lm_head(model):
-        raise LayerscopeError(
-            f"{type(model).__name__} is a dual encoder with stacks {_describe(stacks)}; say which "
-            f"with --stack NAME (or Layers(model, stack=NAME))")
     if tokens:
         pool = own or [s for s in main if s.modality not in ("bridge", "backbone")] or main
-    else:
-        pool = [s for s in main if s.modality not in ("bridge", "backbone")] or main
+    else:  # no language stack to give way to: the towers that mix tokens are the model's own
+        pool = [s for s in main if s.modality not in ("bridge", "backbone")
+                and (s.modality == "" or _mixes(s)) and not _backbone_config(model, s)] or main
     if len(pool) == 1:
         return pool, f"the others are {_other(main, pool)}"
+
+    def named_like(words) -> list[Stack]:
+        return [s for s in pool if any(w in words or p in words
+                                       for p in s.paths[0].lower().split(".") for w in p.split("_"))]
+
     pair = _encoder_decoder(pool)
+    strong = named_like(tuple(w for w in LANGUAGE_WORDS if w != "decoder"))
+    if tokens and len(strong) == 1 and strong[0] not in pair:
+        return strong, "the language-model stack"
     if pair:
         return pair, "encoder then decoder stacks"
-    lang_words = LANGUAGE_WORDS if tokens else tuple(w for w in LANGUAGE_WORDS if w != "decoder")
-    lang = [s for s in pool if any(w in lang_words or p in lang_words
-                                   for p in s.paths[0].lower().split(".") for w in p.split("_"))]
+    lang = named_like(LANGUAGE_WORDS if tokens else tuple(w for w in LANGUAGE_WORDS if w != "decoder"))
     if len(lang) == 1:
         return lang, "the language-model stack"
     enc = [s for s in pool if any("encoder" in p for p in s.paths[0].lower().split(".")[:-1])
