@@ -93,8 +93,9 @@ def test_one_pass_gives_the_same_results_as_separate_runs():
     out = analyze(net, ds, probe="labels", similarity=True, embed="pca", granularity="modules",
                   batch_size=40)
     assert out.n_batches == 4 and out.n_items == 150
-    alone = probe(net, ds, granularity="modules", batch_size=40, solver="closed")
+    alone = probe(net, ds, granularity="modules", batch_size=40, solver="auto")
     assert out.results["probe"].score == pytest.approx(alone.score)
+    assert out.results["probe"].solver == alone.solver == "lbfgs"    # analyze and probe() share the default
     assert np.allclose(out.results["similarity"].cka, similarity(net, X, granularity="modules").cka, atol=1e-9)
     assert embed(net, ds, granularity="modules").coords == out.results["embed"].coords
     with pytest.raises(LayerscopeError, match="at least one analysis"):

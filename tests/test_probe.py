@@ -125,7 +125,7 @@ def _net_and_data(n=260, seed=0):
 
 def test_sweep_probe_equals_sklearn_on_the_same_layer_features():
     net, ds = _net_and_data()
-    stats = ProbeStats(True, cv="kfold", folds=3, seed=1, precision="float64")
+    stats = ProbeStats(True, cv="kfold", folds=3, seed=1, precision="float64", solver="closed")
     res_rows = Reservoir(capacity=10_000)
     run = sweep(net, ds, reducers=[stats, res_rows], granularity="modules", batch_size=50, progress=False)
     res = stats.result(alphas=[3.0])
@@ -150,19 +150,21 @@ def test_sweep_probe_equals_sklearn_on_the_same_layer_features():
     assert max(res.score) > 0.9 > 0.75 > res.random_features
 
 
-def test_merged_halves_equal_one_pass():
+@pytest.mark.parametrize("solver", ["closed", "auto"])
+def test_merged_halves_equal_one_pass(solver):
     net, ds = _net_and_data(seed=2)
-    whole = ProbeStats(True, seed=0)
-    a, b = ProbeStats(True, seed=0), ProbeStats(True, seed=0)
+    whole = ProbeStats(True, seed=0, solver=solver)
+    a, b = ProbeStats(True, seed=0, solver=solver), ProbeStats(True, seed=0, solver=solver)
     sweep(net, ds, reducers=[whole], batch_size=64, progress=False)
     with torch.inference_mode():
         h = net[0](ds.items)
     for red, sl in ((a, slice(0, 130)), (b, slice(130, 260))):
         red.update({"h": h[sl], }, BatchInfo(sl.start, 130, ds.labels[sl]))
-    first = ProbeStats(True, seed=0)
+    first = ProbeStats(True, seed=0, solver=solver)
     first.update({"h": h}, BatchInfo(0, 260, ds.labels))
     merged = a.merge(b).result()
     direct = first.result()
+    assert merged.solver == direct.solver == ("lda" if solver == "closed" else "lbfgs")
     assert merged.score == pytest.approx(direct.score) and merged.alpha == direct.alpha
     assert merged.random_features == pytest.approx(direct.random_features)
     assert whole.result().n_test == direct.n_test
@@ -251,6 +253,7 @@ def test_cli_probe_on_minilm(capsys, tmp_path):
     assert out["n_train"] + out["n_test"] < 200  # near-zero scores dropped
     assert max(out["score"]) > out["baseline"] + 0.1
     assert out["peak_layer"] == out["layers"][int(np.argmax(out["score"]))]
+    assert out["solver"] == "lbfgs" and "L-BFGS" in out["method"]    # the default: auto
     assert main(["probe", "minilm", "sentences", "--task", "colour"]) == 2
     assert "unknown probing task" in capsys.readouterr().err
     assert main(["probe", "minilm", "sentences", "--task", "sentiment-score", "--solver", "logistic"]) == 2
@@ -287,7 +290,7 @@ def test_float32_products_match_float64_on_shifted_features():
     y = torch.from_numpy((X[:, :3].sum(1) + g.normal(size=2000) * 3 > np.median(X[:, :3].sum(1))).astype(np.int64))
     out = {}
     for precision in ("float64", "float32"):
-        red = ProbeStats(True, precision=precision, random_width=0)
+        red = ProbeStats(True, precision=precision, random_width=0, solver="closed")
         for a in range(0, 2000, 50):
             red.update({"h": torch.from_numpy(X[a:a + 50])}, BatchInfo(a, 50, y[a:a + 50]))
         out[precision] = red.result()
@@ -346,7 +349,7 @@ def test_fewer_items_than_features_float32_chooses_the_penalty_float64_does():
     # products leave rounding-noise eigenvalues that once made GCV pick alpha=0.01 and lose up
     # to 27 points on some blocks
     data = prepare_data("sentences", "sentiment", limit=200)
-    reds = [ProbeStats(True, precision=p, random_width=0) for p in ("float64", "float32")]
+    reds = [ProbeStats(True, precision=p, random_width=0, solver="closed") for p in ("float64", "float32")]
     sweep("minilm", data, reducers=reds, batch_size=32, progress=False)
     a, b = reds[0].result(), reds[1].result()
     assert a.n_train < 384
@@ -424,3 +427,17 @@ def test_auto_solver_on_scores_is_the_ridge():
     X = torch.randn(200, 4)
     data = Dataset("r", X, X[:, 0] * 2 + 0.1, "tensor", "regression")
     assert probe(torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Tanh()), data).solver == "ridge"
+
+
+def test_one_default_solver_for_probe_reducers_stats_and_the_cli():
+    import inspect
+
+    from layerscope.analyses import probe as prb
+    from layerscope.cli.cmd_probe import probe_command
+
+    defaults = {f.__name__: inspect.signature(f).parameters["solver"].default
+                for f in (prb.probe, prb.reducers, prb.ProbeStats.__init__)}
+    cli = inspect.signature(probe_command).parameters["solver"].default
+    assert set(defaults.values()) == {"auto"} and cli == "auto"
+    net, ds = _net_and_data()
+    assert prb.reducers(ds)[0].solver == "auto"

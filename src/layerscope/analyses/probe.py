@@ -3,8 +3,13 @@
 One pass over the data accumulates, per layer and per cross-validation fold, the sums
 ``n, Σx, XᵀX, XᵀY, Σy, YᵀY`` (float64 totals; see :class:`RidgeStats`) of the training items,
 and keeps the rows of the held-out items (a seeded hash of the item index decides the split, so
-one pass suffices and batching does not matter). Both probes are solved in closed form from
-those sums, on standardised features:
+one pass suffices and batching does not matter). Which probe is fitted is picked per task and
+size by ``solver="auto"``, the default everywhere (``probe()``, :func:`reducers`, ``analyze``,
+the report and the CLI): for classes, L2 logistic regression with its penalty chosen by 3-fold
+cross-validation, all layers in one batched L-BFGS on the kept training rows
+(:mod:`layerscope.analyses.probe_logistic`), while those rows fit :data:`MEMORY_BUDGET`; past
+it, or for continuous targets, the closed form from the streamed sums. The result's ``solver``
+and ``method`` say which was used. The closed forms, on standardised features:
 
 - continuous targets: ridge regression (equal to scikit-learn's ``Ridge``);
 - classes: regularised linear discriminant analysis (:func:`fit_lda`; equal to scikit-learn's
@@ -552,6 +557,7 @@ class ProbeStats(Reducer):
     ``random_width`` (default: the widest layer seen in the first batch; 0 for none) adds the
     random-features control as an extra pseudo-layer. ``precision`` is the float type of the
     XᵀX products (see :class:`RidgeStats`); the totals are float64 either way.
+    ``solver``: "auto" (default; see the module text), "closed", "lbfgs" or "logistic".
     ``solver="logistic"`` (classes only) also keeps the training rows and fits scikit-learn's
     L2 ``LogisticRegression(C=C)`` per layer instead of the closed form: the usual probe of the
     literature, at its usual cost, with memory growing with the data.
@@ -560,7 +566,7 @@ class ProbeStats(Reducer):
     def __init__(self, classification: bool, *, layers: list[str] | None = None, view: str = "mean",
                  test_fraction: float = 0.2, cv: str = "gcv", folds: int = 3, seed: int = 0,
                  random_width: int | None = None, precision: str = PRECISION,
-                 solver: str = "closed", C: float = 1.0, memory_budget: int = MEMORY_BUDGET):
+                 solver: str = "auto", C: float = 1.0, memory_budget: int = MEMORY_BUDGET):
         _check_cv(cv)
         _check_precision(precision)
         _check_solver(solver, classification, C)
@@ -834,8 +840,9 @@ def probe_result(stats: ProbeStats, *, alphas=ALPHAS, standardize: bool = True,
 
 def reducers(data, *, layers=None, view: str = "mean", test_fraction: float = 0.2, cv: str = "gcv",
              folds: int = 3, seed: int = 0, random_width: int | None = None,
-             precision: str = PRECISION, solver: str = "closed", C: float = 1.0) -> list[Reducer]:
-    """The reducers a probe needs in a sweep over ``data`` (a Dataset with labels)."""
+             precision: str = PRECISION, solver: str = "auto", C: float = 1.0) -> list[Reducer]:
+    """The reducers a probe needs in a sweep over ``data`` (a Dataset with labels); ``solver`` as
+    in :func:`probe` (default "auto", the same in the CLI, ``analyze`` and the report)."""
     return [ProbeStats(_data_is_classification(data), layers=layers, view=view,
                        test_fraction=test_fraction, cv=cv, folds=folds, seed=seed,
                        random_width=random_width, precision=precision, solver=solver, C=C)]

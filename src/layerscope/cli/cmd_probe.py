@@ -44,9 +44,12 @@ def probe_command(
     granularity: GranularityOpt = "blocks",
     test_fraction: Annotated[float, typer.Option("--test-fraction", help="Share of items held out.")] = 0.2,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the split, the task and the controls.")] = 0,
-    solver: Annotated[str, typer.Option("--solver", help="closed: ridge / regularised LDA from "
-                                        "streamed sums (fast, memory flat); logistic: scikit-learn's "
-                                        "LogisticRegression per layer on kept rows (classes only).")] = "closed",
+    solver: Annotated[str, typer.Option("--solver", help="auto: for classes, L2 logistic regression "
+                                        "with C by 3-fold CV (all layers in one batched L-BFGS) while the "
+                                        "kept rows fit 1 GiB, else the closed form; closed: ridge / "
+                                        "regularised LDA from streamed sums (fast, memory flat); lbfgs: "
+                                        "always the batched logistic; logistic: scikit-learn's "
+                                        "LogisticRegression(C) per layer (classes only).")] = "auto",
     c: Annotated[float, typer.Option("--C", help="Inverse penalty of --solver logistic.")] = 1.0,
     precision: Annotated[str, typer.Option("--precision", help="Float type of the streamed XᵀX "
                                            "products: float32 (fast) or float64.")] = "float32",
