@@ -11,32 +11,17 @@ import typer
 from .app import app
 from .common import FIGURE_SUFFIXES, AllowMissingWeightsOpt, ForceOpt, out_file, save_figure_to
 from .common import BlocksOpt, JsonOpt, ModelArg, TrustRemoteCodeOpt, model_from_cli, print_json
+from .limits import limit_option, load_limited
+
+#: items removal reads unless told otherwise (MiniLM: about a minute of CPU here; the report's 256)
+IMPORTANCE_ITEMS = 256
 
 DataArg = Annotated[str, typer.Argument(
     help="A built-in dataset name (e.g. sentences) or a file: .txt (one item per line), "
          ".csv/.jsonl (a text column).", metavar="DATA", show_default=False)]
-LimitOpt = Annotated[Optional[int], typer.Option("--limit", help="Use only N items of DATA.",
-                                                 show_default=False)]
+LimitOpt = limit_option(IMPORTANCE_ITEMS)
 PlotOpt = Annotated[Optional[Path], typer.Option("--plot", help="Write the figure to this PNG file.",
                                                  show_default=False)]
-
-
-def load_data(ref: str, limit: int | None):
-    """DATA as the command line gives it: a dataset reference for ``layerscope.data``; a plain
-    ``.txt`` file (one item per line) is read directly if that module is unavailable."""
-    try:
-        from layerscope.data import load_dataset
-    except ImportError:
-        path = Path(ref)
-        if path.suffix != ".txt" or not path.is_file():
-            raise
-        from layerscope.errors import LayerscopeError
-
-        items = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        if not items:
-            raise LayerscopeError(f"{ref} has no non-empty lines; put one text per line")
-        return items[:limit] if limit is not None else items
-    return load_dataset(ref, limit=limit)
 
 
 def save_plot(result, path: Path | None) -> None:
@@ -83,7 +68,7 @@ def importance_command(
             from layerscope.errors import LayerscopeError
 
             raise LayerscopeError(f"max_k must be between 1 and {n_blocks} (the number of blocks); got {max_k}")
-    items = load_data(data, limit)
+    items = load_limited(data, limit, default=IMPORTANCE_ITEMS)
     res = layer_importance(loaded, items, blocks=blocks, batch_size=batch_size,
                            max_length=max_length, method=method, view=view, ablate=ablate,
                            progress=not as_json)

@@ -8,7 +8,16 @@ from typing import Annotated, Optional
 import typer
 
 from .app import app
-from .cmd_importance import LimitOpt, PlotOpt, load_data, save_plot
+from .cmd_importance import PlotOpt, save_plot
+from .limits import load_limited
+
+#: items read unless told otherwise: the logit lens on SmolLM2 decodes every layer over the whole
+#: vocabulary (about a minute for 64 texts here); a tuned lens needs more to train on
+LENS_ITEMS, TUNED_ITEMS = 64, 600
+LimitOpt = Annotated[Optional[str], typer.Option(
+    "--limit", help=f"Use N items of DATA (a seeded random subset; default {LENS_ITEMS}, "
+                    f"{TUNED_ITEMS} with --tuned), or 'all' for every item.", show_default=False,
+    metavar="N|all")]
 from .common import FIGURE_SUFFIXES, AllowMissingWeightsOpt, ForceOpt, out_file
 from .common import BlocksOpt, JsonOpt, ModelArg, TrustRemoteCodeOpt, model_from_cli, print_json
 
@@ -65,7 +74,8 @@ def lens_command(
                             allow_missing_weights=allow_missing_weights)
     lens_stack(loaded, blocks)  # no LM head: fail before reading any data
     lens = TunedLens.load(lens_file) if lens_file is not None else None
-    items = load_data(data, limit) if data is not None else None
+    items = None if data is None else load_limited(
+        data, limit, default=TUNED_ITEMS if tuned else LENS_ITEMS)
     if tuned:
         _tuned(loaded, items, epochs=epochs, steps=steps, batch_size=batch_size, max_length=max_length,
                blocks=blocks, plot=plot, lens_out=lens_out, as_json=as_json)
