@@ -9,6 +9,8 @@ import typer
 
 from .app import app
 from .cmd_importance import PlotOpt, save_plot
+from .common import FIGURE_SUFFIXES, AllowMissingWeightsOpt, ForceOpt, out_file
+from .common import BlocksOpt, JsonOpt, ModelArg, TrustRemoteCodeOpt, model_from_cli, print_json
 from .limits import load_limited
 
 #: items read unless told otherwise: the logit lens on SmolLM2 decodes every layer over the whole
@@ -18,8 +20,6 @@ LimitOpt = Annotated[Optional[str], typer.Option(
     "--limit", help=f"Use N items of DATA (a seeded random subset; default {LENS_ITEMS}, "
                     f"{TUNED_ITEMS} with --tuned), or 'all' for every item.", show_default=False,
     metavar="N|all")]
-from .common import FIGURE_SUFFIXES, AllowMissingWeightsOpt, ForceOpt, out_file
-from .common import BlocksOpt, JsonOpt, ModelArg, TrustRemoteCodeOpt, model_from_cli, print_json
 
 
 @app.command("lens")
