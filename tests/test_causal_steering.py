@@ -97,6 +97,6 @@ def test_result_summary_and_plot(small_lm):
     import matplotlib.pyplot as plt
 
     res = steer(small_lm(), A, B, EVAL, alphas=[2.0])
-    assert res.summary().startswith("steering 3 blocks x 1 strengths: block ")
+    assert res.summary().startswith("steering (mean-difference vectors) 3 blocks x 1 strengths: block ")
     assert res.to_dict()["kind"] == "SteerResult"
     plt.close(res.plot())
