@@ -82,7 +82,6 @@ OWN_CAUSAL = "fix in analyses/causal (attribute/patch/ablate/steer)"
 
 #: cells that crash today (an internal error instead of a result or a reason)
 KNOWN_BUGS = {
-    ("gpt", "attribute"): OWN_CAUSAL + " — token target index out of range on the zoo gpt",
 }
 
 
