@@ -186,8 +186,8 @@ def init_from_env(device: str | None = None) -> bool:
     """Start the process group a launcher (``torchrun``) described in the environment.
 
     Does nothing (returns False) when ``WORLD_SIZE`` is unset or 1, or a group already exists.
-    The backend is chosen by :func:`backend_for`; with NCCL each rank takes the GPU of its
-    ``LOCAL_RANK``. The collective timeout is :func:`timeout_seconds`.
+    The backend is chosen by :func:`backend_for`; with NCCL each rank takes the first GPU of
+    its share (``LOCAL_RANK`` times GPUs per local rank; see :func:`layerscope.placement.rank_share`). The collective timeout is :func:`timeout_seconds`.
     """
     import torch.distributed as dist
 
@@ -206,7 +206,9 @@ def init_from_env(device: str | None = None) -> bool:
                                   f"with torchrun --nproc-per-node N -m layerscope ...")
     backend = backend_for(device)
     if backend == "nccl":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+        count, local = torch.cuda.device_count(), int(os.environ.get("LOCAL_RANK", "0"))
+        per = max(count // max(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 1), 1)
+        torch.cuda.set_device((local * per) % count)   # the first GPU of this rank's share
     timeout = datetime.timedelta(seconds=timeout_seconds())
     try:
         dist.init_process_group(backend, timeout=timeout)

@@ -104,13 +104,42 @@ def read_device_map(device_map) -> dict | str:
     return dict(device_map)
 
 
+def rank_share() -> dict | None:
+    """Under a launcher with several processes per machine, the GPUs of this process for
+    ``device_map="auto"``: ranks split the machine's GPUs in contiguous, equal shares (local rank
+    ``r`` of ``n`` takes GPUs ``r*g/n`` to ``(r+1)*g/n - 1``), so 2 ranks x 4 GPUs hold two
+    copies of a model too big for one GPU. None when there is nothing to split."""
+    import os
+
+    try:
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    except ValueError:
+        return None
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if local_world <= 1 or count == 0:
+        return None
+    if count % local_world:
+        raise LayerscopeError(f"{local_world} processes per machine cannot share {count} GPUs "
+                              f"equally for --device-map auto; use a divisor of {count}")
+    per = count // local_world
+    mine = range(local_rank * per, (local_rank + 1) * per)
+    memory: dict = {i: (torch.cuda.get_device_properties(i).total_memory if i in mine else 0)
+                    for i in range(count)}
+    import psutil
+
+    memory["cpu"] = psutil.virtual_memory().available // local_world
+    return memory
+
+
 def place(module: nn.Module, *, device=None, device_map=None, dtype: torch.dtype | None = None,
           max_memory: dict | None = None) -> dict | None:
     """Move a module layerscope loaded itself to ``device``, or dispatch it over ``device_map``.
 
     Returns the device map used (None for one device). ``device_map="auto"`` fills the GPUs in
     order, then the CPU, then disk (accelerate's ``infer_auto_device_map``; ``max_memory`` caps
-    each device); a dict places each named submodule, ``"disk"`` offloading its weights to a
+    each device; under a launcher, by default, this rank's share of the GPUs: :func:`rank_share`);
+    a dict places each named submodule, ``"disk"`` offloading its weights to a
     temporary folder removed at exit.
     """
     if device is not None and device_map is not None:
@@ -129,6 +158,7 @@ def place(module: nn.Module, *, device=None, device_map=None, dtype: torch.dtype
                               "accelerate (or layerscope[scale])") from None
     device_map = read_device_map(device_map)
     if device_map == "auto":
+        max_memory = max_memory if max_memory is not None else rank_share()
         no_split = getattr(module, "_no_split_modules", None) or []
         device_map = infer_auto_device_map(module, max_memory=max_memory,
                                            no_split_module_classes=list(no_split))
