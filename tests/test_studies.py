@@ -90,8 +90,20 @@ def test_peak_rule_gives_each_verdict():
     assert _peak([0.5, 0.6, 0.9, 0.5, 0.4, 0.3], 0.02).verdict == "refuted"
     undecided = _peak([0.80, 0.7, 0.79, 0.5, 0.4, 0.3], 0.03)
     assert undecided.verdict == "cannot tell"
-    # half-width 0.03 must shrink below half the 0.01 gap: n * (0.03 / 0.005)^2 * 5 items
+    # the two half-widths (0.03 + 0.03) must shrink below the 0.01 gap: n * (0.06 / 0.01)^2 * 5 items
     assert "about 180000 items" in undecided.needs
+
+
+def test_peak_rule_items_needed_is_the_claims_formula_with_unequal_intervals():
+    from layerscope.analyses.claims import items_to_separate
+
+    s = np.array([0.80, 0.7, 0.78, 0.5])
+    half = np.array([0.01, 0.02, 0.04, 0.02])          # the best inside: 0.01, the best outside: 0.04
+    v = peak_rule([str(i) for i in range(4)], s, s - half, s + half, [0, 1], what="x",
+                  region="the first half", n=1000, per_item=5)
+    assert v.verdict == "cannot tell"
+    expected = items_to_separate(1000, 0.01 + 0.04, 0.02) * 5       # 6250 held-out -> 31250 items
+    assert expected == 31250 and f"about {expected} items" in v.needs
 
 
 def test_combine_all_four_outcomes():
@@ -261,3 +273,122 @@ def test_halving_an_mlp_keeps_the_units_that_carry_the_output():
     assert small.blocks[0].linear.out_features == 4 and small.head.in_features == 4
     assert torch.allclose(small(x), net(x), atol=1e-6)
     assert net.blocks[0].linear.out_features == 8           # the original is untouched
+
+
+# --- freezing for transfer -----------------------------------------------------------------------
+
+
+def _freeze_numbers(full, half, head, noise=0.002, cpu=(10.0, 5.0, 1.0)):
+    """Per-seed numbers for 0, 3 and 6 frozen blocks, the seed-to-seed jitter rotated between
+    settings so that paired differences keep a spread."""
+    jitter = {0: [0.0, noise, -noise], 3: [noise, -noise, 0.0], 6: [-noise, 0.0, noise]}
+    acc = {k: [m + j for j in jitter[k]] for k, m in ((0, full), (3, half), (6, head))}
+    times = {k: [c + j for j in jitter[k]] for k, c in zip((0, 3, 6), cpu)}
+    return acc, times
+
+
+@pytest.mark.parametrize("full,half,head,noise,expected", [
+    (0.80, 0.795, 0.70, 0.002, "supported"),      # half frozen keeps accuracy, head only loses, time saved
+    (0.80, 0.70, 0.60, 0.002, "mixed"),           # half frozen loses 10 points: the features part fails
+    (0.80, 0.80, 0.81, 0.002, "mixed"),           # head only is better: "later layers adapt" fails
+    (0.80, 0.79, 0.70, 0.05, "cannot tell"),      # seeds too noisy for the accuracy parts
+])
+def test_freezing_verdict_from_synthetic_numbers(full, half, head, noise, expected):
+    from layerscope.studies.freezing import freezing_verdict
+
+    acc, cpu = _freeze_numbers(full, half, head, noise)
+    v = freezing_verdict(acc, cpu, blocks=6)
+    assert v.verdict == expected, v.text()
+    assert set(v.parts) == {"freezing the first half keeps accuracy", "the later blocks need adapting",
+                            "freezing saves time"}
+    assert all("[" in p.reason for p in v.parts.values())
+
+
+def test_freezing_verdict_refuted_when_every_part_fails():
+    from layerscope.studies.freezing import freezing_verdict
+
+    acc, cpu = _freeze_numbers(0.80, 0.60, 0.70, cpu=(5.0, 10.0, 1.0))   # slower and worse when frozen
+    v = freezing_verdict(acc, cpu, blocks=6)
+    assert v.verdict == "refuted" and all(p.verdict == "refuted" for p in v.parts.values())
+    with pytest.raises(LayerscopeError, match=r"needs runs with \[3\] blocks frozen"):
+        freezing_verdict({0: [0.8] * 3, 6: [0.7] * 3}, {0: [1.0] * 3, 6: [1.0] * 3}, blocks=6)
+
+
+def test_freezing_study_refuses_a_causal_lm_and_leaves_minilm_unchanged():
+    import torch
+
+    from layerscope.models import load_model
+    from layerscope.replay import build_stack
+    from layerscope.studies.freezing import record, train_frozen
+
+    with pytest.raises(LayerscopeError, match="does not apply to 'cnn'.*text encoders"):
+        run_study("freezing", model="cnn")
+    loaded = load_model("minilm")
+    before = {k: v.clone() for k, v in loaded.module.state_dict().items()}
+    flags = {n: p.requires_grad for n, p in loaded.module.named_parameters()}
+    stack = build_stack(loaded)
+    texts = ["a fine film", "a dreadful bore", "lovely and warm", "flat and dull"] * 4
+    labels = torch.tensor([1, 0, 1, 0] * 4)
+    batches, per_block = record(stack, texts, labels, batch_size=8, max_length=12, timed=1)
+    assert len(batches) == 2 and len(per_block) == 6 and (per_block >= 0).all()
+    acc, params, sec = train_frozen(stack, batches[:1], batches[1:], frozen=4, seed=0, epochs=1)
+    block = sum(p.numel() for p in stack.blocks[5].parameters())
+    assert params == 2 * block + 384 * 2 + 2 and 0.0 <= acc <= 1.0 and sec >= 0.0
+    head_only = train_frozen(stack, batches[:1], batches[1:], frozen=6, seed=0, epochs=1)
+    assert head_only[1] == 384 * 2 + 2
+    after = loaded.module.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert {n: p.requires_grad for n, p in loaded.module.named_parameters()} == flags
+    assert not loaded.module.training
+
+
+@pytest.mark.slow
+def test_freezing_study_quick():
+    r = run_study("freezing")
+    assert r.seeds == 3 and [row[0] for row in r.rows] == [0, 3, 6]
+    assert r.verdict.verdict in ("supported", "refuted", "mixed", "cannot tell")
+    assert all("[" in p.reason for p in r.verdict.parts.values())
+
+
+# --- depth-represents: the token-level bigram view; similarity: deep copies ----------------------
+
+
+def test_bigram_sites_mark_the_second_word_of_the_pair():
+    from layerscope.analyses.probe_tasks import bigram_shift, bigram_shift_sites
+    from layerscope.data import load_dataset
+
+    texts = list(load_dataset("sentences", limit=60, seed=0).items)
+    items, labels, sites = bigram_shift_sites(texts, seed=2)
+    assert (items, labels) == bigram_shift(texts, seed=2)          # the same task, sites added
+    originals = [" ".join(t.split()) for t in texts if len(t.split()) >= 4]
+    assert 0 < sum(labels) < len(labels)
+    for item, orig, y, site in zip(items, originals, labels, sites):
+        i = item[:site].count(" ") - 1                              # the pair is words i, i + 1
+        words, before = item.split(), orig.split()
+        assert item[site - 1] == " " and item[site:].split()[0] == words[i + 1]
+        if y:
+            assert (words[i], words[i + 1]) == (before[i + 1], before[i]) and words[i] != words[i + 1]
+        else:
+            assert words == before
+
+
+def test_bigram_token_view_reads_the_token_at_the_site():
+    from layerscope.data import load_dataset
+    from layerscope.models import load_model
+    from layerscope.studies.depth_represents import bigram_token_probe
+
+    loaded = load_model("minilm")
+    texts = list(load_dataset("sentences", limit=160, seed=0).items)
+    res = bigram_token_probe(loaded, texts, max_length=48)
+    assert len(res.layers) == 6 and res.solver == "lbfgs" and res.n_train + res.n_test <= 160
+    assert max(res.score) > res.baseline            # a swapped word is visible at its own token
+    assert not loaded.module.training
+
+
+def test_copy_share_counts_layers_close_to_the_last():
+    from layerscope.studies.similarity_seeds import copy_share
+
+    m = np.eye(5)
+    m[4, 2] = m[2, 4] = 0.95
+    m[4, 3] = m[3, 4] = 0.89
+    assert copy_share(m) == pytest.approx(1 / 4)

@@ -78,8 +78,22 @@ def bigram_shift(texts: list[str], *, seed: int = 0) -> tuple[list[str], list[in
         >>> labels, items[1]
         ([0, 1, 0, 1], 'the cat sat on mat the')
     """
+    items, labels, _ = bigram_shift_sites(texts, seed=seed)
+    return items, labels
+
+
+def bigram_shift_sites(texts: list[str], *, seed: int = 0) -> tuple[list[str], list[int], list[int]]:
+    """:func:`bigram_shift` with each item's site: the character offset of the second word of the
+    seeded adjacent pair (swapped in shifted items, left in place in the others), for probes that
+    read the token there rather than a pooled sentence vector.
+
+    Example:
+        >>> items, labels, sites = bigram_shift_sites(["the cat sat on the mat"] * 4, seed=1)
+        >>> items[1], sites[1], items[1][sites[1]:]
+        ('the cat sat on mat the', 19, 'the')
+    """
     rng = np.random.default_rng(seed)
-    items, labels = [], []
+    items, labels, sites = [], [], []
     for text in texts:
         words = text.split()
         if len(words) < 4:
@@ -87,14 +101,12 @@ def bigram_shift(texts: list[str], *, seed: int = 0) -> tuple[list[str], list[in
         swap = bool(rng.random() < 0.5)
         spots = [i for i in range(len(words) - 1) if words[i] != words[i + 1]]
         pos = int(rng.integers(len(spots))) if spots else 0
+        i = spots[pos] if spots else 0
         if swap and spots:
-            i = spots[pos]
             words[i], words[i + 1] = words[i + 1], words[i]
-            items.append(" ".join(words))
-            labels.append(1)
-        else:
-            items.append(" ".join(words))
-            labels.append(0)
+        items.append(" ".join(words))
+        labels.append(int(swap and bool(spots)))
+        sites.append(sum(len(w) + 1 for w in words[:i + 1]))
     if not items:
         raise LayerscopeError("bigram-shift needs sentences of at least 4 words; none were found")
-    return items, labels
+    return items, labels, sites

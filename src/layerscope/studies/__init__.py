@@ -8,7 +8,8 @@ Example:
 """
 
 from . import (activations, batch_norm, depth_represents, dropout, prune_depth,  # noqa: F401
-               similarity_seeds, skip_connections, width_depth, depthwise, lm_decides, halving_width)
+               similarity_seeds, skip_connections, width_depth, depthwise, lm_decides, halving_width,
+               freezing)
 from .common import STUDIES, StudyResult, Verdict, get_study, registry, run_study
 
 __all__ = ["STUDIES", "StudyResult", "Verdict", "get_study", "registry", "run_study"]

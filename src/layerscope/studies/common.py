@@ -206,8 +206,10 @@ def peak_rule(names: Sequence[str], values: Sequence[float], lows: Sequence[floa
 
     Supported when the best expected layer's interval lies above the interval of every other
     layer; refuted when some other layer's interval lies above every expected layer's; cannot
-    tell otherwise, with the number of items that would narrow the intervals to half the gap
-    (``per_item``: items per unit of ``n``, e.g. 1/test share for held-out items).
+    tell otherwise, with the number of items at which the two best intervals (in and outside the
+    region) would part if the gap stays as measured: half-widths shrink as 1/√n, so at
+    n·((h₁ + h₂)/gap)² (:func:`layerscope.analyses.claims.items_to_separate`, the project's one
+    formula; ``per_item``: items per unit of ``n``, e.g. 1/test share for held-out items).
 
     Example:
         >>> v = peak_rule(["0", "1", "2"], [0.9, 0.6, 0.5], [0.88, 0.58, 0.48], [0.92, 0.62, 0.52],
@@ -237,12 +239,16 @@ def peak_rule(names: Sequence[str], values: Sequence[float], lows: Sequence[floa
         return Verdict("supported", desc, rule)
     if lows[bo] > max(highs[i] for i in inside):
         return Verdict("refuted", desc, rule)
-    gap = abs(values[bi] - values[bo])
-    half = max((highs[bi] - lows[bi]) / 2, (highs[bo] - lows[bo]) / 2)
-    if gap <= 0 or not math.isfinite(half):
+    from layerscope.analyses.claims import items_to_separate
+
+    top, low = (bi, bo) if values[bi] >= values[bo] else (bo, bi)
+    gap = values[top] - values[low]
+    halves = (values[top] - lows[top]) + (highs[low] - values[low])    # the sides that face each other
+    held_out = items_to_separate(n, halves, gap)        # the two intervals part at gap > h1 + h2
+    if held_out is None:
         needs = f"the two best layers score alike; no practical number of {unit} separates them"
     else:
-        need = min(math.ceil(n * (half / (gap / 2)) ** 2 * per_item), MAX_NEEDED)
+        need = min(math.ceil(held_out * per_item), MAX_NEEDED)
         needs = (f"about {need} items would separate them if the gap stays at {gap:.3f}"
                  if need < MAX_NEEDED else "the gap is too small to separate with any practical data")
     return Verdict("cannot tell", desc, rule, needs)

@@ -25,6 +25,48 @@ def thirds(n: int) -> dict[str, list[int]]:
     return {"early": list(range(k)), "middle": list(range(k, n - k)), "late": list(range(n - k, n))}
 
 
+def bigram_token_probe(loaded, texts: list[str], *, seed: int = 0, batch_size: int = 32,
+                       max_length: int = 64):
+    """The token-level view of bigram shift: per block, a probe (solver auto) on the hidden state
+    of the token that starts the second word of the seeded pair (the swapped word in shifted
+    sentences), read from the model's own ``hidden_states``; items whose site is cut off by
+    ``max_length`` are dropped. Returns the :class:`~layerscope.analyses.probe.ProbeResult`."""
+    import torch
+
+    from layerscope.analyses.probe import ProbeStats
+    from layerscope.analyses.probe_tasks import bigram_shift_sites
+    from layerscope.reducers import BatchInfo
+
+    tok = getattr(loaded, "tokenizer", None)
+    if tok is None or not getattr(tok, "is_fast", False):
+        raise LayerscopeError("the token-level bigram view needs a fast tokenizer (character offsets)")
+    items, labels, sites = bigram_shift_sites(texts, seed=seed)
+    red = ProbeStats(True, solver="auto", test_fraction=TEST_FRACTION, seed=seed)
+    names = None
+    kept = 0
+    for a in range(0, len(items), batch_size):
+        enc = tok(items[a:a + batch_size], padding=True, truncation=True, max_length=max_length,
+                  return_offsets_mapping=True, return_tensors="pt")
+        offsets = enc.pop("offset_mapping")
+        rows, cols = [], []
+        for r, char in enumerate(sites[a:a + batch_size]):
+            hit = ((offsets[r, :, 0] <= char) & (offsets[r, :, 1] > char)).nonzero().flatten()
+            if len(hit):
+                rows.append(r)
+                cols.append(int(hit[0]))
+        if not rows:
+            continue
+        with torch.inference_mode():
+            out = loaded.module(**enc, output_hidden_states=True)
+        states = out.hidden_states[1:]                    # one per block (the embeddings left out)
+        names = names or [f"blocks.{i}" for i in range(len(states))]
+        r, c = torch.tensor(rows), torch.tensor(cols)
+        y = torch.tensor([labels[a + i] for i in rows])
+        red.update({n: h[r, c].float() for n, h in zip(names, states)}, BatchInfo(kept, len(rows), y))
+        kept += len(rows)
+    return red.result(task_name="bigram shift (token at the swap)")
+
+
 @register("depth-represents", title="What each depth represents",
           claim="Early layers handle syntax and surface patterns, middle layers semantic meaning, "
                 "late layers the task.",
@@ -75,6 +117,20 @@ def depth_represents(s: Settings) -> StudyResult:  # noqa: F821 - annotation onl
                         f"features {res.random_features:.3f}, {res.n_train} training / {res.n_test} held-out items.")
     if not results:
         raise LayerscopeError(f"no probing task could be made from {data_ref!r}; use the sentences data set")
+    if getattr(loaded, "tokenizer", None) is not None and getattr(loaded.tokenizer, "is_fast", False):
+        task = "bigram-shift (token)"
+        res = bigram_token_probe(loaded, list(syntax_data.items))
+        results[task] = res
+        region_idx = thirds(len(res.layers))["early"]
+        parts[f"syntax ({task}) peaks early"] = peak_rule(
+            [f"{i} ({n})" for i, n in enumerate(res.layers)], res.score, res.ci_low, res.ci_high,
+            region_idx, what="bigram shift accuracy at the swapped token",
+            region=f"the early third (layers {region_idx[0]}-{region_idx[-1]})", n=res.n_test,
+            per_item=1 / TEST_FRACTION)
+        findings.append(f"{task}: the hidden state of the token starting the second word of the pair "
+                        f"(swapped or not), probe by {res.solver}; peak at layer {res.peak} of "
+                        f"{len(res.layers) - 1}; chance (majority) {res.baseline:.3f}, {res.n_train} "
+                        f"training / {res.n_test} held-out items.")
     first = next(iter(results.values()))
     layers = [str(i) for i in range(len(first.layers))]
     rows = []
@@ -92,7 +148,9 @@ def depth_represents(s: Settings) -> StudyResult:  # noqa: F821 - annotation onl
         experiment=(f"Linear probes on the mean-pooled output of every layer of {model_ref} "
                     f"({len(layers)} layers; thirds {region_text}) for three tasks made from {len(data)} "
                     f"{data_ref} items ({len(syntax_data)} for bigram shift): sentence length (5 equal-count bins), bigram shift (two adjacent "
-                    f"words swapped in half the sentences) and sentiment (sign of the human score, "
+                    f"words swapped in half the sentences; read both from the mean-pooled sentence and, "
+                    f"token-level, from the token where the pair's second word starts) and sentiment "
+                    f"(sign of the human score, "
                     f"|score| >= 0.5); {int(TEST_FRACTION * 100)}% held out; probe: "
                     f"{first.method}."),
         columns=["layer", "name"] + [f"{t} accuracy [95%]" for t in results],
