@@ -141,6 +141,10 @@ def test_sweep_with_a_rank_that_gets_no_item():
     assert outs[0]["ok"]["labels"] == ref["labels"]
 
 
+def test_three_ranks_one_without_items():
+    _same_everywhere(job_sweep_stats, 12, 8, world=3)    # two batches: rank 0 gets nothing
+
+
 def test_probe_scores_and_cka_equal_single_process():
     _same_everywhere(job_probe_cka, 90)
 

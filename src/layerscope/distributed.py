@@ -9,10 +9,11 @@ on every rank:
    process would meet, and the union of the shards is the whole data set;
 2. each rank runs its own pass over its shard (a rank may get no item: it then contributes
    nothing);
-3. the reducers' states are gathered from every rank (:func:`combine`) and merged with the
-   reducers' own ``merge``, in rank order; because the shards are in item order, rank-ordered
-   merging keeps rows (samples, labels, kept rows) in the single-process order, and reruns
-   are bit-identical. Every rank ends with the same combined reducers.
+3. the reducers' states are merged across ranks (:func:`combine`) with the reducers' own
+   ``merge``, pairwise up a fixed tree in rank order, then sent to every rank; because the
+   shards are in item order, rank-ordered merging keeps rows (samples, labels, kept rows) in
+   the single-process order, and reruns are bit-identical. Each rank holds at most two states
+   at a time.
 
 A rank that fails sends its one-line error instead of its state; every rank then raises it. A
 rank that dies without a word (killed, out of memory) closes its connections, and the others
@@ -235,19 +236,24 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def all_gather(obj) -> list:
-    """Every rank's ``obj`` (picklable), in rank order; a lost or silent rank is a one-line error."""
-    import torch.distributed as dist
-
-    rank, size = world()
-    out: list = [None] * size
+def _collective(fn, *args, **kwargs):
+    """Run one torch.distributed call; a lost or silent rank becomes a one-line error."""
     try:
-        dist.all_gather_object(out, obj, group=_control_group())
+        return fn(*args, **kwargs)
     except Exception as exc:  # gloo/nccl raise RuntimeError subclasses on timeouts and lost peers
+        rank, size = world()
         raise LayerscopeError(
             f"rank {rank} of {size}: another rank stopped or did not answer within "
             f"{timeout_seconds():.0f} s ({_first_line(exc)}); its own error is above"
         ) from exc
+
+
+def all_gather(obj) -> list:
+    """Every rank's ``obj`` (picklable), in rank order; a lost or silent rank is a one-line error."""
+    import torch.distributed as dist
+
+    out: list = [None] * world()[1]
+    _collective(dist.all_gather_object, out, obj, group=_control_group())
     return out
 
 
@@ -305,19 +311,53 @@ def weights_signature(module: torch.nn.Module | None, head: int = 256) -> str | 
     return h.hexdigest()
 
 
+def _merged_states(reducers: Sequence, mine: list | None, theirs: list | None) -> list | None:
+    """The states of ``mine`` (lower ranks) merged with ``theirs`` (the next ranks), either None
+    when those ranks saw no item."""
+    if mine is None or theirs is None:
+        return theirs if mine is None else mine
+    out = []
+    for reducer, a, b in zip(reducers, mine, theirs):
+        out.append(_to_cpu(_rebuilt(reducer, a).merge(_rebuilt(reducer, b)).state_dict()))
+    return out
+
+
+def _tree_combine(reducers: Sequence, states: list | None) -> list | None:
+    """Merge the ranks' states pairwise up a fixed binary tree, lower ranks first (rank ``r``
+    takes ``r + step`` for step 1, 2, 4...), then broadcast rank 0's total: each rank holds at
+    most two states at a time, and the fixed order makes reruns bit-identical."""
+    import torch.distributed as dist
+
+    rank, size = world()
+    group = _control_group()
+    step = 1
+    while step < size:
+        if rank % (2 * step):
+            _collective(dist.send_object_list, [states], dst=rank - step, group=group)
+            break
+        if rank + step < size:
+            box = [None]
+            _collective(dist.recv_object_list, box, src=rank + step, group=group)
+            states = _merged_states(reducers, states, box[0])
+        step *= 2
+    box = [states if rank == 0 else None]
+    _collective(dist.broadcast_object_list, box, src=0, group=group)
+    return box[0]
+
+
 def combine(reducers: Sequence, n_items: int, n_batches: int,
             error: BaseException | None = None, module: torch.nn.Module | None = None
             ) -> tuple[int, int]:
     """Merge every rank's ``reducers`` (in place, on every rank); return the global item and batch counts.
 
-    Each rank sends its reducers' ``state_dict()`` (tensors on the CPU) or its error; the states
-    of ranks that saw items are merged in rank order with the reducers' own ``merge`` and
-    loaded back into ``reducers``. Raises the first failing rank's error on every rank, and
-    refuses when ``module`` (the model the pass ran) differs between ranks.
+    First every rank tells the others whether it failed, how many items it saw and which weights
+    it ran (a small all-gather); the first failing rank's error is raised on every rank, and
+    ranks whose model differs from rank 0's are refused. Then the states (``state_dict()``,
+    tensors on the CPU) of ranks that saw items are merged with the reducers' own ``merge`` in
+    rank order (:func:`_tree_combine`) and loaded back into ``reducers`` on every rank.
     """
     payload = {"error": _describe(error), "items": n_items, "batches": n_batches,
-               "model": weights_signature(module) if error is None else None,
-               "states": None if error is not None else [_to_cpu(r.state_dict()) for r in reducers]}
+               "model": weights_signature(module) if error is None else None}
     gathered = all_gather(payload)
     failures = [(r, g["error"]) for r, g in enumerate(gathered) if g["error"] is not None]
     if failures:
@@ -328,15 +368,11 @@ def combine(reducers: Sequence, n_items: int, n_batches: int,
         raise LayerscopeError(
             f"rank {other} runs other weights than rank 0 (a randomly initialised model not "
             f"seeded alike?); every rank must load the same model: save it and load the file")
-    parts = [g for g in gathered if g["items"] > 0]
-    for k, reducer in enumerate(reducers):
-        states = [g["states"][k] for g in parts]
-        if not states:
-            continue
-        merged = _rebuilt(reducer, states[0])
-        for state in states[1:]:
-            merged = merged.merge(_rebuilt(reducer, state))
-        reducer.load_state_dict(merged.state_dict())
+    mine = [_to_cpu(r.state_dict()) for r in reducers] if n_items > 0 else None
+    total = _tree_combine(reducers, mine)
+    if total is not None:
+        for reducer, state in zip(reducers, total):
+            reducer.load_state_dict(state)
     return sum(g["items"] for g in gathered), sum(g["batches"] for g in gathered)
 
 
