@@ -279,3 +279,33 @@ def test_torchrun_sweep_command_equals_one_process(llama_folder, tmp_path):
         assert ra["layer"] == rb["layer"]
         for key in ("mean", "std", "min", "max"):
             assert rb[key] == pytest.approx(ra[key], rel=1e-6, abs=1e-6)
+
+
+# --- bad input without a process group ---------------------------------------------------------
+
+
+def test_idle_ranks_are_announced(monkeypatch, capsys):
+    from layerscope import distributed
+
+    monkeypatch.setattr(distributed, "world", lambda: (0, 4))
+    monkeypatch.setenv("LAYERSCOPE_PROGRESS", "auto")
+    rank, size, items = distributed.plan(5, 2, progress=True)   # 3 batches for 4 ranks
+    assert (rank, size, items) == (0, 4, range(0, 0))
+    assert "1 of 4 ranks get no item (5 items in batches of 2)" in capsys.readouterr().err
+
+
+def test_launcher_refuses_commands_that_are_not_data_passes(monkeypatch, capsys):
+    from layerscope.launch import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["train", "mlp", "digits"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: layerscope train does not run under torchrun") and "\n" not in err
+
+
+def test_bad_timeout_setting_is_one_line(monkeypatch):
+    from layerscope.distributed import timeout_seconds
+
+    monkeypatch.setenv("LAYERSCOPE_DIST_TIMEOUT", "soon")
+    with pytest.raises(LayerscopeError, match="LAYERSCOPE_DIST_TIMEOUT='soon'"):
+        timeout_seconds()

@@ -340,7 +340,7 @@ def record(model, data, out_dir, *, layers=None, view: str = "mean", dtype: str 
         record_ranks(loaded, source, out, identity, names=names, view=view, dtype=dtype,
                      batch_size=batch_size, shard_items=shard_items, max_length=max_length,
                      granularity=granularity, blocks=blocks, overwrite=overwrite, progress=progress)
-        return Store(out)
+        return Store(out, verify=distributed.is_writer())  # rank 0 checks every shard's hash
     created = not out.exists()
     shards = _prepare_folder(out, identity, overwrite)
     manifest = {**identity, "n_items": len(source), "shapes": {}, "shards": shards, "complete": False}
