@@ -69,14 +69,17 @@ def steer_command(
     allow_missing_weights: AllowMissingWeightsOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Which block steers best, for how much damage: difference-of-means steering swept over
-    blocks x strengths."""
+    """Which block steers best, for how much damage: difference-of-means (or probe-direction)
+    steering swept over blocks x strengths."""
     from layerscope.analyses.causal.steering import (generate, probe_vectors, steer, steering_vectors,
                                                      text_classifier)
+    from functools import partial
+
     from layerscope.data import load_dataset
     from layerscope.errors import LayerscopeError
 
-    make_vectors = {"mean-difference": steering_vectors, "probe": probe_vectors}.get(vector)
+    make_vectors = {"mean-difference": steering_vectors,
+                    "probe": partial(probe_vectors, seed=seed)}.get(vector)
     if make_vectors is None:
         raise LayerscopeError(f"--vector must be mean-difference or probe; got {vector!r}")
 
