@@ -10,20 +10,26 @@ features and the same held-out split (20%, by a hash of the item index):
      L2 logistic regression on standardised features with C from {0.001, 0.01, 0.1, 1} by 3-fold
      CV, all layers in one batched L-BFGS (the streamed closed form past the memory budget);
   L: the closed-form probe from streamed sums (ridge/LDA, penalty by GCV) - the old default;
-  B: scikit-learn StandardScaler + LogisticRegressionCV(Cs = the same grid, 3 stratified folds,
-     lbfgs) per layer on the same training rows, scored on the held-out rows.
+  B: scikit-learn StandardScaler + LogisticRegressionCV(Cs = the same grid, lbfgs) per layer on the
+     same training rows, scored on the held-out rows. B gets the same 3 stratified CV folds as A
+     (PredefinedSplit): with its own random folds B's choice of C, and so its accuracy, moves by
+     more than a point between fold draws at these sizes, which is not a property of either solver.
 Printed: per-layer held-out accuracy of A, L and B, the worst |A - B| in points, A's and B's
 fitting time, and A's time as a share of the forward pass over the same n items.
 
 Usage:
     .venv/bin/python benchmarks/bench_probe.py [--items 8000] [--sizes 1500 3000 6000]
-        [--threads 2] [--write BENCHMARKS.md]
+        [--threads 2] [--cache DIR] [--write BENCHMARKS.md]
+
+``--cache DIR`` keeps each (task, size) row as JSON, so the tasks can run as separate processes
+(``--tasks sentiment`` / ``--tasks length``) and a last run with ``--write`` assembles the table.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import statistics
@@ -95,17 +101,18 @@ def ours(feats, y, solver: str):
 
 def sklearn_cv(feats, y):
     from sklearn.linear_model import LogisticRegressionCV
-    from sklearn.model_selection import StratifiedKFold
+    from sklearn.model_selection import PredefinedSplit
     from sklearn.preprocessing import StandardScaler
 
     from layerscope.analyses.probe import split_items
+    from layerscope.analyses.probe_logistic import _folds
 
     test = split_items(np.arange(len(y)), 0.2, 3, 0) < 0
+    folds = PredefinedSplit(_folds(y[~test], 3, 0))       # A's folds (ProbeStats seed 0)
     out, cs = [], []
     for x in feats:
         sc = StandardScaler().fit(x[~test])
-        lr = LogisticRegressionCV(Cs=list(CS), cv=StratifiedKFold(3, shuffle=True, random_state=0),
-                                  max_iter=2000).fit(sc.transform(x[~test]), y[~test])
+        lr = LogisticRegressionCV(Cs=list(CS), cv=folds, max_iter=2000).fit(sc.transform(x[~test]), y[~test])
         out.append(float(lr.score(sc.transform(x[test]), y[test])))
         cs.append(float(np.atleast_1d(lr.C_)[0]))
     return out, cs
@@ -151,13 +158,21 @@ def main() -> None:
     ap.add_argument("--tasks", nargs="+", default=["sentiment", "length"])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--write", type=Path)
+    ap.add_argument("--cache", type=Path)
     args = ap.parse_args()
     torch.set_num_threads(THREADS)
     feats, texts, scores, per_item = features(args.items)
     results = []
     for name in args.tasks:
         for n in args.sizes:
-            results.append(bench(name, feats, texts, scores, n, per_item))
+            row = args.cache / f"{name}_{n}_{args.items}.json" if args.cache else None
+            if row is not None and row.exists():
+                results.append(json.loads(row.read_text()))
+            else:
+                results.append(bench(name, feats, texts, scores, n, per_item))
+                if row is not None:
+                    row.parent.mkdir(parents=True, exist_ok=True)
+                    row.write_text(json.dumps(results[-1]))
             print("\n".join(fmt(results[-1])), flush=True)
     load = os.getloadavg()[0]
     worst = max(np.abs(np.array(r["acc_a"]) - np.array(r["acc_b"])).max() for r in results) * 100
@@ -171,8 +186,8 @@ def main() -> None:
         "embeddings and the 6 blocks; A, the closed form and B see the same features and the same "
         "held-out split (20%). A: `ProbeStats(solver=\"auto\")` fed batches of 64 (L2 logistic "
         f"regression, C from {{{', '.join(f'{c:g}' for c in CS)}}} by 3-fold CV, all layers in one batched "
-        "L-BFGS); B: scikit-learn `LogisticRegressionCV` with the same C grid and 3 stratified folds, "
-        "per layer. The forward pass is MiniLM's sweep over the same number of items (measured per "
+        "L-BFGS); B: scikit-learn `LogisticRegressionCV` with the same C grid and the same 3 stratified "
+        "folds (PredefinedSplit), per layer. The forward pass is MiniLM's sweep over the same number of items (measured per "
         "item over the whole run).",
         "",
         *HEADER,

@@ -123,7 +123,7 @@ def test_combine_all_four_outcomes():
 def test_registry_lists_the_studies():
     names = list(registry())
     for n in ("depth-represents", "prune-depth", "skip-connections", "activations", "batch-norm",
-              "dropout", "similarity-across-seeds"):
+              "dropout", "freezing", "similarity-across-seeds"):
         assert n in names
 
 

@@ -133,9 +133,12 @@ def markdown(results: list[StudyResult], *, figures: dict[str, str], command: st
         lines.append(f"| [{r.title}](#{r.name}) | **{r.verdict.verdict}** | {r.mode} | {r.seconds:.0f} s | "
                      f"{r.cpu_seconds:.0f} s |")
     quick = [r.name for r in results if r.mode == "quick"]
+    full = [r.name for r in results if r.mode == "full"]
+    if full:
+        lines += ["", f"`--full` runs ({len(full)} of {len(results)}): {', '.join(full)}."]
     if quick:
-        lines += ["", f"{len(quick)} of {len(results)} studies here are `--quick` runs (small models, few "
-                  "items, short training): their intervals are wide, and a 'cannot tell' verdict states "
+        lines += ["", f"`--quick` runs ({len(quick)} of {len(results)}): {', '.join(quick)} — small models, few "
+                  "items, short training: their intervals are wide, and a 'cannot tell' verdict states "
                   "roughly how many items or seeds would decide it. `--full` forms are larger versions of "
                   "the same experiments."]
     if failed:
