@@ -15,10 +15,10 @@ The reference is independent of layerscope: the block lists are the ``nn.ModuleL
 length is a layer count the config declares (``num_hidden_layers``, ``n_layer``,
 ``encoder_layers``...). The default should be the lists of the *primary* config: the top-level
 config when it declares a layer count, else (a multi-modal model whose ``text_config`` sits
-beside vision/audio configs) the text config; for an encoder-decoder (``is_encoder_decoder``) the lists of its encoder and decoder
+beside vision/audio configs) the text config (also one level down: ``vlm_config.text_config``); for an encoder-decoder (``is_encoder_decoder``) the lists of its encoder and decoder
 configs; lists inside a detector's backbone are never the default. Dual encoders (the forward
-computes ``logits_per_*`` and there is no LM head) have no default: layerscope should ask,
-naming the stacks.
+computes two ``logits_per_*``, one per tower, and there is no LM head) and containers without a
+forward of their own have no default: layerscope should ask, naming the stacks.
 
 Usage:  nice python scripts/coverage.py [--timeout 120] [--only llama,bert] [--out docs/COVERAGE.md]
 """
@@ -453,10 +453,13 @@ def write_markdown(rows: list[dict], path: Path, meta: dict, before: dict | None
              "**Reference.** The block lists a person names: the `nn.ModuleList`s whose length is a "
              "layer count the config declares (every count set to a different odd number from 9). "
              "The default stack is right when its blocks are exactly the lists of the primary "
-             "config (the model's own when it declares a layer count, else its text config; the lists of "
+             "config (the model's own when it declares a layer count, else its text config, also one level down; the lists of "
              "both configs of an encoder-decoder; a detector's backbone lists only when nothing "
-             "else is), and for a dual encoder (its forward computes `logits_per_*` and it has "
-             "no LM head) when layerscope asks which stack, naming them. A model with no list as "
+             "else is), and for a dual encoder (its forward computes two `logits_per_*`, one per "
+             "tower, and it has no LM head) or a container without a forward of its own (its "
+             "sub-models run one after another in `generate`) when layerscope asks which stack, "
+             "naming them. Blocks kept in parallel lists (block i = the i-th entry of each list) "
+             "are right when they hold exactly the reference lists' entries. A model with no list as "
              "long as a declared count (CNNs declaring per-stage `depths`, for instance) has no "
              "reference: it is counted in the first column as not right and left out of the "
              "second.", "",
@@ -490,9 +493,8 @@ def write_markdown(rows: list[dict], path: Path, meta: dict, before: dict | None
               "the causal-LM row is the one the roles target (>= 95%) applies to.", ""]
     if before:
         lines += ["## Before this change", "",
-                  "The script run on the discovery before named stacks (one block list, the "
-                  "largest stack plus its same-named twins; roles from the first roles API), "
-                  f"{meta.get('before_note', '')}", "",
+                  "This script, as it is, run on the population with layerscope's discovery as it "
+                  f"was before: {meta.get('before_note', '')}", "",
                   "| population | built | default stack right (of built) | right where a reference exists | all four roles found |",
                   "|---|---|---|---|---|"]
         for mapping in ("base", "causal-lm", "all"):

@@ -38,10 +38,9 @@ BASE = [
     ("lightglue", "parallel per-layer lists (matcher)"), ("d_fine", "detector with per-layer heads"),
     ("sam", "vision model without tokens"), ("sam3_tracker", "vision model without tokens"),
     ("seamless_m4t", "multi-model container (speech-to-unit sub-model)"),
-    ("csm", "multi-model container (codec and depth decoder)"),
     ("evolla", "multi-model container (protein encoder)"), ("bark", "container without a forward"),
     ("videoprism", "dual encoder (video)"), ("xclip", "dual encoder (video)"),
-    ("maskformer", "segmenter with a backbone config"), ("neucodec", "audio codec"),
+    ("mask2former", "segmenter with a backbone config"), ("neucodec", "audio codec"),
 ]
 #: causal LMs: decoders of many layouts, MoE, state-space, hybrid and recurrent ones
 CAUSAL = [

@@ -321,3 +321,14 @@ def test_logit_lens_on_a_model_without_a_final_norm_finds_that_itself():
     named.meta["roles"] = {"final_norm": "none"}
     by_hand = logit_lens(named, ids)
     assert by_hand.kl == auto.kl and by_hand.accuracy == auto.accuracy
+
+
+def test_sublayers_of_a_block_in_parallel_lists_are_each_entrys_parts():
+    lm = _xlm()
+    names = Layers(lm, "sublayers").names()
+    start = names.index("transformer.attentions.0.q_lin")
+    assert names[start:start + 8] == [
+        "transformer.attentions.0.q_lin", "transformer.attentions.0.k_lin",
+        "transformer.attentions.0.v_lin", "transformer.attentions.0.out_lin",
+        "transformer.layer_norm1.0", "transformer.ffns.0.lin1", "transformer.ffns.0.lin2",
+        "transformer.layer_norm2.0"]

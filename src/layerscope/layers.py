@@ -306,6 +306,13 @@ def _build(model: nn.Module, found: Found, granularity: str) -> tuple[list[Layer
                 if ref.part is not None:
                     rows.append((ref.name, ref.module, "recurrent", ref.part))
                     continue
+                if ref.members:  # a block kept in parallel lists: each entry's parts, or the entry
+                    for path, entry in ref.members:
+                        inner = [(f"{path}.{n}", c) for n, c in entry.named_children()
+                                 if counts_as_sublayer(n, c)]
+                        for sub_path, child in inner or [(path, entry)]:
+                            rows.extend(_sub_rows(sub_path, child, "inside"))
+                    continue
                 parts = [(f"{ref.path}.{n}" if ref.path else n, c)
                          for n, c in ref.module.named_children() if counts_as_sublayer(n, c)]
                 if not parts:
