@@ -47,6 +47,11 @@ def report_command(
     from layerscope.report.build import build_report
 
     shape = parse_input_shape(input_shape) if input_shape else None
+    from .common import model_from_cli, placement_given
+
+    if placement_given():  # --device/--device-map/--dtype: load here, placed, and hand it over
+        model = model_from_cli(model, input_shape=shape, trust_remote_code=trust_remote_code,
+                               allow_missing_weights=allow_missing_weights)
     res = build_report(model, data, out, limit=limit, batch_size=batch_size, max_length=max_length,
                        seed=seed, input_shape=shape, blocks=blocks,
                        trust_remote_code=trust_remote_code, importance_items=importance_items,

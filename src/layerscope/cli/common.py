@@ -102,12 +102,20 @@ DeviceMapOpt = Annotated[
 _PLACEMENT: ContextVar = ContextVar("layerscope_placement", default={})
 
 
+def placement_given() -> bool:
+    """Whether --device, --device-map or --dtype was given to the running command."""
+    return any(v is not None for v in _PLACEMENT.get().values())
+
+
 def with_placement_options(fn):
     """``fn`` (a command taking MODEL) with ``--device``, ``--device-map`` and, unless it has its
     own ``--dtype``, ``--dtype``; the values reach :func:`model_from_cli`."""
     sig = inspect.signature(fn)
     if "model" not in sig.parameters or "device" in sig.parameters:
         return fn
+    hints = typing.get_type_hints(fn, include_extras=True)
+    if not any(type(m).__name__ == "ArgumentInfo" for m in getattr(hints["model"], "__metadata__", ())):
+        return fn   # a --model option (studies) picks models of its own
     extra = {"device": DeviceOpt, "device_map": DeviceMapOpt}
     if "dtype" not in sig.parameters:
         extra["model_dtype"] = Annotated[Optional[str], typer.Option(
@@ -121,7 +129,6 @@ def with_placement_options(fn):
         finally:
             _PLACEMENT.reset(token)
 
-    hints = typing.get_type_hints(fn, include_extras=True)
     params = [p.replace(annotation=hints.get(p.name, p.annotation), kind=inspect.Parameter.KEYWORD_ONLY)
               for p in sig.parameters.values()]
     params += [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=opt)
