@@ -57,10 +57,12 @@ def run_ranks(job, *args, world: int = 2, timeout_s: float = TIMEOUT_S) -> list[
 
 
 def _close(a, b, path="") -> None:
+    """Equal to 1e-6, recursively; keys starting with "local" hold what one rank saw itself."""
     if isinstance(a, dict):
         assert a.keys() == b.keys(), path
         for k in a:
-            _close(a[k], b[k], f"{path}.{k}")
+            if not str(k).startswith("local"):
+                _close(a[k], b[k], f"{path}.{k}")
     elif isinstance(a, (list, tuple)) and a and not isinstance(a[0], (int, float, np.number)):
         assert len(a) == len(b), path
         for i, (x, y) in enumerate(zip(a, b)):
@@ -98,18 +100,29 @@ def _tensor_data(n: int):
     return Dataset("toy", x, (x[:, 0] + 0.3 * x[:, 1] > 0).long(), "tensor", "classification")
 
 
+class Spy(Moments):
+    """Moments that also note, outside their state, the first item of every batch this process saw."""
+
+    seen: list[int] = []
+
+    def update(self, acts, batch):
+        Spy.seen.append(batch.start)
+        super().update(acts, batch)
+
+
 def job_sweep_stats(n: int, batch_size: int) -> dict:
-    from layerscope.reducers import Covariance, LabelCollector, Moments, NonFinite, Reservoir
+    from layerscope.reducers import Covariance, LabelCollector, NonFinite, Reservoir
     from layerscope.sweep import sweep
 
-    reds = [Moments(), NonFinite(), Covariance(), Reservoir(capacity=1000), LabelCollector()]
+    Spy.seen = []
+    reds = [Spy(), NonFinite(), Covariance(), Reservoir(capacity=1000), LabelCollector()]
     run = sweep(_mlp(), _tensor_data(n), reducers=reds, batch_size=batch_size, progress=False)
     m, cov, res = reds[0].result(), reds[2].result(), reds[3].result()
     return {"items": run.n_items, "batches": run.n_batches, "mean": m.mean, "std": m.std,
             "min": m.min, "max": m.max, "nonfinite": reds[1].result().nan,
             "cov": {k: np.asarray(v) for k, v in cov.cov.items()}, "rank": cov.effective_rank,
             "sample_index": res.indices, "sample_rows": {k: v for k, v in res.rows.items()},
-            "labels": reds[4].result().tolist()}
+            "labels": reds[4].result().tolist(), "local_batches": list(Spy.seen)}
 
 
 def job_probe_cka(n: int) -> dict:
@@ -134,15 +147,18 @@ def test_shards_cover_every_item_once_in_order():
 def test_sweep_statistics_equal_single_process_uneven_split():
     ref, outs = _same_everywhere(job_sweep_stats, 37, 8)   # 5 batches: ranks get 16 and 21 items
     assert ref["items"] == 37 and outs[0]["ok"]["items"] == 37 and outs[1]["ok"]["batches"] == 5
+    assert [o["ok"]["local_batches"] for o in outs] == [[0, 8], [16, 24, 32]]
 
 
 def test_sweep_with_a_rank_that_gets_no_item():
     ref, outs = _same_everywhere(job_sweep_stats, 5, 8)    # one batch: rank 0 gets nothing
+    assert [o["ok"]["local_batches"] for o in outs] == [[], [0]]
     assert outs[0]["ok"]["labels"] == ref["labels"]
 
 
 def test_three_ranks_one_without_items():
-    _same_everywhere(job_sweep_stats, 12, 8, world=3)    # two batches: rank 0 gets nothing
+    _, outs = _same_everywhere(job_sweep_stats, 12, 8, world=3)   # two batches: rank 0 gets none
+    assert [o["ok"]["local_batches"] for o in outs] == [[], [0], [8]]
 
 
 def test_probe_scores_and_cka_equal_single_process():
