@@ -28,3 +28,17 @@ def test_default_limit_is_bounded_and_announced(argv, used, total, capsys):
 def test_importance_limit_takes_all_or_a_count_only(capsys):
     assert main(["importance", "mlp", "digits", "--limit", "many"]) == 2
     assert "--limit must be a whole number of items or 'all'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, used", [
+    (["prune", "mlp", "--sensitivity", "--data", "digits", "--sparsities", "0.5", "--json"], 64),
+    (["prune", "mlp", "--sensitivity", "--data", "digits", "--sparsities", "0.5", "--json",
+      "--limit", "all"], 1797),
+    (["early-exit", "mlp", "digits", "--json"], 600),
+])
+def test_surgery_data_is_bounded_and_announced(argv, used, capsys):
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)
+    said = [line for line in captured.err.splitlines() if line.startswith("using ")]
+    assert len(said) == 1 and said[0].startswith(f"using {used:,} of 1,797 items"), captured.err

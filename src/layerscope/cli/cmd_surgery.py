@@ -19,6 +19,7 @@ from .common import (
     parse_layers,
     print_json,
 )
+from .limits import limit_option, load_limited
 
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Folder to write the changed model to "
                                       "(must not be the input's folder).", show_default=False)]
@@ -30,23 +31,20 @@ DataOpt = Annotated[Optional[str], typer.Option(
     "--data", help="Held-out data to measure quality on (and to choose blocks with --auto): a "
     "built-in dataset (e.g. sentences, digits) or a file. Default: an example batch.",
     show_default=False)]
-LimitOpt = Annotated[int, typer.Option("--limit", help="Use only N items of the data.")]
+#: items of --data measured on unless told otherwise (early exit calibrates its thresholds on more)
+SURGERY_ITEMS, EXIT_ITEMS = 64, 600
+LimitOpt = limit_option(SURGERY_ITEMS)
+ExitLimitOpt = limit_option(EXIT_ITEMS)
 BatchOpt = Annotated[int, typer.Option("--batch-size", "-b", help="Items per forward pass.")]
 NoMeasureOpt = Annotated[bool, typer.Option("--no-measure", help="Save without measuring before/after.")]
 
 
-def _dataset(ref: str | None, limit: int | None, model=None):
-    """DATA loaded (``None`` when not given) and, with ``model``, checked to fit it before any
-    surgery is done or saved."""
+def _dataset(ref: str | None, limit: str | None, model=None, default: int = SURGERY_ITEMS):
+    """DATA loaded (``None`` when not given), ``--limit`` items of it said up front, and, with
+    ``model``, checked to fit it before any surgery is done or saved."""
     if ref is None:
         return None
-    from layerscope.errors import LayerscopeError
-
-    try:
-        from layerscope.data import load_dataset
-    except ImportError as exc:
-        raise LayerscopeError("datasets are not available in this install; reinstall layerscope") from exc
-    dataset = load_dataset(ref, limit=limit)
+    dataset = load_limited(ref, limit, default=default)
     if model is not None and len(dataset):
         model.encode(dataset.items[:2])  # wrong kind of data: one line now, not after the save
     return dataset
@@ -68,14 +66,14 @@ def _report(result, extra: dict, as_json: bool) -> None:
         typer.echo(result.summary())
 
 
-def _measured(loaded, new_loaded, data, *, operation, out, changes, batch_size, limit,
+def _measured(loaded, new_loaded, data, *, operation, out, changes, batch_size,
               no_measure, bytes_after=None):
     if no_measure:
         return None
     from layerscope.surgery.measure import measure
 
     return measure(loaded, new_loaded, data, operation=operation, output=out, changes=changes,
-                   batch_size=batch_size, limit=limit, bytes_after=bytes_after)
+                   batch_size=batch_size, bytes_after=bytes_after)
 
 
 @app.command("drop")
@@ -91,7 +89,7 @@ def drop_command(
     by: Annotated[str, typer.Option("--by", help="With --auto: influence (lowest Block "
                                     "Influence) or angular (best run of N by angular distance).")] = "influence",
     data: DataOpt = None,
-    limit: LimitOpt = 64,
+    limit: LimitOpt = None,
     batch_size: BatchOpt = 8,
     overwrite: OverwriteOpt = False,
     no_measure: NoMeasureOpt = False,
@@ -124,7 +122,7 @@ def drop_command(
     path = save_model(dropped.loaded, dropped.module, out, overwrite=overwrite)
     result = _measured(loaded, dropped.loaded, dataset, operation="drop", out=path,
                        changes={"removed": dropped.removed, "names": dropped.removed_names},
-                       batch_size=batch_size, limit=limit, no_measure=no_measure)
+                       batch_size=batch_size, no_measure=no_measure)
     _report(result, {"removed": dropped.removed, "saved": str(path)}, as_json)
 
 
@@ -149,7 +147,7 @@ def prune_command(
     sparsities: Annotated[str, typer.Option("--sparsities", help="With --sensitivity: the "
                                             "sparsities to try.")] = "0.1,0.3,0.5,0.7,0.9",
     data: DataOpt = None,
-    limit: LimitOpt = 64,
+    limit: LimitOpt = None,
     batch_size: BatchOpt = 8,
     overwrite: OverwriteOpt = False,
     no_measure: NoMeasureOpt = False,
@@ -184,7 +182,7 @@ def prune_command(
         except ValueError:
             raise LayerscopeError(f"--sparsities must be numbers like 0.1,0.5,0.9; got {sparsities!r}") from None
         res = prune_sensitivity(loaded, dataset, sparsities=values, layers=parse_layers(layers),
-                                blocks=blocks, batch_size=batch_size, limit=limit)
+                                blocks=blocks, batch_size=batch_size)
         _report(res, {"suggested (1% loss)": res.suggest(0.01)} if not as_json else
                 {"suggested": res.suggest(0.01)}, as_json)
         return
@@ -198,7 +196,7 @@ def prune_command(
     result = _measured(loaded, pruned.loaded, dataset, operation=f"prune ({pruned.mode})",
                        out=path, changes={"mode": pruned.mode, "sparsity": pruned.sparsity,
                                           "layers": pruned.layers, "skipped": pruned.skipped},
-                       batch_size=batch_size, limit=limit, no_measure=no_measure)
+                       batch_size=batch_size, no_measure=no_measure)
     _report(result, {"mode": pruned.mode, "saved": str(path)}, as_json)
 
 
@@ -210,7 +208,7 @@ def quantize_command(
         "--layers", help="Quantize only the Linear layers inside these blocks (default: all).",
         show_default=False)] = None,
     data: DataOpt = None,
-    limit: LimitOpt = 64,
+    limit: LimitOpt = None,
     batch_size: BatchOpt = 8,
     overwrite: OverwriteOpt = False,
     no_measure: NoMeasureOpt = False,
@@ -234,7 +232,7 @@ def quantize_command(
     path = save_quantized(q, out, overwrite=overwrite)
     result = _measured(loaded, q.loaded, dataset, operation="quantize int8",
                        out=path, changes={"quantized": q.quantized, "skipped": q.skipped},
-                       batch_size=batch_size, limit=limit, no_measure=no_measure,
+                       batch_size=batch_size, no_measure=no_measure,
                        bytes_after=folder_bytes(path))
     skipped = "; ".join(f"{n} ({r})" for n, r in q.skipped) or "none"
     _report(result, {"quantized layers": len(q.quantized), "skipped": skipped,
@@ -252,7 +250,7 @@ def early_exit_command(
     binarize: Annotated[Optional[float], typer.Option(
         "--binarize", help="Turn real-valued labels into classes: label > VALUE (e.g. 0 for "
         "sentiment scores).", show_default=False)] = None,
-    limit: LimitOpt = 600,
+    limit: ExitLimitOpt = None,
     batch_size: BatchOpt = 32,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder to save the exit "
                                                 "heads to (safetensors).", show_default=False)] = None,
@@ -276,7 +274,7 @@ def early_exit_command(
     loaded = model_from_cli(model, blocks=blocks, input_shape=input_shape,
                             trust_remote_code=trust_remote_code,
                             allow_missing_weights=allow_missing_weights)
-    dataset = _dataset(data, limit, loaded)
+    dataset = _dataset(data, limit, loaded, default=EXIT_ITEMS)
     items, labels = dataset.items, dataset.labels
     if binarize is not None and labels is not None:
         labels = (labels.float() > binarize).long()
