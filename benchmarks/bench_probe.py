@@ -159,15 +159,20 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--write", type=Path)
     ap.add_argument("--cache", type=Path)
+    ap.add_argument("--cached-only", action="store_true",
+                    help="with --cache: write the rows already measured, naming the ones not measured")
     args = ap.parse_args()
     torch.set_num_threads(THREADS)
     feats, texts, scores, per_item = features(args.items)
-    results = []
+    results, missing = [], []
     for name in args.tasks:
         for n in args.sizes:
             row = args.cache / f"{name}_{n}_{args.items}.json" if args.cache else None
             if row is not None and row.exists():
                 results.append(json.loads(row.read_text()))
+            elif args.cached_only:
+                missing.append(f"{name} at {n:,}")
+                continue
             else:
                 results.append(bench(name, feats, texts, scores, n, per_item))
                 if row is not None:
@@ -195,7 +200,8 @@ def main() -> None:
     for r in results:
         lines += fmt(r)
     lines += ["", f"Agreement target (every layer within 1 point of B): worst {worst:.1f} points over "
-              f"{len(results)} settings - {'met' if worst <= 1.0 else 'NOT met'}.", ""]
+              f"{len(results)} settings - {'met' if worst <= 1.0 else 'NOT met'}."
+              + (f" Not measured in this run: {', '.join(missing)}." if missing else ""), ""]
     text = "\n".join(lines)
     print(lines[-2])
     if args.write:
