@@ -169,7 +169,7 @@ def freezing(s: Settings):
         raise LayerscopeError(f"study freezing does not apply to {model_ref!r} (a {stack.task} model): it "
                               f"takes pretrained text encoders such as minilm")
     data_ref = s.data or "sentences"
-    raw = load_dataset(data_ref, limit=s.pick(400, 1500), seed=0)
+    raw = load_dataset(data_ref, limit=s.pick(250, 1500), seed=0)
     if getattr(raw, "labels", None) is None:
         raise LayerscopeError(f"study freezing needs sentences with sentiment scores (the bundled "
                               f"'sentences'); {data_ref!r} has no scores")
@@ -179,7 +179,7 @@ def freezing(s: Settings):
                               f"for a held-out accuracy; {data_ref!r} gave {len(task)}")
     L = len(stack.blocks)
     ks = sorted(set(s.pick((0, L // 2, L), tuple(range(L + 1)))))
-    epochs, batch, max_length = s.pick(2, 3), 16, 32
+    epochs, batch, max_length = s.pick(2, 3), 16, s.pick(24, 32)
     texts, labels = list(task.items), task.labels.long()
     n_test = int(round(len(texts) * TEST_FRACTION))
     cut = (len(texts) - n_test) // batch * batch            # whole batches on each side
