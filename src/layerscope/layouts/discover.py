@@ -460,12 +460,19 @@ def _is_dual(model: nn.Module) -> bool:
     return False
 
 
-def _has_lm_head(model: nn.Module) -> bool:
-    getter = getattr(model, "get_output_embeddings", None)
+def declared_module(model: nn.Module, getter_name: str) -> nn.Module | None:
+    """What the model's own getter (``get_input_embeddings``/``get_output_embeddings``) returns,
+    when it has one that answers with a module (transformers' getters raise on models without)."""
+    getter = getattr(model, getter_name, None)
     try:
-        return isinstance(getter(), nn.Module) if callable(getter) else False
+        found = getter() if callable(getter) else None
     except (NotImplementedError, AttributeError, TypeError):
-        return False
+        return None
+    return found if isinstance(found, nn.Module) else None
+
+
+def _has_lm_head(model: nn.Module) -> bool:
+    return declared_module(model, "get_output_embeddings") is not None
 
 
 def _describe(stacks: list[Stack]) -> str:
@@ -513,12 +520,8 @@ def _config_owner(model: nn.Module, path: str):
 def _takes_tokens(model: nn.Module, stacks: list[Stack]) -> bool:
     """Whether the model reads token ids: its declared input embedding holds an nn.Embedding,
     or (none declared) an nn.Embedding comes before the first stack."""
-    getter = getattr(model, "get_input_embeddings", None)
-    try:
-        emb = getter() if callable(getter) else None
-    except (NotImplementedError, AttributeError, TypeError):
-        emb = None
-    if isinstance(emb, nn.Module):
+    emb = declared_module(model, "get_input_embeddings")
+    if emb is not None:
         return any(isinstance(m, nn.Embedding) for m in emb.modules())
     firsts = {s.paths[0] for s in stacks}
     for path, mod in model.named_modules():

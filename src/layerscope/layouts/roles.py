@@ -40,6 +40,8 @@ from torch import nn
 
 from layerscope.errors import LayerscopeError
 
+from .discover import declared_module
+
 # --- declared names ---------------------------------------------------------------------------
 
 #: conventional attribute names of the norm after the last block
@@ -628,19 +630,8 @@ def _found(model: nn.Module, found=None):
         return None
 
 
-def _declared(model: nn.Module, getter_name: str) -> nn.Module | None:
-    """What the model's own getter (``get_input_embeddings``/``get_output_embeddings``) returns,
-    when it has one that answers with a module."""
-    getter = getattr(model, getter_name, None)
-    try:
-        found = getter() if callable(getter) else None
-    except (NotImplementedError, AttributeError):
-        return None
-    return found if isinstance(found, nn.Module) else None
-
-
 def _input_embedding(model: nn.Module) -> nn.Module | None:
-    emb = _declared(model, "get_input_embeddings")
+    emb = declared_module(model, "get_input_embeddings")
     if emb is not None:
         return emb
     for _, sub in model.named_modules():
@@ -690,7 +681,7 @@ def output_head(model, found=None) -> nn.Module | None:
     if named is not None:
         return named
     module = module_of(model)
-    head = _declared(module, "get_output_embeddings")
+    head = declared_module(module, "get_output_embeddings")
     if head is not None:
         return head
     emb = _input_embedding(module)
