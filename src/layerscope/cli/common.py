@@ -55,37 +55,40 @@ RoleOpt = Annotated[
     typer.Option("--role", help="Name a part layerscope cannot find, ROLE=PATH: final_norm=model.norm "
                  "(or final_norm=none), head=lm_head. Repeatable.", show_default=False),
 ]
-_STACK: ContextVar = ContextVar("layerscope_stack", default=None)
-_ROLES: ContextVar = ContextVar("layerscope_roles", default=None)
+_VIEW: ContextVar = ContextVar("layerscope_view", default={})
 
 
-def with_stack_option(fn):
-    """``fn`` (a command taking ``--blocks``) with a ``--stack`` option beside it; the value
-    reaches :func:`model_from_cli`, which keeps it in ``meta["stack"]`` for :class:`Layers`."""
+def _with_options(fn, extra: dict, values: ContextVar, after: str | None = None):
+    """``fn`` with the keyword options ``extra`` (name -> annotation) added after its parameter
+    ``after`` (at the end when None); while ``fn`` runs, their values are a dict in ``values``."""
     sig = inspect.signature(fn)
-    if "blocks" not in sig.parameters or "stack" in sig.parameters:
-        return fn
+    hints = typing.get_type_hints(fn, include_extras=True)  # string annotations -> objects
 
     @functools.wraps(fn)
-    def command(*args, stack: str | None = None, role: list[str] | None = None, **kwargs):
-        token, roles = _STACK.set(stack), _ROLES.set(role)
+    def command(*args, **kwargs):
+        token = values.set({name: kwargs.pop(name, None) for name in extra})
         try:
             return fn(*args, **kwargs)
         finally:
-            _STACK.reset(token)
-            _ROLES.reset(roles)
+            values.reset(token)
 
-    hints = typing.get_type_hints(fn, include_extras=True)  # string annotations -> objects
-    params = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in sig.parameters.values()]
-    at = [p.name for p in params].index("blocks") + 1
-    params.insert(at, inspect.Parameter("stack", inspect.Parameter.KEYWORD_ONLY, default=None,
-                                        annotation=StackOpt))
-    params.insert(at + 1, inspect.Parameter("role", inspect.Parameter.KEYWORD_ONLY, default=None,
-                                            annotation=RoleOpt))
-    params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in params]
+    params = [p.replace(annotation=hints.get(p.name, p.annotation), kind=inspect.Parameter.KEYWORD_ONLY)
+              for p in sig.parameters.values()]
+    at = [p.name for p in params].index(after) + 1 if after else len(params)
+    params[at:at] = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                                       annotation=opt) for name, opt in extra.items()]
     command.__signature__ = sig.replace(parameters=params)
-    command.__annotations__ = {**hints, "stack": StackOpt, "role": RoleOpt}
+    command.__annotations__ = {**hints, **extra}
     return command
+
+
+def with_stack_option(fn):
+    """``fn`` (a command taking ``--blocks``) with ``--stack`` and ``--role`` options beside it;
+    the values reach :func:`model_from_cli`, which keeps them in ``meta`` for :class:`Layers`."""
+    sig = inspect.signature(fn)
+    if "blocks" not in sig.parameters or "stack" in sig.parameters:
+        return fn
+    return _with_options(fn, {"stack": StackOpt, "role": RoleOpt}, _VIEW, after="blocks")
 
 
 DeviceOpt = Annotated[
@@ -118,24 +121,8 @@ def with_placement_options(fn):
         return fn   # a --model option (studies) picks models of its own
     extra = {"device": DeviceOpt, "device_map": DeviceMapOpt}
     if "dtype" not in sig.parameters:
-        extra["model_dtype"] = Annotated[Optional[str], typer.Option(
-            "--dtype", help="Load the model in float32, float16 or bfloat16.", show_default=False)]
-
-    @functools.wraps(fn)
-    def command(*args, device=None, device_map=None, model_dtype=None, **kwargs):
-        token = _PLACEMENT.set({"device": device, "device_map": device_map, "dtype": model_dtype})
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            _PLACEMENT.reset(token)
-
-    params = [p.replace(annotation=hints.get(p.name, p.annotation), kind=inspect.Parameter.KEYWORD_ONLY)
-              for p in sig.parameters.values()]
-    params += [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=opt)
-               for name, opt in extra.items()]
-    command.__signature__ = sig.replace(parameters=params)
-    command.__annotations__ = {**hints, **extra}
-    return command
+        extra["model_dtype"] = DtypeOpt
+    return _with_options(fn, extra, _PLACEMENT)
 
 
 TrustRemoteCodeOpt = Annotated[
@@ -191,18 +178,17 @@ def model_from_cli(ref: str, blocks: str | None = None, input_shape: str | tuple
     """
     from layerscope.models import load_model
 
-    place = _PLACEMENT.get()
+    place, view = _PLACEMENT.get(), _VIEW.get()
     model = load_model(ref, input_shape=input_shape, trust_remote_code=trust_remote_code,
-                       dtype=dtype or place.get("dtype"), allow_missing_weights=allow_missing_weights,
+                       dtype=dtype or place.get("model_dtype"), allow_missing_weights=allow_missing_weights,
                        device=place.get("device"), device_map=place.get("device_map"))
     if blocks:
         model.meta["blocks"] = blocks
-    stack = stack or _STACK.get()
+    stack = stack or view.get("stack")
     if stack:
         model.meta["stack"] = stack
-    roles = _ROLES.get()
-    if roles:
-        model.meta["roles"] = parse_roles(roles)
+    if view.get("role"):
+        model.meta["roles"] = parse_roles(view["role"])
     return model
 
 
