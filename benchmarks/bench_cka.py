@@ -119,9 +119,9 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if args.write:
-        from bench_probe import append_section
+        from sections import write_section
 
-        append_section(args.write, "## CKA", text)
+        write_section(args.write, "## CKA", text)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from sections import write_section  # benchmarks/ is the script's folder, first on sys.path
+
 ROOT = Path(__file__).resolve().parent.parent
 SECTION = "## GPU"
 BATCH = 32
@@ -247,18 +249,6 @@ def markdown(results: list[dict], args, device_name: str, elapsed: float) -> str
     return "\n".join(lines)
 
 
-def write_section(text: str, path: Path) -> None:
-    """Replace this section of BENCHMARKS.md (or append it), keeping the others."""
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    start = old.find(SECTION + "\n")
-    if start < 0:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        end = old.find("\n## ", start + len(SECTION))
-        new = old[:start] + text + (old[end + 1:] if end >= 0 else "")
-    path.write_text(new.rstrip("\n") + "\n")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", help="cuda (default) or cpu (a smoke check)")
@@ -303,7 +293,7 @@ def main() -> int:
     print()
     print(text)
     if args.write is not None and results:
-        write_section(text, args.write)
+        write_section(args.write, SECTION, text)
         print(f"wrote the {SECTION!r} section of {args.write}")
     return 0
 

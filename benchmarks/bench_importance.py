@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from sections import write_section  # benchmarks/ is the script's folder, first on sys.path
+
 ROOT = Path(__file__).resolve().parent.parent
 SECTION = "## Layer removal"
 
@@ -91,18 +93,6 @@ def section(rows: list[dict], args, source: str) -> str:
     return "\n".join(lines)
 
 
-def write_section(text: str, path: Path) -> None:
-    """Replace this section in BENCHMARKS.md (create the file if missing), keeping the others."""
-    old = path.read_text() if path.exists() else "# Benchmarks\n\nMeasured by hand with the scripts in `benchmarks/`.\n"
-    start = old.find(SECTION)
-    if start < 0:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        end = old.find("\n## ", start + len(SECTION))
-        new = old[:start] + text + (old[end + 1:] if end >= 0 else "")
-    path.write_text(new.rstrip("\n") + "\n")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=32)
@@ -125,7 +115,7 @@ def main() -> None:
     text = section(rows, args, source)
     print(text)
     if args.write:
-        write_section(text, ROOT / "BENCHMARKS.md")
+        write_section(ROOT / "BENCHMARKS.md", SECTION, text)
 
 
 if __name__ == "__main__":

@@ -49,6 +49,8 @@ import torch  # noqa: E402
 
 from layerscope.analyses.probe_logistic import CS  # noqa: E402  (scikit-learn gets the same C grid)
 
+from sections import write_section  # noqa: E402  (this script's folder is first on sys.path)
+
 
 def features(n_items: int):
     """Mean-pooled MiniLM block outputs of the first ``n_items`` sentences (seeded shuffle), their
@@ -205,19 +207,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(lines[-2])
     if args.write:
-        append_section(args.write, "## Probes", text)
-
-
-def append_section(path: Path, header: str, text: str) -> None:
-    """Replace this benchmark's own section (from its header to the next '## ') or append it."""
-    old = path.read_text() if path.exists() else "# Benchmarks\n\nMeasured by hand; see each script.\n\n"
-    start = old.find(header + "\n")
-    if start >= 0:
-        nxt = old.find("\n## ", start + len(header))
-        old = old[:start] + text.rstrip("\n") + "\n" + (old[nxt:] if nxt >= 0 else "")
-        path.write_text(old)
-        return
-    path.write_text(old.rstrip("\n") + "\n\n" + text.rstrip("\n") + "\n")
+        write_section(args.write, "## Probes", text)
 
 
 if __name__ == "__main__":

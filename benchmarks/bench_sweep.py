@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from sections import write_section  # benchmarks/ is the script's folder, first on sys.path
+
 ROOT = Path(__file__).resolve().parent.parent
 THREADS = 2
 BATCH = 32
@@ -290,17 +292,6 @@ def render(report: dict) -> str:
     return "\n".join(out)
 
 
-def write_section(path: Path, section: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n\nMeasured by hand with the scripts in `benchmarks/`.\n\n"
-    start = text.find("## Sweep and store")
-    if start >= 0:
-        end = text.find("\n## ", start + 1)
-        text = text[:start] + section.rstrip() + "\n" + (text[end:] if end >= 0 else "")
-    else:
-        text = text.rstrip() + "\n\n" + section.rstrip() + "\n"
-    path.write_text(text)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=2000)
@@ -344,7 +335,7 @@ def main() -> None:
     section = render(report)
     print(section)
     if args.write:
-        write_section(Path(args.write), section)
+        write_section(args.write, "## Sweep and store", section)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import platform
-import re
 import statistics
 import tempfile
 import time
@@ -25,6 +24,8 @@ from pathlib import Path
 import torch
 
 from layerscope.train import train
+
+from sections import write_section  # benchmarks/ is the script's folder, first on sys.path
 
 ROOT = Path(__file__).resolve().parents[1]
 # CPU time of this thread: with one torch thread every op runs here, so other jobs on a shared
@@ -102,18 +103,7 @@ def main() -> None:
         "|---|---|---|---|---|---|---|",
         *lines, "",
         verdict, ""])
-    write_section(ROOT / "BENCHMARKS.md", text)
-
-
-def write_section(path: Path, text: str) -> None:
-    """Replace this benchmark's section in BENCHMARKS.md (or append it), keeping the others."""
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(old):
-        new = pattern.sub(lambda _: text + "\n", old)
-    else:
-        new = old.rstrip("\n") + "\n\n" + text
-    path.write_text(new.rstrip("\n") + "\n")
+    write_section(ROOT / "BENCHMARKS.md", SECTION, text)
 
 
 if __name__ == "__main__":
