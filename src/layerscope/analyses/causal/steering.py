@@ -90,8 +90,6 @@ def probe_vectors(model, group_a, group_b, *, layers=None, blocks: str | None = 
         >>> sorted(v), tuple(v["0"].shape)
         (['0', '1'], (3,))
     """
-    from sklearn.linear_model import LogisticRegression
-
     from layerscope.modes import evaluating
     from layerscope.sweep import as_model, encoded_batches
 
@@ -108,13 +106,7 @@ def probe_vectors(model, group_a, group_b, *, layers=None, blocks: str | None = 
     out = {}
     for b in chosen:
         xa, xb = (torch.cat(rows).numpy() for rows in pooled[b.name])
-        if len(xa) < 2 or len(xb) < 2:
-            raise LayerscopeError(f"a probe direction needs at least 2 items per group; got {len(xa)} "
-                                  f"and {len(xb)}")
-        x = np.concatenate([xa, xb])
-        y = np.r_[np.ones(len(xa)), np.zeros(len(xb))]
-        mu, sd = x.mean(0), x.std(0) + 1e-6
-        probe = LogisticRegression(C=C, max_iter=2000, random_state=seed).fit((x - mu) / sd, y)
+        probe, _, sd = _group_probe(xa, xb, C=C, seed=seed, what="a probe direction")
         w = probe.coef_[0] / sd
         norm = float(np.linalg.norm(w))
         if norm == 0.0:
@@ -212,6 +204,20 @@ def _pooled(cap_out: Tensor, enc) -> Tensor:
     return ((cap_out * m).sum(1) / m.sum(1).clamp_min(1)).float()
 
 
+def _group_probe(xa: np.ndarray, xb: np.ndarray, *, C: float, seed: int, what: str):
+    """A logistic regression telling group A (1) from group B (0) on standardised rows: returns
+    ``(probe, mean, std)``; ``what`` names the caller in the error for a group under 2 items."""
+    from sklearn.linear_model import LogisticRegression
+
+    if len(xa) < 2 or len(xb) < 2:
+        raise LayerscopeError(f"{what} needs at least 2 items per group; got {len(xa)} and {len(xb)}")
+    x = np.concatenate([xa, xb])
+    y = np.r_[np.ones(len(xa)), np.zeros(len(xb))]
+    mu, sd = x.mean(0), x.std(0) + 1e-6
+    probe = LogisticRegression(C=C, max_iter=2000, random_state=seed).fit((x - mu) / sd, y)
+    return probe, mu, sd
+
+
 def _pooled_last(loaded, last, data, *, batch_size, max_length) -> np.ndarray:
     from layerscope.sweep import encoded_batches
 
@@ -232,8 +238,6 @@ def steer(model, group_a, group_b, evaluate, *, layers=None, alphas: Sequence[fl
     ``group_a``/``group_b``: the contrast set (texts or token-id tensors); ``vectors`` (by block
     label) replaces the difference of means, e.g. with a probe's direction.
     """
-    from sklearn.linear_model import LogisticRegression
-
     from layerscope.modes import evaluating
     from layerscope.objectives import make_objective
     from layerscope.replay import build_stack, main_output, prepare
@@ -261,14 +265,9 @@ def steer(model, group_a, group_b, evaluate, *, layers=None, alphas: Sequence[fl
             raise LayerscopeError(f"no steering vector for block {missing[0]}; give one per chosen block")
         xa = _pooled_last(loaded, last, group_a, batch_size=batch_size, max_length=max_length)
         xb = _pooled_last(loaded, last, group_b, batch_size=batch_size, max_length=max_length)
-        if len(xa) < 2 or len(xb) < 2:
-            raise LayerscopeError(f"the contrast set needs at least 2 items per group; got {len(xa)} "
-                                  f"and {len(xb)}")
-        x = np.concatenate([xa, xb])
-        y = np.r_[np.ones(len(xa)), np.zeros(len(xb))]
-        mu, sd = x.mean(0), x.std(0) + 1e-6
-        probe = LogisticRegression(C=1.0, max_iter=2000, random_state=seed).fit((x - mu) / sd, y)
-        accuracy = float(probe.score((x - mu) / sd, y))
+        probe, mu, sd = _group_probe(xa, xb, C=1.0, seed=seed, what="the contrast set")
+        accuracy = float(probe.score((np.concatenate([xa, xb]) - mu) / sd,
+                                     np.r_[np.ones(len(xa)), np.zeros(len(xb))]))
 
         def read(h_last, enc) -> float:
             z = (_pooled(h_last, enc).numpy() - mu) / sd
