@@ -418,11 +418,22 @@ def seed_list(settings: Settings) -> list[int]:
     return list(range(int(settings.seeds or 0)))
 
 
+def not_applicable(name: str, model: str, what: str, why: str | None = None) -> LayerscopeError:
+    """The one-line error for a study given a model it does not take (``why``: what the model is).
+
+    Example:
+        >>> print(not_applicable("lm-decides", "minilm", "causal language models", "feature-extraction"))
+        study lm-decides does not apply to 'minilm' (feature-extraction): it takes causal language models
+    """
+    return LayerscopeError(f"study {name} does not apply to {model!r}{f' ({why})' if why else ''}: "
+                           f"it takes {what}")
+
+
 def check_model(name: str, model: str, allowed: Sequence[str], what: str) -> None:
     """A one-line error when ``model`` is not one a study takes."""
     base = model.split(":")[0]
     if base not in allowed:
-        raise LayerscopeError(f"study {name} does not apply to {model!r}: it takes {what}")
+        raise not_applicable(name, model, what)
 
 
 def fmt(x, digits: int = 3) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from layerscope.errors import LayerscopeError
 from layerscope.report.charts import line_chart
 
-from .common import Settings, combine, fmt, make_result, peak_rule, register
+from .common import Settings, combine, fmt, make_result, not_applicable, peak_rule, register
 
 # (task, what it stands for, the claimed region, Jawahar et al. 2019's peak on BERT-base: layer / 12)
 TASKS = (("length", "surface", "early", 3), ("bigram-shift", "syntax", "early", 9),
@@ -84,8 +84,8 @@ def depth_represents(s: Settings) -> StudyResult:  # noqa: F821 - annotation onl
     model_ref = s.model or "minilm"
     loaded = load_model(model_ref)
     if loaded.modality != "text":
-        raise LayerscopeError(f"study depth-represents does not apply to {model_ref!r} ({loaded.modality} "
-                              f"input): it takes text models such as minilm or smollm2")
+        raise not_applicable("depth-represents", model_ref, "text models such as minilm or smollm2",
+                             f"{loaded.modality} input")
     data_ref = s.data or "sentences"
     n_items = s.pick(500, 4000)
     minimum = 200

@@ -30,13 +30,14 @@ from torch import nn
 
 from layerscope.errors import LayerscopeError
 
-from .common import (Settings, Verdict, combine, diff_interval, make_result, pm, register, seed_list,
-                     threshold_rule)
+from .common import (Settings, Verdict, combine, diff_interval, make_result, not_applicable, pm,
+                     register, seed_list, threshold_rule)
 
 TOLERANCE = 0.02          # "keeps the general features": at most 2 accuracy points below full tuning
 TEST_FRACTION = 0.25
 BLOCK_LR, HEAD_LR = 5e-5, 2e-3
 MIN_ITEMS = 100
+TAKES = "pretrained text encoders such as minilm"
 
 
 def freezing_verdict(acc: dict[int, list[float]], cpu: dict[int, list[float]], *, blocks: int,
@@ -162,12 +163,10 @@ def freezing(s: Settings):
     model_ref = s.model or "minilm"
     loaded = load_model(model_ref)
     if loaded.modality != "text":
-        raise LayerscopeError(f"study freezing does not apply to {model_ref!r} ({loaded.modality} input): "
-                              f"it takes pretrained text encoders such as minilm")
+        raise not_applicable("freezing", model_ref, TAKES, f"{loaded.modality} input")
     stack = build_stack(loaded)
     if stack.task != "encoder":
-        raise LayerscopeError(f"study freezing does not apply to {model_ref!r} (a {stack.task} model): it "
-                              f"takes pretrained text encoders such as minilm")
+        raise not_applicable("freezing", model_ref, TAKES, f"a {stack.task} model")
     data_ref = s.data or "sentences"
     raw = load_dataset(data_ref, limit=s.pick(250, 1500), seed=0)
     if getattr(raw, "labels", None) is None:

@@ -7,7 +7,7 @@ import numpy as np
 from layerscope.errors import LayerscopeError
 from layerscope.report.charts import line_chart
 
-from .common import Settings, make_result, mean_interval, register, threshold_rule
+from .common import Settings, make_result, mean_interval, not_applicable, register, threshold_rule
 
 CHUNKS = 6
 LEVEL = 0.5
@@ -29,8 +29,8 @@ def lm_decides(s: Settings):
     model_ref = s.model or "smollm2"
     loaded = load_model(model_ref)
     if loaded.task != "causal-lm":
-        raise LayerscopeError(f"study lm-decides does not apply to {model_ref!r} ({loaded.task or 'no task'}): "
-                              f"it takes causal language models such as smollm2")
+        raise not_applicable("lm-decides", model_ref, "causal language models such as smollm2",
+                             loaded.task or "no task")
     data_ref = s.data or "sentences"
     n_items = s.pick(36, 240)
     data = load_dataset(data_ref, limit=n_items, seed=0)

@@ -7,7 +7,7 @@ import numpy as np
 from layerscope.errors import LayerscopeError
 from layerscope.report.charts import bar_chart
 
-from .common import (Settings, combine, diff_interval, make_result, mean_interval, register,
+from .common import (Settings, combine, diff_interval, make_result, mean_interval, not_applicable, register,
                      threshold_rule)
 from .depth_represents import thirds
 
@@ -38,8 +38,7 @@ def prune_depth(s: Settings):
     model_ref = s.model or s.pick("minilm", "smollm2")
     loaded = load_model(model_ref)
     if loaded.modality != "text" or loaded.task not in ("causal-lm", "encoder"):
-        raise LayerscopeError(f"study prune-depth does not apply to {model_ref!r}: it takes text "
-                              f"encoders or language models (minilm, smollm2)")
+        raise not_applicable("prune-depth", model_ref, "text encoders or language models (minilm, smollm2)")
     data_ref = s.data or "sentences"
     n_items = s.pick(160, 800)
     data = load_dataset(data_ref, limit=n_items, seed=0)
