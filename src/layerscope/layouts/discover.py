@@ -278,8 +278,8 @@ def _modality(path: str) -> str:
     words = _words(path)
     back = next((i for i, part in enumerate(parts) if part == "backbone" or part.endswith("_backbone")), None)
     if back is not None:  # a tower's own backbone (SAM 3's vision_encoder.backbone) is the tower
-        outer = ".".join(parts[:back])
-        return _modality(outer) if outer and _modality(outer) in ("vision", "audio") else "backbone"
+        outer = _modality(".".join(parts[:back])) if back else ""
+        return outer if outer in ("vision", "audio") else "backbone"
     if any(b in part for part in parts for b in BRIDGE_WORDS):
         return "bridge"
     if any(w in VISION_WORDS or w.startswith(("vision", "visual")) for w in words):
@@ -360,8 +360,7 @@ def find_stacks(model: nn.Module) -> list[Stack]:
         stacks.append(Stack("", [s.path for s in g], blocks, g[0].cls, sum(s.params for s in g),
                             modality=_modality(g[0].path)))
     _name_stacks(stacks)
-    mixing = [s for s in stacks if s.blocks and any(
-        _has_mixer(m) for _, m in s.blocks[0].members or [(s.blocks[0].path, s.blocks[0].module)])]
+    mixing = [s for s in stacks if _mixes(s)]
     if mixing:
         towers = {m.paths[0].split(".")[0] for m in mixing}
         for s in stacks:  # a convolutional tower of its own (ALIGN's image CNN) stays a tower
@@ -558,8 +557,11 @@ def _encoder_decoder(pool: list[Stack]) -> list[Stack]:
 
 
 def _mixes(stack: Stack) -> bool:
-    ref = stack.blocks[0] if stack.blocks else None
-    return ref is not None and any(_has_mixer(m) for _, m in ref.members or [(ref.path, ref.module)])
+    """Whether the stack's first block (any of its entries, for parallel lists) mixes tokens."""
+    if not stack.blocks:
+        return False
+    ref = stack.blocks[0]
+    return any(_has_mixer(m) for m in [m for _, m in ref.members] or [ref.module])
 
 
 def _backbone_config(model: nn.Module, stack: Stack) -> bool:
