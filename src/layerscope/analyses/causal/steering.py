@@ -91,21 +91,16 @@ def probe_vectors(model, group_a, group_b, *, layers=None, blocks: str | None = 
         (['0', '1'], (3,))
     """
     from layerscope.modes import evaluating
-    from layerscope.sweep import as_model, encoded_batches
+    from layerscope.sweep import as_model
 
     loaded = as_model(model)
     chosen = Layers(loaded, "blocks", blocks=blocks).select(layers)
-    pooled: dict[str, list[list[Tensor]]] = {b.name: [[], []] for b in chosen}
-    with evaluating(loaded), torch.no_grad():
-        for g, group in enumerate((group_a, group_b)):
-            for enc, _ in encoded_batches(loaded, group, batch_size=batch_size, max_length=max_length):
-                with Capture(loaded.module, chosen) as cap:
-                    cap.call(loaded, enc)
-                for b in chosen:
-                    pooled[b.name][g].append(_pooled(cap.outputs[b.name], enc).double())
+    with evaluating(loaded):
+        pooled_a, pooled_b = (_pooled_outputs(loaded, chosen, group, batch_size=batch_size,
+                                              max_length=max_length) for group in (group_a, group_b))
     out = {}
     for b in chosen:
-        xa, xb = (torch.cat(rows).numpy() for rows in pooled[b.name])
+        xa, xb = pooled_a[b.name].astype(np.float64), pooled_b[b.name].astype(np.float64)
         probe, _, sd = _group_probe(xa, xb, C=C, seed=seed, what="a probe direction")
         w = probe.coef_[0] / sd
         norm = float(np.linalg.norm(w))
@@ -218,16 +213,19 @@ def _group_probe(xa: np.ndarray, xb: np.ndarray, *, C: float, seed: int, what: s
     return probe, mu, sd
 
 
-def _pooled_last(loaded, last, data, *, batch_size, max_length) -> np.ndarray:
+def _pooled_outputs(loaded, chosen, data, *, batch_size, max_length) -> dict[str, np.ndarray]:
+    """The outputs of the ``chosen`` layers on ``data``, mean-pooled over real tokens (one row
+    per item, float32), by layer name; the forward stops after the last of them."""
     from layerscope.sweep import encoded_batches
 
-    rows = []
+    rows: dict[str, list[Tensor]] = {b.name: [] for b in chosen}
     with torch.no_grad():
         for enc, _ in encoded_batches(loaded, data, batch_size=batch_size, max_length=max_length):
-            with Capture(loaded.module, [last], stop_early=True) as cap:
+            with Capture(loaded.module, chosen, stop_early=True) as cap:
                 cap.call(loaded, enc)
-            rows.append(_pooled(cap.outputs[last.name], enc))
-    return torch.cat(rows).numpy()
+            for b in chosen:
+                rows[b.name].append(_pooled(cap.outputs[b.name], enc))
+    return {name: torch.cat(r).numpy() for name, r in rows.items()}
 
 
 def steer(model, group_a, group_b, evaluate, *, layers=None, alphas: Sequence[float] = (2.0, 4.0, 8.0),
@@ -263,8 +261,8 @@ def steer(model, group_a, group_b, evaluate, *, layers=None, alphas: Sequence[fl
         missing = [str(b.index) for b in chosen if str(b.index) not in vectors]
         if missing:
             raise LayerscopeError(f"no steering vector for block {missing[0]}; give one per chosen block")
-        xa = _pooled_last(loaded, last, group_a, batch_size=batch_size, max_length=max_length)
-        xb = _pooled_last(loaded, last, group_b, batch_size=batch_size, max_length=max_length)
+        xa, xb = (_pooled_outputs(loaded, [last], group, batch_size=batch_size,
+                                  max_length=max_length)[last.name] for group in (group_a, group_b))
         probe, mu, sd = _group_probe(xa, xb, C=1.0, seed=seed, what="the contrast set")
         accuracy = float(probe.score((np.concatenate([xa, xb]) - mu) / sd,
                                      np.r_[np.ones(len(xa)), np.zeros(len(xb))]))
