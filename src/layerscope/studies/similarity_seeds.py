@@ -32,6 +32,15 @@ def match_counts(nets, items) -> tuple[dict[int, list[int]], list[str]]:
     return per_layer, layers
 
 
+def matched(counts: dict[int, list[int]], what: str):
+    """The threshold verdict on the share of matched layers in ``counts`` (from :func:`match_counts`;
+    ``what`` qualifies "layers"), the matches and the comparisons."""
+    k, n = sum(map(sum, counts.values())), sum(map(len, counts.values()))
+    est = wilson_interval(k, n, what=f"share of layers{what} whose most CKA-similar layer in another "
+                                     f"seed's network is its counterpart", unit="layer matches")
+    return threshold_rule(est, THRESHOLD, line=f"{THRESHOLD:g}"), k, n
+
+
 def copy_share(cka) -> float:
     """Share of a network's hidden layers, the last excluded, whose linear CKA with the last hidden
     layer is at least :data:`COPY_CKA` (Kornblith et al. 2019's 'deep copies' of the last layer).
@@ -94,16 +103,9 @@ def similarity_seeds(s: Settings):
     # the same held-out images for every pair: seed 0's held-out part
     _, probe_part = split(data, 0, limit)
     per_layer, layers = match_counts(nets, probe_part.items)
-    hits, total = sum(map(sum, per_layer.values())), sum(map(len, per_layer.values()))
-
-    def matched(counts: dict[int, list[int]], what: str):
-        k, n = sum(map(sum, counts.values())), sum(map(len, counts.values()))
-        est = wilson_interval(k, n, what=f"share of layers{what} whose most CKA-similar layer in another "
-                                         f"seed's network is its counterpart", unit="layer matches")
-        return threshold_rule(est, THRESHOLD, line=f"{THRESHOLD:g}"), k, n
-
+    v, hits, total = matched(per_layer, "")
     depths, mlp_width, mlp_epochs, shares, curves, deep_matches = deep_copies(s, seeds)
-    parts = {"layers match their counterpart across seeds": matched(per_layer, "")[0]}
+    parts = {"layers match their counterpart across seeds": v}
     mlp_matched = {}
     for d in depths:
         v, k, n = matched(deep_matches[d], f" of the depth-{d} MLP")
