@@ -185,7 +185,7 @@ class ClassifierObjective(Objective):
         if self.with_labels and labels is None:
             raise LayerscopeError("some batches have labels and some do not; pass labels for every item")
         if labels is not None:
-            check_class_labels(torch.as_tensor(labels), reference)
+            check_class_labels(labels, reference)
         self.labels = labels.to(reference.device).long() if labels is not None else None
         self.ref_logp = F.log_softmax(reference.float(), dim=-1)
         self.add((), reference)
@@ -308,7 +308,7 @@ class Quality:
             self.count += before.shape[0]
         elif self.task == "classification":
             if self.with_labels:
-                check_class_labels(torch.as_tensor(labels), before)
+                check_class_labels(labels, before)
             target = labels.to(before.device) if self.with_labels else before.argmax(-1)
             self.sums["before"] += float((before.argmax(-1) == target).sum())
             self.sums["after"] += float((after.argmax(-1) == target).sum())
