@@ -120,15 +120,18 @@ def train_frozen(stack, train, test, *, frozen: int, seed: int, epochs: int, n_c
     opt = torch.optim.AdamW(groups, weight_decay=0.01)
     params = sum(p.numel() for g in groups for p in g["params"])
     gen = torch.Generator().manual_seed(seed)
+
+    def pooled(rec, mask):          # the tuned blocks from the frozen part's recorded output, pooled
+        h = rec.block_input(frozen) if frozen < len(stack.blocks) else rec.outs[-1]
+        return _mean_pool(_run_blocks(blocks, rec, frozen, h), mask)
+
     c = time.process_time()
     blocks.train()
     with torch.enable_grad():
         for _ in range(epochs):
             for i in torch.randperm(len(train), generator=gen).tolist():
                 rec, mask, y = train[i]
-                h = _run_blocks(blocks, rec, frozen, rec.block_input(frozen) if frozen < len(stack.blocks)
-                                else rec.outs[-1])
-                loss = nn.functional.cross_entropy(head(_mean_pool(h, mask)), y)
+                loss = nn.functional.cross_entropy(head(pooled(rec, mask)), y)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -137,9 +140,7 @@ def train_frozen(stack, train, test, *, frozen: int, seed: int, epochs: int, n_c
     correct = total = 0
     with torch.no_grad():
         for rec, mask, y in test:
-            h = _run_blocks(blocks, rec, frozen, rec.block_input(frozen) if frozen < len(stack.blocks)
-                            else rec.outs[-1])
-            correct += int((head(_mean_pool(h, mask)).argmax(1) == y).sum())
+            correct += int((head(pooled(rec, mask)).argmax(1) == y).sum())
             total += len(y)
     return correct / total, params, seconds
 
