@@ -25,6 +25,14 @@ def thirds(n: int) -> dict[str, list[int]]:
     return {"early": list(range(k)), "middle": list(range(k, n - k)), "late": list(range(n - k, n))}
 
 
+def peak_part(res, region: str, what: str):
+    """:func:`peak_rule` on a probe result: is ``what`` best in the ``region`` third of its layers?"""
+    idx = thirds(len(res.layers))[region]
+    return peak_rule([f"{i} ({n})" for i, n in enumerate(res.layers)], res.score, res.ci_low, res.ci_high,
+                     idx, what=what, region=f"the {region} third (layers {idx[0]}-{idx[-1]})", n=res.n_test,
+                     per_item=1 / TEST_FRACTION)
+
+
 def bigram_token_probe(loaded, texts: list[str], *, seed: int = 0, batch_size: int = 32,
                        max_length: int = 64):
     """The token-level view of bigram shift: per block, a probe (solver auto) on the hidden state
@@ -102,12 +110,7 @@ def depth_represents(s: Settings) -> StudyResult:  # noqa: F821 - annotation onl
         res = probe(loaded, syntax_data if task == "bigram-shift" else data, task=task, solver="auto", test_fraction=TEST_FRACTION,
                     batch_size=32, max_length=64)
         results[task] = res
-        names = [str(i) for i in range(len(res.layers))]
-        region_idx = thirds(len(res.layers))[region]
-        parts[f"{kind} ({task}) peaks {region}"] = peak_rule(
-            [f"{i} ({n})" for i, n in zip(names, res.layers)], res.score, res.ci_low, res.ci_high,
-            region_idx, what=f"{task} accuracy", region=f"the {region} third (layers {region_idx[0]}-{region_idx[-1]})",
-            n=res.n_test, per_item=1 / TEST_FRACTION)
+        parts[f"{kind} ({task}) peaks {region}"] = peak_part(res, region, f"{task} accuracy")
         peak = res.peak
         rel = peak / max(len(res.layers) - 1, 1)
         if jawahar is not None:
@@ -121,12 +124,7 @@ def depth_represents(s: Settings) -> StudyResult:  # noqa: F821 - annotation onl
         task = "bigram-shift (token)"
         res = bigram_token_probe(loaded, list(syntax_data.items))
         results[task] = res
-        region_idx = thirds(len(res.layers))["early"]
-        parts[f"syntax ({task}) peaks early"] = peak_rule(
-            [f"{i} ({n})" for i, n in enumerate(res.layers)], res.score, res.ci_low, res.ci_high,
-            region_idx, what="bigram shift accuracy at the swapped token",
-            region=f"the early third (layers {region_idx[0]}-{region_idx[-1]})", n=res.n_test,
-            per_item=1 / TEST_FRACTION)
+        parts[f"syntax ({task}) peaks early"] = peak_part(res, "early", "bigram shift accuracy at the swapped token")
         findings.append(f"{task}: the hidden state of the token starting the second word of the pair "
                         f"(swapped or not), probe by {res.solver}; peak at layer {res.peak} of "
                         f"{len(res.layers) - 1}; chance (majority) {res.baseline:.3f}, {res.n_train} "
