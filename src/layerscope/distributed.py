@@ -45,7 +45,7 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import Tensor
 
-from layerscope.errors import LayerscopeError
+from layerscope.errors import LayerscopeError, first_line
 
 TIMEOUT_ENV = "LAYERSCOPE_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 1800.0
@@ -215,7 +215,7 @@ def init_from_env(device: str | None = None) -> bool:
         dist.init_process_group(backend, timeout=timeout)
     except (RuntimeError, ValueError) as exc:
         raise LayerscopeError(f"cannot start the {backend} process group of {size} ranks: "
-                              f"{_first_line(exc)}") from exc
+                              f"{first_line(exc)}") from exc
     return True
 
 
@@ -231,11 +231,6 @@ def _control_group():
     return _groups[key]
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
 def _collective(fn, *args, **kwargs):
     """Run one torch.distributed call; a lost or silent rank becomes a one-line error."""
     try:
@@ -244,7 +239,7 @@ def _collective(fn, *args, **kwargs):
         rank, size = world()
         raise LayerscopeError(
             f"rank {rank} of {size}: another rank stopped or did not answer within "
-            f"{timeout_seconds():.0f} s ({_first_line(exc)}); its own error is above"
+            f"{timeout_seconds():.0f} s ({first_line(exc)}); its own error is above"
         ) from exc
 
 
@@ -262,18 +257,25 @@ def check_all(error: BaseException | None) -> None:
 
     Every rank must call this at the same point (a failing rank instead of its next collective).
     """
-    failures = [(r, msg) for r, msg in enumerate(all_gather(_describe(error))) if msg is not None]
+    raise_first_failure(all_gather(describe_error(error)), error)
+
+
+def raise_first_failure(messages: list, error: BaseException | None, hint: str = "") -> None:
+    """Raise the first rank's error among ``messages`` (one per rank, None where it did not fail,
+    as :func:`describe_error` gives them), followed by ``hint``."""
+    failures = [(r, msg) for r, msg in enumerate(messages) if msg is not None]
     if failures:
         rank, msg = failures[0]
-        raise LayerscopeError(f"rank {rank} of {world()[1]}: {msg}") from error
+        raise LayerscopeError(f"rank {rank} of {len(messages)}: {msg}{hint}") from error
 
 
-def _describe(error: BaseException | None) -> str | None:
+def describe_error(error: BaseException | None) -> str | None:
+    """The one line a rank sends the others about its error (None when it has none)."""
     if error is None:
         return None
     if isinstance(error, LayerscopeError):
-        return _first_line(error)
-    return f"internal error ({type(error).__name__}: {_first_line(error)})"
+        return first_line(error)
+    return f"internal error ({type(error).__name__}: {first_line(error)})"
 
 
 # --- combining reducers -----------------------------------------------------------------------
@@ -356,13 +358,10 @@ def combine(reducers: Sequence, n_items: int, n_batches: int,
     tensors on the CPU) of ranks that saw items are merged with the reducers' own ``merge`` in
     rank order (:func:`_tree_combine`) and loaded back into ``reducers`` on every rank.
     """
-    payload = {"error": _describe(error), "items": n_items, "batches": n_batches,
+    payload = {"error": describe_error(error), "items": n_items, "batches": n_batches,
                "model": weights_signature(module) if error is None else None}
     gathered = all_gather(payload)
-    failures = [(r, g["error"]) for r, g in enumerate(gathered) if g["error"] is not None]
-    if failures:
-        rank, msg = failures[0]
-        raise LayerscopeError(f"rank {rank} of {len(gathered)}: {msg}") from error
+    raise_first_failure([g["error"] for g in gathered], error)
     other = next((r for r, g in enumerate(gathered) if g["model"] != gathered[0]["model"]), None)
     if other is not None:
         raise LayerscopeError(

@@ -107,19 +107,19 @@ def record_ranks(loaded, source, out: Path, identity: dict, *, names: list[str],
             manifest = _prepare(out, identity, overwrite, n)
         except Exception as exc:
             error = exc
-    first = distributed.all_gather({"error": distributed._describe(error), "manifest": manifest})[0]
+    first = distributed.all_gather({"error": distributed.describe_error(error), "manifest": manifest})[0]
     if first["error"] is not None:
         if error is not None:
             raise error
         raise LayerscopeError(first["error"])
     manifest = first["manifest"]
     done = {s["first_item"] // shard_items for s in manifest["shards"]}
-    mine = distributed.shard_range(math.ceil(n / shard_items), size, rank)
-    missing = [k for k in mine if k not in done]
-    if rank == 0 and size > len(range(math.ceil(n / shard_items))):
+    n_shards = math.ceil(n / shard_items)
+    missing = [k for k in distributed.shard_range(n_shards, size, rank) if k not in done]
+    if rank == 0 and size > n_shards:
         from layerscope.progress import announce
 
-        announce(f"note: {size - math.ceil(n / shard_items)} of {size} ranks get no shard of "
+        announce(f"note: {size - n_shards} of {size} ranks get no shard of "
                  f"{shard_items} items; they only wait for the others", progress=progress)
     written: list[dict] = []
     shapes: dict = {}
@@ -147,12 +147,10 @@ def record_ranks(loaded, source, out: Path, identity: dict, *, names: list[str],
         error = exc
     else:
         error = None
-    gathered = distributed.all_gather({"error": distributed._describe(error), "shards": written,
+    gathered = distributed.all_gather({"error": distributed.describe_error(error), "shards": written,
                                        "shapes": shapes})
-    failures = [(r, g["error"]) for r, g in enumerate(gathered) if g["error"] is not None]
-    if failures:
-        r, msg = failures[0]
-        raise LayerscopeError(f"rank {r} of {size}: {msg} (rerun the same command to resume)") from error
+    distributed.raise_first_failure([g["error"] for g in gathered], error,
+                                    " (rerun the same command to resume)")
     if rank == 0:
         for g in gathered:
             manifest["shards"] += g["shards"]
