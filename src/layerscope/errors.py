@@ -36,3 +36,14 @@ class LayerscopeIndexError(LayerscopeError, IndexError):
         ...     print(exc)
         layer 10 is out of range: Net has 6 blocks (0-5)
     """
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or its class name when the message is empty.
+
+    Example:
+        >>> first_line(RuntimeError("out of memory\\ntried to allocate 2 GiB")), first_line(KeyError())
+        ('out of memory', 'KeyError')
+    """
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+

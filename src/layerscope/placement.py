@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from layerscope.errors import LayerscopeError
+from layerscope.errors import LayerscopeError, first_line
 
 
 def resolve_device(device) -> torch.device:
@@ -72,8 +72,8 @@ def check_dtype(device: torch.device, dtype: torch.dtype | None) -> None:
         lin = nn.Linear(8, 8).to(device=device, dtype=dtype)
         torch.softmax(nn.functional.layer_norm(lin(x), (8,)), -1).sum().item()
     except (RuntimeError, TypeError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise LayerscopeError(f"{name} cannot run on {device} ({first}); use --dtype float32") from exc
+        raise LayerscopeError(f"{name} cannot run on {device} ({first_line(exc)}); "
+                              f"use --dtype float32") from exc
 
 
 def _offload_folder() -> str:
@@ -174,6 +174,5 @@ def place(module: nn.Module, *, device=None, device_map=None, dtype: torch.dtype
     try:
         dispatch_model(module, device_map=device_map, offload_dir=offload)
     except (ValueError, RuntimeError, KeyError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise LayerscopeError(f"cannot place the model by this device map: {first}") from exc
+        raise LayerscopeError(f"cannot place the model by this device map: {first_line(exc)}") from exc
     return device_map

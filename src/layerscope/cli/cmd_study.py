@@ -12,6 +12,7 @@ import typer
 
 from .app import app
 from .common import JsonOpt, print_json
+from ..errors import first_line
 
 
 def _print_result(r) -> None:
@@ -98,7 +99,7 @@ def study_command(
             except Exception as exc:   # in `all`, one failing study must not lose the others
                 if name != "all":
                     raise
-                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                first = first_line(exc)
                 failed.append(f"{n}: {first}")
                 typer.echo(f"error: study {n} failed: {first}", err=True)
                 continue
