@@ -149,8 +149,8 @@ def explain(model, layer=0, inputs=None, *, head: int = 0, blocks: str | None = 
                                  inputs=label)
     else:
         seen = run_layer(loaded.module, target, enc.args, enc.kwargs)
-        if block_kind(module):
-            result = _declared_or_generic(loaded, target, module, seen, enc, head, label)
+        if kind in BLOCK_KINDS:
+            result = _declared_or_generic(loaded, target, module, kind, seen, enc, head, label)
         elif recurrent_kind(module):
             result = explain_recurrent(module, seen.input, seen.output, name=target.name,
                                        part=target.part, inputs=label)
@@ -163,7 +163,8 @@ def explain(model, layer=0, inputs=None, *, head: int = 0, blocks: str | None = 
     return result
 
 
-def _declared_or_generic(loaded, target, module, seen, enc, head: int, label: str) -> ExplainResult:
+def _declared_or_generic(loaded, target, module, kind: str, seen, enc, head: int,
+                         label: str) -> ExplainResult:
     """The declared layout's walk; when it does not fit this block after all (a part it expects is
     missing, or its result misses the block's output), the walk through the roles, saying so."""
     try:
@@ -177,7 +178,7 @@ def _declared_or_generic(loaded, target, module, seen, enc, head: int, label: st
         return result
     generic = explain_generic(loaded.module, target, module, enc.args, enc.kwargs, head=head,
                               inputs=label)
-    generic.notes.insert(0, f"the declared {block_kind(module)} walk does not fit this block ({why}); "
+    generic.notes.insert(0, f"the declared {kind} walk does not fit this block ({why}); "
                             f"walked through its roles instead")
     return generic
 
