@@ -177,9 +177,9 @@ def explain_generic(model: nn.Module, target: Layer, view: nn.Module, args: tupl
             order.append((label, kind, out, mod, inp if inp is not None and inp.shape == x.shape else None))
     with torch.no_grad():
         forms = _residual_forms(x, y, order)
-    scored = [(float((h - y).abs().max()) if h.shape == y.shape else float("inf"), form, s)
+    scored = [(float((h - y).abs().max()) if h.shape == y.shape else float("inf"), form, s, h)
               for form, s, h in forms]
-    check, form, form_steps = min(scored, key=lambda t: t[0])
+    check, form, form_steps, rebuilt = min(scored, key=lambda t: t[0])
     scale = max(1.0, float(y.abs().max()))
     steps += [step(name, formula, value[0]) for name, formula, value in form_steps]
     if check <= TOLERANCE * scale:
@@ -198,7 +198,7 @@ def explain_generic(model: nn.Module, target: Layer, view: nn.Module, args: tupl
                      f"{'a feed-forward sublayer' if roles.ffn else 'no feed-forward'}, with their "
                      f"norms and residual adds; people count one block as one layer"),
         check=check, inputs=inputs, head=head, notes=notes,
-        tensors={"output": y.detach(), "step-by-step output": forms[[f for f, _, _ in forms].index(form)][2]})
+        tensors={"output": y.detach(), "step-by-step output": rebuilt})
 
 
 __all__ = ["explain_generic", "generic_kind"]
