@@ -338,8 +338,8 @@ def text_classifier(group_a: Sequence[str], group_b: Sequence[str], *, seed: int
     from sklearn.model_selection import cross_val_score
     from sklearn.pipeline import make_pipeline
 
-    texts = [str(t) for t in group_a] + [str(t) for t in group_b]
-    if len(group_a) < 2 or len(group_b) < 2 or not all(isinstance(t, str) for t in [*group_a, *group_b]):
+    texts = [*group_a, *group_b]
+    if len(group_a) < 2 or len(group_b) < 2 or not all(isinstance(t, str) for t in texts):
         raise LayerscopeError("a text classifier needs at least 2 texts per group")
     y = [1] * len(group_a) + [0] * len(group_b)
 
@@ -347,8 +347,8 @@ def text_classifier(group_a: Sequence[str], group_b: Sequence[str], *, seed: int
         return make_pipeline(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True),
                              LogisticRegression(C=4.0, max_iter=2000, random_state=seed))
 
-    folds = min(5, len(group_a), len(group_b))
-    accuracy = float(np.mean(cross_val_score(make(), texts, y, cv=folds))) if folds >= 2 else float("nan")
+    folds = min(5, len(group_a), len(group_b))  # at least 2: each group has 2 texts or more
+    accuracy = float(np.mean(cross_val_score(make(), texts, y, cv=folds)))
     return make().fit(texts, y), accuracy
 
 
