@@ -31,6 +31,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from layerscope.analyses.claims import items_to_separate, peak_claim
 from layerscope.errors import LayerscopeError
 from layerscope.results import Result
 
@@ -223,8 +224,6 @@ def peak_rule(names: Sequence[str], values: Sequence[float], lows: Sequence[floa
             f"or a layer outside it has one above every layer's in it (refuted)")
     if not inside or not outside:
         raise LayerscopeError(f"{region} holds {len(inside)} of {len(values)} layers; the peak test needs layers on both sides")
-    from layerscope.analyses.claims import peak_claim
-
     bi = max(inside, key=lambda i: values[i])
     bo = max(outside, key=lambda i: values[i])
     peak = int(np.argmax(values))
@@ -239,8 +238,6 @@ def peak_rule(names: Sequence[str], values: Sequence[float], lows: Sequence[floa
         return Verdict("supported", desc, rule)
     if lows[bo] > max(highs[i] for i in inside):
         return Verdict("refuted", desc, rule)
-    from layerscope.analyses.claims import items_to_separate
-
     top, low = (bi, bo) if values[bi] >= values[bo] else (bo, bi)
     gap = values[top] - values[low]
     halves = (values[top] - lows[top]) + (highs[low] - values[low])    # the sides that face each other
