@@ -51,6 +51,7 @@ class Stack:
     head: nn.Module | None = None    # output head (unembedding) of a causal LM
     layers: list[Layer] | None = None
     grouped: str | None = None       # blocks kept in parallel lists: re-running one is refused
+    norm_rule: str = ""              # how the logit lens found the final norm (lens_stack sets it)
 
     @property
     def module(self) -> nn.Module:
