@@ -18,17 +18,18 @@ COPY_CKA = 0.9          # a hidden layer whose linear CKA with the last hidden l
 
 def match_counts(nets, items) -> tuple[dict[int, list[int]], list[str]]:
     """Per layer, over all ordered pairs of ``nets``: 1 where its most CKA-similar layer in the other
-    network sits at its own depth, else 0; and the layer names."""
+    network sits at its own depth, else 0; and the layer names. Linear CKA is symmetric, so each
+    unordered pair is measured once and b against a read from the transpose."""
     from layerscope.analyses.similarity import similarity
 
     per_layer: dict[int, list[int]] = {}
     layers: list[str] = []
-    for a, b in itertools.permutations(range(len(nets)), 2):
+    for a, b in itertools.combinations(range(len(nets)), 2):
         res = similarity(nets[a], items, other=nets[b], batch_size=128)
-        m = np.asarray(res.cka)
         layers = res.layers
-        for i in range(min(m.shape)):
-            per_layer.setdefault(i, []).append(int(np.argmax(m[i]) == i))
+        for m in (np.asarray(res.cka), np.asarray(res.cka).T):
+            for i in range(min(m.shape)):
+                per_layer.setdefault(i, []).append(int(np.argmax(m[i]) == i))
     return per_layer, layers
 
 
