@@ -136,20 +136,18 @@ def _scalar_forward(loaded, task: str, target_index: int):
     module = loaded.module
     use_cache = {"use_cache": False} if getattr(getattr(module, "config", None), "use_cache", None) is not None else {}
 
-    if loaded.modality == "text":
-        def forward(ids):
-            if ids.is_floating_point():  # input embeddings (conductance interpolates inputs)
-                out = module(inputs_embeds=ids, attention_mask=torch.ones(ids.shape[:2], dtype=torch.long,
-                                                                          device=ids.device), **use_cache)
-            else:
-                out = module(input_ids=ids, attention_mask=torch.ones_like(ids), **use_cache)
-            logits = getattr(out, "logits", out)
-            return logits[:, -1, target_index] if task == "causal-lm" else logits[:, target_index]
-    else:
-        def forward(x):
-            out = module(x)
-            logits = getattr(out, "logits", out)
-            return logits[:, -1, target_index] if task == "causal-lm" else logits[:, target_index]
+    def run(x):
+        if loaded.modality != "text":
+            return module(x)
+        if x.is_floating_point():  # input embeddings (conductance interpolates inputs)
+            return module(inputs_embeds=x, attention_mask=torch.ones(x.shape[:2], dtype=torch.long,
+                                                                     device=x.device), **use_cache)
+        return module(input_ids=x, attention_mask=torch.ones_like(x), **use_cache)
+
+    def forward(x):
+        out = run(x)
+        logits = getattr(out, "logits", out)
+        return logits[:, -1, target_index] if task == "causal-lm" else logits[:, target_index]
     return forward
 
 
