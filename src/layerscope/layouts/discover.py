@@ -342,19 +342,16 @@ def find_stacks(model: nn.Module) -> list[Stack]:
     parallel = {id(g[0]): _parallel_lists(model, g[0]) for g in groups if len(g) == 1}
     in_parallel = {p for lists in parallel.values() for p, _ in lists}
     seen_lists: set[tuple[str, ...]] = set()
-    kept = []
-    for g in groups:  # one stack per set of parallel lists, at the first of them found
-        lists = tuple(p for p, _ in parallel.get(id(g[0])) or ()) if len(g) == 1 else ()
-        if (lists and lists in seen_lists) or (not lists and len(g) == 1 and g[0].path in in_parallel):
-            continue
-        seen_lists.add(lists)
-        kept.append(g)
-    groups = kept
     stacks = []
     for g in groups:
-        lists = parallel.get(id(g[0])) if len(g) == 1 else None
-        if lists:
-            stacks.append(_parallel_stack(g[0], lists))
+        lists = parallel.get(id(g[0]))
+        if lists:  # one stack per set of parallel lists, at the first of them found
+            key = tuple(p for p, _ in lists)
+            if key not in seen_lists:
+                seen_lists.add(key)
+                stacks.append(_parallel_stack(g[0], lists))
+            continue
+        if len(g) == 1 and g[0].path in in_parallel:
             continue
         blocks = _split_rnns([BlockRef(_join(s.path, n), c) for s in g for n, c in s.module.named_children()])
         stacks.append(Stack("", [s.path for s in g], blocks, g[0].cls, sum(s.params for s in g),
