@@ -459,14 +459,14 @@ def _training(run: _Run) -> None:
 
     metrics = run_dir / "metrics.jsonl"
     rows = read_metrics(metrics) if metrics.is_file() else []
-    steps = sorted({r["step"] for r in rows if r.get("kind") == "block" and r.get("grad_norm") is not None})
-    raw_flags = _run_flags(run_dir / "result.json")
-    if not steps and not raw_flags:
-        return
     grad: dict[str, dict[int, float]] = {}
     for r in rows:
         if r.get("kind") == "block" and r.get("grad_norm") is not None:
             grad.setdefault(r["layer"], {})[r["step"]] = r["grad_norm"]
+    steps = sorted({step for by_step in grad.values() for step in by_step})
+    raw_flags = _run_flags(run_dir / "result.json")
+    if not steps and not raw_flags:
+        return
     loss_at = {r["step"]: r["loss"] for r in rows if r.get("kind") == "loss"}
     grad_norm = {name: [by_step.get(s) for s in steps] for name, by_step in grad.items()}
     loss = [loss_at.get(s) for s in steps] if loss_at and steps else None
