@@ -633,11 +633,10 @@ def default_stacks(model: nn.Module, stacks: list[Stack]) -> tuple[list[Stack], 
         return strong, "the language-model stack"
     if pair:
         return pair, "encoder then decoder stacks"
-    lang = named_like(LANGUAGE_WORDS if tokens else tuple(w for w in LANGUAGE_WORDS if w != "decoder"))
+    lang = named_like(LANGUAGE_WORDS) if tokens else strong
     if len(lang) == 1:
         return lang, "the language-model stack"
-    enc = [s for s in pool if any("encoder" in p for p in s.paths[0].lower().split(".")[:-1])
-           or "encoder" in s.paths[0].lower().split(".")[-1]]
+    enc = [s for s in pool if "encoder" in s.paths[0].lower()]
     if len(enc) == 1:
         return enc, "the encoder (the other stacks work on its output)"
     if dual and not _has_lm_head(model):
