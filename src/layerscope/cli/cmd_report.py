@@ -9,7 +9,8 @@ import typer
 
 from .app import app
 from .common import (AllowMissingWeightsOpt, BatchSizeOpt, BlocksOpt, ForceOpt, InputShapeOpt,
-                     JsonOpt, MaxLengthOpt, TrustRemoteCodeOpt, print_json)
+                     JsonOpt, MaxLengthOpt, TrustRemoteCodeOpt, model_from_cli, placement_given,
+                     print_json)
 
 
 @app.command("report")
@@ -47,8 +48,6 @@ def report_command(
     from layerscope.report.build import build_report
 
     shape = parse_input_shape(input_shape) if input_shape else None
-    from .common import model_from_cli, placement_given
-
     if placement_given():  # --device/--device-map/--dtype: load here, placed, and hand it over
         model = model_from_cli(model, input_shape=shape, trust_remote_code=trust_remote_code,
                                allow_missing_weights=allow_missing_weights)
