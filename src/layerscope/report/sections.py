@@ -234,9 +234,9 @@ def causal_section(blocks: Sequence[str], tokens: Sequence[str], restored: Seque
     n_pairs = max(1, len(pairs))
     arr = [[float(v) if _finite(v) else float("nan") for v in row] for row in restored]
     flat = [(v, i, j) for i, row in enumerate(arr) for j, v in enumerate(row) if math.isfinite(v)]
-    over = f"{'the mean of ' + str(n_pairs) + ' prompt pairs' if n_pairs > 1 else 'one prompt pair'}"
-    what = ("restores" if direction == "denoise" else "keeps")
-    gap = (f"{metric} clean {fmt(metric_clean, 3)}, corrupted {fmt(metric_corrupt, 3)}; {over}")
+    over = f"the mean of {n_pairs} prompt pairs" if n_pairs > 1 else "one prompt pair"
+    what = "restores" if direction == "denoise" else "keeps"
+    gap = f"{metric} clean {fmt(metric_clean, 3)}, corrupted {fmt(metric_corrupt, 3)}; {over}"
     if not flat:
         sec.findings.append(f"Patching gave no finite restored shares ({gap}).")
         return sec
