@@ -601,9 +601,7 @@ def default_stacks(model: nn.Module, stacks: list[Stack]) -> tuple[list[Stack], 
     dual = _is_dual(model) or _scores_towers(model)
     if dual and not _has_lm_head(model) and any(s.modality == "" for s in main) \
             and any(s.modality in ("vision", "audio") for s in main):
-        raise LayerscopeError(
-            f"{type(model).__name__} is a dual encoder with stacks {_describe(stacks)}; say which "
-            f"with --stack NAME (or Layers(model, stack=NAME))")
+        raise _dual_question(model, stacks)
     tokens = _takes_tokens(model, main)
     own_config = getattr(model, "config", None)
     if own_config is not None and not getattr(own_config, "is_encoder_decoder", False):
@@ -640,11 +638,15 @@ def default_stacks(model: nn.Module, stacks: list[Stack]) -> tuple[list[Stack], 
     if len(enc) == 1:
         return enc, "the encoder (the other stacks work on its output)"
     if dual and not _has_lm_head(model):
-        raise LayerscopeError(
-            f"{type(model).__name__} is a dual encoder with stacks {_describe(stacks)}; say which "
-            f"with --stack NAME (or Layers(model, stack=NAME))")
+        raise _dual_question(model, stacks)
     best = max(pool, key=lambda s: s.params)
     return [best], "the stack holding the most parameters"
+
+
+def _dual_question(model: nn.Module, stacks: list[Stack]) -> LayerscopeError:
+    return LayerscopeError(
+        f"{type(model).__name__} is a dual encoder with stacks {_describe(stacks)}; say which "
+        f"with --stack NAME (or Layers(model, stack=NAME))")
 
 
 def _other(main: list[Stack], chosen: list[Stack]) -> str:
