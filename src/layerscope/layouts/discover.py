@@ -529,13 +529,12 @@ def _takes_tokens(model: nn.Module, stacks: list[Stack]) -> bool:
 
 
 def _side_key(path: str, side: str) -> str | None:
-    """The path up to the first part naming ``side`` ("encoder"/"decoder"), with that word
-    swapped for the other side's, so an encoder and its decoder share a key."""
+    """The path up to the first part naming ``side`` ("encoder"/"decoder"), that word written
+    "decoder", so an encoder and its decoder share a key."""
     parts = path.split(".")
     for k, part in enumerate(parts):
         if side in part:
-            other = "decoder" if side == "encoder" else "encoder"
-            return ".".join(parts[:k] + [part.replace(side, other) if side == "encoder" else part])
+            return ".".join(parts[:k] + [part.replace(side, "decoder")])
     return None
 
 
