@@ -8,13 +8,12 @@ from typing import Annotated, Optional
 
 import typer
 
+from layerscope.report.defaults import IMPORTANCE_ITEMS  # the report's removal amount: also the command's
+
 from .app import app
 from .common import FIGURE_SUFFIXES, AllowMissingWeightsOpt, ForceOpt, out_file, save_figure_to
 from .common import BlocksOpt, JsonOpt, ModelArg, TrustRemoteCodeOpt, model_from_cli, print_json
 from .limits import limit_option, load_limited
-
-#: items removal reads unless told otherwise (MiniLM: about a minute of CPU here; the report's 256)
-IMPORTANCE_ITEMS = 256
 
 DataArg = Annotated[str, typer.Argument(
     help="A built-in dataset name (e.g. sentences) or a file: .txt (one item per line), "
