@@ -160,17 +160,17 @@ def explain_generic(model: nn.Module, target: Layer, view: nn.Module, args: tupl
     if x.dim() != 3:
         raise LayerscopeError(f"layer {target.name!r} received a {x.dim()}-d input; a transformer "
                               f"block takes (batch, tokens, width)")
-    kind_of = {f"{label} ({path})": (label, kind, mod) for label, path, mod, kind in parts}
+    kind_of = {f"{label} ({path})": (label, path, kind, mod) for label, path, mod, kind in parts}
     steps = [step("input", f"the hidden states entering the block ({x.shape[1]} tokens × "
                            f"{x.shape[2]})", x[0])]
     order = []
     for name, out in kept.items():   # the order the block ran its parts
         if name == target.name:
             continue
-        label, kind, mod = kind_of[name]
+        label, path, kind, mod = kind_of[name]
         if out.shape != x.shape and out.numel() == x.numel():
             out = out.reshape(x.shape)  # a part run on (batch x tokens, width)
-        steps.append(step(label, f"{type(mod).__name__} at {name.split(' (', 1)[1][:-1]}, as the "
+        steps.append(step(label, f"{type(mod).__name__} at {path}, as the "
                                  f"model ran it", out[0]))
         if out.shape == x.shape and kind in ("sublayer", "norm"):
             inp = cap.inputs.get(name)
