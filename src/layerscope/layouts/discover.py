@@ -77,12 +77,16 @@ class BlockGroup(nn.Module):
         >>> ref = find_layout(net).blocks[1]
         >>> [name for name, _ in block_view(ref).named_children()]
         ['attentions', 'norms']
+        >>> block_view(find_layout(net.eval()).blocks[1]).training  # its entries' mode
+        False
     """
 
     def __init__(self, members: list[tuple[str, nn.Module]]):
         super().__init__()
         for path, module in members:
             self.add_module(path.rsplit(".", 2)[-2], module)
+        # the entries' mode, not a new module's default (train): set here only, not on them
+        self.training = any(module.training for _, module in members)
 
 
 def block_view(ref: "BlockRef") -> nn.Module:
