@@ -41,6 +41,16 @@ BASE = [
     ("evolla", "multi-model container (protein encoder)"), ("bark", "container without a forward"),
     ("videoprism", "dual encoder (video)"), ("xclip", "dual encoder (video)"),
     ("mask2former", "segmenter with a backbone config"), ("neucodec", "audio codec"),
+    ("florence2", "vision-language encoder-decoder (per-stage vision depths)"),
+    ("funnel", "encoder of nested block lists, then a decoder"),
+    ("rf_detr", "detector (ViT backbone config naming its out_features)"),
+    ("pp_doclayout_v3", "detector with a per-layer linear head"),
+    ("pp_doclayout_v4", "detector with per-layer heads beside its decoder layers"),
+    ("sam2", "vision model with per-stage depths (Hiera)"),
+    ("wavtokenizer", "audio codec (conv pipeline stem)"),
+    ("bridgetower", "twin cross-modal lists"),
+    ("csm", "speech LM with a codec sub-model"),
+    ("flava", "dual encoder with a multimodal encoder over both towers"),
 ]
 #: causal LMs: decoders of many layouts, MoE, state-space, hybrid and recurrent ones
 CAUSAL = [
@@ -86,3 +96,11 @@ def test_causal_lm_default_stack_and_roles(model_type, family):
     assert row["builds"], row.get("error")
     assert row["default_ok"], f"{family}: {row.get('why')}"
     assert all(row["roles"].values()), f"{family}: roles {row['roles']}"
+
+
+def test_blt_counts_its_three_stacks_in_data_flow_order():
+    # the reference takes only BLT's decoder config (see docs/COVERAGE.md); a person, and
+    # layerscope, count the local encoder, the global transformer and the local decoder
+    row = coverage.measure("base", "blt", "BltModel")
+    assert row["default"] == "local_encoder+global_transformer+local_decoder"
+    assert row["towers_listed"]

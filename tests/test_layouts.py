@@ -332,3 +332,67 @@ def test_sublayers_of_a_block_in_parallel_lists_are_each_entrys_parts():
         "transformer.attentions.0.v_lin", "transformer.attentions.0.out_lin",
         "transformer.layer_norm1.0", "transformer.ffns.0.lin1", "transformer.ffns.0.lin2",
         "transformer.layer_norm2.0"]
+
+
+class _Mixer(nn.Module):
+    """A toy transformer block: self-attention then a feed-forward, width ``d``."""
+
+    def __init__(self, d: int = 8):
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(d, 2, batch_first=True)
+        self.mlp = nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
+
+
+def test_twin_lists_side_by_side_are_one_stack_named_by_their_shared_words():
+    # two lists of one block class, as long as each other and of the same shapes, run side by
+    # side at each depth (BridgeTower's cross-modal layers): block i is the i-th of each
+    net = nn.Module()
+    net.text_model = nn.Module()
+    net.text_model.layers = nn.ModuleList([_Mixer() for _ in range(4)])
+    net.cross_modal_image_layers = nn.ModuleList([_Mixer() for _ in range(3)])
+    net.cross_modal_text_layers = nn.ModuleList([_Mixer() for _ in range(3)])
+    stacks = {s.name: s for s in find_stacks(net)}
+    assert set(stacks) == {"text_model", "cross_modal"}
+    cross = stacks["cross_modal"]
+    assert cross.paths == ["cross_modal_image_layers", "cross_modal_text_layers"]
+    assert [[p for p, _ in b.members] for b in cross.blocks][1] == [
+        "cross_modal_image_layers.1", "cross_modal_text_layers.1"]
+
+
+def test_stages_of_one_block_class_still_join_when_their_widths_differ():
+    # ResNet-like stages of equal length are consecutive (the width changes), not twins
+    net = nn.Module()
+    net.stage1 = nn.ModuleList([_Mixer(8) for _ in range(2)])
+    net.stage2 = nn.ModuleList([_Mixer(16) for _ in range(2)])
+    (stack,) = find_stacks(net)
+    assert stack.paths == ["stage1", "stage2"] and len(stack.blocks) == 4
+
+
+def test_a_list_of_mixed_modules_is_a_stem_beside_repeated_blocks():
+    # a SEANet-like conv encoder (convs, activations, an LSTM in one list, no class the
+    # majority) is a feature extractor; the repeated blocks after it are the stack
+    class ConvNeXtBlock(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.dwconv = nn.Conv1d(8, 8, 7, padding=3, groups=8)
+            self.pwconv1, self.pwconv2 = nn.Linear(8, 16), nn.Linear(16, 8)
+
+    class Conv(nn.Module):
+        def __init__(self, c_in, c_out, k, stride=1):
+            super().__init__()
+            self.conv = nn.Conv1d(c_in, c_out, k, stride=stride)
+
+    class ResUnit(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.block = nn.ModuleList([nn.ELU(), Conv(8, 8, 3), nn.ELU(), Conv(8, 8, 1)])
+
+    net = nn.Module()
+    net.encoder = nn.Module()
+    net.encoder.layers = nn.ModuleList([Conv(1, 8, 7), ResUnit(), nn.ELU(), Conv(8, 8, 4, stride=2),
+                                        ResUnit(), nn.ELU(), Conv(8, 8, 4, stride=2), nn.LSTM(8, 8)])
+    net.decoder_trunk = nn.Module()
+    net.decoder_trunk.layers = nn.ModuleList([ConvNeXtBlock() for _ in range(3)])
+    kinds = {s.name: s.kind for s in find_stacks(net)}
+    assert kinds == {"encoder": "stem", "decoder_trunk": "main"}
+    assert Layers(net).names() == [f"decoder_trunk.layers.{i}" for i in range(3)]

@@ -221,9 +221,42 @@ def _stacks(model: nn.Module, total: int) -> list[_Stack]:
         if not any(has_params(c) for c in children):
             continue
         params = _numel(mod)
-        conventional = path.rsplit(".", 1)[-1] in STACK_NAMES
-        out.append(_Stack(path, mod, cls, params, conventional or params >= MIN_SHARE * total))
+        out.append(_Stack(path, mod, cls, params, _conventional(path, mod) or params >= MIN_SHARE * total))
     return out
+
+
+def _conventional(path: str, mod: nn.Module) -> bool:
+    """A conventional stack name: one of :data:`STACK_NAMES`, or a name ending in ``_layers``
+    for a list of blocks that mix tokens (BridgeTower's ``cross_modal_text_layers``; not a
+    list of convs such as ``channel_projection_layers``)."""
+    attr = path.rsplit(".", 1)[-1]
+    if attr in STACK_NAMES:
+        return True
+    first = next(iter(mod.children()), None)
+    return attr.endswith("_layers") and first is not None and _has_mixer(first)
+
+
+def _twins(a: nn.Module, b: nn.Module) -> bool:
+    """Two lists of one block class, as long as each other, whose entries hold the same
+    parameter shapes: two streams run side by side at each depth (BridgeTower's cross-modal
+    text and image layers), not consecutive stages (a stage changes the width)."""
+    return (len(a) == len(b)
+            and [p.shape for p in a.parameters()] == [p.shape for p in b.parameters()])
+
+
+def _named_twins(a: "_Stack", b: "_Stack") -> bool:
+    """Twins (:func:`_twins`) held as two named attributes; the numbered lists of a list of
+    lists (Funnel's ``encoder.blocks.0``..``2``) are consecutive stages of one width."""
+    return not a.attr.isdigit() and not b.attr.isdigit() and _twins(a.module, b.module)
+
+
+def _pipeline(stack: "Stack") -> bool:
+    """A list of mixed modules, no class the majority, whose first entry does not mix tokens (a
+    SEANet-like conv encoder: convs, ELUs, residual units and an LSTM in one list): a feature
+    extractor, not repeated blocks."""
+    if not stack.blocks or stack.blocks[0].members or _mixes(stack):
+        return False
+    return _majority([b.module for b in stack.blocks])[1] < 0.5
 
 
 def _inside(a: str, b: str) -> bool:
@@ -331,7 +364,8 @@ def find_stacks(model: nn.Module) -> list[Stack]:
     groups: list[list[_Stack]] = []
     for s in cands:  # sibling stages of one block class (ResNet's layer1..layer4) form one stack
         for g in groups:
-            if _parent(g[0].path) == _parent(s.path) and g[0].cls == s.cls:
+            if _parent(g[0].path) == _parent(s.path) and g[0].cls == s.cls \
+                    and not _named_twins(g[0], s):
                 g.append(s)
                 break
         else:
@@ -343,7 +377,8 @@ def find_stacks(model: nn.Module) -> list[Stack]:
                                                               for x in o) for o in groups)]
     if any(not _leaf_stack(s.module) for g in groups for s in g):
         groups = [g for g in groups if not all(_leaf_stack(s.module) for s in g)]
-    parallel = {id(g[0]): _parallel_lists(model, g[0]) for g in groups if len(g) == 1}
+    staged = {s.path for g in groups if len(g) > 1 for s in g}  # stages of another stack
+    parallel = {id(g[0]): _parallel_lists(model, g[0], staged) for g in groups if len(g) == 1}
     in_parallel = {p for lists in parallel.values() for p, _ in lists}
     seen_lists: set[tuple[str, ...]] = set()
     stacks = []
@@ -368,10 +403,15 @@ def find_stacks(model: nn.Module) -> list[Stack]:
             own_tower = s.modality in ("vision", "audio") and s.paths[0].split(".")[0] not in towers
             if s not in mixing and not own_tower:
                 s.kind = "stem"
+    if any(s.kind == "main" and not _pipeline(s) for s in stacks):
+        for s in stacks:
+            if _pipeline(s):
+                s.kind = "stem"
     return stacks
 
 
-def _parallel_lists(model: nn.Module, s: _Stack) -> list[tuple[str, nn.ModuleList]]:
+def _parallel_lists(model: nn.Module, s: _Stack, staged: frozenset | set = frozenset()
+                    ) -> list[tuple[str, nn.ModuleList]]:
     """The sibling ModuleLists (same parent, same length, another entry class) whose i-th
     entries belong to ``s``'s i-th block, ``s`` included, in definition order; [] when none.
 
@@ -389,9 +429,10 @@ def _parallel_lists(model: nn.Module, s: _Stack) -> list[tuple[str, nn.ModuleLis
         path = _join(parent_path, name)
         if path == s.path:
             lists.append((path, mod))
-        elif (isinstance(mod, nn.ModuleList) and len(mod) == len(s.module)
+        elif (isinstance(mod, nn.ModuleList) and len(mod) == len(s.module) and path not in staged
               and all(has_params(c) for c in mod.children())
-              and _majority(list(mod.children()))[0] != s.cls
+              and (_majority(list(mod.children()))[0] != s.cls
+                   or (not name.isdigit() and not s.attr.isdigit() and _twins(mod, s.module)))
               and not (side(name) and side(s.attr) and side(name) != side(s.attr))):
             lists.append((path, mod))
     return lists if len(lists) > 1 else []
@@ -426,6 +467,9 @@ def _name_stacks(stacks: list[Stack]) -> None:
     informative = []
     for s in stacks:
         parts = [p for p in s.paths[0].split(".") if p not in GENERIC_PARTS and not p.isdigit()]
+        shared = _shared_words([p.rsplit(".", 1)[-1] for p in s.paths]) if len(s.paths) > 1 else ""
+        if parts and shared and parts[-1] == s.paths[0].rsplit(".", 1)[-1]:
+            parts[-1] = shared  # parallel lists named alike (cross_modal_text/image_layers)
         informative.append(parts)
     common = set.intersection(*(set(p) for p in informative)) if len(informative) > 1 else set()
     names = []
@@ -445,6 +489,18 @@ def _name_stacks(stacks: list[Stack]) -> None:
         name = ".".join(n)
         seen[name] += 1
         s.name = name if seen[name] == 1 else f"{name}{seen[name]}"
+
+
+def _shared_words(names: list[str]) -> str:
+    """The words the names start with in common ("cross_modal" for ``cross_modal_text_layers``
+    and ``cross_modal_image_layers``), or ""."""
+    split = [n.split("_") for n in names]
+    common = []
+    for words in zip(*split):
+        if len(set(words)) > 1:
+            break
+        common.append(words[0])
+    return "_".join(w for w in common if w)
 
 
 def _is_dual(model: nn.Module) -> bool:
@@ -564,6 +620,24 @@ def _mixes(stack: Stack) -> bool:
     return any(_has_mixer(m) for m in [m for _, m in ref.members] or [ref.module])
 
 
+def _between(stacks: list[Stack], pair: list[Stack]) -> list[Stack]:
+    """The stacks of the model's own that sit, in module order, between an encoder and its
+    decoder under the same parent, and mix tokens: the data runs encoder, them, decoder (BLT's
+    global transformer between its local encoder and local decoder). Stems, towers of another
+    modality and bridges are not among them."""
+    order = {id(s): i for i, s in enumerate(stacks)}
+    first, last = order[id(pair[0])], order[id(pair[-1])]
+    key = _side_key(pair[-1].paths[0], "decoder") or ""
+    parent = _parent(key)
+    return [s for s in stacks[first + 1:last] if s not in pair and s.kind == "main"
+            and s.modality == "" and _mixes(s) and _inside(s.paths[0], parent)]
+
+
+def _block_size(stack: Stack) -> float:
+    """Parameters per block: how large a stack's blocks are, whatever its depth."""
+    return stack.params / max(len(stack.blocks), 1)
+
+
 def _backbone_config(model: nn.Module, stack: Stack) -> bool:
     """Whether ``stack`` is built from the model's own ``*backbone*`` sub-config (a detector's or
     segmenter's backbone; a tower's backbone inside its own config stays the tower)."""
@@ -583,12 +657,15 @@ def default_stacks(model: nn.Module, stacks: list[Stack]) -> tuple[list[Stack], 
     two ``logits_per_*`` outputs, and no LM head) asks; in a model that is not an
     encoder-decoder, stacks of sub-models built from a config of their own (a codec, a protein
     encoder, a semantic encoder) give way to those built from the model's own config when these
-    mix tokens and hold the most parameters; towers of another modality (vision, audio), bridges between towers and
+    mix tokens and their blocks are the largest (parameters per block, so the depth a config
+    declares does not decide it); towers of another modality (vision, audio), bridges between towers and
     backbones give way to the model's own stack, unless the model reads no tokens (SAM: its
     vision encoder is its own; there, towers that do not mix tokens and stacks built from the
     model's ``*backbone*`` config still give way); in a model that reads tokens, a lone stack
     named as a language model (``language_model``, ``llm``...) wins; then an encoder and its
-    decoder (paths that differ only by that word, the shallowest such pair), encoder first;
+    decoder (paths that differ only by that word, the shallowest such pair), encoder first,
+    with the model's own token-mixing stacks that sit between them in module order (BLT's
+    global transformer between its local encoder and decoder);
     then a lone language-model stack (a ``*decoder`` counts as one only in a model that reads
     tokens); then a lone encoder; a dual encoder asks; otherwise the stack with the most
     parameters.
@@ -611,7 +688,7 @@ def default_stacks(model: nn.Module, stacks: list[Stack]) -> tuple[list[Stack], 
         same = [s for s in main if _config_owner(model, s.paths[0]) is own_config]
         others = [s for s in main if s not in same]
         if same and others and any(_mixes(s) for s in same) \
-                and sum(s.params for s in same) >= max(s.params for s in others):
+                and max(map(_block_size, same)) >= max(map(_block_size, others)):
             main = same
             if len(main) == 1:
                 return main, "the stack built from the model's own config (the others are sub-models)"
@@ -633,6 +710,10 @@ def default_stacks(model: nn.Module, stacks: list[Stack]) -> tuple[list[Stack], 
     if tokens and len(strong) == 1 and strong[0] not in pair:
         return strong, "the language-model stack"
     if pair:
+        between = _between(stacks, pair)
+        if between:  # BLT: local encoder, global transformer, local decoder
+            return ([s for s in pair if s not in pair[-1:]] + between + pair[-1:],
+                    "encoder, the stacks between them, then decoder")
         return pair, "encoder then decoder stacks"
     lang = named_like(LANGUAGE_WORDS) if tokens else strong
     if len(lang) == 1:
