@@ -372,19 +372,6 @@ def test_bigram_sites_mark_the_second_word_of_the_pair():
             assert words == before
 
 
-def test_bigram_token_view_reads_the_token_at_the_site():
-    from layerscope.data import load_dataset
-    from layerscope.models import load_model
-    from layerscope.studies.depth_represents import bigram_token_probe
-
-    loaded = load_model("minilm")
-    texts = list(load_dataset("sentences", limit=160, seed=0).items)
-    res = bigram_token_probe(loaded, texts, max_length=48)
-    assert len(res.layers) == 6 and res.solver == "lbfgs" and res.n_train + res.n_test <= 160
-    assert max(res.score) > res.baseline            # a swapped word is visible at its own token
-    assert not loaded.module.training
-
-
 def test_copy_share_counts_layers_close_to_the_last():
     from layerscope.studies.similarity_seeds import copy_share
 

@@ -17,6 +17,18 @@ ACTIVATIONS = ("relu", "gelu", "tanh", "sigmoid")
 LR = 1e-3
 
 
+def activations_verdict(stats: dict[str, dict[str, list[float]]], depth: int):
+    """Two parts, each a paired interval over seeds (``stats[act]["ratio"]``: log10 of layer-0 over
+    last-layer gradient norm, ``stats[act]["acc"]``: held-out accuracy): ReLU − sigmoid above 0."""
+    return combine({
+        "more gradient reaches layer 0 with ReLU than with sigmoid": threshold_rule(diff_interval(
+            stats["relu"]["ratio"], stats["sigmoid"]["ratio"],
+            what=f"log10(layer-0 / layer-{depth - 1} gradient norm), ReLU − sigmoid")),
+        "ReLU networks train better than sigmoid ones": threshold_rule(diff_interval(
+            stats["relu"]["acc"], stats["sigmoid"]["acc"], what="held-out accuracy, ReLU − sigmoid")),
+    })
+
+
 def network(depth: int, width: int, act: str, seed: int) -> nn.Module:
     """A zoo MLP with ``act`` after every hidden layer (sigmoid swapped in: the zoo has none)."""
     net = build(f"mlp:depth={depth},width={width},activation={'tanh' if act == 'sigmoid' else act}", seed)
@@ -56,13 +68,6 @@ def activations(s: Settings):
                                                            [b.act for b in run.module.blocks]))))
     rows = [[a, pm([10 ** r for r in st["ratio"]]), pm(st["first"]), pm(st["dead"]), pm(st["acc"])]
             for a, st in stats.items()]
-    parts = {
-        "more gradient reaches layer 0 with ReLU than with sigmoid": threshold_rule(diff_interval(
-            stats["relu"]["ratio"], stats["sigmoid"]["ratio"],
-            what=f"log10(layer-0 / layer-{depth - 1} gradient norm), ReLU − sigmoid")),
-        "ReLU networks train better than sigmoid ones": threshold_rule(diff_interval(
-            stats["relu"]["acc"], stats["sigmoid"]["acc"], what="held-out accuracy, ReLU − sigmoid")),
-    }
     findings = [f"Dead (constant) units after training: ReLU {pm(stats['relu']['dead'])}, GELU "
                 f"{pm(stats['gelu']['dead'])}, tanh {pm(stats['tanh']['dead'])}, sigmoid "
                 f"{pm(stats['sigmoid']['dead'])} (share of hidden units whose output is the same on every "
@@ -80,5 +85,5 @@ def activations(s: Settings):
                     f"monitor)."),
         columns=["activation", "layer-0 / last gradient ratio", "layer-0 gradient norm",
                  "dead units", "held-out accuracy"],
-        rows=rows, chart=chart, verdict=combine(parts), findings=findings, model=model, data=data,
+        rows=rows, chart=chart, verdict=activations_verdict(stats, depth), findings=findings, model=model, data=data,
         settings={"depth": depth, "width": width, "epochs": epochs, "lr": LR})

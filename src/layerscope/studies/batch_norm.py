@@ -14,6 +14,16 @@ LR = 0.01
 EVERY = 5
 
 
+def batch_norm_verdict(none: list[float], batch: list[float]):
+    """Two parts on the per-seed speed-up in steps to the target (steps without / with batch norm − 1,
+    ``none``/``batch``: steps per seed): its interval above 0 (fewer steps) and above 0.3 (30%).
+    Returns (verdict, the speed-up estimate)."""
+    est = mean_interval([a / b - 1.0 for a, b in zip(none, batch)],
+                        what="speed-up in steps to target (steps without / with BN − 1)")
+    return combine({"batch norm reaches the target in fewer steps": threshold_rule(est, 0.0),
+                    "at least 30% faster (speed-up >= 0.3)": threshold_rule(est, 0.3, line="0.3 (30%)")}), est
+
+
 def _steps_to_target(spec: str, data: str, seed: int, epochs: int, target: float, workdir):
     """Train with the library loop, checking held-out accuracy every few steps; returns
     (first step at or above ``target`` or None, the curve, seconds per step)."""
@@ -72,12 +82,9 @@ def batch_norm(s: Settings):
             steps[norm].append(hit)
             per_step[norm].append(sec)
             curves.setdefault(norm, curve)
-    speedup = [a / b - 1.0 for a, b in zip(steps["none"], steps["batch"])]
-    est = mean_interval(speedup, what="speed-up in steps to target (steps without / with BN − 1)")
+    verdict, est = batch_norm_verdict(steps["none"], steps["batch"])
     wall = [a * ta / (b * tb) - 1.0 for a, b, ta, tb in zip(steps["none"], steps["batch"], per_step["none"], per_step["batch"])]
     west = mean_interval(wall, what="speed-up in seconds to target")
-    parts = {"batch norm reaches the target in fewer steps": threshold_rule(est, 0.0),
-             "at least 30% faster (speed-up >= 0.3)": threshold_rule(est, 0.3, line="0.3 (30%)")}
     rows = [[norm, pm(steps[norm]), pm([1e3 * x for x in per_step[norm]])] for norm in steps]
     findings = [f"In wall-clock time: {west.text()} (batch norm costs {pm([1e3 * x for x in per_step['batch']])} "
                 f"ms a step against {pm([1e3 * x for x in per_step['none']])} without)."]
@@ -94,5 +101,5 @@ def batch_norm(s: Settings):
                     f"{len(seeds)} seeds; held-out accuracy checked every {EVERY} steps; steps to reach "
                     f"{target:.0%} held-out accuracy."),
         columns=["norm", f"steps to {target:.0%}", "ms per step"], rows=rows, chart=chart,
-        verdict=combine(parts), findings=findings, model=model, data=data,
+        verdict=verdict, findings=findings, model=model, data=data,
         settings={"depth": depth, "width": width, "epochs": epochs, "target": target, "lr": LR})

@@ -202,7 +202,8 @@ def band_rule(est: Estimate, low: float, high: float, *, below_text: str, inside
 
 def peak_rule(names: Sequence[str], values: Sequence[float], lows: Sequence[float],
               highs: Sequence[float], expected: Sequence[int], *, what: str, region: str,
-              n: int, unit: str = "held-out items", per_item: float = 1.0) -> Verdict:
+              n: int, unit: str = "held-out items", per_item: float = 1.0,
+              baseline: float | None = None) -> Verdict:
     """Is ``what`` best in the ``expected`` layers (named ``region``)?
 
     Supported when the best expected layer's interval lies above the interval of every other
@@ -211,6 +212,8 @@ def peak_rule(names: Sequence[str], values: Sequence[float], lows: Sequence[floa
     region) would part if the gap stays as measured: half-widths shrink as 1/√n, so at
     n·((h₁ + h₂)/gap)² (:func:`layerscope.analyses.claims.items_to_separate`, the project's one
     formula; ``per_item``: items per unit of ``n``, e.g. 1/test share for held-out items).
+    With a ``baseline`` (chance), a decisive verdict also needs the winning layer's interval above
+    it; else cannot tell, with the items at which it would clear the baseline.
 
     Example:
         >>> v = peak_rule(["0", "1", "2"], [0.9, 0.6, 0.5], [0.88, 0.58, 0.48], [0.92, 0.62, 0.52],
@@ -221,23 +224,31 @@ def peak_rule(names: Sequence[str], values: Sequence[float], lows: Sequence[floa
     inside = [i for i in expected if 0 <= i < len(values)]
     outside = [i for i in range(len(values)) if i not in inside]
     rule = (f"the best layer in {region} has a 95% interval above every other layer's (supported), "
-            f"or a layer outside it has one above every layer's in it (refuted)")
+            f"or a layer outside it has one above every layer's in it (refuted)"
+            + (f"; the winner's interval must also lie above chance ({baseline:.3f})" if baseline is not None else ""))
     if not inside or not outside:
         raise LayerscopeError(f"{region} holds {len(inside)} of {len(values)} layers; the peak test needs layers on both sides")
     bi = max(inside, key=lambda i: values[i])
     bo = max(outside, key=lambda i: values[i])
     peak = int(np.argmax(values))
     top = f"layer {names[peak]} ({values[peak]:.3f} [{lows[peak]:.3f}, {highs[peak]:.3f}])"
-    if peak_claim(what, names, values, lows, highs, baseline=None, n_test=n).is_peak:
+    if peak_claim(what, names, values, lows, highs, baseline=baseline, n_test=n).is_peak:
         top = f"{what} peaks at {top}"
     else:                   # a peak is named only when its interval clears every other layer's
         top = f"{what} is highest at {top}, but its interval overlaps another layer's"
     desc = (f"{top}; best in {region}: {names[bi]} {values[bi]:.3f} [{lows[bi]:.3f}, {highs[bi]:.3f}], "
             f"best elsewhere: {names[bo]} {values[bo]:.3f} [{lows[bo]:.3f}, {highs[bo]:.3f}]")
-    if lows[bi] > max(highs[i] for i in outside):
-        return Verdict("supported", desc, rule)
-    if lows[bo] > max(highs[i] for i in inside):
-        return Verdict("refuted", desc, rule)
+    won = ("supported" if lows[bi] > max(highs[i] for i in outside) else
+           "refuted" if lows[bo] > max(highs[i] for i in inside) else None)
+    winner = bi if won == "supported" else bo
+    if won and (baseline is None or lows[winner] > baseline):
+        return Verdict(won, desc, rule)
+    if won:
+        held_out = items_to_separate(n, values[winner] - lows[winner], values[winner] - baseline)
+        needs = (f"no layer's interval lies above chance; about {min(math.ceil(held_out * per_item), MAX_NEEDED)} "
+                 f"items would lift the best one above it if its score stays" if held_out is not None
+                 else f"no layer scores above chance ({baseline:.3f})")
+        return Verdict("cannot tell", desc, rule, needs)
     top, low = (bi, bo) if values[bi] >= values[bo] else (bo, bi)
     gap = values[top] - values[low]
     halves = (values[top] - lows[top]) + (highs[low] - values[low])    # the sides that face each other

@@ -15,6 +15,17 @@ from .training import param_count, split, train_once
 DROP = 0.02
 
 
+def depthwise_verdict(conv_ratio: float, acc: dict[str, list[float]]):
+    """Two parts: conv parameters of cnn-dw / cnn (an exact count) at most 0.5, and the held-out
+    accuracy cost cnn − cnn-dw (paired over seeds; ``acc``: network -> per-seed accuracy) wholly
+    below :data:`DROP`."""
+    fewer = threshold_rule(Estimate(conv_ratio, conv_ratio, conv_ratio, 1, "conv parameters, cnn-dw / cnn",
+                                    "exact count"), 0.5, claim="below")
+    drop = threshold_rule(diff_interval(acc["cnn"], acc["cnn-dw"], what="held-out accuracy, cnn − cnn-dw"),
+                          DROP, claim="below", line=f"{DROP:g} (2 points)")
+    return combine({"far fewer parameters": fewer, "only a bit of accuracy lost": drop})
+
+
 def _conv_params(module) -> int:
     return int(sum(p.numel() for m in module.modules() if isinstance(m, torch.nn.Conv2d) for p in m.parameters()))
 
@@ -58,10 +69,6 @@ def depthwise(s: Settings):
                    "train_s": float(np.mean([r.seconds for r in runs[name]]))}
             for name, m, t in (("cnn", full, ms[0]), ("cnn-dw", dw, ms[1]))}
     ratio = info["cnn-dw"]["conv"] / info["cnn"]["conv"]
-    fewer = threshold_rule(Estimate(ratio, ratio, ratio, 1, "conv parameters, cnn-dw / cnn", "exact count"),
-                           0.5, claim="below")
-    drop = threshold_rule(diff_interval(acc["cnn"], acc["cnn-dw"], what="held-out accuracy, cnn − cnn-dw"),
-                          DROP, claim="below", line=f"{DROP:g} (2 points)")
     rows = [[n, f"{info[n]['params']:,}", f"{info[n]['conv']:,}", f"{info[n]['flops'] / 1e6:.1f}",
              f"{info[n]['ms']:.1f}", f"{info[n]['train_s']:.1f}", pm(acc[n])] for n in ("cnn", "cnn-dw")]
     chart = bar_chart(["parameters", "FLOPs", "forward time", "held-out accuracy"],
@@ -81,5 +88,5 @@ def depthwise(s: Settings):
                     f"parameters at most half (exact) and an accuracy cost whose interval lies below {DROP:g}."),
         columns=["network", "parameters", "conv parameters", "MFLOPs (256 images)", "forward ms", "train s/run",
                  "held-out accuracy"],
-        rows=rows, chart=chart, verdict=combine({"far fewer parameters": fewer, "only a bit of accuracy lost": drop}),
+        rows=rows, chart=chart, verdict=depthwise_verdict(ratio, acc),
         findings=findings, model=f"cnn:{opts}", data=data, settings={"epochs": epochs, "limit": limit})

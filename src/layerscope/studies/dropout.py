@@ -9,6 +9,19 @@ from .common import (Settings, check_model, diff_interval, make_result, pm, regi
 from .training import train_once
 
 
+def dropout_verdict(gap: dict[float, list[float]]):
+    """Supported when the train − held-out gap without dropout minus the gap at the highest rate
+    (paired over seeds; ``gap``: rate -> per-seed gaps) lies wholly above 0, refuted when wholly
+    below.
+
+    Example:
+        >>> dropout_verdict({0.0: [0.10, 0.12, 0.11], 0.5: [0.02, 0.03, 0.02]}).verdict
+        'supported'
+    """
+    hi = max(gap)
+    return threshold_rule(diff_interval(gap[0.0], gap[hi], what=f"train − held-out accuracy gap, rate 0 − rate {hi}"))
+
+
 @register("dropout", title="Dropout and overfitting",
           claim="Adding dropout to a layer prevents overfitting (memorising the training data "
                 "instead of generalising).",
@@ -34,7 +47,7 @@ def dropout(s: Settings):
             test[r].append(run.test_accuracy)
             train[r].append(run.train_accuracy)
     hi = max(rates)
-    verdict = threshold_rule(diff_interval(gap[0.0], gap[hi], what=f"train − held-out accuracy gap, rate 0 − rate {hi}"))
+    verdict = dropout_verdict(gap)
     acc = threshold_rule(diff_interval(test[hi], test[0.0], what=f"held-out accuracy, rate {hi} − rate 0"))
     rows = [[r, pm(train[r]), pm(test[r]), pm(gap[r])] for r in rates]
     findings = [f"Held-out accuracy with dropout {hi} against none: {acc.verdict} that it is higher — {acc.reason}."]

@@ -13,6 +13,16 @@ from .common import (Settings, check_model, combine, make_result, mean_interval,
 from .training import accuracy, split, train_once
 
 
+def halving_verdict(speed: list[float], before: list[float], tuned: list[float]):
+    """Two parts over seeds: the forward speed-up (time before / after − 1, ``speed``) above 0.2, and
+    the accuracy lost after fine-tuning (``before`` − ``tuned``, paired) below 0.01."""
+    sp = mean_interval(speed, what="forward speed-up (time before / after − 1)")
+    drop = mean_interval(np.subtract(before, tuned), what="accuracy lost after fine-tuning (before − after)")
+    return combine({"at least 20% faster": threshold_rule(sp, 0.2, line="0.2 (20%)"),
+                    "without losing much accuracy (under 1 point after fine-tuning)":
+                        threshold_rule(drop, 0.01, claim="below", line="0.01 (1 point)")})
+
+
 def halve_mlp(module, keep: float = 0.5):
     """A copy of a zoo MLP (no residual, no norm) with every hidden layer cut to ``keep`` of its
     units: the units whose incoming weights have the largest L2 norm stay, and the next layer's
@@ -69,11 +79,6 @@ def halving_width(s: Settings):
         fine = train_once(small, data, seed=seed, epochs=tune, workdir=s.workdir, lr=3e-4, name="halved")
         tuned.append(fine.test_accuracy)
         speed.append(t_big / t_small - 1.0)
-    sp = mean_interval(speed, what="forward speed-up (time before / after − 1)")
-    drop = mean_interval(np.subtract(before, tuned), what="accuracy lost after fine-tuning (before − after)")
-    parts = {"at least 20% faster": threshold_rule(sp, 0.2, line="0.2 (20%)"),
-             "without losing much accuracy (under 1 point after fine-tuning)":
-                 threshold_rule(drop, 0.01, claim="below", line="0.01 (1 point)")}
     rows = [["trained", width, pm(before), "1"],
             ["halved (no fine-tuning)", width // 2, pm(cut), pm([1 + v for v in speed])],
             [f"halved + {tune} epoch(s) fine-tuning", width // 2, pm(tuned), pm([1 + v for v in speed])]]
@@ -87,5 +92,5 @@ def halving_width(s: Settings):
                     f"the smallest incoming-weight norm removed, with the next layer's inputs from them), then fine-tuned "
                     f"{tune} epoch(s) at lr 3e-4; speed: median forward time on the held-out items."),
         columns=["network", "hidden width", "held-out accuracy", "speed (× trained)"], rows=rows, chart=chart,
-        verdict=combine(parts), model=model, data=data,
+        verdict=halving_verdict(speed, before, tuned), model=model, data=data,
         settings={"width": width, "epochs": epochs, "fine_tune_epochs": tune})

@@ -13,6 +13,15 @@ CHUNKS = 6
 LEVEL = 0.5
 
 
+def lm_decides_verdict(first: list[float]):
+    """Supported when the interval over chunks of the relative depth (block / last block) at which
+    top-1 agreement with the final output first reaches :data:`LEVEL` lies wholly above 2/3 (the
+    last third); refuted when wholly below. Returns (verdict, estimate)."""
+    est = mean_interval(first, what=f"relative depth where top-1 agreement with the final output first reaches {LEVEL:.0%}",
+                        unit="chunks")
+    return threshold_rule(est, 2 / 3, claim="above", line="2/3 (the last third)"), est
+
+
 @register("lm-decides", title="Where a language model decides",
           claim="Late layers handle task-specific reasoning and output formatting: the model's answer "
                 "takes shape only in its last layers.",
@@ -47,9 +56,7 @@ def lm_decides(s: Settings):
         hit = next((i for i, v in enumerate(res.top1_agreement) if v >= LEVEL), len(layers) - 1)
         first.append(hit / (len(layers) - 1))
     agree, kl = np.array(agree), np.array(kl)
-    est = mean_interval(first, what=f"relative depth where top-1 agreement with the final output first reaches {LEVEL:.0%}",
-                        unit="chunks")
-    verdict = threshold_rule(est, 2 / 3, claim="above", line="2/3 (the last third)")
+    verdict, est = lm_decides_verdict(first)
     rows = []
     for i, name in enumerate(layers):
         ea = mean_interval(agree[:, i], unit="chunks")

@@ -23,6 +23,17 @@ def _damage(out: dict, key: tuple) -> float:
     return float(v["metric"] - base["metric"])
 
 
+def prune_verdict(early: list[float], middle: list[float], late: list[float], unit: str):
+    """Two parts, paired over chunks of items (per-chunk damage of removing each third): middle −
+    early and middle − late wholly above 0."""
+    return combine({
+        "middle third hurts more than the early third": threshold_rule(diff_interval(
+            middle, early, what=f"damage, middle − early third ({unit})", unit="chunks")),
+        "middle third hurts more than the late third": threshold_rule(diff_interval(
+            middle, late, what=f"damage, middle − late third ({unit})", unit="chunks")),
+    })
+
+
 @register("prune-depth", title="Which depth can be pruned",
           claim="Pruning middle layers hurts more than pruning early or late ones.",
           source="seeds 000/001 (glossary entry 'Layer')",
@@ -66,12 +77,7 @@ def prune_depth(s: Settings):
     rows = [[name, len(key), f"{est[key].value:.4g} [{est[key].low:.4g}, {est[key].high:.4g}]"]
             for name, key in list(sets.items()) + list(singles.items())]
     early, middle, late = (sets[n] for n in sets)
-    parts = {
-        "middle third hurts more than the early third": threshold_rule(diff_interval(
-            per_chunk[middle], per_chunk[early], what=f"damage, middle − early third ({unit})", unit="chunks")),
-        "middle third hurts more than the late third": threshold_rule(diff_interval(
-            per_chunk[middle], per_chunk[late], what=f"damage, middle − late third ({unit})", unit="chunks")),
-    }
+    verdict = prune_verdict(per_chunk[early], per_chunk[middle], per_chunk[late], unit)
     deep = list(range(L // 2, L - 1))
     shallow = list(range(0, L // 2))
     deep_mean = np.mean([per_chunk[(i,)] for i in deep], axis=0)
@@ -94,5 +100,5 @@ def prune_depth(s: Settings):
                     f"each block alone; a removed block passes its input through. Damage: {unit}; "
                     f"intervals over the {CHUNKS} chunks."),
         columns=["removed", "blocks", f"damage: {unit} [95%]"], rows=rows, chart=chart,
-        verdict=combine(parts), findings=findings, model=model_ref, data=data_ref,
+        verdict=verdict, findings=findings, model=model_ref, data=data_ref,
         settings={"items": len(data), "chunks": CHUNKS, "anchor_verdict": anchor.verdict})

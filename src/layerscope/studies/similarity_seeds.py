@@ -42,6 +42,18 @@ def matched(counts: dict[int, list[int]], what: str):
     return threshold_rule(est, THRESHOLD, line=f"{THRESHOLD:g}"), k, n
 
 
+def similarity_verdict(per_layer: dict[int, list[int]], deep_matches: dict[int, dict[int, list[int]]],
+                       depths: list[int]):
+    """Parts: the share of the CNN's layers matched to their counterpart in another seed (``per_layer``
+    from :func:`match_counts`) has a Wilson interval above :data:`THRESHOLD`, and so does the MLP's
+    at each depth deeper than the base one (``deep_matches``: depth -> counts)."""
+    parts = {"layers match their counterpart across seeds": matched(per_layer, "")[0]}
+    for d in depths[1:]:
+        parts[f"they still match at {d // depths[0]}x the depth (MLP, {d} layers)"] = \
+            matched(deep_matches[d], f" of the depth-{d} MLP")[0]
+    return combine(parts)
+
+
 def copy_share(cka) -> float:
     """Share of a network's hidden layers, the last excluded, whose linear CKA with the last hidden
     layer is at least :data:`COPY_CKA` (Kornblith et al. 2019's 'deep copies' of the last layer).
@@ -104,16 +116,10 @@ def similarity_seeds(s: Settings):
     # the same held-out images for every pair: seed 0's held-out part
     _, probe_part = split(data, 0, limit)
     per_layer, layers = match_counts(nets, probe_part.items)
-    v, hits, total = matched(per_layer, "")
+    _, hits, total = matched(per_layer, "")
     depths, mlp_width, mlp_epochs, shares, curves, deep_matches = deep_copies(s, seeds)
-    parts = {"layers match their counterpart across seeds": v}
-    mlp_matched = {}
-    for d in depths:
-        v, k, n = matched(deep_matches[d], f" of the depth-{d} MLP")
-        mlp_matched[d] = (k, n)
-        if d != depths[0]:
-            parts[f"they still match at {d // depths[0]}x the depth (MLP, {d} layers)"] = v
-    verdict = combine(parts)
+    mlp_matched = {d: matched(deep_matches[d], "")[1:] for d in depths}
+    verdict = similarity_verdict(per_layer, deep_matches, depths)
     rows = [[i, layers[i] if i < len(layers) else "", f"{sum(v)}/{len(v)}"] for i, v in per_layer.items()]
     rows += [[f"MLP depth {d}", f"matched / copies of the last layer (CKA >= {COPY_CKA:g})",
               f"{mlp_matched[d][0]}/{mlp_matched[d][1]} / {pm(shares[d])}"] for d in depths]

@@ -17,6 +17,26 @@ CLIP = 1.0
 LR = 1e-3
 
 
+def skip_verdict(acc: dict[tuple, list[float]], grad: dict[tuple, list[float]], deepest: int):
+    """Paired intervals over seeds at the deepest depth (``acc``/``grad``: (depth, residual, clip) ->
+    per-seed held-out accuracy / log10 first-layer gradient norm in epoch 1): residual − plain
+    accuracy and gradient above 0; clipped − unclipped accuracy above 0, for plain and residual."""
+    key_p, key_r = (deepest, False, None), (deepest, True, None)
+    parts = {
+        f"skips train deeper (accuracy gain at depth {deepest})": threshold_rule(
+            diff_interval(acc[key_r], acc[key_p], what=f"held-out accuracy, residual − plain, depth {deepest}")),
+        f"skips carry gradient to layer 0 (depth {deepest})": threshold_rule(
+            diff_interval(grad[key_r], grad[key_p],
+                          what=f"log10 first-layer gradient norm in epoch 1, residual − plain, depth {deepest}")),
+    }
+    for residual in (False, True):
+        net = "residual" if residual else "plain"
+        parts[f"clipping helps at depth {deepest} ({net})"] = threshold_rule(
+            diff_interval(acc[(deepest, residual, CLIP)], acc[(deepest, residual, None)],
+                          what=f"held-out accuracy, clipped − unclipped, {net}, depth {deepest}"))
+    return combine(parts)
+
+
 @register("skip-connections", title="Skip connections and depth",
           claim="Deep plain stacks starve their early layers of gradient; skip connections (ResNets) "
                 "fix that and let deep networks train. Deeper networks also need gradient clipping "
@@ -54,25 +74,12 @@ def skip_connections(s: Settings) -> StudyResult:
         rows.append([depth, "residual" if residual else "plain", "1.0" if clip else "none", pm(a),
                      pm([10 ** x for x in g]), f"{sum(r.diverged for r in rs)}/{len(rs)}",
                      fmt(float(np.mean([r.seconds for r in rs])))])
-    key_p, key_r = (deepest, False, None), (deepest, True, None)
-    parts = {
-        f"skips train deeper (accuracy gain at depth {deepest})": threshold_rule(
-            diff_interval(acc[key_r], acc[key_p], what=f"held-out accuracy, residual − plain, depth {deepest}")),
-        f"skips carry gradient to layer 0 (depth {deepest})": threshold_rule(
-            diff_interval(grad[key_r], grad[key_p],
-                          what=f"log10 first-layer gradient norm in epoch 1, residual − plain, depth {deepest}")),
-    }
-    for residual in (False, True):
-        net = "residual" if residual else "plain"
-        parts[f"clipping helps at depth {deepest} ({net})"] = threshold_rule(
-            diff_interval(acc[(deepest, residual, CLIP)], acc[(deepest, residual, None)],
-                          what=f"held-out accuracy, clipped − unclipped, {net}, depth {deepest}"))
-    verdict = combine(parts)
+    verdict = skip_verdict(acc, grad, deepest)
     shallow = min(depths)
     gap_shallow = diff_interval(acc[(shallow, True, None)], acc[(shallow, False, None)],
                                 what=f"accuracy, residual − plain at depth {shallow}")
     findings = [f"At depth {shallow} the gain is {gap_shallow.text()}; at depth {deepest} it is "
-                f"{parts[next(iter(parts))].reason}."]
+                f"{next(iter(verdict.parts.values())).reason}."]
     chart = bar_chart([str(d) for d in depths],
                       {"plain": [np.mean(acc[(d, False, None)]) for d in depths],
                        "residual": [np.mean(acc[(d, True, None)]) for d in depths]},

@@ -13,6 +13,20 @@ from .common import (Settings, check_model, combine, diff_interval, make_result,
 from .training import param_count, train_once
 
 
+def width_depth_verdict(acc: dict[int, list[float]]):
+    """Two parts, paired over seeds (``acc``: depth -> per-seed held-out accuracy at the fixed
+    budget): the best inner depth beats the shallowest and the deepest (intervals above 0)."""
+    depths = sorted(acc)
+    lo, hi = depths[0], depths[-1]
+    best = max(depths[1:-1], key=lambda d: np.mean(acc[d]))
+    return combine({
+        f"balanced (depth {best}) beats all-width (depth {lo})": threshold_rule(diff_interval(
+            acc[best], acc[lo], what=f"held-out accuracy, depth {best} − depth {lo}")),
+        f"balanced (depth {best}) beats all-depth (depth {hi})": threshold_rule(diff_interval(
+            acc[best], acc[hi], what=f"held-out accuracy, depth {best} − depth {hi}")),
+    })
+
+
 def width_for(budget: int, depth: int, n_in: int = 64, n_out: int = 10) -> int:
     """The hidden width whose MLP of ``depth`` hidden layers has about ``budget`` parameters.
 
@@ -54,13 +68,6 @@ def width_vs_depth(s: Settings):
             params[d] = (w, param_count(run.module))
     inner = [d for d in depths if d not in (min(depths), max(depths))]
     best = max(inner, key=lambda d: np.mean(acc[d]))
-    lo, hi = min(depths), max(depths)
-    parts = {
-        f"balanced (depth {best}) beats all-width (depth {lo})": threshold_rule(diff_interval(
-            acc[best], acc[lo], what=f"held-out accuracy, depth {best} − depth {lo}")),
-        f"balanced (depth {best}) beats all-depth (depth {hi})": threshold_rule(diff_interval(
-            acc[best], acc[hi], what=f"held-out accuracy, depth {best} − depth {hi}")),
-    }
     rows = [[d, params[d][0], f"{params[d][1]:,}", pm(acc[d]), pm(secs[d])] for d in depths]
     chart = line_chart([str(d) for d in depths], {"held-out accuracy": [float(np.mean(acc[d])) for d in depths]},
                        x_title="hidden layers (width shrinks to keep the budget)", y_title="accuracy (mean over seeds)")
@@ -71,5 +78,5 @@ def width_vs_depth(s: Settings):
                     f"1e-3), {epochs} epochs, {len(seeds)} seeds. The balanced shape compared is the inner "
                     f"depth with the best mean accuracy (depth {best})."),
         columns=["depth", "width", "parameters", "held-out accuracy", "seconds"], rows=rows, chart=chart,
-        verdict=combine(parts), model=model, data=data,
+        verdict=width_depth_verdict(acc), model=model, data=data,
         settings={"budget": budget, "depths": list(depths), "epochs": epochs})
