@@ -215,10 +215,12 @@ class KilledNet(torch.nn.Module):
 def job_record(folder: str, n: int, kill_at: int | None = None) -> dict:
     from layerscope.store import Store, record
 
+    BarLog.install()
     record(KilledNet(kill_at), _tensor_data(n).items, folder, dtype="float16", batch_size=4,
-           shard_items=8, progress=False)
+           shard_items=8, progress=True)
     store = Store(folder)
-    return {"items": len(store), "shards": [s["file"] for s in store.manifest["shards"]]}
+    return {"items": len(store), "shards": [s["file"] for s in store.manifest["shards"]],
+            "bars": BarLog.seen("record")}
 
 
 def _files(folder) -> dict[str, bytes]:
@@ -236,6 +238,8 @@ def test_record_from_two_ranks_is_the_single_process_store(tmp_path):
             assert one[name] == two[name], name
     m1, m2 = (json.loads(one["manifest.json"]), json.loads(two["manifest.json"]))
     assert m1 == m2
+    # rank 0's bar (drawn on rank 0 only) counts all 37 items, its own 16 scaled by its share
+    assert [o["ok"]["bars"] for o in outs] == [[("record", 37, 37)]] * 2
 
 
 def test_record_killed_rank_then_rerun_gives_the_same_store(tmp_path):
@@ -249,6 +253,8 @@ def test_record_killed_rank_then_rerun_gives_the_same_store(tmp_path):
     before = (folder / "shard-00003.safetensors").stat().st_mtime_ns
     outs = run_ranks(job_record, str(folder), 45)
     assert all("ok" in o for o in outs), outs
+    left_items = outs[0]["ok"]["bars"][0][1]    # the rerun's bar counts only what is left
+    assert 0 < left_items < 45 and outs[0]["ok"]["bars"][0][2] == left_items
     assert (folder / "shard-00003.safetensors").stat().st_mtime_ns == before   # resumed, not redone
     assert _files(tmp_path / "one") == _files(folder)
 
@@ -273,6 +279,149 @@ def job_lens_importance(folder: str) -> dict:
 
 def test_lens_and_importance_equal_single_process(llama_folder):
     _same_everywhere(job_lens_importance, str(llama_folder))
+
+
+class BarLog:
+    """Every progress bar a job opens (through ``layerscope.progress.bar``), kept to read its
+    total and the count it ended on."""
+
+    bars: list = []
+
+    @staticmethod
+    def install():
+        from layerscope import progress
+
+        real = progress.Bar
+        BarLog.bars = []
+
+        def logged(total, *, desc, unit="item", enabled=True, estimate_after=2.0):
+            b = real(total, desc=desc, unit=unit, enabled=enabled, estimate_after=estimate_after)
+            BarLog.bars.append(b)
+            return b
+
+        progress.bar = logged
+
+    @staticmethod
+    def seen(prefix: str) -> list[tuple]:
+        return [(b.desc, b.total, b.n) for b in BarLog.bars if b.desc.startswith(prefix)]
+
+
+class BatchLog:
+    """The size of every batch the removal objective is given in this process."""
+
+    sizes: list[int] = []
+
+    @staticmethod
+    def install():
+        from layerscope import objectives
+
+        BatchLog.sizes = []
+        for cls in (objectives.LMObjective, objectives.OutputObjective):
+            if not hasattr(cls, "_begin"):
+                cls._begin = cls.begin
+
+            def begin(self, enc, reference, labels, _cls=cls):
+                BatchLog.sizes.append(int(reference.shape[0]))
+                return _cls._begin(self, enc, reference, labels)
+
+            cls.begin = begin
+
+
+def job_importance(folder: str, limit: int, batch_size: int) -> dict:
+    from layerscope.analyses.importance import layer_importance, removal_curve
+    from layerscope.models import load_model
+
+    BarLog.install()
+    BatchLog.install()
+    model = load_model(folder)
+    imp = layer_importance(model, TEXTS, batch_size=batch_size, limit=limit, progress=True)
+    local, bars = list(BatchLog.sizes), BarLog.seen("removal")
+    curve = removal_curve(model, TEXTS, max_k=2, importance=imp, batch_size=batch_size, limit=limit)
+    return {"metric": imp.metric, "loss": imp.loss, "baseline": imp.baseline,
+            "bi": imp.block_influence, "angular": imp.angular, "items": imp.n_items,
+            "calls": imp.block_calls, "method": imp.method, "curves": curve.curves,
+            "local_batches": local, "local_bars": bars}
+
+
+def job_importance_ablated(n: int) -> dict:
+    from layerscope.analyses.importance import layer_importance
+
+    BatchLog.install()
+    imp = layer_importance(_mlp(), _tensor_data(n), batch_size=8)
+    return {"metric": imp.metric, "bi": imp.block_influence, "intervention": imp.intervention,
+            "items": imp.n_items, "local_batches": list(BatchLog.sizes)}
+
+
+def test_importance_removals_are_split_across_ranks(llama_folder):
+    # 11 texts in batches of 4: rank 0 runs every removal on batch 0, rank 1 on batches 1-2
+    ref, outs = _same_everywhere(job_importance, str(llama_folder), 11, 4)
+    assert ref["method"] == "prefix" and ref["items"] == 11
+    assert ref["local_batches"] == [4, 4, 3]
+    assert [o["ok"]["local_batches"] for o in outs] == [[4], [4, 3]]
+    # rank 0's bar counts every rank's removals (3 batches x 2 blocks) and ends on that total
+    assert ref["local_bars"] == [("removal (2 per batch)", 6, 6)]
+    assert outs[0]["ok"]["local_bars"] == [("removal (2 per batch)", 6, 6)]
+    assert outs[1]["ok"]["local_bars"][0][1] == 6
+
+
+def test_importance_with_a_rank_that_gets_no_item(llama_folder):
+    ref, outs = _same_everywhere(job_importance, str(llama_folder), 3, 4)   # one batch of 3
+    assert [o["ok"]["local_batches"] for o in outs] == [[], [3]]
+    _, outs = _same_everywhere(job_importance, str(llama_folder), 11, 8, world=3)  # 2 batches
+    assert [o["ok"]["local_batches"] for o in outs] == [[], [8], [3]]
+
+
+def test_importance_with_mean_ablation_uneven_split():
+    # the MLP's shape-changing layers are mean-ablated: the means come from a sharded pass too
+    ref, outs = _same_everywhere(job_importance_ablated, 37)
+    assert ref["intervention"] == ["mean-ablate", "skip", "mean-ablate"]
+    assert [o["ok"]["local_batches"] for o in outs] == [[8, 8], [8, 8, 5]]
+
+
+def job_tuned_lens(folder: str) -> dict:
+    from layerscope.analyses.tuned_lens import train_tuned_lens
+    from layerscope.models import load_model
+
+    from layerscope.analyses import tuned_lens
+
+    sizes: list[int] = []
+    states = tuned_lens.__dict__.setdefault("_real_states", tuned_lens._states)
+
+    def spy(stack, enc):
+        sizes.append(enc.size)
+        return states(stack, enc)
+
+    tuned_lens._states = spy
+    res = train_tuned_lens(load_model(folder), TEXTS * 3, epochs=2, batch_size=5, lr=1e-2,
+                           test_fraction=0.3, seed=3)
+    return {"translators": {k: v.numpy() for k, v in res.lens.state_dict().items()},
+            "loss": res.train_loss, "tuned_kl": res.tuned_kl, "logit_kl": res.logit_kl,
+            "tuned_agreement": res.tuned_agreement, "steps": res.steps,
+            "tokens": res.n_test_tokens, "train_items": res.n_train_items,
+            "local_items": sum(sizes)}
+
+
+def test_tuned_lens_training_split_across_ranks_matches_one_process(llama_folder):
+    # 33 texts, 21 for training in batches of 5: each batch of 5 is cut 2 + 3, and the last
+    # batch of each epoch has 1 item (rank 0 gets none that step); each rank runs its piece padded on its own, so the forward and the
+    # summed gradients differ from one process's by float32 rounding: translators within 1e-5
+    ref = job_tuned_lens(str(llama_folder))
+    outs = run_ranks(job_tuned_lens, str(llama_folder))
+    assert ref["steps"] == 10 and max(abs(v).max() for v in ref["translators"].values()) > 1e-3
+    for out in outs:
+        got = out["ok"]
+        assert got["steps"] == ref["steps"] and got["tokens"] == ref["tokens"]
+        for name, value in ref["translators"].items():
+            np.testing.assert_allclose(got["translators"][name], value, rtol=0, atol=1e-5)
+        # the KL per step is ~1e-4 nats, a difference of O(1) float32 log-probabilities
+        np.testing.assert_allclose(got["loss"], ref["loss"], rtol=1e-5, atol=2e-7)
+        np.testing.assert_allclose(got["tuned_kl"], ref["tuned_kl"], rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(got["logit_kl"], ref["logit_kl"], rtol=1e-6, atol=1e-6)
+    # each rank ran the model on its pieces only: together, every training batch of 2 epochs once
+    assert [o["ok"]["local_items"] for o in outs] == [8 * 2, 13 * 2]
+    assert ref["local_items"] == 2 * ref["train_items"] == 2 * 21
+    for name in ref["translators"]:   # every rank holds the very same lens
+        assert np.array_equal(outs[0]["ok"]["translators"][name], outs[1]["ok"]["translators"][name])
 
 
 def test_torchrun_sweep_command_equals_one_process(llama_folder, tmp_path):

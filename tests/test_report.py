@@ -354,3 +354,47 @@ def test_report_causal_refusals_come_before_any_work(tmp_path, llama_folder, cap
         err = capsys.readouterr().err
         assert code == 2 and fragment in err, err
         assert not out.exists()
+
+
+def test_report_layers_measures_and_shows_only_the_chosen_blocks(tmp_path, llama_folder, capsys):
+    """--layers (the CLI's layer syntax): the per-layer sections hold only the chosen blocks,
+    with the numbers a report of every block gives for them, and say so; a bad spec fails first."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from layerscope.cli import main
+    from layerscope.report.build import build_report
+
+    tok = AutoTokenizer.from_pretrained(str(llama_folder))
+    cfg = LlamaConfig(vocab_size=tok.vocab_size, hidden_size=16, intermediate_size=32,
+                      num_hidden_layers=4, num_attention_heads=2, num_key_value_heads=1,
+                      max_position_embeddings=128, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    folder = tmp_path / "llama4"
+    LlamaForCausalLM(cfg).eval().save_pretrained(folder)
+    tok.save_pretrained(folder)
+    build_report(str(folder), "sentences", tmp_path / "all", limit=60, importance_items=4,
+                 progress=False)
+    assert main(["report", str(folder), "sentences", "-o", str(tmp_path / "two"), "--limit", "60",
+                 "--importance-items", "4", "--layers", "1,-1", "--json"]) == 0
+    chosen = ["model.layers.1", "model.layers.3"]
+    every, two = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("all", "two"))
+    assert two["layers"] == chosen and two["chosen_layers"] == "1,-1" and len(every["layers"]) == 4
+    pick = [every["layers"].index(n) for n in chosen]
+    a, b = every["results"]["activations"], two["results"]["activations"]
+    assert b["layers"] == chosen
+    for key in ("mean", "std"):
+        assert np.allclose(b[key], [a[key][i] for i in pick], rtol=1e-6)
+    cka_all, cka_two = (np.asarray(r["results"]["similarity"]["cka"]) for r in (every, two))
+    assert np.allclose(cka_two, cka_all[np.ix_(pick, pick)], atol=1e-9)
+    probes = [k for k in two["results"] if k.startswith("probe:")]
+    assert probes and all(len(two["results"][k]["score"]) == 2 for k in probes)
+    for section in ("importance", "lens", "activations", "similarity"):
+        text = " ".join(two["findings"][section])
+        assert "model.layers.0" not in text and "model.layers.2" not in text, (section, text)
+    html = (tmp_path / "two" / "index.html").read_text()
+    assert html.count("Only the 2 of 4 blocks chosen with --layers") >= 5
+    capsys.readouterr()
+    assert main(["report", str(folder), "sentences", "-o", str(tmp_path / "bad"), "--limit", "8",
+                 "--layers", "7"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]   # after the load stage's lines
+    assert last.startswith("error: layer 7 is out of range") and not (tmp_path / "bad").exists()

@@ -141,6 +141,73 @@ def plan(n_items: int, batch_size: int, start: int = 0, *, progress: bool = True
     return rank, size, items
 
 
+def shard_of(data, *, batch_size: int, limit: int | None = None, progress: bool = True):
+    """``(data, this rank's item positions)`` for a pass of ``encoded_batches(..., part=...)``
+    over ``data``; the positions are None outside a process group (the whole data).
+
+    The rule is the sweep's (:func:`plan`): contiguous shards on batch boundaries, idle ranks
+    announced. A dataset reference is loaded here (with ``limit``), so it is counted and read once.
+    """
+    if not active():
+        return data, None
+    from layerscope.sweep import count_items
+
+    if isinstance(data, str):
+        from layerscope.data import load_dataset
+
+        data = load_dataset(data, limit=limit)
+    n = count_items(data, limit)
+    if n is None:
+        raise LayerscopeError(f"cannot split {type(data).__name__} data of unknown length across "
+                              f"ranks; pass a Dataset, texts or a tensor, or set a limit")
+    return data, plan(n, batch_size, progress=progress)[2]
+
+
+class GlobalBar:
+    """Rank 0's progress over every rank's work: this rank's steps scaled by ``total / mine``
+    (what the sweep's bar does), so the bar counts the global total and ends on it.
+
+    Example:
+        >>> from layerscope.progress import bar
+        >>> b = GlobalBar(bar(10, desc="x", enabled=False), total=10, mine=4)
+        >>> for _ in range(4):
+        ...     b.update(1)
+        >>> b.bar.n, b.total
+        (10, 10)
+    """
+
+    def __init__(self, bar, *, total: int | None, mine: int | None):
+        self.bar, self.total = bar, total
+        self.scale = total / mine if total and mine else 1.0
+        self.mine = self.shown = 0
+
+    def update(self, n: int = 1) -> None:
+        self.mine += n
+        shown = round(self.mine * self.scale)
+        if shown > self.shown:
+            self.bar.update(shown - self.shown)
+            self.shown = shown
+
+    def finish(self) -> None:
+        """Show the whole total: every rank is known to be done."""
+        if self.total and self.bar.n < self.total:
+            self.bar.update(self.total - self.bar.n)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def global_bar(total: int | None, mine: int | None, *, desc: str, unit: str = "item",
+               progress: bool = True) -> GlobalBar:
+    """A bar for a pass whose ranks share ``total`` steps, ``mine`` of them here: drawn on rank 0
+    only, with the global count (one process: a plain bar over ``total``)."""
+    from layerscope.progress import bar
+
+    rank, size = world()
+    return GlobalBar(bar(total, desc=desc, unit=unit, enabled=progress and rank == 0),
+                     total=total, mine=mine if size > 1 else total)
+
+
 def shard_batches(source, batch_size: int, items: range) -> Iterator[tuple[Any, Tensor | None, int]]:
     """``source.batches(batch_size)`` restricted to the positions in ``items`` (global positions)."""
     if len(items) == 0:
@@ -373,6 +440,19 @@ def combine(reducers: Sequence, n_items: int, n_batches: int,
         for reducer, state in zip(reducers, total):
             reducer.load_state_dict(state)
     return sum(g["items"] for g in gathered), sum(g["batches"] for g in gathered)
+
+
+def all_reduce_sum(tensor: Tensor) -> Tensor:
+    """Sum ``tensor`` over the ranks, in place (a no-op outside a group): NCCL for CUDA tensors
+    when that is the group's backend, gloo otherwise. Every rank gets the same bytes, summed in
+    the backend's order."""
+    import torch.distributed as dist
+
+    if not active():
+        return tensor
+    group = None if tensor.is_cuda and dist.get_backend() == "nccl" else _control_group()
+    _collective(dist.all_reduce, tensor, op=dist.ReduceOp.SUM, group=group)
+    return tensor
 
 
 def barrier() -> None:

@@ -172,7 +172,7 @@ def edited_forward(stack: Stack, enc, skip=(), ablate: dict[int, Tensor] | None 
     def edit(out: Tensor, name: str) -> Tensor:
         i = by_name[name]
         if i in ablate:
-            return ablate[i].to(out.dtype).expand_as(out)
+            return ablate[i].to(out.device, out.dtype).expand_as(out)
         h = hidden_of(cap.args[name], cap.kwargs[name])
         if out.shape != h.shape:
             raise LayerscopeError(

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from layerscope import distributed
 from layerscope.errors import LayerscopeError
+from layerscope.reducers import BatchInfo, Reducer
 from layerscope.store import (
     MANIFEST,
     StoreWriter,
@@ -29,6 +30,7 @@ from layerscope.store import (
     _prepare_folder,
     _write_manifest,
 )
+from layerscope.sweep import RAW
 
 PART = f".{MANIFEST}.rank-"
 
@@ -93,6 +95,28 @@ def _runs(indices: list[int]) -> list[tuple[int, int]]:
     return runs
 
 
+class _Ticks(Reducer):
+    """Advances a progress bar by each batch's items; reads no layer (``layers=[]``)."""
+
+    view = RAW
+
+    def __init__(self, bar):
+        self.layers, self.bar = [], bar
+
+    def update(self, acts, batch: BatchInfo) -> None:
+        self.bar.update(batch.size)
+
+    def merge(self, other):
+        return self
+
+    def result(self):
+        return None
+
+
+def _items_of(shards: list[int], shard_items: int, n: int) -> int:
+    return sum(min((k + 1) * shard_items, n) - k * shard_items for k in shards)
+
+
 def record_ranks(loaded, source, out: Path, identity: dict, *, names: list[str], view: str,
                  dtype: str, batch_size: int, shard_items: int, max_length, granularity: str,
                  blocks, overwrite: bool, progress: bool) -> None:
@@ -121,6 +145,15 @@ def record_ranks(loaded, source, out: Path, identity: dict, *, names: list[str],
 
         announce(f"note: {size - n_shards} of {size} ranks get no shard of "
                  f"{shard_items} items; they only wait for the others", progress=progress)
+    if rank == 0 and not missing and len(done) < n_shards:
+        from layerscope.progress import announce
+
+        announce("note: rank 0 has no shard left to record; it waits for the other ranks",
+                 progress=progress)
+    # rank 0's bar counts the items every rank still records (as the sweep's bar does)
+    to_record = _items_of([k for k in range(n_shards) if k not in done], shard_items, n)
+    bar = distributed.global_bar(to_record, _items_of(missing, shard_items, n), desc="record",
+                                 progress=progress)
     written: list[dict] = []
     shapes: dict = {}
     try:
@@ -139,18 +172,22 @@ def record_ranks(loaded, source, out: Path, identity: dict, *, names: list[str],
 
             writer.on_shard = on_shard
             with distributed.local():
-                sweep(loaded, part, reducers=[writer], layers=names, granularity=granularity,
-                      blocks=blocks, batch_size=batch_size, max_length=max_length,
-                      progress=progress and rank == 0)
+                sweep(loaded, part, reducers=[writer, _Ticks(bar)], layers=names,
+                      granularity=granularity, blocks=blocks, batch_size=batch_size,
+                      max_length=max_length, progress=False)
             writer.finish()
     except Exception as exc:
         error = exc
     else:
         error = None
-    gathered = distributed.all_gather({"error": distributed.describe_error(error), "shards": written,
-                                       "shapes": shapes})
-    distributed.raise_first_failure([g["error"] for g in gathered], error,
-                                    " (rerun the same command to resume)")
+    try:
+        gathered = distributed.all_gather({"error": distributed.describe_error(error),
+                                           "shards": written, "shapes": shapes})
+        distributed.raise_first_failure([g["error"] for g in gathered], error,
+                                        " (rerun the same command to resume)")
+        bar.finish()   # every rank is done (rank 0 may have had less to do than the others)
+    finally:
+        bar.close()
     if rank == 0:
         for g in gathered:
             manifest["shards"] += g["shards"]

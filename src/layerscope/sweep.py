@@ -173,20 +173,28 @@ def _resolve_device(module: nn.Module, device) -> torch.device:
 
 
 def encoded_batches(loaded, data, *, batch_size: int, max_length: int | None,
-                    limit: int | None = None) -> Iterator[tuple[Any, Tensor | None]]:
+                    limit: int | None = None, part: range | None = None
+                    ) -> Iterator[tuple[Any, Tensor | None]]:
     """``(Encoded, labels)`` batches on the model's device: the one batching path of every pass
     that runs the model itself (removal, the lenses, surgery's quality, early exit).
 
     ``data``: a Dataset, a dataset reference, texts, a tensor, a DataLoader, or already encoded
     batches (one ``Encoded`` or a list of them, used as they are). ``limit`` keeps the first items.
+    ``part``: only the items at these positions (a rank's shard, from
+    :func:`layerscope.distributed.plan`), cut as the sweep cuts them; already encoded batches are
+    kept whole, each by the position of its first item.
     """
+    from layerscope import distributed
     from layerscope.models import Encoded
 
     device = model_device(loaded.module)
     if isinstance(data, Encoded) or (isinstance(data, (list, tuple)) and data
                                      and all(isinstance(e, Encoded) for e in data)):
+        first = 0
         for enc in ([data] if isinstance(data, Encoded) else data):
-            yield enc.to(device), None
+            if part is None or first in part:
+                yield enc.to(device), None
+            first += enc.size
         return
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise LayerscopeError(f"batch_size must be a positive integer; got {batch_size!r}")
@@ -195,14 +203,14 @@ def encoded_batches(loaded, data, *, batch_size: int, max_length: int | None,
 
         data = load_dataset(data, limit=limit)
     source = as_source(data)
-    seen = 0
-    for items, labels, _ in source.batches(batch_size):
+    batches = (source.batches(batch_size) if part is None
+               else distributed.shard_batches(source, batch_size, part))
+    for items, labels, first in batches:
         if limit is not None:
-            if seen >= limit:
+            if first >= limit:
                 return
-            items = items[: limit - seen]
-            labels = labels[: limit - seen] if labels is not None else None
-        seen += len(items)
+            items = items[: limit - first]
+            labels = labels[: limit - first] if labels is not None else None
         yield loaded.encode(items, max_length=max_length).to(device), labels
 
 

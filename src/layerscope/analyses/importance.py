@@ -67,6 +67,7 @@ from layerscope.replay import (
 )
 from layerscope.reducers import BatchInfo, Reducer
 from layerscope.results import Result
+from layerscope.sweep import RAW
 from layerscope.sweep import encoded_batches as iter_batches
 from layerscope.views import pool
 
@@ -233,21 +234,138 @@ def _feed_reducers(reducers, stack: Stack, rec: Recorded, enc, labels, first: in
         r.update(acts, BatchInfo(first, enc.size, labels, None, ins, enc.mask))
 
 
-def _bar(data, limit, desc: str, progress: bool, unit: str = "item"):
-    from layerscope.progress import bar
-    from layerscope.sweep import count_items
+class RemovalSums(Reducer):
+    """An :class:`~layerscope.objectives.Objective`'s per-removal sums and the block calls spent,
+    as a reducer: removal passes on several ranks combine like the sweep's reducers
+    (:func:`layerscope.distributed.combine`, rank order), and merging adds the sums.
 
-    return bar(count_items(data, limit), desc=desc, unit=unit, enabled=progress)
+    Example:
+        >>> import torch
+        >>> from types import SimpleNamespace
+        >>> from layerscope.objectives import make_objective
+        >>> a, b = (RemovalSums(make_objective("other", None)) for _ in range(2))
+        >>> enc = SimpleNamespace(mask=None, kwargs={}, args=())
+        >>> a.objective.begin(enc, torch.ones(1, 2), None)
+        >>> b.objective.begin(enc, torch.ones(1, 2), None)
+        >>> b.objective.add((0,), torch.tensor([[1.0, -1.0]]))
+        >>> a.objective.add((0,), torch.ones(1, 2))
+        >>> round(a.merge(b).objective.value((0,))["metric"], 6)   # (0 + 1) / 2 items
+        0.5
+    """
+
+    view = RAW
+
+    def __init__(self, objective):
+        self.objective, self.calls = objective, 0
+
+    def update(self, acts, batch) -> None:
+        raise LayerscopeError("RemovalSums is filled by run_removals, not by a sweep")
+
+    def merge(self, other: "RemovalSums") -> "RemovalSums":
+        self._check_mergeable(other)
+        sums = copy.deepcopy(self.objective.sums)
+        for key, slot in other.objective.sums.items():
+            mine = sums.setdefault(key, {})
+            for k, v in slot.items():
+                mine[k] = mine.get(k, 0.0) + v
+        return copy.copy(self).load_state_dict(
+            {"type": type(self).__qualname__, "state": {"sums": sums, "calls": self.calls + other.calls}})
+
+    def state_dict(self) -> dict:
+        return {"type": type(self).__qualname__,
+                "state": {"sums": copy.deepcopy(self.objective.sums), "calls": self.calls}}
+
+    def load_state_dict(self, state: dict) -> "RemovalSums":
+        if not isinstance(state, dict) or state.get("type") != type(self).__qualname__:
+            raise LayerscopeError("not a RemovalSums state; pass what RemovalSums.state_dict() returned")
+        self.objective = copy.copy(self.objective)   # never the sums of the reducer copied from
+        self.objective.sums = copy.deepcopy(state["state"]["sums"])
+        self.calls = state["state"]["calls"]
+        return self
+
+    def result(self) -> dict:
+        return {key: self.objective.value(key) for key in self.objective.sums}
 
 
-def _removal_bar(data, limit, first_size: int, n_sets: int, progress: bool):
-    """A bar counting removals evaluated (batches × sets), so it moves on every re-run."""
-    from layerscope.progress import bar
+def _bar(data, limit, desc: str, progress: bool, part: range | None = None, unit: str = "item"):
+    """A bar over the items, counting every rank's on rank 0 under a process group."""
+    from layerscope import distributed
     from layerscope.sweep import count_items
 
     n = count_items(data, limit)
-    total = -(-n // max(first_size, 1)) * n_sets if n is not None else None
-    return bar(total, desc=f"removal ({n_sets} per batch)", unit="removal", enabled=progress)
+    return distributed.global_bar(n, len(part) if part is not None else n, desc=desc, unit=unit,
+                                  progress=progress)
+
+
+def _removal_bar(data, limit, first_size: int, n_sets: int, progress: bool,
+                 part: range | None = None):
+    """A bar counting removals evaluated (batches × sets), so it moves on every re-run; under a
+    process group rank 0 counts every rank's."""
+    from layerscope import distributed
+    from layerscope.sweep import count_items
+
+    n = count_items(data, limit)
+    size = max(first_size, 1)
+    total = -(-n // size) * n_sets if n is not None else None
+    mine = -(-len(part) // size) * n_sets if part is not None else total
+    return distributed.global_bar(total, mine, desc=f"removal ({n_sets} per batch)",
+                                  unit="removal", progress=progress)
+
+
+class _MeanSums(Reducer):
+    """Per block, its outputs summed over items (None once the per-item shape varied)."""
+
+    view = RAW
+
+    def __init__(self, blocks: Sequence[int]):
+        self.sums: dict[int, Tensor | None] = {i: None for i in blocks}
+        self.varies: set[int] = set()
+        self.n = 0
+
+    def add(self, rec: Recorded, size: int) -> None:
+        for i in self.sums:
+            self._fold(i, rec.outs[i].double().sum(0))
+        self.n += size
+
+    def _fold(self, i: int, total: Tensor | None) -> None:
+        if total is None or i in self.varies:
+            return
+        if self.sums[i] is None:
+            self.sums[i] = total
+        elif self.sums[i].shape != total.shape:
+            self.varies.add(i)
+        else:
+            self.sums[i] = self.sums[i] + total
+
+    def update(self, acts, batch) -> None:
+        raise LayerscopeError("mean outputs are filled by mean_outputs, not by a sweep")
+
+    def merge(self, other: "_MeanSums") -> "_MeanSums":
+        self._check_mergeable(other)
+        out = copy.deepcopy(self)
+        out.varies |= other.varies
+        for i, total in other.sums.items():
+            out._fold(i, total)
+        out.n += other.n
+        return out
+
+    def means(self) -> dict[int, Tensor]:
+        return {i: (t / self.n).float() for i, t in self.sums.items()
+                if t is not None and i not in self.varies}
+
+
+def _combined(part: range | None, reducers: Sequence[Reducer], n_items: int, n_batches: int,
+              failed: BaseException | None, module) -> int:
+    """Outside a process group: ``n_items``. Under one: the ranks' ``reducers`` merged in rank
+    order on every rank (the sweep's :func:`~layerscope.distributed.combine`, which raises the
+    first failing rank's error everywhere) and the global item count."""
+    if part is None:
+        if failed is not None:
+            raise failed
+        return n_items
+    from layerscope import distributed
+
+    return distributed.combine(reducers, n_items, n_batches, failed, module)[0]
 
 
 def mean_outputs(stack: Stack, data, blocks: Sequence[int], *, batch_size: int = 16,
@@ -255,27 +373,27 @@ def mean_outputs(stack: Stack, data, blocks: Sequence[int], *, batch_size: int =
                  progress: bool = False) -> dict[int, Tensor]:
     """Per block in ``blocks``: its output averaged over the items (one item's shape), the
     stand-in of mean ablation. Blocks whose per-item output shape varies between batches (token
-    sequences of different lengths) are left out."""
-    sums: dict[int, Tensor | None] = {i: None for i in blocks}
-    varies: set[int] = set()
-    n = 0
-    bar = _bar(data, limit, "mean outputs", progress)
+    sequences of different lengths) are left out. Under a process group each rank sums its
+    shard and the sums are combined."""
+    from layerscope import distributed
+
+    data, part = distributed.shard_of(data, batch_size=batch_size, limit=limit, progress=False)
+    sums = _MeanSums(blocks)
+    bar = _bar(data, limit, "mean outputs", progress, part)
+    failed, n_batches = None, 0
     with evaluating(stack.loaded), torch.inference_mode():
-        for enc, _ in iter_batches(stack.loaded, data, batch_size=batch_size,
-                                   max_length=max_length, limit=limit):
-            rec = record_forward(stack, prepare(stack, enc))
-            for i in blocks:
-                total = rec.outs[i].double().sum(0)
-                if sums[i] is None:
-                    sums[i] = total
-                elif sums[i].shape != total.shape:
-                    varies.add(i)
-                elif i not in varies:
-                    sums[i] = sums[i] + total
-            n += enc.size
-            bar.update(enc.size)
-    bar.close()
-    return {i: (t / n).float() for i, t in sums.items() if t is not None and i not in varies}
+        try:
+            for enc, _ in iter_batches(stack.loaded, data, batch_size=batch_size,
+                                       max_length=max_length, limit=limit, part=part):
+                sums.add(record_forward(stack, prepare(stack, enc)), enc.size)
+                n_batches += 1
+                bar.update(enc.size)
+        except Exception as exc:
+            failed = exc
+        finally:
+            bar.close()
+    _combined(part, [sums], sums.n, n_batches, failed, stack.module)
+    return sums.means()
 
 
 def run_removals(stack: Stack, data, sets: Sequence[tuple[int, ...]] | None, *, batch_size: int = 16,
@@ -290,7 +408,15 @@ def run_removals(stack: Stack, data, sets: Sequence[tuple[int, ...]] | None, *, 
     first batch shows some (so residual models pay no extra pass). Returns
     ``{"objective", "values": {set: {...}}, "baseline": {...}, "method", "n_items", "seconds",
     "block_calls", "removable"}``; ``reducers`` are fed each batch's block inputs and outputs.
+
+    Under a process group (torchrun) each rank runs every removal on its own shard of the items
+    (the sweep's rule, :func:`layerscope.distributed.shard_of`); what the first batch decides
+    (removable blocks, prefix reuse, the objective, mean ablation) every rank decides on the
+    data's first batch, as one process does; the objective's sums and ``reducers`` are then
+    merged in rank order like the sweep's, so every rank returns the one-process values.
     """
+    from layerscope import distributed
+
     if method not in ("auto", "prefix", "naive"):
         raise LayerscopeError(f"unknown method {method!r}; use auto, prefix or naive")
     means_of = ablate if callable(ablate) else None
@@ -299,61 +425,86 @@ def run_removals(stack: Stack, data, sets: Sequence[tuple[int, ...]] | None, *, 
     for s in sets or ():
         if not s or any(not 0 <= i < L for i in s):
             raise LayerscopeError(f"blocks to remove must be between 0 and {L - 1}; got {list(s)}")
-    keep = None
-    objective = None
-    use_prefix = None
-    n_items = block_calls = 0
+    data, part = distributed.shard_of(data, batch_size=batch_size, limit=limit, progress=progress)
+    decided: dict = {}
+
+    def decide(rec: Recorded, enc, labels) -> None:
+        """What the first batch of the data decides, for the whole pass."""
+        nonlocal ablate, sets
+        keep = rec.removable()
+        fixed = [i for i, ok in enumerate(keep) if not ok]
+        if means_of is not None and fixed and sets is None:
+            ablate = dict(means_of(fixed))
+        sets = _removable_sets(stack, rec, keep, sets, ablate)
+        ok = tail_matches(stack, rec)
+        if method == "prefix" and not ok:
+            raise LayerscopeError(
+                f"cannot reproduce {type(stack.module).__name__}'s output from its last block "
+                f"(no known final norm/head); use method='naive'")
+        decided.update(keep=keep, ablated=set(ablate), view=natural_view(rec),
+                       prefix=ok and method != "naive" and not stack.grouped,  # parallel lists: naive
+                       sums=RemovalSums(make_objective(stack.task, labels)),
+                       bar=_removal_bar(data, limit, enc.size, len(sets), progress, part))
+
+    n_items = n_batches = 0
+    failed: BaseException | None = None
     t0 = time.perf_counter()
-    bar = None
     with evaluating(stack.loaded), torch.inference_mode():
-        for enc, labels in iter_batches(stack.loaded, data, batch_size=batch_size,
-                                        max_length=max_length, limit=limit):
-            enc = prepare(stack, enc)
-            rec = record_forward(stack, enc)
-            if keep is None:
-                keep = rec.removable()
-                fixed = [i for i, ok in enumerate(keep) if not ok]
-                if means_of is not None and fixed and sets is None:
-                    ablate = dict(means_of(fixed))
-                sets = _removable_sets(stack, rec, keep, sets, ablate)
-                ablated = set(ablate)
-                bar = _removal_bar(data, limit, enc.size, len(sets), progress)
-            if use_prefix is None:
-                ok = tail_matches(stack, rec)
-                if method == "prefix" and not ok:
-                    raise LayerscopeError(
-                        f"cannot reproduce {type(stack.module).__name__}'s output from its last block "
-                        f"(no known final norm/head); use method='naive'")
-                use_prefix = ok and method != "naive" and not stack.grouped  # parallel lists: naive
-            if objective is None:
-                objective = make_objective(stack.task, labels)
-            reference = main_output(rec.output, stack.task)
-            objective.begin(enc, reference, labels)
-            for s in sets:
-                skip = set(s)
-                if skip & ablated:
-                    out = edited_forward(stack, enc, skip=skip - ablated,
-                                         ablate={i: ablate[i] for i in skip & ablated})
-                    objective.add(tuple(s), main_output(out, stack.task))
-                    block_calls += L
-                elif use_prefix:
-                    objective.add_final(tuple(s), replay(stack, rec, skip), stack)
-                    block_calls += L - min(skip) - len(skip)
-                else:
-                    objective.add(tuple(s), main_output(naive_forward(stack, enc, skip), stack.task))
-                    block_calls += L
-                bar.update(1)
-            _feed_reducers(reducers, stack, rec, enc, labels, n_items)
-            block_calls += L
-            n_items += enc.size
-    if bar is not None:
-        bar.close()
-    if objective is None:
+        if part is not None:   # every rank (an idle one too) decides on the data's first batch
+            head = next(iter_batches(stack.loaded, data, batch_size=batch_size,
+                                     max_length=max_length, limit=limit), None)
+            if head is None:
+                raise LayerscopeError("the data is empty; pass at least one item")
+            enc = prepare(stack, head[0])
+            decide(record_forward(stack, enc), enc, head[1])
+            del head, enc
+        try:
+            for enc, labels in iter_batches(stack.loaded, data, batch_size=batch_size,
+                                            max_length=max_length, limit=limit, part=part):
+                enc = prepare(stack, enc)
+                rec = record_forward(stack, enc)
+                if not decided:
+                    decide(rec, enc, labels)
+                sums, objective, ablated = decided["sums"], decided["sums"].objective, decided["ablated"]
+                objective.begin(enc, main_output(rec.output, stack.task), labels)
+                for s in sets:
+                    skip = set(s)
+                    if skip & ablated:
+                        out = edited_forward(stack, enc, skip=skip - ablated,
+                                             ablate={i: ablate[i] for i in skip & ablated})
+                        objective.add(tuple(s), main_output(out, stack.task))
+                        sums.calls += L
+                    elif decided["prefix"]:
+                        objective.add_final(tuple(s), replay(stack, rec, skip), stack)
+                        sums.calls += L - min(skip) - len(skip)
+                    else:
+                        objective.add(tuple(s), main_output(naive_forward(stack, enc, skip), stack.task))
+                        sums.calls += L
+                    decided["bar"].update(1)
+                for r in reducers:
+                    if r.view == "auto":
+                        r.view = decided["view"]
+                _feed_reducers(reducers, stack, rec, enc, labels,
+                               (part.start if part is not None else 0) + n_items)
+                sums.calls += L
+                n_items += enc.size
+                n_batches += 1
+        except Exception as exc:
+            if part is None:
+                raise
+            failed = exc   # sent to the other ranks, which then stop with it instead of waiting
+        finally:
+            if decided:
+                decided["bar"].close()
+    if not decided:
         raise LayerscopeError("the data is empty; pass at least one item")
+    sums = decided["sums"]
+    n_items = _combined(part, [sums, *reducers], n_items, n_batches, failed, stack.module)
+    objective = sums.objective
     return {"objective": objective.name, "values": {tuple(s): objective.value(tuple(s)) for s in sets},
-            "baseline": objective.value(()), "method": "prefix" if use_prefix else "naive",
-            "n_items": n_items, "seconds": time.perf_counter() - t0, "block_calls": block_calls,
-            "removable": keep}
+            "baseline": objective.value(()), "method": "prefix" if decided["prefix"] else "naive",
+            "n_items": n_items, "seconds": time.perf_counter() - t0, "block_calls": sums.calls,
+            "removable": decided["keep"]}
 
 
 def _removable_sets(stack: Stack, rec: Recorded, keep: list[bool], sets,

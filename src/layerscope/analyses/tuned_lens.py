@@ -25,7 +25,6 @@ Example:
 
 from __future__ import annotations
 
-import itertools
 import json
 import time
 from dataclasses import dataclass, field
@@ -44,7 +43,7 @@ from layerscope.results import Result
 from layerscope.objectives import real_mask, token_ids
 from layerscope.replay import main_output, prepare
 from layerscope.sweep import encoded_batches as iter_batches
-from .lens import LensStats, _states, lens_stack
+from .lens import _states, lens_stack
 
 
 class TunedLens(nn.Module):
@@ -197,7 +196,16 @@ def train_tuned_lens(model, data, *, epochs: int = 1, steps: int | None = None, 
                      seed: int = 0, progress: bool = False) -> TunedLensResult:
     """Train a tuned lens of a causal LM on part of ``data`` and compare it with the logit lens on
     the held-out rest. ``steps`` (one per batch) caps the training; each step samples up to
-    ``tokens_per_step`` real tokens of its batch for every layer."""
+    ``tokens_per_step`` real tokens of its batch for every layer.
+
+    Under a process group (torchrun) the training is data-parallel: every step's batch is cut
+    into one contiguous piece per rank (:func:`layerscope.distributed.shard_range`), the token
+    sample is drawn over the whole batch as one process draws it, each rank back-propagates the
+    sampled tokens of its piece, and the gradients (and the loss) are summed over the ranks
+    (:func:`layerscope.distributed.all_reduce_sum`) before the clipped Adam step, so every rank
+    holds the same lens, equal to one process's up to float rounding. The held-out pass is a
+    sweep, sharded and combined like any other.
+    """
     if epochs < 1 or (steps is not None and steps < 1) or tokens_per_step < 1 or lr <= 0:
         raise LayerscopeError("epochs, steps and tokens_per_step must be positive integers and lr positive")
     stack = lens_stack(model, blocks)
@@ -205,12 +213,41 @@ def train_tuned_lens(model, data, *, epochs: int = 1, steps: int | None = None, 
     with evaluating(stack.loaded):
         return _train(stack, train, test, epochs=epochs, steps=steps, lr=lr,
                       tokens_per_step=tokens_per_step, batch_size=batch_size,
-                      max_length=max_length, seed=seed, progress=progress)
+                      max_length=max_length, seed=seed, blocks=blocks, progress=progress)
+
+
+def _my_sample(gen: torch.Generator, counts: list[int], rank: int, k: int) -> tuple[Tensor, int]:
+    """Of ``k`` real tokens drawn over the whole batch (the ranks' pieces hold ``counts`` tokens,
+    in rank order), the positions within this rank's piece, and how many were drawn in all."""
+    pick = torch.randperm(sum(counts), generator=gen)[:k]
+    lo = sum(counts[:rank])
+    mine = pick[(pick >= lo) & (pick < lo + counts[rank])] - lo
+    return mine, len(pick)
+
+
+def _summed(lens: nn.Module, total: float) -> float:
+    """Sum every rank's gradients of ``lens`` (in place) and the loss ``total``; returns the sum."""
+    from layerscope import distributed
+
+    params = list(lens.parameters())
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
+                      for p in params] + [torch.tensor([total], device=params[0].device,
+                                                       dtype=params[0].dtype)])
+    distributed.all_reduce_sum(flat)
+    at = 0
+    for p in params:
+        p.grad = flat[at:at + p.numel()].view_as(p).clone()
+        at += p.numel()
+    return float(flat[-1])
 
 
 def _train(stack, train, test, *, epochs, steps, lr, tokens_per_step, batch_size, max_length,
-           seed, progress) -> TunedLensResult:
-    from layerscope.sweep import model_device
+           seed, blocks=None, progress=False) -> TunedLensResult:
+    from layerscope import distributed
+    from layerscope.progress import bar as progress_bar
+    from layerscope.sweep import model_device, sweep
+
+    from .lens import LensReducer
 
     device = model_device(stack.module)
     norm_p = {k: v.detach() for k, v in stack.norm.named_parameters()}
@@ -222,36 +259,46 @@ def _train(stack, train, test, *, epochs, steps, lr, tokens_per_step, batch_size
         return functional_call(stack.head, head_p, (z,)).float()
 
     layers = ["embeddings"] + stack.names
+    rank, size = distributed.world()
     gen = torch.Generator().manual_seed(seed)
     t0 = time.perf_counter()
     lens, opt, losses = None, None, []
-    from layerscope.progress import bar as progress_bar
-
     per_epoch = -(-len(train) // batch_size)
-    bar = progress_bar(min(steps, epochs * per_epoch) if steps else epochs * per_epoch,
-                       desc="tuned lens", unit="step", enabled=progress)
-    batches = (b for _ in range(epochs)
-               for b in iter_batches(stack.loaded, train, batch_size=batch_size, max_length=max_length))
-    for enc, _labels in itertools.islice(batches, steps):
-        enc = prepare(stack, enc)
-        with torch.no_grad():
-            output, states = _states(stack, enc)
-        mask = real_mask(enc, token_ids(enc).shape)
-        final = F.log_softmax(main_output(output, "causal-lm").float()[mask], dim=-1)
-        pick = torch.randperm(len(final), generator=gen)[:tokens_per_step].to(final.device)
-        final = final[pick]
-        final_p = final.exp()
+    n_steps = min(steps, epochs * per_epoch) if steps else epochs * per_epoch
+    bar = progress_bar(n_steps, desc="tuned lens", unit="step", enabled=progress and rank == 0)
+    for step in range(n_steps):
+        lo = (step % per_epoch) * batch_size
+        piece = distributed.shard_range(min(lo + batch_size, len(train)), size, rank, start=lo)
+        enc = next(iter_batches(stack.loaded, train, batch_size=batch_size, max_length=max_length,
+                                part=piece), (None,))[0]
+        states = None
+        if enc is not None:
+            enc = prepare(stack, enc)
+            with torch.no_grad():
+                output, states = _states(stack, enc)
+            mask = real_mask(enc, token_ids(enc).shape)
+            final = F.log_softmax(main_output(output, "causal-lm").float()[mask], dim=-1)
+        mine = (len(final), states[0].shape[-1]) if states is not None else (0, None)
+        gathered = [mine] if size == 1 else distributed.all_gather(mine)  # tokens, width per rank
+        counts = [c for c, _ in gathered]
         if lens is None:
-            lens = TunedLens(layers, states[0].shape[-1]).to(device)
+            lens = TunedLens(layers, next(w for _, w in gathered if w)).to(device)
             opt = torch.optim.Adam(lens.parameters(), lr=lr)
+        pick, drawn = _my_sample(gen, counts, rank, tokens_per_step)
         opt.zero_grad()
         total = 0.0
-        for layer in range(len(layers) - 1):
-            h = states[layer][mask][pick].detach()
-            logp = F.log_softmax(decode(lens.translate(layer, h)), dim=-1)
-            kl = (final_p * (final - logp)).sum(-1).mean()
-            kl.backward()
-            total += float(kl.detach())
+        if len(pick):
+            pick = pick.to(final.device)
+            final = final[pick]
+            final_p = final.exp()
+            for layer in range(len(layers) - 1):
+                h = states[layer][mask][pick].detach()
+                logp = F.log_softmax(decode(lens.translate(layer, h)), dim=-1)
+                kl = (final_p * (final - logp)).sum(-1).sum() / drawn
+                kl.backward()
+                total += float(kl.detach())
+        if size > 1:
+            total = _summed(lens, total)
         torch.nn.utils.clip_grad_norm_(lens.parameters(), 1.0)
         opt.step()
         losses.append(total / (len(layers) - 1))
@@ -260,20 +307,16 @@ def _train(stack, train, test, *, epochs, steps, lr, tokens_per_step, batch_size
     if lens is None:
         raise LayerscopeError("the training part of the data gave no batch; pass more items")
     lens.eval()
-    logit, tuned = LensStats(len(layers)), LensStats(len(layers))
-    with torch.no_grad():
-        for enc, _labels in iter_batches(stack.loaded, test, batch_size=batch_size, max_length=max_length):
-            enc = prepare(stack, enc)
-            output, states = _states(stack, enc)
-            logit.add(stack, enc, output, states)
-            tuned.add(stack, enc, output, states, lens.translate)
+    logit, tuned = LensReducer(stack), LensReducer(stack, lens.translate)
+    sweep(stack.loaded, test, reducers=[logit, tuned], blocks=blocks, batch_size=batch_size,
+          max_length=max_length, progress=progress)
     a, b = logit.result(), tuned.result()
     return TunedLensResult(
         model=stack.loaded.ref, layers=layers, logit_kl=a["kl"], tuned_kl=b["kl"],
         logit_accuracy=a["accuracy"], tuned_accuracy=b["accuracy"],
         logit_agreement=a["top1_agreement"], tuned_agreement=b["top1_agreement"],
         train_loss=losses, steps=len(losses), n_train_items=len(train), n_test_items=len(test),
-        n_test_tokens=logit.n_tokens, seconds=time.perf_counter() - t0, lens=lens)
+        n_test_tokens=logit.stats.n_tokens, seconds=time.perf_counter() - t0, lens=lens)
 
 
 __all__ = ["TunedLens", "TunedLensResult", "train_tuned_lens", "split_data"]

@@ -9,8 +9,8 @@ import typer
 
 from .app import app
 from .common import (AllowMissingWeightsOpt, BatchSizeOpt, BlocksOpt, ForceOpt, InputShapeOpt,
-                     JsonOpt, MaxLengthOpt, TrustRemoteCodeOpt, model_from_cli, placement_given,
-                     print_json)
+                     JsonOpt, LayersOpt, MaxLengthOpt, TrustRemoteCodeOpt, model_from_cli,
+                     parse_layers, placement_given, print_json)
 
 
 @app.command("report")
@@ -35,6 +35,7 @@ def report_command(
         "--causal", help="Causal LMs: a .tsv of prompt pairs (clean<TAB>corrupt<TAB>target[<TAB>foil] "
         "per line, one token length) for the section 'What each layer does': activation patching "
         "of every block at every position.", show_default=False, metavar="PROMPTS.tsv")] = None,
+    layers: LayersOpt = None,
     open_browser: Annotated[bool, typer.Option("--open", help="Open the report in the browser.")] = False,
     blocks: BlocksOpt = None,
     input_shape: InputShapeOpt = None,
@@ -55,7 +56,8 @@ def report_command(
                        seed=seed, input_shape=shape, blocks=blocks,
                        trust_remote_code=trust_remote_code, importance_items=importance_items,
                        progress=not as_json, force=force,
-                       allow_missing_weights=allow_missing_weights, causal=causal)
+                       allow_missing_weights=allow_missing_weights, causal=causal,
+                       layers=parse_layers(layers))
     if as_json:
         print_json(res)
     else:

@@ -82,6 +82,7 @@ class _Run:
     results: dict = field(default_factory=dict)
     layers: list[str] = field(default_factory=list)
     probes: list = field(default_factory=list)
+    chosen: str | None = None          # --layers: the blocks the per-layer passes measure
 
 
 def _load_data(data, limit, seed, default_limit, progress: bool = True):
@@ -213,7 +214,7 @@ def _main_pass(run: _Run) -> None:
     cka = sim.reducers(kernel="linear", view="mean", seed=run.seed)
     reservoir = Reservoir(capacity=PICTURE_ITEMS, view="mean", seed=run.seed)
     reducers = [moments, nonfinite, *[p.reducer for p in probes], *cka, reservoir]
-    sw = sweep(loaded, run.dataset, reducers=reducers, batch_size=run.batch_size,
+    sw = sweep(loaded, run.dataset, reducers=reducers, layers=run.chosen, batch_size=run.batch_size,
                max_length=run.max_length, progress=run.stages.progress)
     run.layers = list(sw.layers)
     run.results["sweep"] = {"items": sw.n_items, "batches": sw.n_batches, "seconds": sw.seconds,
@@ -265,8 +266,8 @@ def _bigram_shift(run: _Run, n_items: int) -> list[_ProbeTask]:
         return []
     task = make_task("bigram-shift", ds.subset(range(min(n_items, len(ds)))), seed=run.seed)
     red = prb.reducers(task, seed=run.seed)
-    sweep(run.loaded, task, reducers=red, batch_size=run.batch_size, max_length=run.max_length,
-          progress=run.stages.progress)
+    sweep(run.loaded, task, reducers=red, layers=run.chosen, batch_size=run.batch_size,
+          max_length=run.max_length, progress=run.stages.progress)
     return [_ProbeTask("bigram shift", "syntax", red[0], task)]
 
 
@@ -397,8 +398,11 @@ def _importance(run: _Run, n_items: int, curve: bool) -> None:
                            importance=res, progress=run.stages.progress)
         run.results["removal_curve"] = rc
         curve_vals, curve_x = rc.curves, rc.ks
-    run.sections.append(S.importance_section(res.layers, res.metric, res.objective,
-                                             baseline=res.baseline, block_influence=res.block_influence,
+    shown = _shown(run, res.layers)
+    run.sections.append(S.importance_section([res.layers[i] for i in shown],
+                                             [res.metric[i] for i in shown], res.objective,
+                                             baseline=res.baseline,
+                                             block_influence=[res.block_influence[i] for i in shown],
                                              curve=curve_vals, curve_x=curve_x,
                                              higher_is_worse=higher_is_worse))
 
@@ -412,9 +416,27 @@ def _lens(run: _Run, n_items: int) -> None:
                      max_length=run.max_length, progress=run.stages.progress)
     run.results["lens"] = res
     top = [[k[0] if k else "" for k in layer] for layer in res.top_tokens] if res.top_tokens else None
-    run.sections.append(S.lens_section(res.layers, kl=res.kl, accuracy=res.accuracy,
+    shown = _shown(run, res.layers)
+    top = [top[i] for i in shown] if top else None
+    run.sections.append(S.lens_section([res.layers[i] for i in shown],
+                                       kl=[res.kl[i] for i in shown],
+                                       accuracy=[res.accuracy[i] for i in shown],
                                        prompt=res.prompt, top_tokens=top,
                                        prompt_tokens=res.prompt_tokens))
+
+
+def _shown(run: _Run, names: list[str]) -> list[int]:
+    """Indices of ``names`` a section shows: the blocks of the main pass under ``--layers`` (the
+    removal and lens passes measure every block, which their angles and KL curves need), else all."""
+    if run.chosen is None:
+        return list(range(len(names)))
+    kept = set(run.layers)
+    return [i for i, n in enumerate(names) if n in kept]
+
+
+def _chosen_note(run: _Run, n_blocks: int) -> str:
+    return (f"Only the {len(run.layers)} of {n_blocks} blocks chosen with --layers "
+            f"{run.chosen!r} are shown ({', '.join(run.layers)}).")
 
 
 def _causal_pairs(loaded, causal) -> list:
@@ -547,7 +569,7 @@ def build_report(model="minilm", data=None, out_dir="layerscope-report", *, limi
                  input_shape=None, blocks: str | None = None, trust_remote_code: bool = False,
                  importance_items: int | None = None, progress: bool = True,
                  force: bool = False, allow_missing_weights: bool = False,
-                 causal=None) -> ReportResult:
+                 causal=None, layers: str | None = None) -> ReportResult:
     """Analyse ``model`` on ``data`` and write ``out_dir/index.html``, ``results.json`` and PNGs.
 
     ``model``: a reference (see ``layerscope models``), an ``nn.Module`` or a LoadedModel.
@@ -559,6 +581,9 @@ def build_report(model="minilm", data=None, out_dir="layerscope-report", *, limi
     of prompt pairs (``clean<TAB>corrupt<TAB>target[<TAB>foil]``, see
     :func:`~layerscope.analyses.causal.patching.read_pairs`) or a list of PromptPairs; adds the
     section "What each layer does" (activation patching of every block × position).
+    ``layers`` (``--layers``: "0,8,16", "0-3", names): the blocks the per-layer sections measure
+    and show (statistics, probes, similarity, pictures; removal and lens measure every block and
+    show these); each such section says so. The anatomy, patching and training sections stay whole.
 
     Example:
         >>> import tempfile, torch
@@ -591,11 +616,16 @@ def build_report(model="minilm", data=None, out_dir="layerscope-report", *, limi
         dataset, data_name = _load_data(data if data is not None else default_data(loaded), limit,
                                         seed, main_items, progress)
         _check_fits(loaded, dataset, max_length)
+        if layers is not None:   # a bad --layers fails here, before any long work
+            from layerscope.layers import Layers
+
+            every = Layers(loaded, granularity="blocks", blocks=blocks)
+            every.select(layers)
         pairs = _causal_pairs(loaded, causal) if causal is not None else None
         # load, anatomy, main pass, bigram shift, probe fits, removal, (lens), (patching), training, write
         stages.total = (9 if loaded.task == "causal-lm" else 8) + (pairs is not None)
     out = prepare_out_dir(out_dir, force=force)
-    run = _Run(loaded, dataset, data_name, stages, batch_size, max_length, seed)
+    run = _Run(loaded, dataset, data_name, stages, batch_size, max_length, seed, chosen=layers)
     with stages.optional("anatomy"):
         _anatomy(run)
     with stages.stage("main pass", f"{len(dataset):,} items of {data_name}"):
@@ -625,6 +655,13 @@ def build_report(model="minilm", data=None, out_dir="layerscope-report", *, limi
         secs = sorted(run.sections, key=lambda s: order.index(s.id) if s.id in order else len(order))
         facts = [("model", loaded.ref), ("family", loaded.family), ("data", data_name),
                  ("items", f"{len(dataset):,}"), ("layers swept", str(len(run.layers)))]
+        if run.chosen is not None:
+            note = _chosen_note(run, len(every))
+            facts.append(("layers", note))
+            for sec in secs:
+                if sec.id in ("probes", "similarity", "importance", "activations", "pictures",
+                              "lens"):
+                    sec.note = note
         if stages.skipped:
             facts.append(("left out", "; ".join(f"{k}: {v}" for k, v in stages.skipped.items())))
         page = Page(title=f"layerscope report: {loaded.ref}", facts=facts, headline=_headline(secs),
@@ -633,7 +670,8 @@ def build_report(model="minilm", data=None, out_dir="layerscope-report", *, limi
         record_report_files(out, [*figures, "results.json", "index.html"])
         seconds = time.perf_counter() - t0
         payload = {"format": FORMAT, "version": 1, "model": loaded.ref, "data": data_name,
-                   "n_items": len(dataset), "layers": run.layers, "figures": figures,
+                   "n_items": len(dataset), "layers": run.layers, "chosen_layers": run.chosen,
+                   "figures": figures,
                    "stages": stages.seconds, "skipped": stages.skipped,
                    "findings": {s.id: s.findings for s in secs},
                    "results": run.results}
