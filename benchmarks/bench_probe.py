@@ -8,21 +8,29 @@ item). Two probing tasks are made from them: sentiment (sign of the human score,
 features and the same held-out split (20%, by a hash of the item index):
   A: layerscope's ProbeStats(solver="auto") fed batches of 64 as in a sweep, then its result:
      L2 logistic regression on standardised features with C from {0.001, 0.01, 0.1, 1} by 3-fold
-     CV, all layers in one batched L-BFGS (the streamed closed form past the memory budget);
+     CV, all layers in one batched float64 L-BFGS solved to a gradient norm of 1e-6 (the
+     streamed closed form past the memory budget);
   L: the closed-form probe from streamed sums (ridge/LDA, penalty by GCV) - the old default;
-  B: scikit-learn StandardScaler + LogisticRegressionCV(Cs = the same grid, lbfgs) per layer on the
+  B: scikit-learn StandardScaler + LogisticRegressionCV(Cs = the same grid, lbfgs, its default
+     tol, scoring="accuracy": its default until 1.11) per layer on the
      same training rows, scored on the held-out rows. B gets the same 3 stratified CV folds as A
      (PredefinedSplit): with its own random folds B's choice of C, and so its accuracy, moves by
      more than a point between fold draws at these sizes, which is not a property of either solver.
 Printed: per-layer held-out accuracy of A, L and B, the worst |A - B| in points, A's and B's
-fitting time, and A's time as a share of the forward pass over the same n items.
+fitting time, and A's time as a share of the forward pass over the same n items. The forward
+pass is timed again in this process (``--forward-items``, the first items of the same data), so
+A and the pass it is compared with run under the same machine load.
 
 Usage:
     .venv/bin/python benchmarks/bench_probe.py [--items 8000] [--sizes 1500 3000 6000]
-        [--threads 2] [--cache DIR] [--write BENCHMARKS.md]
+        [--threads 2] [--cache DIR] [--reuse-b DIR] [--forward-items 256] [--write BENCHMARKS.md]
 
 ``--cache DIR`` keeps each (task, size) row as JSON, so the tasks can run as separate processes
 (``--tasks sentiment`` / ``--tasks length``) and a last run with ``--write`` assembles the table.
+``--reuse-b DIR`` takes B and the closed form (accuracies, chosen C, seconds) from the rows of an
+earlier ``--cache DIR`` where one exists for the (task, size): neither depends on layerscope's
+logistic solver, and on the same features, split and folds they are the same numbers; only A is
+measured again. The table marks such rows.
 """
 
 from __future__ import annotations
@@ -32,8 +40,10 @@ import datetime
 import json
 import os
 import platform
+import re
 import statistics
 import time
+import warnings
 from pathlib import Path
 
 # BLAS reads its thread count when numpy loads, so --threads is parsed before that import
@@ -87,6 +97,20 @@ def task(name: str, texts: list[str], scores: np.ndarray, n: int):
     return keep, make_task(name, ds).labels.numpy()
 
 
+def forward_per_item(n_items: int) -> float:
+    """Seconds per item of MiniLM's sweep (as in :func:`features`) over the first ``n_items``."""
+    from layerscope.data import load_dataset
+    from layerscope.reducers import Reservoir
+    from layerscope.sweep import sweep
+
+    data = load_dataset("sentences", limit=n_items, seed=0)
+    sweep("minilm", data, reducers=[Reservoir(capacity=8)], batch_size=32, max_length=128, progress=False)
+    t = time.perf_counter()           # the second sweep: model loading and first-call costs excluded
+    sweep("minilm", data, reducers=[Reservoir(capacity=len(data))], batch_size=32, max_length=128,
+          progress=False)
+    return (time.perf_counter() - t) / len(data)
+
+
 def ours(feats, y, solver: str):
     from layerscope.analyses.probe import ProbeStats
     from layerscope.reducers import BatchInfo
@@ -98,7 +122,11 @@ def ours(feats, y, solver: str):
         b = min(a + 64, len(y))
         red.update({k: v[a:b] for k, v in ft.items()}, BatchInfo(a, b - a, yt[a:b]))
     res = red.result()
-    return res.score, res.solver
+    m = re.search(r"\((\d+) iterations", res.method)
+    how = res.solver + (f", {m.group(1)} it." if m else "")
+    if res.solver == "lbfgs":
+        how += ", NOT converged" if "NOT converged" in res.method else ", converged"
+    return res.score, how
 
 
 def sklearn_cv(feats, y):
@@ -114,7 +142,10 @@ def sklearn_cv(feats, y):
     out, cs = [], []
     for x in feats:
         sc = StandardScaler().fit(x[~test])
-        lr = LogisticRegressionCV(Cs=list(CS), cv=folds, max_iter=2000).fit(sc.transform(x[~test]), y[~test])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            lr = LogisticRegressionCV(Cs=list(CS), cv=folds, max_iter=2000, scoring="accuracy")
+            lr.fit(sc.transform(x[~test]), y[~test])
         out.append(float(lr.score(sc.transform(x[test]), y[test])))
         cs.append(float(np.atleast_1d(lr.C_)[0]))
     return out, cs
@@ -126,14 +157,19 @@ def timed(fn, *args, **kw):
     return time.perf_counter() - t, out
 
 
-def bench(name, feats_all, texts, scores, n, per_item):
+def bench(name, feats_all, texts, scores, n, per_item, earlier=None):
     rows, y = task(name, texts, scores, n)
     feats = [np.ascontiguousarray(f[rows]) for f in feats_all]
     ta, (acc_a, solver) = timed(ours, feats, y, "auto")
-    tl, (acc_l, _) = timed(ours, feats, y, "closed")
-    tb, (acc_b, cs) = timed(sklearn_cv, feats, y)
+    if earlier is not None and earlier["n"] == len(y):
+        tl, acc_l, tb, acc_b, cs = (earlier[k] for k in ("tl", "acc_l", "tb", "acc_b", "cs"))
+    else:
+        earlier = None
+        tl, (acc_l, _) = timed(ours, feats, y, "closed")
+        tb, (acc_b, cs) = timed(sklearn_cv, feats, y)
     return dict(task=name, n=len(y), classes=int(y.max()) + 1, ta=ta, tl=tl, tb=tb, acc_a=acc_a,
-                acc_l=acc_l, acc_b=acc_b, cs=cs, solver=solver, forward=per_item * len(y))
+                acc_l=acc_l, acc_b=acc_b, cs=cs, solver=solver, forward=per_item * len(y),
+                b_reused=earlier is not None, load=os.getloadavg()[0])
 
 
 def fmt(r) -> list[str]:
@@ -142,15 +178,16 @@ def fmt(r) -> list[str]:
     dl = (np.array(r["acc_l"]) - np.array(r["acc_b"])).min() * 100
     return [
         f"| {r['task']} ({r['classes']} classes) | {r['n']:,} | {acc(r['acc_a'])} | {acc(r['acc_b'])} | "
-        f"**{da:.1f}** | {dl:+.1f} | {r['solver']} | {r['ta']:.1f} | {r['tb']:.1f} | {r['forward']:.0f} | "
+        f"**{da:.1f}** | {dl:+.1f} | {r['solver']} | {r['ta']:.1f} | {r['tb']:.1f}{'†' if r.get('b_reused') else ''} | "
+        f"{r['forward']:.0f} | {r.get('load', float('nan')):.1f} | "
         f"**{r['ta'] / r['forward']:.0%}** |",
     ]
 
 
 HEADER = ["| task | n | A: layerscope auto, held-out accuracy per layer | "
           "B: LogisticRegressionCV per layer | worst \\|A − B\\| (points) | closed form − B, worst (points) | "
-          "A's solver | A s | B s | forward pass s (same items) | A / forward |",
-          "|---|---|---|---|---|---|---|---|---|---|---|"]
+          "A's solver | A s | B s | forward pass s (same items) | load after A | A / forward |",
+          "|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
 
 def main() -> None:
@@ -161,6 +198,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--write", type=Path)
     ap.add_argument("--cache", type=Path)
+    ap.add_argument("--reuse-b", type=Path, help="an earlier --cache DIR: take B and the closed form from it")
+    ap.add_argument("--forward-items", type=int, default=256,
+                    help="items over which the forward pass is timed again in this process")
     ap.add_argument("--cached-only", action="store_true",
                     help="with --cache: write the rows already measured, naming the ones not measured")
     args = ap.parse_args()
@@ -176,9 +216,14 @@ def main() -> None:
                 missing.append(f"{name} at {n:,}")
                 continue
             else:
-                made = made or features(args.items)
+                if made is None:
+                    made = features(args.items)
+                    if args.forward_items:
+                        made = (*made[:3], forward_per_item(args.forward_items))
                 feats, texts, scores, per_item = made
-                results.append(bench(name, feats, texts, scores, n, per_item))
+                old = args.reuse_b / f"{name}_{n}_{args.items}.json" if args.reuse_b else None
+                earlier = json.loads(old.read_text()) if old is not None and old.exists() else None
+                results.append(bench(name, feats, texts, scores, n, per_item, earlier))
                 if row is not None:
                     row.parent.mkdir(parents=True, exist_ok=True)
                     row.write_text(json.dumps(results[-1]))
@@ -192,12 +237,14 @@ def main() -> None:
         f"load average {load:.1f} at the end: the machine was shared, so seconds are inflated, ratios "
         f"less so), torch {torch.__version__}, `benchmarks/bench_probe.py --items {args.items} --sizes "
         f"{' '.join(map(str, args.sizes))} --threads {THREADS}`. MiniLM-L6 mean-pooled outputs of the "
-        "embeddings and the 6 blocks; A, the closed form and B see the same features and the same "
+        "6 blocks; A, the closed form and B see the same features and the same "
         "held-out split (20%). A: `ProbeStats(solver=\"auto\")` fed batches of 64 (L2 logistic "
         f"regression, C from {{{', '.join(f'{c:g}' for c in CS)}}} by 3-fold CV, all layers in one batched "
-        "L-BFGS); B: scikit-learn `LogisticRegressionCV` with the same C grid and the same 3 stratified "
-        "folds (PredefinedSplit), per layer. The forward pass is MiniLM's sweep over the same number of items (measured per "
-        "item over the whole run).",
+        "float64 L-BFGS to a gradient norm of 1e-6); B: scikit-learn `LogisticRegressionCV` (default tol, "
+        "scoring=\"accuracy\") with the same C grid and the same 3 stratified folds (PredefinedSplit), per "
+        f"layer. The forward pass is MiniLM's sweep (batches of 32, up to 128 tokens), timed per item over "
+        f"{args.forward_items or 'all the'} items in the same process as A, times n. † B (and the closed form) taken from an "
+        "earlier run of this script on the same features, split and folds (`--reuse-b`): their seconds are from that run.",
         "",
         *HEADER,
     ]
