@@ -556,7 +556,8 @@ MISS_NOTES = {
     "depth_pro": "Two ViT towers of one kind side by side (the patch encoder on patches at three "
                  "scales, the image encoder on the downsampled image), built from sibling "
                  "sub-configs, neither before the other. The reference takes the first sub-config "
-                 "in attribute order (image), layerscope the tower holding more parameters (patch). "
+                 "in attribute order (image), layerscope the stack with the most parameters, the "
+                 "first of equals (patch). "
                  "Neither is more right; asking, as for a dual encoder, would be the honest default.",
     "sam3": "A DETR-like detector prompted by text: a ViT backbone, a CLIP-like text encoder for "
             "the prompt, then a DETR encoder and decoder. The reference takes the text config "
