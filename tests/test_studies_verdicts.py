@@ -136,3 +136,55 @@ def test_similarity_across_seeds(cnn, deep, expected):
     small = 10 if expected == "cannot tell" else 100
     v = similarity_verdict(counts(cnn, 100), {4: counts(cnn, 100), 16: counts(deep, small)}, [4, 16])
     _check(v, expected)
+
+
+# --- bad input: one line, exit 2 -----------------------------------------------------------------
+
+# a model each study does not take (cheap to load), and the words of its "it takes" list
+NOT_FOR = {"depth-represents": ("cnn", "text models"), "prune-depth": ("cnn", "text encoders or language models"),
+           "width-vs-depth": ("cnn", "zoo MLPs"), "skip-connections": ("cnn", "zoo MLPs"),
+           "batch-norm": ("cnn", "zoo MLPs"), "activations": ("cnn", "zoo MLPs"), "dropout": ("cnn", "zoo MLPs"),
+           "freezing": ("cnn", "pretrained text encoders"), "halving-width": ("cnn", "zoo MLPs"),
+           "depthwise": ("mlp", "the zoo CNN"), "similarity-across-seeds": ("minilm", "zoo CNNs or MLPs"),
+           "lm-decides": ("minilm", "causal language models")}
+
+
+def _one_line_error(capsys, argv) -> str:
+    from layerscope.cli.app import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+def test_every_study_has_a_model_it_refuses():
+    from layerscope.studies.common import registry
+
+    assert set(NOT_FOR) == set(registry())
+
+
+@pytest.mark.parametrize("name", sorted(NOT_FOR))
+def test_a_study_given_a_model_it_does_not_take_says_which_it_takes(name, capsys):
+    model, takes = NOT_FOR[name]
+    line = _one_line_error(capsys, ["study", name, "--model", model])
+    assert f"study {name} does not apply to {model!r}" in line and f"it takes {takes}" in line
+
+
+@pytest.mark.parametrize("name,minimum", [("depth-represents", "at least 200 sentences"),
+                                          ("prune-depth", "at least 16 items"),
+                                          ("lm-decides", "at least 12 texts"),
+                                          ("freezing", "at least 100 sentences")])
+def test_too_little_data_says_how_many_items_are_needed(name, minimum, tmp_path, capsys):
+    f = tmp_path / "few.csv"
+    f.write_text("text,label\n" + "\n".join(f"sentence number {i} is fine here,{(-1) ** i * 1.5}" for i in range(8)))
+    line = _one_line_error(capsys, ["study", name, "--data", str(f)])
+    assert minimum in line, line
+
+
+def test_unknown_study_lists_them_and_a_seeded_study_needs_two_seeds(capsys):
+    from layerscope.studies.common import registry
+
+    line = _one_line_error(capsys, ["study", "nope"])
+    assert all(n in line for n in registry())
+    assert "at least 2 seeds" in _one_line_error(capsys, ["study", "dropout", "--seeds", "1"])

@@ -92,7 +92,7 @@ def study_command(
     results, failed = [], []
     with tempfile.TemporaryDirectory(prefix="layerscope-study-") as work:
         for n in names:
-            if not as_json:
+            if not as_json and name == "all":    # one study's bad input stays a one-line error
                 typer.echo(f"running study {n} ({mode}) ...", err=True)
             try:
                 r = run_study(n, model=model, data=data, mode=mode, seeds=seeds, workdir=work)

@@ -37,8 +37,8 @@ MAX_LENGTH = 64
 MIN_SENTENCES = 200
 # sentences per model (quick, full), sized to the CPU: the full form's two passes and probes take
 # about 25 CPU minutes here (a SmolLM2 item costs about 15x a MiniLM one: ~0.3 against ~0.02 CPU s)
-SIZES = {"minilm": (1500, 10000), "smollm2": (300, 2500)}
-DEFAULT_SIZE = (1500, 6000)
+SIZES = {"minilm": (1000, 10000), "smollm2": (300, 2500)}
+DEFAULT_SIZE = (1000, 6000)
 
 
 def thirds(n: int) -> dict[str, list[int]]:
