@@ -179,9 +179,18 @@ def test_dropout_study_runs_and_quotes_its_interval(tmp_path):
     assert quoted == pytest.approx(gaps[0] - gaps[1], abs=2e-3)
 
 
+TRAINING_QUICK = ["skip-connections", "activations", "batch-norm", "similarity-across-seeds", "width-vs-depth",
+                  "depthwise", "halving-width"]
+MODEL_QUICK = ["depth-represents", "prune-depth", "lm-decides"]
+
+
+def test_every_study_runs_in_quick_form_somewhere():
+    """The slow tier runs these; dropout (above) and freezing (below) have their own runs."""
+    assert set(TRAINING_QUICK + MODEL_QUICK + ["dropout", "freezing"]) == set(registry())
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["skip-connections", "activations", "batch-norm", "similarity-across-seeds",
-                                  "width-vs-depth", "depthwise", "halving-width"])
+@pytest.mark.parametrize("name", TRAINING_QUICK)
 def test_training_studies_quick(name, tmp_path):
     r = run_study(name, workdir=str(tmp_path))
     assert r.seeds == 3 and r.rows and r.verdict.verdict in ("supported", "refuted", "mixed", "cannot tell")
@@ -189,7 +198,7 @@ def test_training_studies_quick(name, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["depth-represents", "prune-depth", "lm-decides"])
+@pytest.mark.parametrize("name", MODEL_QUICK)
 def test_model_studies_quick(name):
     r = run_study(name)
     quoted = [p.reason for p in r.verdict.parts.values()] or [r.verdict.reason]
