@@ -137,14 +137,15 @@ def markdown(results: list[StudyResult], *, figures: dict[str, str], command: st
     if full:
         lines += ["", f"`--full` runs ({len(full)} of {len(results)}): {', '.join(full)}."]
     if quick:
-        lines += ["", f"`--quick` runs ({len(quick)} of {len(results)}): {', '.join(quick)} — small models, few "
-                  "items, short training: their intervals are wide, and a 'cannot tell' verdict states "
-                  "roughly how many items or seeds would decide it. `--full` forms are larger versions of "
-                  "the same experiments."]
+        lines += ["", f"**Quick numbers, not full ({len(quick)} of {len(results)}): {', '.join(quick)}.** These "
+                  "sections show `--quick` runs — small models, few items, short training — so their intervals "
+                  "are wide, and a 'cannot tell' verdict states roughly how many items or seeds would decide "
+                  "it. Their `--full` forms (larger versions of the same experiments) were not part of this page."]
     if failed:
         lines += ["", "Not in this page: " + "; ".join(failed) + "."]
     for r in results:
-        lines += ["", f"<a id=\"{r.name}\"></a>", f"## {r.title} (`layerscope study {r.name}`)", "",
+        lines += ["", f"<a id=\"{r.name}\"></a>",
+                  f"## {r.title} (`layerscope study {r.name}`)" + (" — quick run" if r.mode == "quick" else ""), "",
                   f"**Claim.** {r.claim} *(source: {r.source})*", "",
                   f"**Published anchor.** {r.anchor}", "", f"**Experiment.** {r.experiment}", ""]
         lines += ["| " + " | ".join(map(_md_cell, r.columns)) + " |", "|" + "---|" * len(r.columns)]
