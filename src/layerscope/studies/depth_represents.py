@@ -323,7 +323,10 @@ def depth_represents(s: Settings):
                     f"mean-pooled over the sentence, and token-level: the block output at the token where "
                     f"the pair's second word starts) and sentiment (sign of the human score, |score| >= 0.5, "
                     f"unshifted items only); {int(TEST_FRACTION * 100)}% of each task's items held out; "
-                    f"probe: {first.method}."),
+                    f"probe: {first.method}. The item counts are sized for a 2-core CPU (the --full form, MiniLM "
+                    f"on {SIZES['minilm'][1]} sentences and SmolLM2 on {SIZES['smollm2'][1]}, takes about 25 CPU "
+                    f"minutes; SentEval's probing sets had 100k items): where an interval cannot single out the "
+                    f"peak, the verdict says how many items would."),
         columns=columns, rows=rows, chart=_chart(results), verdict=depth_verdict(results, sentences), findings=findings,
         model=", ".join(refs), data=data_ref,
         settings={"sentences": sentences, "items": swept, "tasks": tasks})
