@@ -85,7 +85,8 @@ def _shrink(d: dict, counter: list[int]) -> dict:
             out[key] = dict(_TINY_RESNET)  # timm is not installed: transformers' own ResNet
         elif isinstance(value, dict) and "model_type" in value:
             out[key] = _shrink(value, counter)
-        elif key in DEPTH_KEYS and isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        elif (key in DEPTH_KEYS or _named_count(key, value, d)) \
+                and isinstance(value, int) and not isinstance(value, bool) and value > 0:
             old_depths.add(value)
             out[key] = _next_count(counter, _highest_stage(d))
         elif key in ("use_timm_backbone", "use_pretrained_backbone") and value:
@@ -166,8 +167,33 @@ def _config_tree(config, prefix=""):
             yield from _config_tree(value, f"{prefix}.{key}" if prefix else key)
 
 
-#: config keys holding a depth per stage (the blocks total their sum: Hiera's blocks_per_stage)
-STAGE_DEPTH_KEYS = ("depths", "blocks_per_stage", "block_sizes")
+#: config keys holding a depth per stage (the blocks total their sum: Hiera's blocks_per_stage;
+#: CvT's list-valued ``depth``; EfficientLoFTR's ``stage_num_blocks``)
+STAGE_DEPTH_KEYS = ("depths", "blocks_per_stage", "block_sizes", "depth", "stage_num_blocks")
+
+
+def _stage_lengths(d) -> set[int]:
+    """The lengths of the per-stage lists a config holds (``depths``, ``hidden_sizes``...)."""
+    items = d.items() if isinstance(d, dict) else vars(d).items()
+    return {len(v) for k, v in items if isinstance(v, (list, tuple)) and len(v) > 1 and k != "architectures"}
+
+
+def _named_count(key: str, value, d) -> bool:
+    """A count under a name of its own (:func:`_count_key`), above 1, that is not the number of
+    stages (PVT v2's ``num_encoder_blocks`` 4 beside four-entry ``depths``/``hidden_sizes``)."""
+    return key not in DEPTH_KEYS and _count_key(key) and isinstance(value, int) \
+        and not isinstance(value, bool) and value > 1 and value not in _stage_lengths(d)
+
+
+def _count_key(key: str) -> bool:
+    """A config key that declares a number of layers or blocks under a name of its own
+    (xLSTM's ``num_blocks``, Gemma 3n audio's ``conf_num_hidden_layers``, HRM's
+    ``num_layers_per_stack``, VideoPrism's ``num_spatial_layers``/``num_temporal_layers``,
+    LXMERT's ``l_layers``/``x_layers``/``r_layers``, Perceiver's ``num_self_attends_per_block``):
+    its name ends in ``layers``/``blocks`` or counts them per something."""
+    import re
+
+    return bool(re.search(r"(layers|blocks)(_per_[a-z]+)?$|_per_block$", key))
 
 
 def _depths(config) -> dict[str, list[int]]:
@@ -178,6 +204,9 @@ def _depths(config) -> dict[str, list[int]]:
             value = getattr(cfg, key, None)
             if isinstance(value, int) and not isinstance(value, bool) and value > 0:
                 values.append(value)
+        for key, value in vars(cfg).items():  # counts under names of their own
+            if _named_count(key, value, cfg):
+                values.append(value)
         for key in STAGE_DEPTH_KEYS:
             value = getattr(cfg, key, None)
             if isinstance(value, (list, tuple)) and value and all(
@@ -185,6 +214,18 @@ def _depths(config) -> dict[str, list[int]]:
                 values.append(sum(value))
         if values:
             out[name] = values
+    return out
+
+
+def _stage_depths(config) -> dict[tuple[int, ...], str]:
+    """Each per-stage depth list the config tree holds (``depths`` [3, 4, 6, 3]) -> its config."""
+    out = {}
+    for name, cfg in _config_tree(config):
+        for key in STAGE_DEPTH_KEYS:
+            value = getattr(cfg, key, None)
+            if isinstance(value, (list, tuple)) and len(value) > 1 and all(
+                    isinstance(v, int) and not isinstance(v, bool) for v in value):
+                out.setdefault(tuple(value), name)
     return out
 
 
@@ -200,10 +241,18 @@ def reference_lists(model, config) -> tuple[list[tuple[str, int, str]], list[str
     for name, values in depths.items():
         for v in values:
             by_len.setdefault(v, []).append(name)
+    stages = _stage_depths(config)
     cands = []
     modules = dict(model.named_modules())
     for path, mod in modules.items():
         if not isinstance(mod, (nn.ModuleList, nn.Sequential)) or len(mod) == 0:
+            continue
+        # stages, each holding one list of blocks as long as the stage's declared depth (ResNet,
+        # Swin), first: the blocks, even where the number of stages is a declared count too
+        # (SegFormer's num_hidden_layers is its number of stages)
+        inner = _stage_lists(mod)
+        if inner and tuple(len(x) for _, x in inner) in stages:
+            cands.append((path, sum(len(x) for _, x in inner), [stages[tuple(len(x) for _, x in inner)]]))
             continue
         n = len(block_entries(mod))
         if n in by_len and any(next(c.parameters(), None) is not None for c in mod.children()):
@@ -240,8 +289,39 @@ def block_entries(mod) -> list[tuple[str, object]]:
     return children
 
 
+def _stage_lists(mod) -> list[tuple[str, object]] | None:
+    """For a list of stages, each holding one list of blocks under the same name (ResNet's
+    ``encoder.stages.i.layers``, Swin's ``encoder.layers.i.blocks``): (relative path, list) per
+    stage, in order; else None. The stage's other parts (a downsampling layer) are not blocks."""
+    from torch import nn
+
+    out, suffix = [], None
+    for name, stage in mod.named_children():
+        lists = [(p, m) for p, m in stage.named_modules() if p and isinstance(m, (nn.ModuleList, nn.Sequential))
+                 and len(m) and any(next(c.parameters(), None) is not None for c in m.children())
+                 and not all(_is_leaf(c) for c in m.children())]  # a downsampling conv + norm
+        outer = [(p, m) for p, m in lists if not any(p.startswith(o + ".") for o, _ in lists)]
+        if len(outer) != 1 or (suffix is not None and outer[0][0] != suffix):
+            return None
+        suffix = outer[0][0]
+        out.append((f"{name}.{suffix}", outer[0][1]))
+    return out if len(out) > 1 else None
+
+
+def entries_of(mod, n: int) -> list[tuple[str, object]]:
+    """The ``n`` reference entries of a candidate list: its own (or its inner lists') entries,
+    or for a list of stages the blocks of each stage's list joined in order."""
+    inner = _stage_lists(mod) or []
+    staged = [(f"{p}.{k}", b) for p, x in inner for k, b in x.named_children()]
+    return staged if inner and len(staged) == n else block_entries(mod)
+
+
 def _inner_listed(model, path: str, listed: set[str]) -> bool:
-    """A list of lists is listed when each of its inner lists is a stack's path."""
+    """A list of lists is listed when each of its inner lists is a stack's path; a list of
+    stages when each stage's list of blocks is."""
+    staged = _stage_lists(model.get_submodule(path))
+    if staged and all(f"{path}.{p}" in listed for p, _ in staged):
+        return True
     children = [n for n, _ in model.get_submodule(path).named_children()]
     return bool(children) and len(block_entries(model.get_submodule(path))) > len(children) \
         and all(f"{path}.{n}" in listed for n in children)
@@ -362,8 +442,9 @@ def measure(mapping: str, model_type: str, cls_name: str, weights: bool = False)
         row["default"] = getattr(lay, "stack", None)
         row["blocks"] = len(names)
         want = []
+        sizes = {p: n for p, n, _ in cands}
         for p in expected:
-            want += [f"{p}.{n}" if p else n for n, _ in block_entries(model.get_submodule(p))]
+            want += [f"{p}.{n}" if p else n for n, _ in entries_of(model.get_submodule(p), sizes[p])]
         row["default_ok"] = (not dual) and bool(expected) and (names == want or _grouped_ok(lay, want))
         if dual:
             row["default_ok"] = False

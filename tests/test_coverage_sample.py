@@ -51,6 +51,11 @@ BASE = [
     ("bridgetower", "twin cross-modal lists"),
     ("csm", "speech LM with a codec sub-model"),
     ("flava", "dual encoder with a multimodal encoder over both towers"),
+    ("resnet", "CNN with stages (blocks in per-stage lists, per-stage depths)"),
+    ("swin", "hierarchical vision transformer (blocks in per-stage lists)"),
+    ("segformer", "stages counted by num_hidden_layers, blocks by depths"),
+    ("xlstm", "recurrent (xLSTM, depth declared as num_blocks)"),
+    ("gemma3n_audio", "conformer (depth declared as conf_num_hidden_layers)"),
 ]
 #: causal LMs: decoders of many layouts, MoE, state-space, hybrid and recurrent ones
 CAUSAL = [
@@ -66,6 +71,7 @@ CAUSAL = [
     ("rwkv", "recurrent"), ("bert", "post-norm decoder"), ("openai-gpt", "post-norm decoder"),
     ("marian", "post-norm decoder"), ("xglm", "decoder"), ("whisper", "decoder of a speech model"),
     ("xlm", "parallel per-layer lists"),
+    ("xlstm", "recurrent (xLSTM, depth declared as num_blocks)"),
 ]
 
 

@@ -396,3 +396,79 @@ def test_a_list_of_mixed_modules_is_a_stem_beside_repeated_blocks():
     kinds = {s.name: s.kind for s in find_stacks(net)}
     assert kinds == {"encoder": "stem", "decoder_trunk": "main"}
     assert Layers(net).names() == [f"decoder_trunk.layers.{i}" for i in range(3)]
+
+
+class _Residual(nn.Module):
+    def __init__(self, d: int = 8):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
+
+    def forward(self, h):
+        return h + self.mlp(h)
+
+
+class _Stage(nn.Module):
+    """A Swin-like stage: its blocks in one list, then a downsampling layer outside it."""
+
+    def __init__(self, depth: int, d: int = 8, down: bool = True):
+        super().__init__()
+        self.blocks = nn.ModuleList([_Residual(d) for _ in range(depth)])
+        self.downsample = nn.Linear(d, d) if down else None
+
+    def forward(self, h):
+        for block in self.blocks:
+            h = block(h)
+        return self.downsample(h) if self.downsample is not None else h
+
+
+class _StagedNet(nn.Module):
+    def __init__(self, depths=(2, 3, 1)):
+        super().__init__()
+        self.encoder = nn.Module()
+        self.encoder.layers = nn.ModuleList([_Stage(n, down=i < len(depths) - 1) for i, n in enumerate(depths)])
+
+    def forward(self, x):
+        for stage in self.encoder.layers:
+            x = stage(x)
+        return x
+
+
+def test_blocks_kept_in_stages_are_the_stages_lists_joined_in_order():
+    # a person counts Swin's or ResNet's blocks (depths 2 + 3 + 1), not its 3 stages; the
+    # stage's downsampling layer is not a block
+    net = _StagedNet()
+    (stack,) = find_stacks(net)
+    assert stack.name == "encoder"
+    assert stack.paths == [f"encoder.layers.{i}.blocks" for i in range(3)]
+    assert Layers(net).names() == [f"encoder.layers.{i}.blocks.{j}" for i, n in enumerate((2, 3, 1))
+                                   for j in range(n)]
+
+
+def test_a_layer_with_its_experts_in_a_list_beside_its_attention_is_not_a_stage():
+    class MoELayer(nn.Module):
+        def __init__(self, d: int = 8):
+            super().__init__()
+            self.self_attn = nn.MultiheadAttention(d, 2, batch_first=True)
+            self.experts = nn.ModuleList([nn.Sequential(nn.Linear(d, 16), nn.GELU(), nn.Linear(16, d))
+                                          for _ in range(4)])
+
+    net = nn.Module()
+    net.layers = nn.ModuleList([MoELayer() for _ in range(3)])
+    assert Layers(net).names() == [f"layers.{i}" for i in range(3)]
+
+
+def test_replay_is_not_used_where_something_runs_between_blocks():
+    # blocks joined across stages: the downsampling between them is outside every block, so
+    # the recorded input of a stage's first block is not the previous block's output
+    import torch
+
+    from layerscope.replay import build_stack, prepare, record_forward
+
+    torch.manual_seed(0)
+    staged = build_stack(_StagedNet().eval())
+    flat = build_stack(_StagedNet(depths=(4,)).eval())
+    x = torch.randn(2, 5, 8)
+    with torch.no_grad():
+        rec_staged = record_forward(staged, prepare(staged, staged.loaded.encode(x)))
+        rec_flat = record_forward(flat, prepare(flat, flat.loaded.encode(x)))
+    assert not rec_staged.chained() and rec_flat.chained()

@@ -117,6 +117,14 @@ class Recorded:
     def block_input(self, i: int) -> Tensor:
         return hidden_of(*self.calls[i])
 
+    def chained(self) -> bool:
+        """Whether each block's input is the previous block's output, so that re-running the
+        blocks after a removed one reproduces the model (not so for blocks kept in stages with a
+        downsampling layer between them: Swin's patch merging)."""
+        return all(self.block_input(i) is self.outs[i - 1] or (
+            self.block_input(i).shape == self.outs[i - 1].shape and torch.equal(self.block_input(i), self.outs[i - 1]))
+            for i in range(1, len(self.outs)))
+
     def removable(self) -> list[bool]:
         """Per block: whether its output has its input's shape, so that skipping it (identity)
         leaves the rest of the model a valid input."""

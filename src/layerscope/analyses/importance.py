@@ -442,7 +442,8 @@ def run_removals(stack: Stack, data, sets: Sequence[tuple[int, ...]] | None, *, 
                 f"cannot reproduce {type(stack.module).__name__}'s output from its last block "
                 f"(no known final norm/head); use method='naive'")
         decided.update(keep=keep, ablated=set(ablate), view=natural_view(rec),
-                       prefix=ok and method != "naive" and not stack.grouped,  # parallel lists: naive
+                       prefix=ok and method != "naive" and not stack.grouped  # parallel lists: naive
+                       and rec.chained(),  # something runs between blocks (a stage's downsampling)
                        sums=RemovalSums(make_objective(stack.task, labels)),
                        bar=_removal_bar(data, limit, enc.size, len(sets), progress, part))
 

@@ -372,6 +372,9 @@ def find_stacks(model: nn.Module) -> list[Stack]:
             groups.append([s])
     groups = [g for g in groups if any(s.eligible for s in g)
               or sum(s.params for s in g) >= MIN_SHARE * total]
+    groups = [_staged(g[0]) or g if len(g) == 1 else g for g in groups]
+    joined = {s.path for g in groups if len(g) > 1 for s in g}  # a stage's list joined above
+    groups = [g for g in groups if len(g) > 1 or g[0].path not in joined]
     # a stack inside a block of another (experts inside a layer, blocks inside a stage) is not one
     groups = [g for g in groups if not any(o is not g and any(_inside(g[0].path, x.path) and g[0].path != x.path
                                                               for x in o) for o in groups)]
@@ -408,6 +411,29 @@ def find_stacks(model: nn.Module) -> list[Stack]:
             if _pipeline(s):
                 s.kind = "stem"
     return stacks
+
+
+def _staged(s: _Stack) -> list[_Stack] | None:
+    """A list of stages, each holding its blocks in one list under the same name (ResNet's
+    ``encoder.stages.i.layers``, Swin's ``encoder.layers.i.blocks``): the blocks are the entries
+    of those lists, joined in stage order, when they hold most of each stage's parameters and
+    nothing else in a stage mixes tokens (a stage's downsampling layer is not a block; a decoder
+    layer whose experts sit in a list beside its attention is not a stage; a block's list of
+    sublayers of different classes, T5's attention and feed-forward, is not one). Else None."""
+    inner, suffix = [], None
+    for name, stage in s.module.named_children():
+        lists = [(n, c) for n, c in stage.named_children()
+                 if isinstance(c, (nn.ModuleList, nn.Sequential)) and len(c) and not _leaf_stack(c)
+                 and any(has_params(b) for b in c.children()) and _majority(list(c.children()))[1] == 1.0]
+        if len(lists) != 1 or (suffix is not None and lists[0][0] != suffix):
+            return None
+        suffix, blocks = lists[0]
+        rest = [c for n, c in stage.named_children() if n != suffix]
+        if _numel(blocks) < 0.5 * _numel(stage) or any(_has_mixer(c) for c in rest):
+            return None
+        inner.append(_Stack(_join(s.path, name, suffix), blocks, _majority(list(blocks.children()))[0],
+                            _numel(blocks), s.eligible))
+    return inner if len(inner) > 1 and sum(len(x.module) for x in inner) > len(inner) else None
 
 
 def _parallel_lists(model: nn.Module, s: _Stack, staged: frozenset | set = frozenset()
@@ -466,7 +492,7 @@ def _name_stacks(stacks: list[Stack]) -> None:
     """Name each stack by the first path part that tells it from the others (generic parts skipped)."""
     informative = []
     for s in stacks:
-        parts = [p for p in s.paths[0].split(".") if p not in GENERIC_PARTS and not p.isdigit()]
+        parts = [p for p in _stem_path(s.paths).split(".") if p not in GENERIC_PARTS and not p.isdigit()]
         shared = _shared_words([p.rsplit(".", 1)[-1] for p in s.paths]) if len(s.paths) > 1 else ""
         if parts and shared and parts[-1] == s.paths[0].rsplit(".", 1)[-1]:
             parts[-1] = shared  # parallel lists named alike (cross_modal_text/image_layers)
@@ -475,7 +501,7 @@ def _name_stacks(stacks: list[Stack]) -> None:
     names = []
     for s, parts in zip(stacks, informative):
         own = [p for p in parts if p not in common] or parts
-        names.append(own[:1] if own else [s.paths[0].rsplit(".", 1)[-1] or "blocks"])
+        names.append(own[:1] if own else [_stem_path(s.paths).rsplit(".", 1)[-1] or "blocks"])
     for depth in range(2, 6):  # lengthen names that still collide
         counts = Counter(".".join(n) for n in names)
         if all(c == 1 for c in counts.values()):
@@ -489,6 +515,18 @@ def _name_stacks(stacks: list[Stack]) -> None:
         name = ".".join(n)
         seen[name] += 1
         s.name = name if seen[name] == 1 else f"{name}{seen[name]}"
+
+
+def _stem_path(paths: list[str]) -> str:
+    """The path a stack is named by: its first list's, or for lists inside the stages of one
+    list (``encoder.stages.0.layers``, ``encoder.stages.1.layers``) that list's."""
+    split = [p.split(".") for p in paths]
+    common = []
+    for parts in zip(*split):
+        if len(set(parts)) > 1:
+            return ".".join(common) if all(p.isdigit() for p in parts) and common else paths[0]
+        common.append(parts[0])
+    return paths[0]
 
 
 def _shared_words(names: list[str]) -> str:
