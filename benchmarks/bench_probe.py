@@ -233,9 +233,9 @@ def main() -> None:
     lines = [
         "## Probes",
         "",
-        f"{datetime.date.today()}, {platform.machine()} {os.cpu_count()} cores ({THREADS} threads, "
-        f"load average {load:.1f} at the end: the machine was shared, so seconds are inflated, ratios "
-        f"less so), torch {torch.__version__}, `benchmarks/bench_probe.py --items {args.items} --sizes "
+        f"{datetime.date.today()}, {platform.machine()} {os.cpu_count()} cores ({THREADS} threads; "
+        f"the machine was shared: each row gives the load average after A, {load:.1f} when this table was "
+        f"written; seconds are inflated, ratios less so), torch {torch.__version__}, `benchmarks/bench_probe.py --items {args.items} --sizes "
         f"{' '.join(map(str, args.sizes))} --threads {THREADS}`. MiniLM-L6 mean-pooled outputs of the "
         "6 blocks; A, the closed form and B see the same features and the same "
         "held-out split (20%). A: `ProbeStats(solver=\"auto\")` fed batches of 64 (L2 logistic "
@@ -243,8 +243,9 @@ def main() -> None:
         "float64 L-BFGS to a gradient norm of 1e-6); B: scikit-learn `LogisticRegressionCV` (default tol, "
         "scoring=\"accuracy\") with the same C grid and the same 3 stratified folds (PredefinedSplit), per "
         f"layer. The forward pass is MiniLM's sweep (batches of 32, up to 128 tokens), timed per item over "
-        f"{args.forward_items or 'all the'} items in the same process as A, times n. † B (and the closed form) taken from an "
-        "earlier run of this script on the same features, split and folds (`--reuse-b`): their seconds are from that run.",
+        f"{args.forward_items or 'all the'} items in the same process as A, times n."
+        + (" † B (and the closed form) taken from an earlier run of this script on the same features, split "
+           "and folds (`--reuse-b`): their seconds are from that run." if any(r.get("b_reused") for r in results) else ""),
         "",
         *HEADER,
     ]
