@@ -8,12 +8,14 @@ the same on every rank.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
 import pickle
 import tempfile
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -86,6 +88,32 @@ def _same_everywhere(job, *args, world: int = 2):
 # --- jobs (module level: the spawned ranks import them) ---------------------------------------
 
 
+@contextlib.contextmanager
+def spying(obj, name: str, log: list, note):
+    """``obj.name`` wrapped to append ``note(*args)`` to ``log`` on every call, restored after."""
+    real = getattr(obj, name)
+
+    def spy(*args, **kwargs):
+        out = real(*args, **kwargs)
+        log.append(note(out, *args))
+        return out
+
+    with mock.patch.object(obj, name, spy):
+        yield log
+
+
+def bars_opened() -> contextlib.AbstractContextManager:
+    """Every progress bar opened inside (``layerscope.progress.bar``), to read its total and the
+    count it ended on (:func:`seen`)."""
+    from layerscope import progress
+
+    return spying(progress, "bar", [], lambda bar, *args: bar)
+
+
+def seen(bars: list, prefix: str) -> list[tuple]:
+    return [(b.desc, b.total, b.n) for b in bars if b.desc.startswith(prefix)]
+
+
 def _mlp():
     torch.manual_seed(0)
     return torch.nn.Sequential(torch.nn.Linear(6, 12), torch.nn.Tanh(), torch.nn.Linear(12, 12),
@@ -116,13 +144,15 @@ def job_sweep_stats(n: int, batch_size: int) -> dict:
 
     Spy.seen = []
     reds = [Spy(), NonFinite(), Covariance(), Reservoir(capacity=1000), LabelCollector()]
-    run = sweep(_mlp(), _tensor_data(n), reducers=reds, batch_size=batch_size, progress=False)
+    with bars_opened() as bars:
+        run = sweep(_mlp(), _tensor_data(n), reducers=reds, batch_size=batch_size, progress=True)
     m, cov, res = reds[0].result(), reds[2].result(), reds[3].result()
     return {"items": run.n_items, "batches": run.n_batches, "mean": m.mean, "std": m.std,
             "min": m.min, "max": m.max, "nonfinite": reds[1].result().nan,
             "cov": {k: np.asarray(v) for k, v in cov.cov.items()}, "rank": cov.effective_rank,
             "sample_index": res.indices, "sample_rows": {k: v for k, v in res.rows.items()},
-            "labels": reds[4].result().tolist(), "local_batches": list(Spy.seen)}
+            "labels": reds[4].result().tolist(), "local_batches": list(Spy.seen),
+            "local_bar": seen(bars, "sweep")}
 
 
 def job_probe_cka(n: int) -> dict:
@@ -148,6 +178,8 @@ def test_sweep_statistics_equal_single_process_uneven_split():
     ref, outs = _same_everywhere(job_sweep_stats, 37, 8)   # 5 batches: ranks get 16 and 21 items
     assert ref["items"] == 37 and outs[0]["ok"]["items"] == 37 and outs[1]["ok"]["batches"] == 5
     assert [o["ok"]["local_batches"] for o in outs] == [[0, 8], [16, 24, 32]]
+    # rank 0's bar (drawn there only) counts all 37 items: its own 16 scaled by its share
+    assert [o["ok"]["local_bar"] for o in outs] == [[("sweep", 37, 37)], [("sweep", 37, 37)]]
 
 
 def test_sweep_with_a_rank_that_gets_no_item():
@@ -215,12 +247,12 @@ class KilledNet(torch.nn.Module):
 def job_record(folder: str, n: int, kill_at: int | None = None) -> dict:
     from layerscope.store import Store, record
 
-    BarLog.install()
-    record(KilledNet(kill_at), _tensor_data(n).items, folder, dtype="float16", batch_size=4,
-           shard_items=8, progress=True)
+    with bars_opened() as bars:
+        record(KilledNet(kill_at), _tensor_data(n).items, folder, dtype="float16", batch_size=4,
+               shard_items=8, progress=True)
     store = Store(folder)
     return {"items": len(store), "shards": [s["file"] for s in store.manifest["shards"]],
-            "bars": BarLog.seen("record")}
+            "bars": seen(bars, "record")}
 
 
 def _files(folder) -> dict[str, bytes]:
@@ -281,61 +313,22 @@ def test_lens_and_importance_equal_single_process(llama_folder):
     _same_everywhere(job_lens_importance, str(llama_folder))
 
 
-class BarLog:
-    """Every progress bar a job opens (through ``layerscope.progress.bar``), kept to read its
-    total and the count it ended on."""
+def removal_batches(cls_name: str) -> contextlib.AbstractContextManager:
+    """The size of every batch a removal objective of class ``cls_name`` begins in this process."""
+    from layerscope import objectives
 
-    bars: list = []
-
-    @staticmethod
-    def install():
-        from layerscope import progress
-
-        real = progress.Bar
-        BarLog.bars = []
-
-        def logged(total, *, desc, unit="item", enabled=True, estimate_after=2.0):
-            b = real(total, desc=desc, unit=unit, enabled=enabled, estimate_after=estimate_after)
-            BarLog.bars.append(b)
-            return b
-
-        progress.bar = logged
-
-    @staticmethod
-    def seen(prefix: str) -> list[tuple]:
-        return [(b.desc, b.total, b.n) for b in BarLog.bars if b.desc.startswith(prefix)]
-
-
-class BatchLog:
-    """The size of every batch the removal objective is given in this process."""
-
-    sizes: list[int] = []
-
-    @staticmethod
-    def install():
-        from layerscope import objectives
-
-        BatchLog.sizes = []
-        for cls in (objectives.LMObjective, objectives.OutputObjective):
-            if not hasattr(cls, "_begin"):
-                cls._begin = cls.begin
-
-            def begin(self, enc, reference, labels, _cls=cls):
-                BatchLog.sizes.append(int(reference.shape[0]))
-                return _cls._begin(self, enc, reference, labels)
-
-            cls.begin = begin
+    return spying(getattr(objectives, cls_name), "begin", [],
+                  lambda out, obj, enc, reference, labels: int(reference.shape[0]))
 
 
 def job_importance(folder: str, limit: int, batch_size: int) -> dict:
     from layerscope.analyses.importance import layer_importance, removal_curve
     from layerscope.models import load_model
 
-    BarLog.install()
-    BatchLog.install()
     model = load_model(folder)
-    imp = layer_importance(model, TEXTS, batch_size=batch_size, limit=limit, progress=True)
-    local, bars = list(BatchLog.sizes), BarLog.seen("removal")
+    with bars_opened() as bars, removal_batches("LMObjective") as local:
+        imp = layer_importance(model, TEXTS, batch_size=batch_size, limit=limit, progress=True)
+    bars = seen(bars, "removal")
     curve = removal_curve(model, TEXTS, max_k=2, importance=imp, batch_size=batch_size, limit=limit)
     return {"metric": imp.metric, "loss": imp.loss, "baseline": imp.baseline,
             "bi": imp.block_influence, "angular": imp.angular, "items": imp.n_items,
@@ -346,10 +339,10 @@ def job_importance(folder: str, limit: int, batch_size: int) -> dict:
 def job_importance_ablated(n: int) -> dict:
     from layerscope.analyses.importance import layer_importance
 
-    BatchLog.install()
-    imp = layer_importance(_mlp(), _tensor_data(n), batch_size=8)
+    with removal_batches("OutputObjective") as local:
+        imp = layer_importance(_mlp(), _tensor_data(n), batch_size=8)
     return {"metric": imp.metric, "bi": imp.block_influence, "intervention": imp.intervention,
-            "items": imp.n_items, "local_batches": list(BatchLog.sizes)}
+            "items": imp.n_items, "local_batches": local}
 
 
 def test_importance_removals_are_split_across_ranks(llama_folder):
@@ -379,21 +372,13 @@ def test_importance_with_mean_ablation_uneven_split():
 
 
 def job_tuned_lens(folder: str) -> dict:
-    from layerscope.analyses.tuned_lens import train_tuned_lens
+    from layerscope.analyses import tuned_lens
     from layerscope.models import load_model
 
-    from layerscope.analyses import tuned_lens
-
-    sizes: list[int] = []
-    states = tuned_lens.__dict__.setdefault("_real_states", tuned_lens._states)
-
-    def spy(stack, enc):
-        sizes.append(enc.size)
-        return states(stack, enc)
-
-    tuned_lens._states = spy
-    res = train_tuned_lens(load_model(folder), TEXTS * 3, epochs=2, batch_size=5, lr=1e-2,
-                           test_fraction=0.3, seed=3)
+    # the items each training forward of this process ran
+    with spying(tuned_lens, "_states", [], lambda out, stack, enc: enc.size) as sizes:
+        res = tuned_lens.train_tuned_lens(load_model(folder), TEXTS * 3, epochs=2, batch_size=5,
+                                          lr=1e-2, test_fraction=0.3, seed=3)
     return {"translators": {k: v.numpy() for k, v in res.lens.state_dict().items()},
             "loss": res.train_loss, "tuned_kl": res.tuned_kl, "logit_kl": res.logit_kl,
             "tuned_agreement": res.tuned_agreement, "steps": res.steps,

@@ -289,8 +289,6 @@ def sweep(model, data, *, reducers: Sequence[Reducer], layers=None, granularity:
     if not isinstance(batch_size, int) or batch_size < 1:
         raise LayerscopeError(f"batch_size must be a positive integer or 'auto'; got {batch_size!r}")
 
-    from layerscope.progress import bar as progress_bar
-
     from layerscope import distributed
 
     n_total = len(source)
@@ -300,9 +298,8 @@ def sweep(model, data, *, reducers: Sequence[Reducer], layers=None, granularity:
     rank, world, shard = distributed.plan(n_total, batch_size, start, progress=progress)
     batches = (source.batches(batch_size, start) if world == 1
                else distributed.shard_batches(source, batch_size, shard))
-    scale = max(n_total - start, 0) / max(len(shard), 1)  # rank 0's bar counts all ranks' items
-    bar = progress_bar(max(n_total - start, 0), unit="item", desc="sweep",
-                       enabled=progress and rank == 0)
+    bar = distributed.global_bar(max(n_total - start, 0), len(shard), desc="sweep",
+                                 progress=progress)   # rank 0's bar counts all ranks' items
     n_items = n_batches = 0
     failed: BaseException | None = None
     t0 = time.perf_counter()
@@ -335,7 +332,7 @@ def sweep(model, data, *, reducers: Sequence[Reducer], layers=None, granularity:
                 del views, in_views, enc
                 n_items += len(items)
                 n_batches += 1
-                bar.update(round(len(items) * scale) if world > 1 else len(items))
+                bar.update(len(items))
     except Exception as exc:
         if world == 1:
             raise
