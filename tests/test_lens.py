@@ -59,18 +59,20 @@ def test_statistics_by_hand(tiny_llama):
     final = log_softmax(logits[-1].numpy())
     for layer, lg in enumerate(logits):
         lp = log_softmax(lg.numpy())
-        kl, agree, nll, correct, n_next = [], [], [], [], 0
+        kl, agree, agree5, nll, correct, n_next = [], [], [], [], [], 0
         for b in range(ids.shape[0]):
             for t in range(ids.shape[1]):
                 if not mask[b, t]:
                     continue
                 kl.append((np.exp(final[b, t]) * (final[b, t] - lp[b, t])).sum())
                 agree.append(lp[b, t].argmax() == final[b, t].argmax())
+                agree5.append(final[b, t].argmax() in np.argsort(-lp[b, t])[:5])
                 if t + 1 < ids.shape[1] and mask[b, t + 1]:
                     nll.append(-lp[b, t, ids[b, t + 1]])
                     correct.append(lp[b, t].argmax() == ids[b, t + 1])
         assert res.kl[layer] == pytest.approx(max(np.mean(kl), 0.0), abs=1e-6)
         assert res.top1_agreement[layer] == pytest.approx(np.mean(agree))
+        assert res.top5_agreement[layer] == pytest.approx(np.mean(agree5))
         assert res.loss[layer] == pytest.approx(np.mean(nll), rel=1e-5)
         assert res.accuracy[layer] == pytest.approx(np.mean(correct))
     assert res.kl[-1] < 1e-6 and res.top1_agreement[-1] == 1.0

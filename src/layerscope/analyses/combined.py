@@ -122,7 +122,8 @@ def _lens_result(stack, red, seconds: float):
     values = red.result()
     return LensResult(model=stack.loaded.ref, layers=["embeddings"] + stack.names,
                       accuracy=values["accuracy"], loss=values["loss"], kl=values["kl"],
-                      top1_agreement=values["top1_agreement"], n_items=red.stats.n_items,
+                      top1_agreement=values["top1_agreement"],
+                      top5_agreement=values["top5_agreement"], n_items=red.stats.n_items,
                       n_tokens=red.stats.n_tokens, prompt=None, prompt_tokens=None, top_k=0,
                       top_tokens=None, top_probs=None, seconds=seconds)
 

@@ -42,7 +42,8 @@ from layerscope.replay import Stack, build_stack, main_output, prepare, record_f
 from layerscope.sweep import RAW
 from layerscope.sweep import encoded_batches as iter_batches
 
-_METRICS = ("nll", "correct", "kl", "agree")
+_METRICS = ("nll", "correct", "kl", "agree", "agree5")
+TOP_K_AGREE = 5    # "the final top-1 is among the lens's top 5": the second agreement measure
 Translate = Callable[[int, Tensor], Tensor]   # (layer index, residual state) -> state to decode
 
 
@@ -120,6 +121,8 @@ class LensStats:
             kl = (final_p * (final - logp)).sum(-1)
             self.sums["kl"][layer] += float(kl.double().sum())
             self.sums["agree"][layer] += int((logp.argmax(-1) == final_top).sum())
+            top = logp.topk(min(TOP_K_AGREE, logp.shape[-1]), dim=-1).indices
+            self.sums["agree5"][layer] += int((top == final_top[:, None]).any(-1).sum())
         self.n_next += int(valid.sum())
         self.n_tokens += int(mask.sum())
         self.n_items += enc.size
@@ -130,11 +133,15 @@ class LensStats:
             raise LayerscopeError("cannot merge logit-lens statistics over different layers")
         out = LensStats(len(self.sums["kl"]))
         for k in _METRICS:
-            out.sums[k] = self.sums[k] + other.sums[k]
+            out.sums[k] = self._sum(k) + other._sum(k)
         out.n_next = self.n_next + other.n_next
         out.n_tokens = self.n_tokens + other.n_tokens
         out.n_items = self.n_items + other.n_items
         return out
+
+    def _sum(self, key: str) -> np.ndarray:
+        """One metric's sums (zeros for a metric a state saved by an older version lacks)."""
+        return self.sums[key] if key in self.sums else np.zeros(len(self.sums["kl"]))
 
     def result(self) -> dict[str, list[float]]:
         if self.n_tokens == 0:
@@ -144,7 +151,8 @@ class LensStats:
         return {"loss": (self.sums["nll"] / per_next).tolist() if self.n_next else [nan] * len(self.sums["nll"]),
                 "accuracy": (self.sums["correct"] / per_next).tolist() if self.n_next else [nan] * len(self.sums["nll"]),
                 "kl": np.maximum(self.sums["kl"] / self.n_tokens, 0.0).tolist(),
-                "top1_agreement": (self.sums["agree"] / self.n_tokens).tolist()}
+                "top1_agreement": (self.sums["agree"] / self.n_tokens).tolist(),
+                "top5_agreement": (self._sum("agree5") / self.n_tokens).tolist()}
 
 
 class LensReducer(Reducer):
@@ -290,6 +298,7 @@ class LensResult(Result):
     seconds: float
     lens: str = "logit"         # "logit", or "tuned" when decoded through a trained TunedLens
     norm_rule: str = ""         # how the final norm was found (or found absent, post-norm blocks)
+    top5_agreement: list[float] | None = None   # share of tokens whose final top-1 is in the lens's top 5
 
     def first_layer_reaching(self, agreement: float = 0.5) -> int | None:
         """The first layer whose top-1 agrees with the final prediction at least this often."""
@@ -387,7 +396,8 @@ def logit_lens(model, data=None, *, prompt=None, top_k: int = 5, blocks: str | N
     values = stats.result()
     return LensResult(model=stack.loaded.ref, layers=["embeddings"] + stack.names,
                       accuracy=values["accuracy"], loss=values["loss"], kl=values["kl"],
-                      top1_agreement=values["top1_agreement"], n_items=stats.n_items,
+                      top1_agreement=values["top1_agreement"],
+                      top5_agreement=values["top5_agreement"], n_items=stats.n_items,
                       n_tokens=stats.n_tokens, prompt=prompt_text, prompt_tokens=prompt_tokens,
                       top_k=top_k, top_tokens=tokens, top_probs=probs,
                       seconds=time.perf_counter() - t0, lens="logit" if lens is None else "tuned",
