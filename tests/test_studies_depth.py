@@ -172,3 +172,15 @@ def test_the_study_refuses_too_little_data_and_a_non_text_model(tmp_path):
         run_study("depth-represents", data=str(f))
     with pytest.raises(LayerscopeError, match="does not apply to 'cnn'.*takes text models"):
         run_study("depth-represents", model="cnn")
+
+
+def test_two_models_share_one_chart_by_relative_depth():
+    from layerscope.report.png import chart_png
+    from layerscope.studies.depth_represents import _chart
+
+    chart = _chart({"small": {"length": _result(EARLY, 0.02)},
+                    "big": {"length": _result(EARLY + MIDDLE, 0.02)}})
+    lines = {t["name"]: t["x"] for t in chart["data"] if t.get("mode") == "lines+markers"}
+    assert lines["small: length"][-1] == lines["big: length"][-1] == 1.0 and len(lines["big: length"]) == 12
+    assert chart["layout"]["xaxis"]["type"] == "linear"
+    assert chart_png(chart, "t")[:4] == b"\x89PNG"
