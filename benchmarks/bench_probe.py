@@ -8,8 +8,10 @@ item). Two probing tasks are made from them: sentiment (sign of the human score,
 features and the same held-out split (20%, by a hash of the item index):
   A: layerscope's ProbeStats(solver="auto") fed batches of 64 as in a sweep, then its result:
      L2 logistic regression on standardised features with C from {0.001, 0.01, 0.1, 1} by 3-fold
-     CV, all layers in one batched float64 L-BFGS solved to a gradient norm of 1e-6 (the
-     streamed closed form past the memory budget);
+     CV; for 2 classes all layers in one batched float64 L-BFGS solved to a gradient norm of
+     1e-6, for more scikit-learn's LogisticRegressionCV per layer on A's own kept rows, folds
+     and C rule (the engine probe_logistic.pick_engine picks; the streamed closed form past the
+     memory budget);
   L: the closed-form probe from streamed sums (ridge/LDA, penalty by GCV) - the old default;
   B: scikit-learn StandardScaler + LogisticRegressionCV(Cs = the same grid, lbfgs, its default
      tol, scoring="accuracy": its default until 1.11) per layer on the
@@ -122,9 +124,10 @@ def ours(feats, y, solver: str):
         b = min(a + 64, len(y))
         red.update({k: v[a:b] for k, v in ft.items()}, BatchInfo(a, b - a, yt[a:b]))
     res = red.result()
-    m = re.search(r"\((\d+) iterations", res.method)
-    how = res.solver + (f", {m.group(1)} it." if m else "")
-    if res.solver == "lbfgs":
+    m = re.search(r"\((\d+) iterations", res.method) or re.search(r"up to (\d+) iterations", res.method)
+    how = res.solver + (f", {m.group(1)} it." if m and res.solver == "lbfgs" else
+                        f", ≤{m.group(1)} it. per fit" if m else "")
+    if res.solver in ("lbfgs", "logistic-cv"):
         how += ", NOT converged" if "NOT converged" in res.method else ", converged"
     return res.score, how
 
@@ -239,8 +242,9 @@ def main() -> None:
         f"{' '.join(map(str, args.sizes))} --threads {THREADS}`. MiniLM-L6 mean-pooled outputs of the "
         "6 blocks; A, the closed form and B see the same features and the same "
         "held-out split (20%). A: `ProbeStats(solver=\"auto\")` fed batches of 64 (L2 logistic "
-        f"regression, C from {{{', '.join(f'{c:g}' for c in CS)}}} by 3-fold CV, all layers in one batched "
-        "float64 L-BFGS to a gradient norm of 1e-6); B: scikit-learn `LogisticRegressionCV` (default tol, "
+        f"regression, C from {{{', '.join(f'{c:g}' for c in CS)}}} by 3-fold CV; 2 classes: all layers in one batched "
+        "float64 L-BFGS to a gradient norm of 1e-6, solver `lbfgs`; more classes: scikit-learn's `LogisticRegressionCV` "
+        "per layer on A's kept rows with A's folds and C rule, solver `logistic-cv`); B: scikit-learn `LogisticRegressionCV` (default tol, "
         "scoring=\"accuracy\") with the same C grid and the same 3 stratified folds (PredefinedSplit), per "
         f"layer. The forward pass is MiniLM's sweep (batches of 32, up to 128 tokens), timed per item over "
         f"{args.forward_items or 'all the'} items in the same process as A, times n."

@@ -388,13 +388,19 @@ def _objective(Z, y, coef, intercept, C):
     return ce.mean() + (coef ** 2).sum() / (2 * C * len(y))
 
 
-def _check_against_sklearn(layers, y, k, Cs=(0.001, 0.01, 0.1, 1.0), atol=1e-4):
+def _check_against_sklearn(layers, y, k, Cs=(0.001, 0.01, 0.1, 1.0), atol=1e-4, engine="batched"):
     """fit_logistic_cv against LogisticRegressionCV per layer: the CV accuracy of every C, the C
-    chosen, the coefficients (on standardised features) and the objective."""
+    chosen, the coefficients (on standardised features) and the objective. engine="sklearn" is
+    run to a tight tolerance here (its default is scikit-learn's own, checked on predictions in
+    test_sklearn_engine_at_its_default_tolerance)."""
     from layerscope.analyses.probe_logistic import _folds, fit_logistic_cv
 
-    fits, info = fit_logistic_cv(layers, y, k, Cs=Cs, folds=3, seed=0)
-    assert info["converged"] and info["max_gradient"] <= info["tol"]
+    fits, info = fit_logistic_cv(layers, y, k, Cs=Cs, folds=3, seed=0, engine=engine,
+                                 tol=1e-10 if engine == "sklearn" else None, max_iter=100_000)
+    assert info["engine"] == engine
+    assert info["converged"] and (engine == "sklearn" or info["max_gradient"] <= info["tol"])
+    if engine == "sklearn":      # the largest gradient entry, computed by layerscope from the fit
+        assert info["max_gradient"] <= 1e-7
     fold = _folds(y, 3, 0)
     for i, x in enumerate(layers):
         sc = StandardScaler().fit(x.astype(np.float64))
@@ -420,11 +426,39 @@ def _check_against_sklearn(layers, y, k, Cs=(0.001, 0.01, 0.1, 1.0), atol=1e-4):
     return info
 
 
+@pytest.mark.parametrize("engine", ["batched", "sklearn"])
 @pytest.mark.parametrize("k", [2, 5])
-def test_batched_logistic_equals_sklearn_logistic_regression_cv(k):
+def test_batched_logistic_equals_sklearn_logistic_regression_cv(k, engine):
     X, y = _blobs(600, 12, k)
     # a narrower second layer: every layer is padded to the widest inside the batch
-    _check_against_sklearn([X, X[:, :6] * 3.0 + 1.0], y, k)
+    _check_against_sklearn([X, X[:, :6] * 3.0 + 1.0], y, k, engine=engine)
+
+
+def test_auto_engine_is_batched_for_two_classes_and_sklearn_for_more():
+    from layerscope.analyses.probe_logistic import fit_logistic_cv
+
+    for k, engine in ((2, "batched"), (3, "sklearn")):
+        X, y = _blobs(200, 5, k)
+        assert fit_logistic_cv([X], y, k, engine="auto")[1]["engine"] == engine
+    with pytest.raises(LayerscopeError, match="unknown logistic engine"):
+        fit_logistic_cv([X], y, 3, engine="newton")
+
+
+def test_sklearn_engine_at_its_default_tolerance():
+    """engine="sklearn" at scikit-learn's own tolerance: the same C and the same held-out
+    predictions as LogisticRegressionCV run independently to a far tighter tolerance, except
+    on a few items near a decision boundary."""
+    from layerscope.analyses.probe_logistic import SKLEARN_TOL, _folds, fit_logistic_cv
+
+    X, y = _blobs(900, 30, 5, seed=3)
+    train, test = np.arange(900) < 700, np.arange(900) >= 700
+    fits, info = fit_logistic_cv([X[train]], y[train], 5, engine="sklearn")
+    assert info["tol"] == SKLEARN_TOL and info["converged"] and info["max_gradient"] < 1e-3
+    sc = StandardScaler().fit(X[train].astype(np.float64))
+    ref = _sklearn_cv(sc.transform(X[train].astype(np.float64)), y[train], info["Cs"], _folds(y[train], 3, 0))
+    assert info["C"][0] == pytest.approx(float(np.atleast_1d(ref.C_)[0]))
+    ours = fits[0].predict(X[test]).argmax(1)
+    assert (ours == ref.predict(sc.transform(X[test].astype(np.float64)))).mean() >= 0.99
 
 
 def test_batched_logistic_picks_C_by_cross_validation_like_sklearn():
@@ -446,6 +480,7 @@ def test_batched_logistic_equals_sklearn_on_minilm_features():
     x = np.asarray(res.rows[run.layers[0]])[np.argsort(res.indices)].astype(np.float32)
     length = make_task("length", data).labels.numpy()
     _check_against_sklearn([x], length, 5, Cs=(0.001, 0.01, 0.1))
+    _check_against_sklearn([x], length, 5, Cs=(0.001, 0.01, 0.1), engine="sklearn")
     kept = np.abs(data.labels.numpy()) >= 0.5              # make_task("sentiment")'s items
     sentiment = make_task("sentiment", data).labels.numpy()
     assert (sentiment == (data.labels.numpy()[kept] > 0)).all()
@@ -456,8 +491,11 @@ def test_auto_solver_uses_logistic_then_falls_back_past_the_budget():
     X, y = _blobs(400, 8, 5)
     data = Dataset("b", torch.from_numpy(X), torch.from_numpy(y), "tensor", "classification")
     net = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Tanh(), torch.nn.Linear(8, 5))
-    res = probe(net, data)
-    assert res.solver == "lbfgs" and "L-BFGS" in res.method
+    res = probe(net, data)         # 5 classes: scikit-learn's LogisticRegressionCV per layer
+    assert res.solver == "logistic-cv" and "LogisticRegressionCV" in res.method
+    forced = probe(net, data, solver="lbfgs")
+    assert forced.solver == "lbfgs" and "L-BFGS" in forced.method
+    assert np.abs(np.array(forced.score) - np.array(res.score)).max() <= 0.02
     closed = probe(net, data, solver="closed")
     assert closed.solver == "lda"
     from layerscope.analyses.probe import ProbeStats

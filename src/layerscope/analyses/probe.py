@@ -6,8 +6,10 @@ and keeps the rows of the held-out items (a seeded hash of the item index decide
 one pass suffices and batching does not matter). Which probe is fitted is picked per task and
 size by ``solver="auto"``, the default everywhere (``probe()``, :func:`reducers`, ``analyze``,
 the report and the CLI): for classes, L2 logistic regression with its penalty chosen by 3-fold
-cross-validation, all layers in one batched L-BFGS on the kept training rows
-(:mod:`layerscope.analyses.probe_logistic`), while those rows fit :data:`MEMORY_BUDGET`; past
+cross-validation on the kept training rows (:mod:`layerscope.analyses.probe_logistic`): for
+2 classes all layers in one batched L-BFGS (``solver`` "lbfgs"), for more scikit-learn's
+``LogisticRegressionCV`` per layer with the same folds and C rule ("logistic-cv"; the faster
+on a CPU, as measured in BENCHMARKS.md), while those rows fit :data:`MEMORY_BUDGET`; past
 it, or for continuous targets, the closed form from the streamed sums. The result's ``solver``
 and ``method`` say which was used. The closed forms, on standardised features:
 
@@ -712,7 +714,7 @@ class ProbeResult(Result):
                    "cross-validation of the ridge on the sums")
     interval: str = ""
     peak_layer: str = ""        # the layer with the highest held-out score
-    solver: str = ""            # what fitted the probes: lbfgs | logistic | lda | ridge
+    solver: str = ""            # what fitted the probes: lbfgs | logistic-cv | logistic | lda | ridge
 
     @property
     def peak(self) -> int:
@@ -792,7 +794,8 @@ def probe_result(stats: ProbeStats, *, alphas=ALPHAS, standardize: bool = True,
         from layerscope.analyses.probe_logistic import fit_logistic_cv
 
         fits, batched = fit_logistic_cv([torch.cat(stats.train_rows[k]).float().numpy() for k in stats.order],
-                                        y_train, len(sum_y), seed=stats.seed)
+                                        y_train, len(sum_y), seed=stats.seed,
+                                        engine="auto" if stats.solver == "auto" else "batched")
         batched["fits"] = dict(zip(stats.order, fits))
     for name in stats.order:
         if batched is not None:
@@ -821,7 +824,8 @@ def probe_result(stats: ProbeStats, *, alphas=ALPHAS, standardize: bool = True,
     if stats.solver == "auto" and stats.over_budget:
         method += (f" (solver auto: the training rows passed the {stats.memory_budget / 2**20:.0f} MiB "
                    f"memory budget, so the streamed closed form was used)")
-    solver_used = ("lbfgs" if batched is not None else "logistic" if logistic else
+    solver_used = (("lbfgs" if batched["engine"] == "batched" else "logistic-cv") if batched is not None
+                   else "logistic" if logistic else
                    "lda" if stats.classification else "ridge")
     kind = "classification" if stats.classification else "regression"
     return ProbeResult(
@@ -885,8 +889,9 @@ def probe(model, data, *, task: str | None = None, layers=None, granularity: str
     "sentiment-score" (see :mod:`layerscope.analyses.probe_tasks`). ``precision``: the float
     type of the streamed XᵀX products, "float32" (default, fast) or "float64" (see
     :class:`RidgeStats`). ``solver``: "auto" (default: for classes, L2 logistic regression with C
-    chosen by 3-fold CV, all layers in one batched L-BFGS on the kept training rows while they
-    fit :data:`MEMORY_BUDGET`, else the streamed closed form; for scores, the closed-form ridge),
+    chosen by 3-fold CV on the kept training rows while they fit :data:`MEMORY_BUDGET` - all
+    layers in one batched L-BFGS for 2 classes, scikit-learn's ``LogisticRegressionCV`` per layer
+    for more - else the streamed closed form; for scores, the closed-form ridge),
     "lbfgs" (always the batched logistic solve), "closed" (ridge / regularised LDA from streamed
     sums) or "logistic" (scikit-learn's ``LogisticRegression(C=C)`` per layer). The result's
     ``solver`` and ``method`` say which was used.

@@ -19,6 +19,13 @@ the identity: ``W = V · (U ⊙ r) · Qᵀ`` with ``V`` the eigenvectors of the 
 ``r = (a·s/n + 1/(Cn))^{-1/2}`` from both spectra, so the first L-BFGS steps are already close to
 Newton steps.
 
+Which engine runs is picked per task by :func:`pick_engine` (``engine="auto"``): the batched
+solve for 2 classes; for more, scikit-learn's own ``LogisticRegressionCV`` per layer on the same
+standardised rows, folds, grid and C rule (``engine="sklearn"``), because the multinomial
+problems at C = 1 take the batched L-BFGS hundreds of iterations of narrow products and
+scikit-learn's per-problem lbfgs at its own tolerance is several times faster on a CPU
+(BENCHMARKS.md "Probes"). ``info["engine"]`` says which ran.
+
 C is chosen per layer exactly as ``LogisticRegressionCV`` chooses it: the sum over folds of each
 fold's held-out accuracy, the first C in ``Cs`` order among equal sums; then the probe is the refit
 on all training rows at that C, started from the folds' mean solution.
@@ -45,7 +52,8 @@ import torch
 from layerscope.errors import LayerscopeError
 
 CS = (0.001, 0.01, 0.1, 1.0)
-TOL = 1e-6            # largest |gradient| entry of the mean-scaled objective at convergence
+TOL = 1e-6            # Euclidean gradient norm of the mean-scaled objective at convergence
+SKLEARN_TOL = 1e-4    # engine="sklearn": scikit-learn's lbfgs default (largest gradient entry)
 FTOL = 64 * float(np.finfo(np.float64).eps)   # relative decrease that counts as no progress
 HISTORY = 10          # L-BFGS curvature pairs kept per problem
 DTYPE = torch.float64
@@ -62,16 +70,43 @@ def _folds(y: np.ndarray, folds: int, seed: int) -> np.ndarray:
     return out
 
 
+def pick_engine(n_classes: int) -> str:
+    """The faster engine for a task, by the rule measured in BENCHMARKS.md "Probes" (CPU, MiniLM
+    features, 1,500-6,000 items): "batched" (one float64 L-BFGS over every layer, C and fold) for
+    2 classes, where it costs 5-7% of the forward pass; "sklearn" (scikit-learn's own
+    LogisticRegressionCV per layer) for more, where the multinomial problems at C = 1 need
+    hundreds of narrow batched iterations and scikit-learn's per-problem lbfgs, warm-started
+    along the C path, is several times faster.
+
+    Example:
+        >>> pick_engine(2), pick_engine(5)
+        ('batched', 'sklearn')
+    """
+    return "batched" if n_classes <= 2 else "sklearn"
+
+
 def fit_logistic_cv(rows, y, n_classes: int, *, Cs=CS, folds: int = 3, seed: int = 0,
-                    tol: float = TOL, max_iter: int = 2000):
+                    tol: float | None = None, max_iter: int = 2000, engine: str = "batched"):
     """Per layer (``rows``: one (n, d_l) array per layer, same items) the L2 logistic probe with
     C from ``Cs`` chosen by ``folds``-fold CV; returns (fits, info) with fits as
     :class:`~layerscope.analyses.probe.RidgeFit` in raw feature space (``alpha`` = 1/C; −inf
     intercepts for classes absent from ``y``) and info: chosen C, CV accuracy per C, iterations,
-    whether every problem met ``tol`` (``converged``), the largest final gradient, seconds."""
+    whether every problem met ``tol`` (``converged``), the largest final gradient, seconds, and
+    the ``engine`` that ran.
+
+    ``engine``: "batched" (this module's batched L-BFGS; ``tol``: Euclidean gradient norm, default
+    :data:`TOL`), "sklearn" (scikit-learn's ``LogisticRegressionCV`` per layer on the same
+    standardised rows, folds, grid and C rule; ``tol``: its lbfgs tolerance on the largest
+    gradient entry, default :data:`SKLEARN_TOL`, its own default) or "auto" (:func:`pick_engine`)."""
     from layerscope.analyses.probe import RidgeFit
 
     t0 = time.perf_counter()
+    if engine == "auto":
+        engine = pick_engine(len(np.unique(np.asarray(y))))
+    if engine not in ("batched", "sklearn"):
+        raise LayerscopeError(f"unknown logistic engine {engine!r}; use auto, batched or sklearn")
+    if tol is None:
+        tol = TOL if engine == "batched" else SKLEARN_TOL
     y = np.asarray(y, dtype=np.int64)
     seen = np.unique(y)
     if len(seen) < 2:
@@ -94,10 +129,13 @@ def fit_logistic_cv(rows, y, n_classes: int, *, Cs=CS, folds: int = 3, seed: int
         sd = torch.where(var <= n * eps * var + (n * mu * eps) ** 2, torch.ones_like(var), var.sqrt())
         Z[i, :, : x.shape[1]] = (x - mu) / sd
         mus.append(mu.numpy()); sds.append(sd.numpy())
-    solver = _Batch(Z, yi)
     F = max(2, int(folds)) if n >= 2 * folds else 1
     fold = _folds(y, F, seed) if F > 1 else np.zeros(n, dtype=np.int64)
     G = len(Cs)
+    if engine == "sklearn":
+        return _fit_sklearn([Z[i, :, : x.shape[1]].numpy() for i, x in enumerate(xs)], yi, seen, mus, sds,
+                            n_classes, Cs, fold, F, tol, max_iter, t0)
+    solver = _Batch(Z, yi)
     iters, gmax, ok = 0, 0.0, True
     cv = np.full((L, G), np.nan)
     if F > 1 and G > 1:
@@ -134,7 +172,62 @@ def fit_logistic_cv(rows, y, n_classes: int, *, Cs=CS, folds: int = 3, seed: int
         chosen.append(float(Cs[g]))
     info = {"C": chosen, "cv_accuracy": np.nanmax(cv, 1).tolist() if F > 1 and G > 1 else [math.nan] * L,
             "cv_by_C": cv.tolist(), "iterations": iters, "converged": bool(ok), "max_gradient": gmax,
-            "tol": tol, "folds": F, "Cs": list(Cs), "seconds": time.perf_counter() - t0}
+            "tol": tol, "folds": F, "Cs": list(Cs), "engine": "batched", "seconds": time.perf_counter() - t0}
+    return fits, info
+
+
+def _fit_sklearn(Zs, yi, seen, mus, sds, n_classes, Cs, fold, F, tol, max_iter, t0):
+    """engine="sklearn": ``LogisticRegressionCV`` (lbfgs; multinomial past 2 classes) per layer on
+    the standardised rows ``Zs``, with the same folds (PredefinedSplit), grid and accuracy rule,
+    refitted on all rows at the chosen C (scikit-learn warm-starts along the C path and the refit
+    from the folds' mean). The largest gradient entry of each refit objective is computed here."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+    from sklearn.model_selection import PredefinedSplit
+
+    from layerscope.analyses.probe import RidgeFit
+
+    n, G = len(yi), len(Cs)
+    onehot = np.eye(len(seen))[yi]
+    fits, chosen, cv_by, iters, gmax, ok = [], [], [], 0, 0.0, True
+    for i, Z in enumerate(Zs):
+        Z = np.ascontiguousarray(Z)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", ConvergenceWarning)       # judged below, from n_iter_
+            if F > 1 and G > 1:
+                lr = LogisticRegressionCV(Cs=list(Cs), cv=PredefinedSplit(fold), scoring="accuracy",
+                                          tol=tol, max_iter=max_iter).fit(Z, yi)
+                cv = next(iter(lr.scores_.values())).mean(0)
+                C = float(np.atleast_1d(lr.C_)[0])
+            else:
+                C = float(Cs[-1])
+                lr = LogisticRegression(C=C, tol=tol, max_iter=max_iter).fit(Z, yi)
+                cv = np.full(G, np.nan)
+        it = int(np.max(lr.n_iter_))
+        iters = max(iters, it); ok &= it < max_iter
+        w, b = lr.coef_.T, lr.intercept_
+        if w.shape[1] == 1:
+            w, b = np.c_[np.zeros((len(w), 1)), w], np.r_[0.0, b]
+        z = Z @ w + b
+        p = np.exp(z - z.max(1, keepdims=True)); p /= p.sum(1, keepdims=True)
+        grad = np.r_[Z.T @ (p - onehot) / n + w / (C * n), (p - onehot).mean(0)[None]]
+        if len(seen) == 2:            # the binary objective's gradient in its one weight vector
+            grad = grad[:, 1:]
+        gmax = max(gmax, float(np.abs(grad).max()))
+        d = len(sds[i])
+        coef = np.zeros((d, n_classes))
+        intercept = np.full(n_classes, -np.inf)
+        coef[:, seen] = w[:d] / sds[i][:, None]
+        intercept[seen] = b - mus[i] @ coef[:, seen]
+        fits.append(RidgeFit(coef, intercept, 1.0 / C))
+        chosen.append(C); cv_by.append(np.asarray(cv, dtype=float).tolist())
+    cv_arr = np.array(cv_by)
+    info = {"C": chosen, "cv_accuracy": np.nanmax(cv_arr, 1).tolist() if F > 1 and G > 1 else [math.nan] * len(Zs),
+            "cv_by_C": cv_by, "iterations": iters, "converged": bool(ok), "max_gradient": gmax,
+            "tol": tol, "folds": F, "Cs": list(Cs), "engine": "sklearn", "seconds": time.perf_counter() - t0}
     return fits, info
 
 
@@ -301,6 +394,15 @@ def describe(info: dict) -> str:
     lo, hi = (min(cs), max(cs)) if cs else (math.nan, math.nan)
     state = ("converged" if info.get("converged") else
              f"NOT converged: largest gradient {info.get('max_gradient', math.nan):.1e}")
+    grid = ', '.join(f'{c:g}' for c in info.get('Cs', []))
+    if info.get("engine") == "sklearn":
+        return (f"L2 logistic regression on standardised features by scikit-learn's LogisticRegressionCV "
+                f"per layer (lbfgs, multinomial past 2 classes, warm-started along the C path; up to "
+                f"{info.get('iterations')} iterations per fit, tolerance {info.get('tol', SKLEARN_TOL):g} "
+                f"on the largest gradient entry, {state if info.get('converged') else state.replace('gradient', 'gradient entry')}; "
+                f"largest final gradient entry {info.get('max_gradient', math.nan):.1e}), "
+                f"C from {{{grid}}} by {info.get('folds')}-fold CV accuracy (chosen {lo:g}-{hi:g}); "
+                f"exact solve on the kept training rows")
     return (f"L2 logistic regression on standardised features (scikit-learn's objective), all layers "
             f"in one batched float64 L-BFGS ({info.get('iterations')} iterations, gradient tolerance "
             f"{info.get('tol', TOL):g}, {state}), C from {{{', '.join(f'{c:g}' for c in info.get('Cs', []))}}} "
