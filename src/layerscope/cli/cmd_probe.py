@@ -45,7 +45,8 @@ def probe_command(
     test_fraction: Annotated[float, typer.Option("--test-fraction", help="Share of items held out.")] = 0.2,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the split, the task and the controls.")] = 0,
     solver: Annotated[str, typer.Option("--solver", help="auto: for classes, L2 logistic regression "
-                                        "with C by 3-fold CV (all layers in one batched L-BFGS) while the "
+                                        "with C by 3-fold CV (2 classes: all layers in one batched L-BFGS; more: "
+                                        "scikit-learn's LogisticRegressionCV per layer) while the "
                                         "kept rows fit 1 GiB, else the closed form; closed: ridge / "
                                         "regularised LDA from streamed sums (fast, memory flat); lbfgs: "
                                         "always the batched logistic; logistic: scikit-learn's "
