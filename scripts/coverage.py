@@ -16,8 +16,11 @@ output head, attention, feed-forward) were found.
 
 The reference is independent of layerscope: the block lists are the ``nn.ModuleList``s whose
 length is a layer count the config declares (``num_hidden_layers``, ``n_layer``,
-``encoder_layers``...; a per-stage list ``depths``/``blocks_per_stage``/``block_sizes`` declares
-its sum). A list of lists stands for its inner lists' entries (Funnel's ``encoder.blocks``: 3
+``encoder_layers``..., or, for the model's own config where those match no list, a count under
+a name of its own ending in ``layers``/``blocks``; a
+per-stage list ``depths``/``blocks_per_stage``/``block_sizes`` declares its
+sum, and a list of stages whose per-stage block lists have those lengths in order stands for the
+blocks joined). A list of lists stands for its inner lists' entries (Funnel's ``encoder.blocks``: 3
 lists of 4 layers for ``num_hidden_layers`` 12). A list of single layers (each entry holding only
 its own parameters: a Linear, a norm) is a block list only beside a list of composite blocks of
 the same length under the same parent (XLM's per-layer norms); alone it is a per-layer head or
@@ -85,7 +88,7 @@ def _shrink(d: dict, counter: list[int]) -> dict:
             out[key] = dict(_TINY_RESNET)  # timm is not installed: transformers' own ResNet
         elif isinstance(value, dict) and "model_type" in value:
             out[key] = _shrink(value, counter)
-        elif (key in DEPTH_KEYS or _named_count(key, value, d)) \
+        elif (key in DEPTH_KEYS or (_named_count(key, value, d) and not any(k in DEPTH_KEYS for k in d))) \
                 and isinstance(value, int) and not isinstance(value, bool) and value > 0:
             old_depths.add(value)
             out[key] = _next_count(counter, _highest_stage(d))
@@ -168,8 +171,8 @@ def _config_tree(config, prefix=""):
 
 
 #: config keys holding a depth per stage (the blocks total their sum: Hiera's blocks_per_stage;
-#: CvT's list-valued ``depth``; EfficientLoFTR's ``stage_num_blocks``)
-STAGE_DEPTH_KEYS = ("depths", "blocks_per_stage", "block_sizes", "depth", "stage_num_blocks")
+#: CvT's list-valued ``depth``)
+STAGE_DEPTH_KEYS = ("depths", "blocks_per_stage", "block_sizes", "depth")
 
 
 def _stage_lengths(d) -> set[int]:
@@ -196,16 +199,19 @@ def _count_key(key: str) -> bool:
     return bool(re.search(r"(layers|blocks)(_per_[a-z]+)?$|_per_block$", key))
 
 
-def _depths(config) -> dict[str, list[int]]:
+def _depths(config, named: bool = False) -> dict[str, list[int]]:
+    """Per config: its declared layer counts (``named``: only those under names of their own)."""
     out = {}
     for name, cfg in _config_tree(config):
+        if named:
+            values = [v for k, v in vars(cfg).items() if _named_count(k, v, cfg)]
+            if values:
+                out[name] = values
+            continue
         values = []
         for key in DEPTH_KEYS:
             value = getattr(cfg, key, None)
             if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-                values.append(value)
-        for key, value in vars(cfg).items():  # counts under names of their own
-            if _named_count(key, value, cfg):
                 values.append(value)
         for key in STAGE_DEPTH_KEYS:
             value = getattr(cfg, key, None)
@@ -232,18 +238,15 @@ def _stage_depths(config) -> dict[tuple[int, ...], str]:
 # --- the reference -------------------------------------------------------------------------------
 
 
-def reference_lists(model, config) -> tuple[list[tuple[str, int, str]], list[str]]:
-    """All candidate block lists (path, length, config name) and the expected default's paths."""
+def _candidates(modules: dict, depths: dict, stages: dict) -> list:
+    """(path, length, config names) of every list as long as a declared count."""
     from torch import nn
 
-    depths = _depths(config)
     by_len: dict[int, list[str]] = {}
     for name, values in depths.items():
         for v in values:
             by_len.setdefault(v, []).append(name)
-    stages = _stage_depths(config)
     cands = []
-    modules = dict(model.named_modules())
     for path, mod in modules.items():
         if not isinstance(mod, (nn.ModuleList, nn.Sequential)) or len(mod) == 0:
             continue
@@ -257,6 +260,24 @@ def reference_lists(model, config) -> tuple[list[tuple[str, int, str]], list[str
         n = len(block_entries(mod))
         if n in by_len and any(next(c.parameters(), None) is not None for c in mod.children()):
             cands.append((path, n, by_len[n]))
+    return cands
+
+
+def reference_lists(model, config) -> tuple[list[tuple[str, int, str]], list[str]]:
+    """All candidate block lists (path, length, config name) and the expected default's paths."""
+    depths = _depths(config)
+    stages = _stage_depths(config)
+    modules = dict(model.named_modules())
+    cands = _candidates(modules, depths, stages)
+    # a count under a name of its own (xLSTM's num_blocks) is the model's own config's depth
+    # only where its usual counts match no list: beside them it counts something else (V-JEPA
+    # 2's predictor), and in a sub-config it sizes a part of a tower (a codec's residual units)
+    matched = {c for _, _, cs in cands for c in cs}
+    named = {n: v for n, v in _depths(config, named=True).items() if n == "" and n not in matched}
+    if named:
+        for n, v in named.items():
+            depths[n] = depths.get(n, []) + v
+        cands = _candidates(modules, depths, stages)
     cands = [c for c in cands if not _lone_leaf_list(modules, c, cands)]
     outer = [c for c in cands if not any(c[0].startswith(o[0] + ".") for o in cands if o is not c)]
     names = list(depths)
@@ -628,6 +649,40 @@ def summarise(rows: list[dict]) -> dict:
 #: what a person would name as the blocks of the models still missed, read from their own code
 #: (explanations for the report only: nothing here changes a verdict)
 MISS_NOTES = {
+    "hrm_text": "Hierarchical Reasoning Model: a high-level and a low-level module, each "
+                "`num_layers_per_stack` layers, run in alternation for several cycles per forward. "
+                "The reference (one count, two lists) wants both in one default; layerscope names "
+                "them as two stacks and defaults to the first. No order of the two is the one a "
+                "person counts; asking, as for a dual encoder, would be the honest default.",
+    "lxmert": "Three encoders from three counts: language (`l_layers`) and object-relation "
+              "(`r_layers`) towers side by side, then cross-modality layers (`x_layers`). "
+              "layerscope joins the language and relation lists as one stack (one block class "
+              "under one parent, the rule for ResNet-like stages) and defaults to the "
+              "cross-modality layers; the reference wants all three lists in one default, which "
+              "no data-flow order gives. A person names three stacks.",
+    "fastspeech2_conformer": "The model sizes its conformer lists from the config's derived "
+                             "`encoder_config`/`decoder_config` dicts, which the tiny config "
+                             "carries over unshrunk, so the shrunk `encoder_layers` match no list "
+                             "and the predictors' counts make the reference: a limit of the tiny "
+                             "config, not of layerscope (its encoder+decoder default is what a "
+                             "person names).",
+    "fastspeech2_conformer_with_hifigan": "As FastSpeech2-Conformer (derived per-module dicts "
+                                          "carried over unshrunk).",
+    "moonshine": "Its config declares `encoder_num_hidden_layers` and `decoder_num_hidden_layers` "
+                 "(counts under names of their own) beside `num_hidden_layers`, which matches the "
+                 "decoder list; the named counts are then not the config's depth, so the reference "
+                 "wants the decoder alone while layerscope, rightly, gives encoder+decoder. A "
+                 "regression of the named-count rule (before, all three counts were the default 6).",
+    "oneformer": "Pixel decoder (`encoder_layers`), transformer decoder and a text-query "
+                 "transformer (`query_dec_layers`), all from the model's own config: the reference "
+                 "wants the pixel decoder and the query transformer, layerscope the pixel decoder "
+                 "(the stack its own-config rule picks).",
+    "sam2_video": "The model's own config declares only `memory_attention_num_layers`, so the "
+                  "reference wants the memory attention; layerscope defaults to the image encoder, "
+                  "as for SAM 2. A tracker's memory attention is not the stack a person counts "
+                  "first: the reference is what is wrong.",
+    "sam3_tracker_video": "As SAM 2 video (the own config declares only the memory attention's "
+                          "depth).",
     "blt": "Byte Latent Transformer: the forward runs the local encoder, then the global (latent) "
            "transformer, which holds most parameters, then the local decoder; a person counts "
            "all three in that order, and so does layerscope (the stacks of its own between an "
@@ -696,7 +751,15 @@ def write_markdown(rows: list[dict], path: Path, meta: dict,
              "**Reference.** The block lists a person names: the `nn.ModuleList`s whose length is a "
              "layer count the config declares (every count set to a different odd number from 9 "
              "that no other number in the config equals; a per-stage depth list such as `depths` "
-             "or `blocks_per_stage` declares its sum; a list of lists counts its inner lists' "
+             "or `blocks_per_stage` declares its sum, and a list of stages, each holding one list "
+             "of blocks under the same name whose lengths are that depth list in order (ResNet's "
+             "`encoder.stages.i.layers`, Swin's `encoder.layers.i.blocks`), stands for those blocks "
+             "joined in order, even where the number of stages is itself a declared count; a count "
+             "declared under a name of its own, ending in `layers`/`blocks` or counted `_per_` "
+             "something (`num_blocks`, `conf_num_hidden_layers`, `num_spatial_layers`, "
+             "`num_self_attends_per_block`), shrunk like the others in a config with no usual count, is the model's own config's "
+             "layer count where its usual counts match no list, unless it equals the length of "
+             "the config's per-stage lists (a number of stages); a list of lists counts its inner lists' "
              "entries; a list of single layers, each holding only its own parameters, counts only "
              "beside a list of composite blocks of the same length under the same parent, since "
              "alone it is a per-layer head or an MLP's layers). "
@@ -708,7 +771,8 @@ def write_markdown(rows: list[dict], path: Path, meta: dict,
              "sub-models run one after another in `generate`) when layerscope asks which stack, "
              "naming them. Blocks kept in parallel lists (block i = the i-th entry of each list) "
              "are right when they hold exactly the reference lists' entries. A model with no list as "
-             "long as a declared count (CNNs declaring per-stage `depths`, for instance) has no "
+             "long as a declared count (a CNN whose config declares only per-block channel "
+             "lists, a codec declaring only its sampling ratios) has no "
              "reference: it is counted in the first column as not right and left out of the "
              "second.", "",
              "## Totals", "",
