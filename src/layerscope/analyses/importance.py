@@ -227,8 +227,6 @@ def natural_view(rec: Recorded) -> str:
 def _feed_reducers(reducers, stack: Stack, rec: Recorded, enc, labels, first: int) -> None:
     names = stack.names
     for r in reducers:
-        if r.view == "auto":
-            r.view = natural_view(rec)
         acts = {n: pool(rec.outs[i], enc.mask, r.view) for i, n in enumerate(names)}
         ins = {n: pool(rec.block_input(i), enc.mask, r.view) for i, n in enumerate(names)}
         r.update(acts, BatchInfo(first, enc.size, labels, None, ins, enc.mask))
@@ -441,7 +439,10 @@ def run_removals(stack: Stack, data, sets: Sequence[tuple[int, ...]] | None, *, 
             raise LayerscopeError(
                 f"cannot reproduce {type(stack.module).__name__}'s output from its last block "
                 f"(no known final norm/head); use method='naive'")
-        decided.update(keep=keep, ablated=set(ablate), view=natural_view(rec),
+        for r in reducers:
+            if r.view == "auto":
+                r.view = natural_view(rec)
+        decided.update(keep=keep, ablated=set(ablate),
                        prefix=ok and method != "naive" and not stack.grouped  # parallel lists: naive
                        and rec.chained(),  # something runs between blocks (a stage's downsampling)
                        sums=RemovalSums(make_objective(stack.task, labels)),
@@ -482,9 +483,6 @@ def run_removals(stack: Stack, data, sets: Sequence[tuple[int, ...]] | None, *, 
                         objective.add(tuple(s), main_output(naive_forward(stack, enc, skip), stack.task))
                         sums.calls += L
                     decided["bar"].update(1)
-                for r in reducers:
-                    if r.view == "auto":
-                        r.view = decided["view"]
                 _feed_reducers(reducers, stack, rec, enc, labels,
                                (part.start if part is not None else 0) + n_items)
                 sums.calls += L
