@@ -99,18 +99,19 @@ def task(name: str, texts: list[str], scores: np.ndarray, n: int):
     return keep, make_task(name, ds).labels.numpy()
 
 
-def forward_per_item(n_items: int) -> float:
-    """Seconds per item of MiniLM's sweep (as in :func:`features`) over the first ``n_items``."""
+def forward_per_item(n_items: int) -> tuple[float, float]:
+    """Seconds per item of MiniLM's sweep (as in :func:`features`) over the first ``n_items``:
+    wall-clock and this process's CPU time."""
     from layerscope.data import load_dataset
     from layerscope.reducers import Reservoir
     from layerscope.sweep import sweep
 
     data = load_dataset("sentences", limit=n_items, seed=0)
     sweep("minilm", data, reducers=[Reservoir(capacity=8)], batch_size=32, max_length=128, progress=False)
-    t = time.perf_counter()           # the second sweep: model loading and first-call costs excluded
+    t, c = time.perf_counter(), time.process_time()   # the second sweep: loading and first calls excluded
     sweep("minilm", data, reducers=[Reservoir(capacity=len(data))], batch_size=32, max_length=128,
           progress=False)
-    return (time.perf_counter() - t) / len(data)
+    return (time.perf_counter() - t) / len(data), (time.process_time() - c) / len(data)
 
 
 def ours(feats, y, solver: str):
@@ -160,10 +161,12 @@ def timed(fn, *args, **kw):
     return time.perf_counter() - t, out
 
 
-def bench(name, feats_all, texts, scores, n, per_item, earlier=None):
+def bench(name, feats_all, texts, scores, n, per_item, earlier=None, cpu_per_item=float("nan")):
     rows, y = task(name, texts, scores, n)
     feats = [np.ascontiguousarray(f[rows]) for f in feats_all]
+    c0 = time.process_time()
     ta, (acc_a, solver) = timed(ours, feats, y, "auto")
+    ta_cpu = time.process_time() - c0
     if earlier is not None and earlier["n"] == len(y):
         tl, acc_l, tb, acc_b, cs = (earlier[k] for k in ("tl", "acc_l", "tb", "acc_b", "cs"))
     else:
@@ -172,6 +175,7 @@ def bench(name, feats_all, texts, scores, n, per_item, earlier=None):
         tb, (acc_b, cs) = timed(sklearn_cv, feats, y)
     return dict(task=name, n=len(y), classes=int(y.max()) + 1, ta=ta, tl=tl, tb=tb, acc_a=acc_a,
                 acc_l=acc_l, acc_b=acc_b, cs=cs, solver=solver, forward=per_item * len(y),
+                ta_cpu=ta_cpu, forward_cpu=cpu_per_item * len(y),
                 b_reused=earlier is not None, load=os.getloadavg()[0])
 
 
@@ -183,14 +187,16 @@ def fmt(r) -> list[str]:
         f"| {r['task']} ({r['classes']} classes) | {r['n']:,} | {acc(r['acc_a'])} | {acc(r['acc_b'])} | "
         f"**{da:.1f}** | {dl:+.1f} | {r['solver']} | {r['ta']:.1f} | {r['tb']:.1f}{'†' if r.get('b_reused') else ''} | "
         f"{r['forward']:.0f} | {r.get('load', float('nan')):.1f} | "
-        f"**{r['ta'] / r['forward']:.0%}** |",
+        f"**{r['ta'] / r['forward']:.0%}** | {r.get('ta_cpu', float('nan')):.1f} | "
+        f"**{r.get('ta_cpu', float('nan')) / r.get('forward_cpu', float('nan')):.0%}** |",
     ]
 
 
 HEADER = ["| task | n | A: layerscope auto, held-out accuracy per layer | "
           "B: LogisticRegressionCV per layer | worst \\|A − B\\| (points) | closed form − B, worst (points) | "
-          "A's solver | A s | B s | forward pass s (same items) | load after A | A / forward |",
-          "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+          "A's solver | A s | B s | forward pass s (same items) | load after A | A / forward | "
+          "A CPU s | A / forward, CPU time |",
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
 
 def main() -> None:
@@ -222,11 +228,13 @@ def main() -> None:
                 if made is None:
                     made = features(args.items)
                     if args.forward_items:
-                        made = (*made[:3], forward_per_item(args.forward_items))
-                feats, texts, scores, per_item = made
+                        made = (*made[:3], *forward_per_item(args.forward_items))
+                    else:
+                        made = (*made, float("nan"))
+                feats, texts, scores, per_item, cpu_item = made
                 old = args.reuse_b / f"{name}_{n}_{args.items}.json" if args.reuse_b else None
                 earlier = json.loads(old.read_text()) if old is not None and old.exists() else None
-                results.append(bench(name, feats, texts, scores, n, per_item, earlier))
+                results.append(bench(name, feats, texts, scores, n, per_item, earlier, cpu_item))
                 if row is not None:
                     row.parent.mkdir(parents=True, exist_ok=True)
                     row.write_text(json.dumps(results[-1]))
@@ -247,7 +255,9 @@ def main() -> None:
         "per layer on A's kept rows with A's folds and C rule, solver `logistic-cv`); B: scikit-learn `LogisticRegressionCV` (default tol, "
         "scoring=\"accuracy\") with the same C grid and the same 3 stratified folds (PredefinedSplit), per "
         f"layer. The forward pass is MiniLM's sweep (batches of 32, up to 128 tokens), timed per item over "
-        f"{args.forward_items or 'all the'} items in the same process as A, times n."
+        f"{args.forward_items or 'all the'} items in the same process as A, times n. \"A CPU s\" is this "
+        "process's CPU time in A (one thread) and the last column A / forward in CPU time, which the other jobs "
+        "on the machine do not inflate; every other seconds column is wall-clock."
         + (" † B (and the closed form) taken from an earlier run of this script on the same features, split "
            "and folds (`--reuse-b`): their seconds are from that run." if any(r.get("b_reused") for r in results) else ""),
         "",
