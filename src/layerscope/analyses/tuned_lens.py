@@ -245,7 +245,7 @@ def _train(stack, train, test, *, epochs, steps, lr, tokens_per_step, batch_size
            seed, blocks=None, progress=False) -> TunedLensResult:
     from layerscope import distributed
     from layerscope.progress import bar as progress_bar
-    from layerscope.sweep import model_device, sweep
+    from layerscope.sweep import as_source, model_device, sweep
 
     from .lens import LensReducer
 
@@ -264,12 +264,13 @@ def _train(stack, train, test, *, epochs, steps, lr, tokens_per_step, batch_size
     t0 = time.perf_counter()
     lens, opt, losses = None, None, []
     per_epoch = -(-len(train) // batch_size)
+    source = as_source(train)   # normalised once; every step reads one batch of it
     n_steps = min(steps, epochs * per_epoch) if steps else epochs * per_epoch
     bar = progress_bar(n_steps, desc="tuned lens", unit="step", enabled=progress and rank == 0)
     for step in range(n_steps):
         lo = (step % per_epoch) * batch_size
         piece = distributed.shard_range(min(lo + batch_size, len(train)), size, rank, start=lo)
-        enc = next(iter_batches(stack.loaded, train, batch_size=batch_size, max_length=max_length,
+        enc = next(iter_batches(stack.loaded, source, batch_size=batch_size, max_length=max_length,
                                 part=piece), (None,))[0]
         states = None
         if enc is not None:
