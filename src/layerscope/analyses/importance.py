@@ -712,6 +712,10 @@ def layer_importance(model, data, *, blocks: str | None = None, batch_size: int 
         check_view(view)
     stack = build_stack(model, blocks)
     L = len(stack.blocks)
+    if isinstance(data, str):   # a dataset reference: read once, for mean ablation and removal
+        from layerscope.data import load_dataset
+
+        data = load_dataset(data, limit=limit)
     means: dict[int, Tensor] = {}
 
     def means_of(fixed: list[int]) -> dict[int, Tensor]:
