@@ -65,6 +65,16 @@ def test_threshold_rule_gives_each_verdict(values, claim, expected):
         assert "seeds" in v.needs
 
 
+@pytest.mark.parametrize("claim,line,expected,side", [
+    ("above", 0.0, "refuted", "at or below"), ("below", 0.0, "refuted", "at or above"),
+    ("above", -0.1, "supported", "above"), ("below", 0.1, "supported", "below")])
+def test_threshold_rule_reads_a_zero_spread_interval_on_the_line_as_outside_the_claim(claim, line, expected, side):
+    """Every repeat exactly at the line: the strict claim ('above' / 'below' it) does not hold,
+    and more repeats of the same would not change that, so it is refuted, not cannot tell."""
+    v = threshold_rule(mean_interval([0.0, 0.0, 0.0], what="gain"), line, claim=claim)
+    assert v.verdict == expected and v.reason.endswith(f"wholly {side} {line:g}") and not v.needs
+
+
 def test_needed_repeats_grows_as_the_effect_shrinks():
     wide = Estimate(0.05, -0.05, 0.15, 3)
     assert needed_repeats(wide) > 3

@@ -114,14 +114,29 @@ def test_width_vs_depth(accs, expected):
 def test_skip_connections(skip, clip, expected):
     from layerscope.studies.skip_connections import CLIP, skip_verdict
 
-    def val(m, turn):
-        return [m + x / 10 for x in NOISY] if skip is None else seeds(m, turn=turn)
+    def val(m, turn):   # noisy values rotated by ``turn``, so paired differences keep a spread
+        return [m + x / 10 for x in NOISY[turn:] + NOISY[:turn]] if skip is None else seeds(m, turn=turn)
 
     plain, res = 0.5, 0.5 + (skip or 0)
     acc = {(32, False, None): val(plain, 0), (32, True, None): val(res, 1),
            (32, False, CLIP): val(plain + (clip or 0), 2), (32, True, CLIP): val(res + (clip or 0), 0)}
     grad = {(32, False, None): val(-3.0, 0), (32, True, None): val(-3.0 + 10 * (skip or 0), 1)}
     _check(skip_verdict(acc, grad, 32), expected)
+
+
+def test_skip_connections_clipping_that_leaves_plain_at_chance_does_not_help():
+    """Both plain runs at chance on every seed: clipped − unclipped is exactly 0 with no spread,
+    which is wholly outside 'clipping helps' (> 0): refuted, not an undecidable interval."""
+    from layerscope.studies.skip_connections import CLIP, skip_verdict
+
+    acc = {(32, False, None): [0.1] * 3, (32, False, CLIP): [0.1] * 3,
+           (32, True, None): seeds(0.8), (32, True, CLIP): seeds(0.85, turn=1)}
+    grad = {(32, False, None): seeds(-9.0), (32, True, None): seeds(-3.0, turn=1)}
+    v = skip_verdict(acc, grad, 32)
+    plain = v.parts["clipping helps at depth 32 (plain)"]
+    assert plain.verdict == "refuted" and not plain.needs
+    assert plain.reason.endswith("0 [0, 0] over 3 seeds, wholly at or below 0")
+    assert v.verdict == "mixed"
 
 
 @pytest.mark.parametrize("cnn,deep,expected", [

@@ -162,8 +162,14 @@ def _needs_text(est: Estimate, gap: float | None = None) -> str:
 
 def threshold_rule(est: Estimate, threshold: float = 0.0, *, claim: str = "above",
                    line: str | None = None) -> Verdict:
-    """Supported when the whole interval lies on the claimed side of ``threshold``, refuted when
-    it lies wholly on the other side, cannot tell when it straddles it."""
+    """Supported when the whole interval lies on the claimed side of ``threshold`` (strictly),
+    refuted when it lies wholly on the other side or on the line (an interval of no spread at the
+    threshold: the effect is not on the claimed side), cannot tell when it straddles it.
+
+    Example:
+        >>> threshold_rule(mean_interval([0.0, 0.0, 0.0], what="gain")).verdict
+        'refuted'
+    """
     if claim not in ("above", "below"):
         raise ValueError("claim is 'above' or 'below'")
     line = line or f"{threshold:g}"
@@ -171,9 +177,12 @@ def threshold_rule(est: Estimate, threshold: float = 0.0, *, claim: str = "above
     if not (math.isfinite(est.low) and math.isfinite(est.high)):
         return Verdict("cannot tell", est.text(), rule, f"needs at least 2 {est.unit} for an interval")
     above, below = est.low > threshold, est.high < threshold
-    if above or below:
+    # the claimed side is strict, so an interval that only reaches the line from the other side
+    # (a zero-spread [t, t]: every repeat gave exactly the line) is wholly outside the claim too
+    touches = est.high == threshold if claim == "above" else est.low == threshold
+    if above or below or touches:
         ok = above if claim == "above" else below
-        side = "above" if above else "below"
+        side = "above" if above else "below" if below else f"at or {'below' if claim == 'above' else 'above'}"
         return Verdict("supported" if ok else "refuted", f"{est.text()}, wholly {side} {line}", rule)
     return Verdict("cannot tell", f"{est.text()} straddles {line}", rule,
                    _needs_text(Estimate(est.value - threshold, est.low - threshold,
