@@ -133,15 +133,11 @@ class LensStats:
             raise LayerscopeError("cannot merge logit-lens statistics over different layers")
         out = LensStats(len(self.sums["kl"]))
         for k in _METRICS:
-            out.sums[k] = self._sum(k) + other._sum(k)
+            out.sums[k] = self.sums[k] + other.sums[k]
         out.n_next = self.n_next + other.n_next
         out.n_tokens = self.n_tokens + other.n_tokens
         out.n_items = self.n_items + other.n_items
         return out
-
-    def _sum(self, key: str) -> np.ndarray:
-        """One metric's sums (zeros for a metric a state saved by an older version lacks)."""
-        return self.sums[key] if key in self.sums else np.zeros(len(self.sums["kl"]))
 
     def result(self) -> dict[str, list[float]]:
         if self.n_tokens == 0:
@@ -152,7 +148,7 @@ class LensStats:
                 "accuracy": (self.sums["correct"] / per_next).tolist() if self.n_next else [nan] * len(self.sums["nll"]),
                 "kl": np.maximum(self.sums["kl"] / self.n_tokens, 0.0).tolist(),
                 "top1_agreement": (self.sums["agree"] / self.n_tokens).tolist(),
-                "top5_agreement": (self._sum("agree5") / self.n_tokens).tolist()}
+                "top5_agreement": (self.sums["agree5"] / self.n_tokens).tolist()}
 
 
 class LensReducer(Reducer):
@@ -194,7 +190,9 @@ class LensReducer(Reducer):
         if not isinstance(state, dict) or state.get("type") != type(self).__qualname__:
             raise LayerscopeError("not a LensReducer state; pass what LensReducer.state_dict() returned")
         self.stats = LensStats(len(self.layers) + 1)
-        self.stats.__dict__.update(copy.deepcopy(state["state"]))
+        saved = copy.deepcopy(state["state"])
+        self.stats.sums.update(saved.pop("sums"))   # a metric an older version's state lacks stays 0
+        self.stats.__dict__.update(saved)
         return self
 
     def result(self) -> dict[str, list[float]]:
