@@ -53,10 +53,11 @@ def _first(values, level: float = LEVEL) -> float:
                  "out much earlier, with lower KL at every layer",
           models="causal language models: smollm2, or a local Hugging Face causal LM", seeds=(0, 0), order=95)
 def lm_decides(s: Settings):
-    from layerscope.analyses.lens import logit_lens
+    from layerscope.analyses.lens import LensReducer, lens_stack
     from layerscope.analyses.tuned_lens import train_tuned_lens
     from layerscope.data import load_dataset
     from layerscope.models import load_model
+    from layerscope.sweep import sweep
 
     model_ref = s.model or "smollm2"
     loaded = load_model(model_ref)
@@ -76,15 +77,17 @@ def lm_decides(s: Settings):
                              batch_size=8, max_length=max_length, test_fraction=0.1, seed=0)
     bounds = np.linspace(0, len(data), CHUNKS + 1).astype(int)
     per = {"logit": {"agree": [], "agree5": [], "kl": []}, "tuned": {"agree": [], "agree5": [], "kl": []}}
-    layers = []
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        chunk = data.subset(range(a, b))
-        for kind, lens in (("logit", None), ("tuned", tuned.lens)):
-            res = logit_lens(loaded, chunk, batch_size=8, max_length=max_length, lens=lens)
-            layers = res.layers
-            per[kind]["agree"].append(res.top1_agreement)
-            per[kind]["agree5"].append(res.top5_agreement)
-            per[kind]["kl"].append(res.kl)
+    stack = lens_stack(loaded)
+    layers = ["embeddings"] + stack.names
+    for a, b in zip(bounds[:-1], bounds[1:]):   # one sweep per chunk reads both lenses
+        reducers = {"logit": LensReducer(stack), "tuned": LensReducer(stack, tuned.lens.translate)}
+        sweep(loaded, data.subset(range(a, b)), reducers=list(reducers.values()), batch_size=8,
+              max_length=max_length)
+        for kind, red in reducers.items():
+            res = red.result()
+            per[kind]["agree"].append(res["top1_agreement"])
+            per[kind]["agree5"].append(res["top5_agreement"])
+            per[kind]["kl"].append(res["kl"])
     arr = {k: {m: np.array(v) for m, v in d.items()} for k, d in per.items()}
     first = {k: [_first(row) for row in arr[k]["agree"]] for k in arr}
     first5 = {k: [_first(row) for row in arr[k]["agree5"]] for k in arr}
