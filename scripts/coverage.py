@@ -16,21 +16,38 @@ output head, attention, feed-forward) were found.
 
 The reference is independent of layerscope: the block lists are the ``nn.ModuleList``s whose
 length is a layer count the config declares (``num_hidden_layers``, ``n_layer``,
-``encoder_layers``..., or, for the model's own config where those match no list, a count under
-a name of its own ending in ``layers``/``blocks``; a
+``encoder_layers``, ``encoder_num_hidden_layers``..., or, for the model's own config where those
+match no list, a count under a name of its own ending in ``layers``/``blocks``, unless it starts
+with the name of a part of the model (``memory_attention_num_layers`` sizes that part); a
 per-stage list ``depths``/``blocks_per_stage``/``block_sizes`` declares its
-sum, and a list of stages whose per-stage block lists have those lengths in order stands for the
-blocks joined). A list of lists stands for its inner lists' entries (Funnel's ``encoder.blocks``: 3
+sum, a per-stage repeat list (``num_block_repeats``) the sum of its repeats scaled by the
+config's ``depth_coefficient``, rounded up, and a list of stages whose per-stage block lists have
+the lengths of such a list, or of an int list under a count's name (``stage_num_blocks``), in
+order, stands for the blocks joined, downsampling entries of another class between the stages
+left out; where the model's own config declares no count any list matches and no per-stage
+depths, its sampling-ratio lists (``upsampling_ratios``, ``downsampling_ratios``,
+``upsample_rates``, ``resblock_stride_sizes``) declare one block per ratio, matched only by a
+list of one composite block class). Plain dicts that are not fields of a config's class (derived
+in its ``__post_init__``, FastSpeech2-Conformer's ``encoder_config``) are dropped from the tiny
+config, so they are derived again from the shrunk fields. A list of lists stands for its inner lists' entries (Funnel's ``encoder.blocks``: 3
 lists of 4 layers for ``num_hidden_layers`` 12). A list of single layers (each entry holding only
 its own parameters: a Linear, a norm) is a block list only beside a list of composite blocks of
 the same length under the same parent (XLM's per-layer norms); alone it is a per-layer head or
 an MLP's layers. The default should be the lists of the *primary* config: the top-level
 config when it declares a layer count, else (a multi-modal model whose ``text_config`` sits
 beside vision/audio configs) the text config (also one level down: ``vlm_config.text_config``); for an encoder-decoder (``is_encoder_decoder``) the lists of its encoder and decoder
-configs; lists inside a detector's backbone are never the default. Dual encoders (the forward
+configs; for a config holding a pair ``<x>encoder_config``/``<x>decoder_config`` (and no
+depth of its own) the lists of both with the lists between them in module order (BLT's global
+transformer); where the primary config's counts match no list (it sizes parts the class does not
+build) and the model is not an encoder-decoder, the lists of the first config, in config order,
+that has any; lists inside a detector's backbone are never the default. Dual encoders (the forward
 computes two ``logits_per_*``, one per tower, or the model holds a contrastive ``logit_scale`` of
 its own, and there is no LM head) and containers without a
-forward of their own have no default: layerscope should ask, naming the stacks.
+forward of their own have no default: layerscope should ask, naming the stacks; so have towers
+of one kind side by side (every reference list from a sub-config of the own config, two or more,
+all of one config class: DepthPro) and two or more expected lists of one length and one entry
+class under different parents that are not an encoder and its decoder (HRM's modules run in
+alternation).
 
 Usage:  nice python scripts/coverage.py [--timeout 120] [--only llama,bert] [--out docs/COVERAGE.md]
 """
@@ -55,7 +72,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 DEPTH_KEYS = ("num_hidden_layers", "n_layer", "n_layers", "num_layers", "encoder_layers",
               "decoder_layers", "num_encoder_layers", "num_decoder_layers", "decoder_num_layers",
-              "depth")
+              "encoder_num_hidden_layers", "decoder_num_hidden_layers", "depth")
 _SHRINK = {  # key -> small value (applied when the default is larger)
     "hidden_size": 64, "d_model": 64, "n_embd": 64, "embed_dim": 64, "model_dim": 64,
     "num_attention_heads": 4, "n_head": 4, "n_heads": 4, "encoder_attention_heads": 4,
@@ -79,9 +96,29 @@ _OTHER_SUBCONFIGS = ("vision_config", "audio_config", "speech_config", "image_co
 # --- tiny configs --------------------------------------------------------------------------------
 
 
+def _derived_dicts(d: dict) -> set[str]:
+    """Plain dicts (no ``model_type``) that are not fields of the config's class: its own
+    ``__post_init__`` derives them from its fields (FastSpeech2-Conformer's ``encoder_config``
+    from ``encoder_layers``...), so they are dropped and derived again from the shrunk fields
+    instead of carrying the default sizes over."""
+    import dataclasses
+
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    try:
+        cls = CONFIG_MAPPING[d["model_type"]]
+    except KeyError:
+        return set()
+    if not dataclasses.is_dataclass(cls):
+        return set()
+    fields = {f.name for f in dataclasses.fields(cls)}
+    return {k for k, v in d.items() if isinstance(v, dict) and v and "model_type" not in v
+            and k not in fields and k not in ("id2label", "label2id")}
+
+
 def _shrink(d: dict, counter: list[int]) -> dict:
     """Shrink one config dict (recursing into sub-config dicts); distinct depths per key."""
-    out = dict(d)
+    out = {k: v for k, v in d.items() if k not in _derived_dicts(d)}
     old_depths = set()
     for key, value in d.items():
         if isinstance(value, dict) and value.get("model_type") == "timm_backbone":
@@ -218,16 +255,50 @@ def _depths(config, named: bool = False) -> dict[str, list[int]]:
             if isinstance(value, (list, tuple)) and value and all(
                     isinstance(v, int) and not isinstance(v, bool) for v in value):
                 values.append(sum(value))
+        values += _repeated_blocks(cfg)
         if values:
             out[name] = values
     return out
 
 
+def _repeated_blocks(cfg) -> list[int]:
+    """The blocks a per-stage repeat list declares (EfficientNet's ``num_block_repeats``), each
+    stage's repeats scaled as the config says (``depth_coefficient``, rounded up): their sum."""
+    import math
+
+    out = []
+    scale = getattr(cfg, "depth_coefficient", 1.0)
+    scale = scale if isinstance(scale, (int, float)) and not isinstance(scale, bool) else 1.0
+    for key, value in vars(cfg).items():
+        if key.endswith("_repeats") and isinstance(value, (list, tuple)) and value and all(
+                isinstance(v, int) and not isinstance(v, bool) for v in value):
+            out.append(sum(int(math.ceil(scale * v)) for v in value))
+    return out
+
+
+#: config keys holding one entry per block that changes the sampling rate (a codec's or
+#: vocoder's ``upsampling_ratios``: one encoder/decoder block per ratio)
+RATIO_KEYS = ("upsampling_ratios", "downsampling_ratios", "upsample_rates", "resblock_stride_sizes")
+
+
+def _ratio_counts(cfg) -> list[int]:
+    """The block counts a config's sampling-ratio lists declare (one block per ratio), when it
+    declares no per-stage depths (with them, a ratio is a stage's downsampling, not a block)."""
+    if any(isinstance(getattr(cfg, k, None), (list, tuple)) for k in STAGE_DEPTH_KEYS):
+        return []
+    return sorted({len(v) for k in RATIO_KEYS for v in [getattr(cfg, k, None)]
+                   if isinstance(v, (list, tuple)) and len(v) > 1})
+
+
 def _stage_depths(config) -> dict[tuple[int, ...], str]:
-    """Each per-stage depth list the config tree holds (``depths`` [3, 4, 6, 3]) -> its config."""
+    """Each per-stage depth list the config tree holds (``depths`` [3, 4, 6, 3]; a list of
+    counts under a count's name, HGNet v2's ``stage_num_blocks``, matched only as the lengths of
+    a list of stages' block lists, never by its sum, which can equal a list of heads) -> its
+    config."""
     out = {}
     for name, cfg in _config_tree(config):
-        for key in STAGE_DEPTH_KEYS:
+        keys = list(STAGE_DEPTH_KEYS) + [k for k in vars(cfg) if _count_key(k) and k not in STAGE_DEPTH_KEYS]
+        for key in keys:
             value = getattr(cfg, key, None)
             if isinstance(value, (list, tuple)) and len(value) > 1 and all(
                     isinstance(v, int) and not isinstance(v, bool) for v in value):
@@ -273,11 +344,22 @@ def reference_lists(model, config) -> tuple[list[tuple[str, int, str]], list[str
     # only where its usual counts match no list: beside them it counts something else (V-JEPA
     # 2's predictor), and in a sub-config it sizes a part of a tower (a codec's residual units)
     matched = {c for _, _, cs in cands for c in cs}
-    named = {n: v for n, v in _depths(config, named=True).items() if n == "" and n not in matched}
+    parts = {n for n, _ in model.named_children()}
+    named = {"": [v for k, v in vars(config).items() if _named_count(k, v, config)
+                  and not any(k.startswith(f"{part}_") for part in parts)]} if "" not in matched else {}
+    # a count named after a part of the model (SAM 2 video's ``memory_attention_num_layers``)
+    # sizes that part, not the model
+    named = {n: v for n, v in named.items() if v}
     if named:
         for n, v in named.items():
             depths[n] = depths.get(n, []) + v
         cands = _candidates(modules, depths, stages)
+    # sampling ratios (a codec's ``upsampling_ratios``) declare one block each, only where the
+    # model's own config declares no count that any list matches
+    # (lists of one composite block class only: a residual unit's ELU/conv list can be as long)
+    if "" not in {c for _, _, cs in cands for c in cs} and _ratio_counts(config):
+        cands += [c for c in _candidates(modules, {"": _ratio_counts(config)}, {})
+                  if _uniform_blocks(modules[c[0]])]
     cands = [c for c in cands if not _lone_leaf_list(modules, c, cands)]
     outer = [c for c in cands if not any(c[0].startswith(o[0] + ".") for o in cands if o is not c)]
     names = list(depths)
@@ -288,15 +370,66 @@ def reference_lists(model, config) -> tuple[list[tuple[str, int, str]], list[str
             primary = next((n for n in depths if n.rsplit(".", 1)[-1] in _TEXT_SUBCONFIGS), None)
         if primary is None:
             primary = names[0] if names else ""
+    found = {c for _, _, cs in outer for c in cs}
+    if outer and primary not in found and not getattr(config, "is_encoder_decoder", False):
+        # the primary config's counts size parts this class does not build (a recognition
+        # model's head depth in a base model that is its backbone alone): the lists of the
+        # first config, in config order, that has any
+        order = [n for n, _ in _config_tree(config)]
+        primary = min(found, key=lambda n: order.index(n) if n in order else len(order))
     if getattr(config, "is_encoder_decoder", False):  # both stacks, whichever config holds them
         keys = {n for n in names if n == primary or (("encoder" in n or "decoder" in n)
                                                     and not any(o in n for o in _OTHER_SUBCONFIGS))}
     else:
         keys = {primary}
     expected = [c[0] for c in outer if keys & set(c[2])]
+    pair = _config_pair(config, outer) if "" not in depths else None
+    if pair:  # an encoder and its decoder from sub-configs, and what runs between them
+        order = {p: i for i, p in enumerate(modules)}
+        enc = [c for c in outer if pair[0] in c[2]]
+        dec = [c for c in outer if pair[1] in c[2]]
+        lo, hi = max(order[c[0]] for c in enc), min(order[c[0]] for c in dec)
+        between = [c for c in outer if lo < order[c[0]] < hi and c not in enc + dec
+                   and not any(x == "backbone" or x.endswith("_backbone") for x in c[0].split("."))
+                   and not any(o in n for n in c[2] for o in _OTHER_SUBCONFIGS)]
+        expected = [c[0] for c in enc + between + dec]
     own = [p for p in expected if not any(x == "backbone" or x.endswith("_backbone") for x in p.split("."))]
     expected = own or expected  # a backbone's lists are the default only when nothing else is
     return [(p, n, ",".join(c or "config" for c in cs)) for p, n, cs in outer], expected
+
+
+def _uniform_blocks(mod) -> bool:
+    """A list whose entries are all of one class, each a composite block with parameters."""
+    kids = list(mod.children())
+    return bool(kids) and len({type(k) for k in kids}) == 1 and all(
+        next(k.parameters(), None) is not None and not _is_leaf(k) for k in kids)
+
+
+def _config_pair(config, outer) -> tuple[str, str] | None:
+    """The shallowest pair of sub-configs named ``<x>encoder_config`` and ``<x>decoder_config``
+    (the same ``<x>``: SAM 3's ``detr_encoder_config``/``detr_decoder_config``, BLT's
+    ``encoder_config``/``decoder_config``) that both size reference lists: the model runs an
+    encoder then its decoder, whatever text config sits beside them (a prompt encoder)."""
+    sized = {n for _, _, cs in outer for n in cs}
+    for name in sorted(sized, key=lambda n: n.count(".")):
+        if name.endswith("encoder_config"):
+            dec = name[: -len("encoder_config")] + "decoder_config"
+            if dec in sized:
+                return name, dec
+    return None
+
+
+def _same_kind(config, outer, expected) -> bool:
+    """The expected lists are two or more of one length and one entry class under different
+    parents, sized by one count, and not an encoder and its decoder (HRM's high- and low-level
+    modules, run in alternation): no list comes first, so layerscope should ask."""
+    if len(expected) < 2 or getattr(config, "is_encoder_decoder", False):
+        return False
+    cands = [c for c in outer if c[0] in expected]
+    if len({c[1] for c in cands}) != 1 or len({c[0].rsplit(".", 1)[0] if "." in c[0] else "" for c in cands}) != len(cands):
+        return False
+    words = {w for c in cands for w in ("encoder", "decoder") if w in c[0]}
+    return not words
 
 
 def block_entries(mod) -> list[tuple[str, object]]:
@@ -313,20 +446,25 @@ def block_entries(mod) -> list[tuple[str, object]]:
 def _stage_lists(mod) -> list[tuple[str, object]] | None:
     """For a list of stages, each holding one list of blocks under the same name (ResNet's
     ``encoder.stages.i.layers``, Swin's ``encoder.layers.i.blocks``): (relative path, list) per
-    stage, in order; else None. The stage's other parts (a downsampling layer) are not blocks."""
+    stage, in order; else None. The stage's other parts (a downsampling layer) are not blocks,
+    nor are entries of another class holding no list of blocks between the stages."""
     from torch import nn
 
-    out, suffix = [], None
+    out, suffix, between, kinds = [], None, set(), set()
     for name, stage in mod.named_children():
         lists = [(p, m) for p, m in stage.named_modules() if p and isinstance(m, (nn.ModuleList, nn.Sequential))
                  and len(m) and any(next(c.parameters(), None) is not None for c in m.children())
                  and not all(_is_leaf(c) for c in m.children())]  # a downsampling conv + norm
         outer = [(p, m) for p, m in lists if not any(p.startswith(o + ".") for o, _ in lists)]
+        if not outer:  # a downsampling layer between stages (SwiftFormer's embeddings)
+            between.add(type(stage))
+            continue
         if len(outer) != 1 or (suffix is not None and outer[0][0] != suffix):
             return None
         suffix = outer[0][0]
+        kinds.add(type(stage))
         out.append((f"{name}.{suffix}", outer[0][1]))
-    return out if len(out) > 1 else None
+    return out if len(out) > 1 and not between & kinds else None
 
 
 def entries_of(mod, n: int) -> list[tuple[str, object]]:
@@ -394,6 +532,26 @@ def _dual(model) -> bool:
     return len(set(re.findall(r"logits_per_\w+", source))) >= 2 or "logit_scale" in own
 
 
+def _twin_towers(config, reference) -> bool:
+    """Towers of one kind side by side: every reference list comes from a sub-config of the
+    model's own config, two or more of them, all of one config class (DepthPro's patch and image
+    encoders, both DINOv2), and the own config declares no depth: no tower comes first (the
+    data does not run through one into the other), so layerscope should ask, naming them."""
+    if "" in _depths(config) or getattr(config, "is_encoder_decoder", False):
+        return False
+    subs = {k: v for k, v in vars(config).items() if hasattr(v, "to_dict") and hasattr(v, "model_type")}
+    names = {n for _, _, cs in reference for n in cs.split(",")}
+    return len(names) >= 2 and names <= set(subs) and len({type(subs[n]) for n in names}) == 1
+
+
+def _same_kind_lists(model, config, cands, expected) -> bool:
+    """:func:`_same_kind` with the entry class checked: every expected list holds one class."""
+    if not _same_kind(config, cands, expected):
+        return False
+    classes = {type(b) for p in expected for _, b in block_entries(model.get_submodule(p))}
+    return len(classes) == 1
+
+
 def _no_forward(model) -> bool:
     """A container whose class defines no forward (its sub-models run one after another in
     ``generate``): no stack comes first, so layerscope should ask, as for a dual encoder."""
@@ -447,7 +605,8 @@ def measure(mapping: str, model_type: str, cls_name: str, weights: bool = False)
     cands, expected = reference_lists(model, config)
     row["reference"] = cands
     row["expected"] = expected
-    dual = _dual(model) or _no_forward(model)
+    dual = _dual(model) or _no_forward(model) or _twin_towers(config, cands) \
+        or _same_kind_lists(model, config, cands, expected)
     row["dual"] = dual
     stacks = None
     try:
@@ -649,59 +808,32 @@ def summarise(rows: list[dict]) -> dict:
 #: what a person would name as the blocks of the models still missed, read from their own code
 #: (explanations for the report only: nothing here changes a verdict)
 MISS_NOTES = {
-    "hrm_text": "Hierarchical Reasoning Model: a high-level and a low-level module, each "
-                "`num_layers_per_stack` layers, run in alternation for several cycles per forward. "
-                "The reference (one count, two lists) wants both in one default; layerscope names "
-                "them as two stacks and defaults to the first. No order of the two is the one a "
-                "person counts; asking, as for a dual encoder, would be the honest default.",
     "lxmert": "Three encoders from three counts: language (`l_layers`) and object-relation "
               "(`r_layers`) towers side by side, then cross-modality layers (`x_layers`). "
               "layerscope joins the language and relation lists as one stack (one block class "
               "under one parent, the rule for ResNet-like stages) and defaults to the "
               "cross-modality layers; the reference wants all three lists in one default, which "
               "no data-flow order gives. A person names three stacks.",
-    "fastspeech2_conformer": "The model sizes its conformer lists from the config's derived "
-                             "`encoder_config`/`decoder_config` dicts, which the tiny config "
-                             "carries over unshrunk, so the shrunk `encoder_layers` match no list "
-                             "and the predictors' counts make the reference: a limit of the tiny "
-                             "config, not of layerscope (its encoder+decoder default is what a "
-                             "person names).",
-    "fastspeech2_conformer_with_hifigan": "As FastSpeech2-Conformer (derived per-module dicts "
-                                          "carried over unshrunk).",
-    "moonshine": "Its config declares `encoder_num_hidden_layers` and `decoder_num_hidden_layers` "
-                 "(counts under names of their own) beside `num_hidden_layers`, which matches the "
-                 "decoder list; the named counts are then not the config's depth, so the reference "
-                 "wants the decoder alone while layerscope, rightly, gives encoder+decoder. A "
-                 "regression of the named-count rule (before, all three counts were the default 6).",
     "oneformer": "Pixel decoder (`encoder_layers`), transformer decoder and a text-query "
                  "transformer (`query_dec_layers`), all from the model's own config: the reference "
                  "wants the pixel decoder and the query transformer, layerscope the pixel decoder "
                  "(the stack its own-config rule picks).",
-    "sam2_video": "The model's own config declares only `memory_attention_num_layers`, so the "
-                  "reference wants the memory attention; layerscope defaults to the image encoder, "
-                  "as for SAM 2. A tracker's memory attention is not the stack a person counts "
-                  "first: the reference is what is wrong.",
-    "sam3_tracker_video": "As SAM 2 video (the own config declares only the memory attention's "
-                          "depth).",
-    "blt": "Byte Latent Transformer: the forward runs the local encoder, then the global (latent) "
-           "transformer, which holds most parameters, then the local decoder; a person counts "
-           "all three in that order, and so does layerscope (the stacks of its own between an "
-           "encoder and its decoder join them). The reference takes only the decoder config "
-           "(its name reads as a text config): the reference is what is wrong here, and no "
-           "config-only rule found tells BLT's three sub-configs apart from a VLM's text config.",
-    "depth_pro": "Two ViT towers of one kind side by side (the patch encoder on patches at three "
-                 "scales, the image encoder on the downsampled image), built from sibling "
-                 "sub-configs, neither before the other. The reference takes the first sub-config "
-                 "in attribute order (image), layerscope the stack with the most parameters, the "
-                 "first of equals (patch). "
-                 "Neither is more right; asking, as for a dual encoder, would be the honest default.",
-    "sam3": "A DETR-like detector prompted by text: a ViT backbone, a CLIP-like text encoder for "
-            "the prompt, then a DETR encoder and decoder. The reference takes the text config "
-            "(the rule that makes a VLM's language model primary); layerscope takes the DETR "
-            "encoder+decoder, as for every DETR detector. A person would not name the prompt "
-            "encoder; telling a prompt text encoder from a language model needs a rule not found.",
+    "uvdoc": "A document-unwarping CNN: a ResNet-like trunk (three stages of 3, 4 and 6 residual "
+             "blocks, declared only as the per-block lists of `resnet_configs`) then a bridge of "
+             "six parallel dilated-conv branches, each of `depths` [1, 1, 1, 3, 3, 3] convs, all "
+             "reading the trunk's output. The reference takes `depths`, so the bridge's 12 convs; "
+             "layerscope takes the trunk's 13 residual blocks, the sequential depth a person "
+             "names. The branches run side by side, not one after another, which the config "
+             "does not say: the reference is what is wrong here.",
+    "efficientloftr": "A feature matcher: a RepVGG backbone (`stage_num_blocks` [1, 2, 4, 14]) "
+                      "then a local feature transformer of `num_attention_layers` 4 layers. The "
+                      "tiny config does not build (its width must equal the last "
+                      "`out_features`), and at the default size `num_attention_layers` equals "
+                      "the number of stages (4), so the named-count rule takes it for a count "
+                      "of stages and the reference is the backbone's 21 blocks; layerscope "
+                      "defaults to the transformer (the backbone is its stem), which a person "
+                      "counts.",
 }
-MISS_NOTES["sam3_lite_text"] = MISS_NOTES["sam3_video"] = MISS_NOTES["sam3"]
 
 
 def _verdict(r: dict | None) -> str:
@@ -759,20 +891,40 @@ def write_markdown(rows: list[dict], path: Path, meta: dict,
              "something (`num_blocks`, `conf_num_hidden_layers`, `num_spatial_layers`, "
              "`num_self_attends_per_block`), shrunk like the others in a config with no usual count, is the model's own config's "
              "layer count where its usual counts match no list, unless it equals the length of "
-             "the config's per-stage lists (a number of stages); a list of lists counts its inner lists' "
+             "the config's per-stage lists (a number of stages) or starts with the name of a part "
+             "of the model (`memory_attention_num_layers` sizes that part); the encoder's and "
+             "decoder's counts spelled out (`encoder_num_hidden_layers`) are usual counts; a "
+             "per-stage repeat list (`num_block_repeats`) declares the sum of its repeats scaled "
+             "by `depth_coefficient`, rounded up; an int list under a count's name "
+             "(`stage_num_blocks`) declares per-stage depths, matched only as a list of stages' "
+             "block lists in order; entries of another class holding no block list between the "
+             "stages (downsampling layers) are left out of the stages; where the model's own "
+             "config declares no count any list matches and no per-stage depths, each sampling "
+             "ratio (`upsampling_ratios`, `downsampling_ratios`, `upsample_rates`, "
+             "`resblock_stride_sizes`) declares one block, matched only by a list of one "
+             "composite block class; a list of lists counts its inner lists' "
              "entries; a list of single layers, each holding only its own parameters, counts only "
              "beside a list of composite blocks of the same length under the same parent, since "
-             "alone it is a per-layer head or an MLP's layers). "
+             "alone it is a per-layer head or an MLP's layers; plain dicts a config derives from "
+             "its fields, not fields themselves, are dropped from the tiny config so they are "
+             "derived from the shrunk fields). "
              "The default stack is right when its blocks are exactly the lists of the primary "
              "config (the model's own when it declares a layer count, else its text config, also one level down; the lists of "
-             "both configs of an encoder-decoder; a detector's backbone lists only when nothing "
+             "both configs of an encoder-decoder; for a config holding a pair "
+             "`<x>encoder_config`/`<x>decoder_config`, the lists of both with those between them "
+             "in module order; where the primary config's counts match no list (they size parts "
+             "the class does not build), the first config in config order that has lists; a "
+             "detector's backbone lists only when nothing "
              "else is), and for a dual encoder (its forward computes two `logits_per_*`, one per "
-             "tower, or it holds a contrastive `logit_scale` of its own, and it has no LM head) or a container without a forward of its own (its "
-             "sub-models run one after another in `generate`) when layerscope asks which stack, "
+             "tower, or it holds a contrastive `logit_scale` of its own, and it has no LM head), a container without a forward of its own (its "
+             "sub-models run one after another in `generate`), towers of one kind side by side "
+             "(every reference list from a sub-config of the model's own config, all of one "
+             "config class) or lists of one length and entry class under different parents that "
+             "are not an encoder and its decoder, when layerscope asks which stack, "
              "naming them. Blocks kept in parallel lists (block i = the i-th entry of each list) "
              "are right when they hold exactly the reference lists' entries. A model with no list as "
              "long as a declared count (a CNN whose config declares only per-block channel "
-             "lists, a codec declaring only its sampling ratios) has no "
+             "lists or nothing, a codec whose blocks are not modules of their own) has no "
              "reference: it is counted in the first column as not right and left out of the "
              "second.", "",
              "## Totals", "",

@@ -56,6 +56,17 @@ BASE = [
     ("segformer", "stages counted by num_hidden_layers, blocks by depths"),
     ("xlstm", "recurrent (xLSTM, depth declared as num_blocks)"),
     ("gemma3n_audio", "conformer (depth declared as conf_num_hidden_layers)"),
+    ("dac", "audio codec (one block per sampling ratio)"),
+    ("efficientnet", "CNN (per-stage repeats scaled by depth_coefficient)"),
+    ("hgnet_v2", "CNN (per-stage block counts under a count's name)"),
+    ("pp_ocrv5_mobile_rec", "backbone alone (the own config sizes a head it does not build)"),
+    ("fastspeech2_conformer", "speech encoder-decoder (derived per-module dicts rebuilt)"),
+    ("moonshine", "speech encoder-decoder (encoder/decoder counts spelled out)"),
+    ("sam2_video", "tracker (a count named after a part sizes that part)"),
+    ("sam3", "detector prompted by text (an encoder/decoder sub-config pair)"),
+    ("depth_pro", "towers from sibling sub-configs of one class (asks)"),
+    ("hrm_text", "stacks of one kind run in alternation (asks)"),
+    ("swiftformer", "CNN (downsampling layers between the stages in one list)"),
 ]
 #: causal LMs: decoders of many layouts, MoE, state-space, hybrid and recurrent ones
 CAUSAL = [
@@ -105,8 +116,23 @@ def test_causal_lm_default_stack_and_roles(model_type, family):
 
 
 def test_blt_counts_its_three_stacks_in_data_flow_order():
-    # the reference takes only BLT's decoder config (see docs/COVERAGE.md); a person, and
-    # layerscope, count the local encoder, the global transformer and the local decoder
+    # a person, the reference (its encoder/decoder sub-config pair with the global config's
+    # lists between them) and layerscope count the local encoder, the global transformer and
+    # the local decoder
     row = coverage.measure("base", "blt", "BltModel")
     assert row["default"] == "local_encoder+global_transformer+local_decoder"
-    assert row["towers_listed"]
+    assert row["default_ok"] and row["towers_listed"]
+
+
+def test_reference_only_where_the_config_declares_it():
+    # a codec whose residual unit's ELU/conv list is as long as its ratios has no reference
+    # (the ratio rule takes lists of one composite block class only); a CNN declaring nothing
+    # has none either
+    for model_type, cls in (("encodec", "EncodecModel"), ("mobilenet_v2", "MobileNetV2Model")):
+        row = coverage.measure("base", model_type, cls)
+        assert row["builds"] and row["expected"] == [], (model_type, row["expected"])
+
+
+def test_a_causal_lm_of_stacks_of_one_kind_asks():
+    row = coverage.measure("causal-lm", "hrm_text", "HrmTextForCausalLM")
+    assert row["dual"] and row["default_ok"] and "L_module" in row["default_error"]

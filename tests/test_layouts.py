@@ -472,3 +472,104 @@ def test_replay_is_not_used_where_something_runs_between_blocks():
         rec_staged = record_forward(staged, prepare(staged, staged.loaded.encode(x)))
         rec_flat = record_forward(flat, prepare(flat, flat.loaded.encode(x)))
     assert not rec_staged.chained() and rec_flat.chained()
+
+
+class _Downsample(nn.Module):
+    """A downsampling layer kept between stages in the stages' own list (no list of blocks)."""
+
+    def __init__(self, d: int = 8):
+        super().__init__()
+        self.proj = nn.Linear(d, d)
+        self.norm = nn.LayerNorm(d)
+
+    def forward(self, h):
+        return self.norm(self.proj(h))
+
+
+class _InterleavedNet(nn.Module):
+    """A SwiftFormer-like encoder: stage, downsample, stage, downsample, stage in one list."""
+
+    def __init__(self, depths=(2, 3, 1)):
+        super().__init__()
+        self.encoder = nn.Module()
+        entries = []
+        for i, n in enumerate(depths):
+            entries.append(_Stage(n, down=False))
+            if i < len(depths) - 1:
+                entries.append(_Downsample())
+        self.encoder.network = nn.ModuleList(entries)
+
+    def forward(self, x):
+        for entry in self.encoder.network:
+            x = entry(x)
+        return x
+
+
+def test_downsampling_layers_between_stages_in_one_list_are_not_blocks():
+    # the list holds stages and the downsampling layers between them: the blocks are the
+    # stages' lists joined (2 + 3 + 1), the downsampling layers stay outside every block
+    net = _InterleavedNet()
+    (stack,) = find_stacks(net)
+    assert stack.paths == [f"encoder.network.{i}.blocks" for i in (0, 2, 4)]
+    assert Layers(net).names() == [f"encoder.network.{i}.blocks.{j}"
+                                   for i, n in zip((0, 2, 4), (2, 3, 1)) for j in range(n)]
+
+
+def test_a_list_entry_of_the_stages_class_without_blocks_is_not_skipped():
+    # an entry of the stages' own class without a list of blocks is a stage whose blocks the
+    # rule cannot see: the list is not taken apart into stages
+    net = _InterleavedNet()
+    net.encoder.network[1] = _Stage(1, down=False)
+    net.encoder.network[1].blocks = nn.Module()  # no list: a stage the rule cannot take apart
+    (stack,) = find_stacks(net)
+    assert stack.paths == ["encoder.network"]
+
+
+def test_stacks_of_one_kind_side_by_side_ask_naming_them():
+    # two stacks of one block class and depth under different parents, neither an encoder of
+    # the other (HRM's high- and low-level modules, run in alternation): none comes first
+    class Alternating(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.high, self.low = nn.Module(), nn.Module()
+            self.high.layers = nn.ModuleList([_Mixer() for _ in range(3)])
+            self.low.layers = nn.ModuleList([_Mixer() for _ in range(3)])
+
+        def forward(self, h):
+            for high, low in zip(self.high.layers, self.low.layers):
+                h = high.mlp(low.mlp(h))
+            return h
+
+    net = Alternating()
+    with pytest.raises(LayerscopeError) as err:
+        Layers(net)
+    msg = str(err.value)
+    assert "\n" not in msg and "high (3 blocks)" in msg and "low (3 blocks)" in msg and "--stack" in msg
+    assert Layers(net, stack="low").names() == [f"low.layers.{i}" for i in range(3)]
+    # of another depth, the larger stack is the default as before
+    net.low.layers.append(_Mixer())
+    assert Layers(net).names() == [f"low.layers.{i}" for i in range(4)]
+
+
+def test_towers_from_sibling_sub_configs_of_one_class_ask():
+    # DepthPro-like: two ViT towers built from two sub-configs of one class held side by side
+    # by the model's config; the model is not a dual encoder, yet no tower comes first
+    from transformers import Dinov2Config, Dinov2Model, PretrainedConfig
+
+    small = dict(hidden_size=16, num_attention_heads=2, intermediate_size=32, image_size=8,
+                 patch_size=4)
+    config = PretrainedConfig()
+    config.patch_config, config.image_config = (Dinov2Config(num_hidden_layers=2, **small),
+                                                Dinov2Config(num_hidden_layers=3, **small))
+    class TwoTowers(nn.Module):
+        def forward(self, pixel_values):
+            return self.patch_encoder(pixel_values), self.image_encoder(pixel_values)
+
+    net = TwoTowers()
+    net.config = config
+    net.patch_encoder, net.image_encoder = Dinov2Model(config.patch_config), Dinov2Model(config.image_config)
+    with pytest.raises(LayerscopeError, match="side by side.*patch_encoder.*image_encoder"):
+        Layers(net)
+    # one config object shared by both is one tower config, not two: the larger one wins
+    net.image_encoder.config = config.image_config = config.patch_config
+    assert len(Layers(net)) == 3

@@ -417,14 +417,19 @@ def _staged(s: _Stack) -> list[_Stack] | None:
     """A list of stages, each holding its blocks in one list under the same name (ResNet's
     ``encoder.stages.i.layers``, Swin's ``encoder.layers.i.blocks``): the blocks are the entries
     of those lists, joined in stage order, when they hold most of each stage's parameters and
-    nothing else in a stage mixes tokens (a stage's downsampling layer is not a block; a decoder
-    layer whose experts sit in a list beside its attention is not a stage; a block's list of
-    sublayers of different classes, T5's attention and feed-forward, is not one). Else None."""
+    nothing else in a stage mixes tokens (a stage's downsampling layer is not a block, nor is a
+    list entry of another class, holding no list, between the stages: SwiftFormer's
+    embeddings; a decoder layer whose experts sit in a list beside its attention is not a stage;
+    a block's list of sublayers with no class the majority, T5's attention and feed-forward, is
+    not one). Else None."""
     inner, suffix = [], None
     for name, stage in s.module.named_children():
         lists = [(n, c) for n, c in stage.named_children()
                  if isinstance(c, (nn.ModuleList, nn.Sequential)) and len(c) and not _leaf_stack(c)
-                 and any(has_params(b) for b in c.children()) and _majority(list(c.children()))[1] == 1.0]
+                 and any(has_params(b) for b in c.children()) and _majority(list(c.children()))[1] > 0.5]
+        if not lists and type(stage).__name__ != s.cls and not _has_mixer(stage) \
+                and not any(isinstance(c, (nn.ModuleList, nn.Sequential)) for c in stage.modules()):
+            continue  # a downsampling layer between stages (SwiftFormer's embeddings)
         if len(lists) != 1 or (suffix is not None and lists[0][0] != suffix):
             return None
         suffix, blocks = lists[0]
@@ -671,6 +676,33 @@ def _between(stacks: list[Stack], pair: list[Stack]) -> list[Stack]:
             and s.modality == "" and _mixes(s) and _inside(s.paths[0], parent)]
 
 
+def _twin_towers(model: nn.Module, pool: list[Stack]) -> bool:
+    """Whether every stack in ``pool`` (two or more) is built from its own sub-config of the
+    model's config, all of one config class, held side by side by the model's config (DepthPro's
+    patch and image encoders, both from DINOv2 configs): towers of one kind, none first."""
+    root = getattr(model, "config", None)
+    if root is None or len(pool) < 2:
+        return False
+    held = [v for v in vars(root).values() if v is not root and hasattr(v, "to_dict")]
+    cfgs = [_config_owner(model, s.paths[0]) for s in pool]
+    return all(c is not None and c is not root and any(c is h for h in held) for c in cfgs) \
+        and len({id(c) for c in cfgs}) == len(cfgs) and len({type(c) for c in cfgs}) == 1
+
+
+def _twin_stacks(pool: list[Stack]) -> bool:
+    """Whether ``pool`` is two or more stacks of one block class, as deep as each other, whose
+    blocks hold the same parameter shapes, under different parents and not an encoder and its
+    decoder (HRM's high- and low-level modules, run in alternation): none comes first."""
+    if len(pool) < 2 or any(s.blocks[0].members for s in pool if s.blocks):
+        return False
+    first = pool[0]
+    shapes = [p.shape for p in first.blocks[0].module.parameters()] if first.blocks else None
+    return (all(s.cls == first.cls and len(s.blocks) == len(first.blocks) and s.blocks
+                and [p.shape for p in s.blocks[0].module.parameters()] == shapes for s in pool)
+            and len({_parent(s.paths[0]) for s in pool}) == len(pool)
+            and not any(w in s.paths[0].lower() for s in pool for w in ("encoder", "decoder")))
+
+
 def _block_size(stack: Stack) -> float:
     """Parameters per block: how large a stack's blocks are, whatever its depth."""
     return stack.params / max(len(stack.blocks), 1)
@@ -761,6 +793,11 @@ def default_stacks(model: nn.Module, stacks: list[Stack]) -> tuple[list[Stack], 
         return enc, "the encoder (the other stacks work on its output)"
     if dual and not _has_lm_head(model):
         raise _dual_question(model, stacks)
+    if _twin_towers(model, pool) or _twin_stacks(pool):
+        raise LayerscopeError(
+            f"{type(model).__name__} has stacks of one kind side by side, none run before the "
+            f"other: {_describe(stacks)}; say which with --stack NAME (or Layers(model, "
+            f"stack=NAME))")
     best = max(pool, key=lambda s: s.params)
     return [best], "the stack holding the most parameters"
 
