@@ -563,12 +563,17 @@ class ProbeStats(Reducer):
     ``solver="logistic"`` (classes only) also keeps the training rows and fits scikit-learn's
     L2 ``LogisticRegression(C=C)`` per layer instead of the closed form: the usual probe of the
     literature, at its usual cost, with memory growing with the data.
+    ``groups`` (one number per item index; default: each item its own group) makes the held-out
+    split by group: items with one group number fall on the same side (e.g. the token rows of one
+    sentence), so no group is both trained on and scored.
     """
 
     def __init__(self, classification: bool, *, layers: list[str] | None = None, view: str = "mean",
                  test_fraction: float = 0.2, cv: str = "gcv", folds: int = 3, seed: int = 0,
                  random_width: int | None = None, precision: str = PRECISION,
-                 solver: str = "auto", C: float = 1.0, memory_budget: int = MEMORY_BUDGET):
+                 solver: str = "auto", C: float = 1.0, memory_budget: int = MEMORY_BUDGET,
+                 groups=None):
+        self.groups = None if groups is None else np.asarray(groups, dtype=np.int64)
         _check_cv(cv)
         _check_precision(precision)
         _check_solver(solver, classification, C)
@@ -601,7 +606,9 @@ class ProbeStats(Reducer):
         if not torch.all(torch.isfinite(y.double())):
             raise LayerscopeError("labels hold NaN or inf; drop those items before probing")
         idx = np.arange(batch.start, batch.start + batch.size)
-        fold = split_items(idx, self.test_fraction, self.folds, self.seed)
+        if self.groups is not None and len(idx) and idx[-1] >= len(self.groups):
+            raise LayerscopeError(f"the probe was given groups for {len(self.groups)} items but saw item {idx[-1]}")
+        fold = split_items(idx if self.groups is None else self.groups[idx], self.test_fraction, self.folds, self.seed)
         if self.classification:
             if torch.is_floating_point(y) and not torch.all(y == y.round()):
                 raise LayerscopeError("classification probes need integer class labels; use a regression probe")
