@@ -3,6 +3,8 @@ transformers' own hidden states, and the study's verdict on synthetic numbers.""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -184,3 +186,158 @@ def test_two_models_share_one_chart_by_relative_depth():
     assert lines["small: length"][-1] == lines["big: length"][-1] == 1.0 and len(lines["big: length"]) == 12
     assert chart["layout"]["xaxis"]["type"] == "linear"
     assert chart_png(chart, "t")[:4] == b"\x89PNG"
+
+
+# --- part-of-speech: token sites, the sentence-wise split, the tagger ----------------------------
+
+CLASSES = ["NOUN", "VERB", "DET", "ADV", "AUX", "PART", "PRON"]
+
+
+def test_pos_sites_label_the_token_where_each_word_starts():
+    """By hand, MiniLM's tokens: [CLS] the cat sat . [SEP] / [CLS] the token ##izer pu ##rred
+    loudly . [SEP] / [CLS] they don ' t know . [SEP] (spaCy's "do" and "n't" start in one token)."""
+    from layerscope.models import load_model
+    from layerscope.studies.depth_represents import pos_sites
+
+    tok = load_model("minilm").tokenizer
+    items = ["The cat sat.", "The tokenizer purred loudly.", "They don't know.", "The cat sat."]
+    tagged = [[(0, "DET"), (4, "NOUN"), (8, "VERB"), (11, "PUNCT")],
+              [(0, "DET"), (4, "NOUN"), (14, "VERB"), (21, "ADV"), (27, "PUNCT")],
+              [(0, "PRON"), (5, "AUX"), (7, "PART"), (11, "VERB"), (15, "PUNCT")],
+              None]                                                     # not in the task (e.g. shifted)
+    sites, lengths = pos_sites(tok, items, tagged, CLASSES, max_length=16)
+    c = CLASSES.index
+    assert sites == [[(1, c("DET")), (2, c("NOUN")), (3, c("VERB"))],
+                     [(1, c("DET")), (2, c("NOUN")), (4, c("VERB")), (6, c("ADV"))],   # token, pu: first pieces
+                     [(1, c("PRON")), (5, c("VERB"))],                                 # do / n't share "don"
+                     []]
+    assert lengths.tolist() == [6, 9, 8, 6]
+    cut, lengths = pos_sites(tok, items[1:2], tagged[1:2], CLASSES, max_length=5)      # [CLS] the token ##izer [SEP]
+    assert cut == [[(1, c("DET")), (2, c("NOUN"))]] and lengths.tolist() == [5]
+    few, _ = pos_sites(tok, items[1:2], tagged[1:2], CLASSES, max_length=16, per_item=2, seed=3)
+    again, _ = pos_sites(tok, items[1:2], tagged[1:2], CLASSES, max_length=16, per_item=2, seed=3)
+    assert few == again and len(few[0]) == 2 and set(few[0]) < set(sites[1])
+
+
+def test_the_tagger_gives_universal_tags_and_the_common_ones():
+    pytest.importorskip("spacy")
+    from layerscope.studies.depth_represents import common_tags, load_tagger, tag_words
+
+    nlp = load_tagger()
+    if nlp is None:
+        pytest.skip("the [pos] extra's model package is not installed")
+    assert not {"parser", "ner", "lemmatizer"} & set(nlp.pipe_names)
+    words = tag_words(nlp, ["The cat sat.", "They don't know."])
+    assert [t for _, t in words[0]] == ["DET", "NOUN", "VERB", "PUNCT"]
+    assert [c for c, _ in words[1]] == [0, 5, 7, 11, 15]
+    assert common_tags(words, 0.15) == ["VERB"] and "PUNCT" not in common_tags(words, 0.0)
+
+
+def _site_items(n=60):
+    from layerscope.data import load_dataset
+
+    texts = [t for t in load_dataset("sentences", limit=2 * n, seed=0).items if len(t.split()) >= 4][:n]
+    tagged = [[(m.start(), CLASSES[k % 3]) for k, m in enumerate(re.finditer(r"\S+", t))]
+              for t in texts]
+    return texts, tagged
+
+
+def test_word_sites_are_the_block_outputs_transformers_returns(llama_folder):
+    """Each row is the block output at its word's first token: hidden_states[i + 1][item, token]
+    of transformers' own forward (the last block's entry there is after the final norm)."""
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from layerscope.models import load_model
+    from layerscope.studies.depth_represents import WordSites, pos_sites
+    from layerscope.sweep import sweep
+
+    loaded = load_model(str(llama_folder))
+    texts, tagged = _site_items(30)
+    tagged[4] = None
+    sites, lengths = pos_sites(loaded.tokenizer, texts, tagged, CLASSES, max_length=12, per_item=3)
+    inner = _Rows()
+    ws = WordSites(inner, sites, lengths)
+    sweep(loaded, texts, reducers=[ws], batch_size=7, max_length=12, progress=False)
+    ours = {name: torch.cat(rows) for name, rows in inner.rows.items()}
+    assert ws.size == sum(len(s) for s in sites) == len(ours["model.layers.0"]) and not sites[4]
+
+    tok = AutoTokenizer.from_pretrained(llama_folder)
+    model = LlamaForCausalLM.from_pretrained(llama_folder).eval()
+    enc = tok(texts, padding=True, truncation=True, max_length=12, return_tensors="pt")
+    with torch.no_grad():
+        hidden = model(**enc, output_hidden_states=True).hidden_states
+    r = [i for i, s in enumerate(sites) for _ in s]
+    c = [p for s in sites for p, _ in s]
+    assert all(enc["attention_mask"][i, :p + 1].all() for i, p in zip(r, c))        # right-padded: index = column
+    torch.testing.assert_close(ours["model.layers.0"], hidden[1][r, c], atol=1e-5, rtol=1e-4)
+    with torch.no_grad():
+        torch.testing.assert_close(model.model.norm(ours["model.layers.1"]), hidden[2][r, c], atol=1e-5, rtol=1e-4)
+    assert torch.cat([b for _, b in inner.labels]).tolist() == [y for s in sites for _, y in s]
+    assert [start for start, _ in inner.labels] == sorted(start for start, _ in inner.labels)
+
+
+def test_pos_probe_holds_whole_sentences_out():
+    """With groups, a sentence's token rows all fall on one side of the held-out split; the same
+    rows split one by one put some sentences on both sides (so the check can fail)."""
+    from layerscope.analyses.probe import ProbeStats
+    from layerscope.models import load_model
+    from layerscope.studies.depth_represents import WordSites, pos_sites
+    from layerscope.sweep import sweep
+
+    loaded = load_model("minilm")
+    texts, tagged = _site_items(60)
+    sites, lengths = pos_sites(loaded.tokenizer, texts, tagged, CLASSES, max_length=24)
+    by_sentence = WordSites(None, sites, lengths)
+    by_sentence.inner = ProbeStats(True, test_fraction=0.3, groups=by_sentence.item_of_row)
+    by_row = WordSites(ProbeStats(True, test_fraction=0.3), sites, lengths)
+    sweep(loaded, texts, reducers=[by_sentence, by_row], batch_size=16, max_length=24, progress=False)
+    item = by_sentence.item_of_row
+
+    def sides(ws):
+        test = np.zeros(ws.size, bool)
+        test[np.concatenate(ws.inner.test_index)] = True
+        return set(item[test]), set(item[~test])
+
+    held, trained = sides(by_sentence)
+    assert held and trained and not held & trained
+    assert sum(len(sites[i]) for i in held) == sum(len(t) for t in by_sentence.inner.test_y)
+    held, trained = sides(by_row)
+    assert held & trained
+
+
+def _sentence_file(tmp_path, n=220):
+    from layerscope.data import load_dataset
+
+    texts = [t for t in load_dataset("sentences", limit=2 * n, seed=1).items if len(t.split()) >= 4][:n]
+    f = tmp_path / "sentences.txt"
+    f.write_text("\n".join(texts))
+    return str(f)
+
+
+def test_the_study_reads_part_of_speech_into_its_verdict(tmp_path):
+    pytest.importorskip("spacy")
+    from layerscope.studies.common import run_study
+    from layerscope.studies.depth_represents import POS, load_tagger
+
+    if load_tagger() is None:
+        pytest.skip("the [pos] extra's model package is not installed")
+    r = run_study("depth-represents", model="minilm", data=_sentence_file(tmp_path))
+    assert "syntax (part-of-speech) peaks early" in r.verdict.parts
+    assert f"{POS} accuracy [95%]" in r.columns and POS in r.settings["tasks"]
+    line = next(f for f in r.findings if f.startswith(f"{POS}: probe by"))
+    assert "held out by sentence" in line and "chance (majority class)" in line
+    assert r.settings["pos_rows"]["minilm"] > 220 and "NOUN" in r.settings["pos_classes"]
+
+
+def test_the_study_runs_without_the_tagger_and_says_so(tmp_path, monkeypatch):
+    import sys
+
+    from layerscope.studies.common import run_study
+
+    monkeypatch.setitem(sys.modules, "spacy", None)               # import spacy -> ImportError
+    r = run_study("depth-represents", model="minilm", data=_sentence_file(tmp_path))
+    left_out = [f for f in r.findings if "part-of-speech" in f]
+    assert len(left_out) == 1 and "pip install layerscope[pos]" in left_out[0]
+    assert "part-of-speech" not in r.settings["tasks"] and r.settings["pos_classes"] is None
+    assert not any("part-of-speech" in p for p in r.verdict.parts)
+    assert "bigram-shift (token)" in r.settings["tasks"]
