@@ -24,7 +24,9 @@ sum, a per-stage repeat list (``num_block_repeats``) the sum of its repeats scal
 config's ``depth_coefficient``, rounded up, and a list of stages whose per-stage block lists have
 the lengths of such a list, or of an int list under a count's name (``stage_num_blocks``), in
 order, stands for the blocks joined, downsampling entries of another class between the stages
-left out; where the model's own config declares no count any list matches and no per-stage
+left out; a per-stage depth list matched by no list, neither so nor by its sum, is matched by the
+deepest module whose innermost lists of one composite block class have its lengths in order (a
+decoder's in reverse order), those lists' blocks joined; where the model's own config declares no count any list matches and no per-stage
 depths, its sampling-ratio lists (``upsampling_ratios``, ``downsampling_ratios``,
 ``upsample_rates``, ``resblock_stride_sizes``) declare one block per ratio, matched only by a
 list of one composite block class). Plain dicts that are not fields of a config's class (derived
@@ -360,8 +362,10 @@ def reference_lists(model, config) -> tuple[list[tuple[str, int, str]], list[str
     if "" not in {c for _, _, cs in cands for c in cs} and _ratio_counts(config):
         cands += [c for c in _candidates(modules, {"": _ratio_counts(config)}, {})
                   if _uniform_blocks(modules[c[0]])]
+    cands += _spread_stages(modules, stages, {c[1] for c in cands}, depths)
     cands = [c for c in cands if not _lone_leaf_list(modules, c, cands)]
-    outer = [c for c in cands if not any(c[0].startswith(o[0] + ".") for o in cands if o is not c)]
+    outer = [c for c in cands if not any(c[0].startswith(o[0] + ".") or (o[0] == "" and c[0])
+                                         for o in cands if o is not c)]
     names = list(depths)
     primary = ""  # the model's own config when it declares a depth, else its text config
     if "" not in depths:
@@ -396,6 +400,38 @@ def reference_lists(model, config) -> tuple[list[tuple[str, int, str]], list[str
     own = [p for p in expected if not any(x == "backbone" or x.endswith("_backbone") for x in p.split("."))]
     expected = own or expected  # a backbone's lists are the default only when nothing else is
     return [(p, n, ",".join(c or "config" for c in cs)) for p, n, cs in outer], expected
+
+
+def _spread_lists(mod) -> list[tuple[str, object]]:
+    """The innermost lists of blocks under ``mod``, in module order: lists of one composite
+    block class whose entries hold no list themselves (a stem's blocks, then each downsampling
+    layer's)."""
+    from torch import nn
+
+    return [(p, m) for p, m in mod.named_modules() if p and isinstance(m, (nn.ModuleList, nn.Sequential))
+            and _uniform_blocks(m) and not any(isinstance(x, (nn.ModuleList, nn.Sequential))
+                                               for c in m.children() for x in c.modules())]
+
+
+def _spread_stages(modules: dict, stages: dict, matched: set, depths: dict) -> list:
+    """A per-stage depth list no list matched (neither as a list of stages nor by its sum):
+    the module whose innermost lists of blocks have those lengths in order (a decoder's in
+    reverse order), the deepest such module (VibeVoice's tokenizer: a stem's blocks, then each
+    downsampling layer's; GroupViT's stages, whose lists of layers sit beside grouping blocks).
+    (path, blocks, config names), one per module found."""
+    sums = {v for vs in depths.values() for v in vs}
+    out = []
+    for depth, cfg in stages.items():
+        if sum(depth) in matched or (sum(depth) not in sums):
+            continue
+        found = []
+        for path, mod in modules.items():
+            lengths = tuple(len(m) for _, m in _spread_lists(mod))
+            if lengths == depth or ("decoder" in path.rsplit(".", 1)[-1] and lengths == depth[::-1]):
+                found.append(path)
+        out += [(p, sum(depth), [cfg]) for p in found
+                if not any(o != p and (o.startswith(p + ".") or (p == "" and o)) for o in found)]
+    return out
 
 
 def _uniform_blocks(mod) -> bool:
@@ -470,15 +506,28 @@ def _stage_lists(mod) -> list[tuple[str, object]] | None:
 def entries_of(mod, n: int) -> list[tuple[str, object]]:
     """The ``n`` reference entries of a candidate list: its own (or its inner lists') entries,
     or for a list of stages the blocks of each stage's list joined in order."""
+    from torch import nn
+
+    spread = [(f"{p}.{k}", b) for p, x in _spread_lists(mod) for k, b in x.named_children()]
+    if not isinstance(mod, (nn.ModuleList, nn.Sequential)):  # a module of spread stages
+        return spread
     inner = _stage_lists(mod) or []
     staged = [(f"{p}.{k}", b) for p, x in inner for k, b in x.named_children()]
-    return staged if inner and len(staged) == n else block_entries(mod)
+    if inner and len(staged) == n:
+        return staged
+    own = block_entries(mod)
+    return spread if len(own) != n and len(spread) == n else own
 
 
 def _inner_listed(model, path: str, listed: set[str]) -> bool:
     """A list of lists is listed when each of its inner lists is a stack's path; a list of
     stages when each stage's list of blocks is."""
-    staged = _stage_lists(model.get_submodule(path))
+    from torch import nn
+
+    mod = model.get_submodule(path)
+    if not isinstance(mod, (nn.ModuleList, nn.Sequential)):  # spread stages: each list a stack's
+        return all((f"{path}.{p}" if path else p) in listed for p, _ in _spread_lists(mod))
+    staged = _stage_lists(mod)
     if staged and all(f"{path}.{p}" in listed for p, _ in staged):
         return True
     children = [n for n, _ in model.get_submodule(path).named_children()]
@@ -857,14 +906,9 @@ NO_REFERENCE_NOTES = {
     "mobilevit": "The transformer depths per stage (2, 4, 3) are fixed in the code; the config "
                  "declares only widths.",
     "mobilevitv2": "`n_attn_blocks` [2, 4, 3] sizes the transformers inside the last three of five "
-                   "stages, two MobileNet stages before them in the same list: no list of stages "
-                   "has those lengths in order.",
-    "vibevoice_acoustic_tokenizer": "`depths` (7 entries) splits between a stem's list of blocks "
-                                    "and the six downsampling layers' lists (the decoder in "
-                                    "reverse order), so no list of stages has those lengths.",
+                   "stages, two MobileNet stages before them in the same list: no module's lists "
+                   "of blocks have those lengths in order.",
 }
-NO_REFERENCE_NOTES["vibevoice_acoustic_tokenizer_encoder"] = NO_REFERENCE_NOTES[
-    "vibevoice_acoustic_tokenizer_decoder"] = NO_REFERENCE_NOTES["vibevoice_acoustic_tokenizer"]
 
 
 def _verdict(r: dict | None) -> str:
@@ -929,7 +973,10 @@ def write_markdown(rows: list[dict], path: Path, meta: dict,
              "by `depth_coefficient`, rounded up; an int list under a count's name "
              "(`stage_num_blocks`) declares per-stage depths, matched only as a list of stages' "
              "block lists in order; entries of another class holding no block list between the "
-             "stages (downsampling layers) are left out of the stages; where the model's own "
+             "stages (downsampling layers) are left out of the stages; a per-stage depth list "
+             "matched by no list is matched by the deepest module whose innermost lists of one "
+             "block class have its lengths in order (a decoder's in reverse), those lists' "
+             "blocks joined; where the model's own "
              "config declares no count any list matches and no per-stage depths, each sampling "
              "ratio (`upsampling_ratios`, `downsampling_ratios`, `upsample_rates`, "
              "`resblock_stride_sizes`) declares one block, matched only by a list of one "

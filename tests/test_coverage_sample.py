@@ -67,6 +67,7 @@ BASE = [
     ("depth_pro", "towers from sibling sub-configs of one class (asks)"),
     ("hrm_text", "stacks of one kind run in alternation (asks)"),
     ("swiftformer", "CNN (downsampling layers between the stages in one list)"),
+    ("vibevoice_acoustic_tokenizer", "audio tokenizer (a stem's blocks, then each stage's)"),
 ]
 #: causal LMs: decoders of many layouts, MoE, state-space, hybrid and recurrent ones
 CAUSAL = [

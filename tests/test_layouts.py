@@ -573,3 +573,43 @@ def test_towers_from_sibling_sub_configs_of_one_class_ask():
     # one config object shared by both is one tower config, not two: the larger one wins
     net.image_encoder.config = config.image_config = config.patch_config
     assert len(Layers(net)) == 3
+
+
+class _ConvStage(nn.Module):
+    """A ConvNeXt-like stage of a codec: an up/downsampling conv, then its blocks in a list."""
+
+    def __init__(self, depth: int, d: int = 8, up: bool = False):
+        super().__init__()
+        self.conv = (nn.ConvTranspose1d if up else nn.Conv1d)(d, d, 64, stride=2)  # big on purpose
+        self.stage = nn.ModuleList([_Residual(d) for _ in range(depth)])
+
+
+class _Codec(nn.Module):
+    """A VibeVoice-like encoder: a stem (a conv and a list of blocks), then downsampling stages."""
+
+    def __init__(self, stem: int = 2, depths=(1, 3), up: bool = False):
+        super().__init__()
+        self.stem = nn.Module()
+        self.stem.conv = nn.Conv1d(1, 8, 3)
+        self.stem.stage = nn.ModuleList([_Residual() for _ in range(stem)])
+        self.conv_layers = nn.ModuleList([_ConvStage(n, up=up) for n in depths])
+
+
+def test_a_stems_blocks_are_the_first_stage_and_a_sampling_conv_is_not_a_block():
+    # the stem's list of blocks of the stages' class comes first; each stage's sampling conv
+    # (here larger than its blocks) stays outside the blocks
+    for up in (False, True):
+        net = _Codec(up=up)
+        (stack,) = find_stacks(net)
+        assert stack.name == "conv_layers"
+        assert stack.paths == ["stem.stage", "conv_layers.0.stage", "conv_layers.1.stage"]
+        assert Layers(net).names() == ["stem.stage.0", "stem.stage.1", "conv_layers.0.stage.0",
+                                       "conv_layers.1.stage.0", "conv_layers.1.stage.1",
+                                       "conv_layers.1.stage.2"]
+
+
+def test_a_stem_of_another_block_class_is_not_joined():
+    net = _Codec()
+    net.stem.stage = nn.ModuleList([_Mixer() for _ in range(2)])
+    stacks = {s.name: s for s in find_stacks(net)}
+    assert stacks["conv_layers"].paths == ["conv_layers.0.stage", "conv_layers.1.stage"]

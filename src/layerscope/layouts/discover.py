@@ -370,9 +370,16 @@ def find_stacks(model: nn.Module) -> list[Stack]:
                 break
         else:
             groups.append([s])
+    every = list(groups)
     groups = [g for g in groups if any(s.eligible for s in g)
               or sum(s.params for s in g) >= MIN_SHARE * total]
-    groups = [_staged(g[0]) or g if len(g) == 1 else g for g in groups]
+    staged_from: dict[int, str] = {}  # a list of stages taken apart -> the list's path
+    for i, g in enumerate(groups):
+        inner = _staged(g[0]) if len(g) == 1 else None
+        if inner:
+            staged_from[id(inner)] = g[0].path
+            groups[i] = inner
+    groups = _join_stem_stage(model, groups, every, staged_from, order)
     joined = {s.path for g in groups if len(g) > 1 for s in g}  # a stage's list joined above
     groups = [g for g in groups if len(g) > 1 or g[0].path not in joined]
     # a stack inside a block of another (experts inside a layer, blocks inside a stage) is not one
@@ -413,6 +420,41 @@ def find_stacks(model: nn.Module) -> list[Stack]:
     return stacks
 
 
+def _is_conv(module: nn.Module) -> bool:
+    """A convolution, or a wrapper holding only one (a causal conv's padding wrapper)."""
+    convs = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+    leaves = [m for m in module.modules() if has_params_direct(m)]
+    return len(leaves) == 1 and isinstance(leaves[0], convs)
+
+
+def _join_stem_stage(model: nn.Module, groups: list[list[_Stack]], every: list[list[_Stack]],
+                     staged_from: dict, order: dict) -> list[list[_Stack]]:
+    """A stem's list of blocks of the stages' block class, held (with only a conv beside it) by
+    a sibling of the list of stages that comes before it, is the first stage (VibeVoice's
+    tokenizer: the stem's blocks, then each downsampling layer's)."""
+    out = list(groups)
+    for g in groups:
+        if id(g) not in staged_from:
+            continue
+        parent = _parent(staged_from[id(g)])
+        for h in every:  # the stem's list may hold too few parameters to be a stack alone
+            if len(h) != 1 or h[0].cls != g[0].cls or any(h[0] in x for x in out if x is not h) \
+                    or h[0].path == staged_from[id(g)]:
+                continue
+            holder_path = _parent(h[0].path)
+            if not holder_path or _parent(holder_path) != parent or order[h[0].path] > order[staged_from[id(g)]]:
+                continue
+            holder = model.get_submodule(holder_path)
+            rest = [c for n, c in holder.named_children() if c is not h[0].module]
+            if _numel(h[0].module) >= 0.5 * _numel(holder) or (len(rest) == 1 and not _has_mixer(rest[0])):
+                if not any(_has_mixer(c) for c in rest):
+                    if h in out:
+                        out.remove(h)
+                    g.insert(0, h[0])
+                    break
+    return out
+
+
 def _staged(s: _Stack) -> list[_Stack] | None:
     """A list of stages, each holding its blocks in one list under the same name (ResNet's
     ``encoder.stages.i.layers``, Swin's ``encoder.layers.i.blocks``): the blocks are the entries
@@ -434,7 +476,8 @@ def _staged(s: _Stack) -> list[_Stack] | None:
             return None
         suffix, blocks = lists[0]
         rest = [c for n, c in stage.named_children() if n != suffix]
-        if _numel(blocks) < 0.5 * _numel(stage) or any(_has_mixer(c) for c in rest):
+        sampling = len(rest) == 1 and _is_conv(rest[0])  # the stage's down/upsampling conv alone
+        if (_numel(blocks) < 0.5 * _numel(stage) and not sampling) or any(_has_mixer(c) for c in rest):
             return None
         inner.append(_Stack(_join(s.path, name, suffix), blocks, _majority(list(blocks.children()))[0],
                             _numel(blocks), s.eligible))
@@ -529,7 +572,12 @@ def _stem_path(paths: list[str]) -> str:
     common = []
     for parts in zip(*split):
         if len(set(parts)) > 1:
-            return ".".join(common) if all(p.isdigit() for p in parts) and common else paths[0]
+            if all(p.isdigit() for p in parts) and common:
+                return ".".join(common)
+            if len(paths) > 2:  # a stem's blocks joined before the stages: the stages' list
+                rest = _stem_path(paths[1:])
+                return rest if rest != paths[1] else paths[0]
+            return paths[0]
         common.append(parts[0])
     return paths[0]
 
