@@ -341,3 +341,12 @@ def test_the_study_runs_without_the_tagger_and_says_so(tmp_path, monkeypatch):
     assert "part-of-speech" not in r.settings["tasks"] and r.settings["pos_classes"] is None
     assert not any("part-of-speech" in p for p in r.verdict.parts)
     assert "bigram-shift (token)" in r.settings["tasks"]
+
+
+@pytest.mark.parametrize("score,expected", [(EARLY, "supported"), (MIDDLE, "refuted"), (FLAT, "cannot tell")])
+def test_part_of_speech_is_a_syntax_part_of_the_verdict(score, expected):
+    from layerscope.studies.depth_represents import depth_verdict
+
+    v = depth_verdict({"m": {"part-of-speech": _result(score, 0.02, baseline=0.26)}}, {"m": 5000})
+    assert set(v.parts) == {"syntax (part-of-speech) peaks early"}
+    assert v.verdict == expected, v.text()
