@@ -50,7 +50,8 @@ TEST_FRACTION = 0.2
 MAX_LENGTH = 64
 MIN_SENTENCES = 200
 # sentences per model (quick, full), sized to the CPU: the full form's two passes and probes take
-# about 25 CPU minutes here (a SmolLM2 item costs about 15x a MiniLM one: ~0.3 against ~0.02 CPU s)
+# about 25 CPU minutes here without part-of-speech (a SmolLM2 item costs about 15x a MiniLM one: ~0.3
+# against ~0.02 CPU s); tagging and the part-of-speech probes add an estimated 4-5 (quick: ~15 s)
 SIZES = {"minilm": (1000, 10000), "smollm2": (300, 2500)}
 DEFAULT_SIZE = (1000, 6000)
 
@@ -578,8 +579,8 @@ def depth_represents(s: Settings):
                        " (part-of-speech left out: its tagger is not installed)")
                     + f"; {int(TEST_FRACTION * 100)}% of each task's items held out; "
                     f"probe: {first.method}. The item counts are sized for a 2-core CPU (the --full form, MiniLM "
-                    f"on {SIZES['minilm'][1]} sentences and SmolLM2 on {SIZES['smollm2'][1]}, takes about 25 CPU "
-                    f"minutes; SentEval's probing sets had 100k items): where an interval cannot single out the "
+                    f"on {SIZES['minilm'][1]} sentences and SmolLM2 on {SIZES['smollm2'][1]}, took about 25 CPU "
+                    f"minutes before part-of-speech, which adds an estimated 4-5; SentEval's probing sets had 100k items): where an interval cannot single out the "
                     f"peak, the verdict says how many items would."),
         columns=columns, rows=rows, chart=_chart(results), verdict=depth_verdict(results, sentences), findings=findings,
         model=", ".join(refs), data=data_ref,
