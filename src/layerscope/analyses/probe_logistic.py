@@ -70,6 +70,18 @@ def _folds(y: np.ndarray, folds: int, seed: int) -> np.ndarray:
     return out
 
 
+def _group_folds(y: np.ndarray, groups: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """Fold number per row with every group's rows in one fold, classes balanced across folds
+    as far as the groups allow (scikit-learn's ``StratifiedGroupKFold``, shuffled by ``seed``)."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    out = np.empty(len(y), dtype=np.int64)
+    split = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    for f, (_, rows) in enumerate(split.split(np.zeros(len(y)), y, groups)):
+        out[rows] = f
+    return out
+
+
 def pick_engine(n_classes: int) -> str:
     """The faster engine for a task, by the rule measured in BENCHMARKS.md "Probes" (CPU, MiniLM
     features, 1,500-6,000 items): "batched" (one float64 L-BFGS over every layer, C and fold) for
@@ -86,7 +98,7 @@ def pick_engine(n_classes: int) -> str:
 
 
 def fit_logistic_cv(rows, y, n_classes: int, *, Cs=CS, folds: int = 3, seed: int = 0,
-                    tol: float | None = None, max_iter: int = 2000, engine: str = "batched"):
+                    tol: float | None = None, max_iter: int = 2000, engine: str = "batched", groups=None):
     """Per layer (``rows``: one (n, d_l) array per layer, same items) the L2 logistic probe with
     C from ``Cs`` chosen by ``folds``-fold CV; returns (fits, info) with fits as
     :class:`~layerscope.analyses.probe.RidgeFit` in raw feature space (``alpha`` = 1/C; −inf
@@ -97,7 +109,9 @@ def fit_logistic_cv(rows, y, n_classes: int, *, Cs=CS, folds: int = 3, seed: int
     ``engine``: "batched" (this module's batched L-BFGS; ``tol``: Euclidean gradient norm, default
     :data:`TOL`), "sklearn" (scikit-learn's ``LogisticRegressionCV`` per layer on the same
     standardised rows, folds, grid and C rule; ``tol``: its lbfgs tolerance on the largest
-    gradient entry, default :data:`SKLEARN_TOL`, its own default) or "auto" (:func:`pick_engine`)."""
+    gradient entry, default :data:`SKLEARN_TOL`, its own default) or "auto" (:func:`pick_engine`).
+    ``groups`` (one per row): the CV folds keep each group's rows together (rows that are not
+    independent, such as the tokens of one sentence, would otherwise score C on their own kin)."""
     from layerscope.analyses.probe import RidgeFit
 
     t0 = time.perf_counter()
@@ -129,8 +143,14 @@ def fit_logistic_cv(rows, y, n_classes: int, *, Cs=CS, folds: int = 3, seed: int
         sd = torch.where(var <= n * eps * var + (n * mu * eps) ** 2, torch.ones_like(var), var.sqrt())
         Z[i, :, : x.shape[1]] = (x - mu) / sd
         mus.append(mu.numpy()); sds.append(sd.numpy())
-    F = max(2, int(folds)) if n >= 2 * folds else 1
-    fold = _folds(y, F, seed) if F > 1 else np.zeros(n, dtype=np.int64)
+    if groups is not None and len(groups) != n:
+        raise LayerscopeError(f"groups has {len(groups)} entries for {n} training rows; give one per row")
+    n_groups = n if groups is None else len(np.unique(groups))
+    F = max(2, int(folds)) if n_groups >= 2 * folds else 1
+    if F == 1:
+        fold = np.zeros(n, dtype=np.int64)
+    else:
+        fold = _folds(y, F, seed) if groups is None else _group_folds(y, np.asarray(groups), F, seed)
     G = len(Cs)
     if engine == "sklearn":
         return _fit_sklearn([Z[i, :, : x.shape[1]].numpy() for i, x in enumerate(xs)], yi, seen, mus, sds,

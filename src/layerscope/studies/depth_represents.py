@@ -575,12 +575,14 @@ def depth_represents(s: Settings):
                     f"unshifted items only)"
                     + (f", and part-of-speech (token-level: the block output at the token where a word "
                        f"starts, {len(pos.classes)} universal tags from spaCy, at most {WORDS_PER_SENTENCE} "
-                       f"words per unshifted sentence, whole sentences held out)" if pos is not None else
+                       f"words per unshifted sentence, whole sentences held out and kept within one CV fold, its "
+                       f"intervals counting a sentence's rows as one cluster)" if pos is not None else
                        " (part-of-speech left out: its tagger is not installed)")
                     + f"; {int(TEST_FRACTION * 100)}% of each task's items held out; "
                     f"probe: {first.method}. The item counts are sized for a 2-core CPU (the --full form, MiniLM "
                     f"on {SIZES['minilm'][1]} sentences and SmolLM2 on {SIZES['smollm2'][1]}, took about 25 CPU "
-                    f"minutes before part-of-speech, which adds an estimated 4-5; SentEval's probing sets had 100k items): where an interval cannot single out the "
+                    f"minutes before part-of-speech was added; this run's own time is in the summary table; "
+                    f"SentEval's probing sets had 100k items): where an interval cannot single out the "
                     f"peak, the verdict says how many items would."),
         columns=columns, rows=rows, chart=_chart(results), verdict=depth_verdict(results, sentences), findings=findings,
         model=", ".join(refs), data=data_ref,
