@@ -477,6 +477,29 @@ def _chart(results: dict[str, dict]):
         xs = depth[trace["name"].removesuffix(" interval")]
         trace["x"] = xs + xs[::-1] if trace.get("fill") == "toself" else xs
     chart["layout"]["xaxis"]["type"] = "linear"
+    return color_by_task(chart)
+
+
+def color_by_task(chart: dict) -> dict:
+    """One colour per task across models (traces named "model: task"; the models differ by line
+    style), so a task reads as one colour however many models share the chart.
+
+    Example:
+        >>> c = {"data": [{"name": "a: length", "line": {}}, {"name": "b: length interval", "fillcolor": ""},
+        ...               {"name": "b: sentiment", "line": {}}]}
+        >>> [t.get("line", {}).get("color") or t["fillcolor"] for t in color_by_task(c)["data"]]
+        ['#3b6fb6', '#3b6fb6', '#d1495b']
+    """
+    from layerscope.report.charts import PALETTE
+
+    tasks: dict[str, str] = {}
+    for trace in chart["data"]:
+        task = trace["name"].removesuffix(" interval").split(": ", 1)[-1]
+        color = tasks.setdefault(task, PALETTE[len(tasks) % len(PALETTE)])
+        if trace.get("fill") == "toself" or "fillcolor" in trace:
+            trace["fillcolor"] = color
+        else:
+            trace.setdefault("line", {})["color"] = color
     return chart
 
 
