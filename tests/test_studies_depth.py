@@ -186,6 +186,10 @@ def test_two_models_share_one_chart_by_relative_depth():
     assert lines["small: length"][-1] == lines["big: length"][-1] == 1.0 and len(lines["big: length"]) == 12
     assert chart["layout"]["xaxis"]["type"] == "linear"
     assert chart_png(chart, "t")[:4] == b"\x89PNG"
+    colors = {t["name"]: t["line"]["color"] for t in chart["data"] if t.get("mode") == "lines+markers"}
+    assert colors["small: length"] == colors["big: length"]          # one colour per task
+    dash = {t["name"]: t["line"]["dash"] for t in chart["data"] if t.get("mode") == "lines+markers"}
+    assert dash["small: length"] != dash["big: length"]              # the models differ by style
 
 
 # --- part-of-speech: token sites, the sentence-wise split, the tagger ----------------------------
