@@ -228,8 +228,7 @@ def test_the_tagger_gives_universal_tags_and_the_common_ones():
     from layerscope.studies.depth_represents import common_tags, load_tagger, tag_words
 
     nlp = load_tagger()
-    if nlp is None:
-        pytest.skip("the [pos] extra's model package is not installed")
+    assert nlp is not None, "the [pos] extra (installed by scripts/setup.sh) is missing"
     assert not {"parser", "ner", "lemmatizer"} & set(nlp.pipe_names)
     words = tag_words(nlp, ["The cat sat.", "They don't know."])
     assert [t for _, t in words[0]] == ["DET", "NOUN", "VERB", "PUNCT"]
@@ -323,8 +322,7 @@ def test_the_study_reads_part_of_speech_into_its_verdict(tmp_path):
     from layerscope.studies.common import run_study
     from layerscope.studies.depth_represents import POS, load_tagger
 
-    if load_tagger() is None:
-        pytest.skip("the [pos] extra's model package is not installed")
+    assert load_tagger() is not None, "the [pos] extra (installed by scripts/setup.sh) is missing"
     r = run_study("depth-represents", model="minilm", data=_sentence_file(tmp_path))
     assert "syntax (part-of-speech) peaks early" in r.verdict.parts
     assert f"{POS} accuracy [95%]" in r.columns and POS in r.settings["tasks"]

@@ -131,16 +131,23 @@ class TokenSites(TaskRows):
         items = self._kept(batch)
         if not len(items):
             return
-        if batch.mask is None:
-            raise LayerscopeError("the token view needs the batch's attention mask (a text model)")
-        rows = items - batch.start
-        mask = batch.mask.detach().cpu().bool()
-        if not np.array_equal(mask.sum(1).numpy()[rows], self.lengths[items]):
-            raise LayerscopeError("the token sites were found in another tokenisation than the one the "
-                                  "model was fed; make them with the model's tokenizer and max_length")
-        cols = [int(mask[r].nonzero()[p]) for r, p in zip(rows, self.positions[items])]
-        r, c = torch.as_tensor(rows), torch.as_tensor(cols)
-        self._feed({n: a[r.to(a.device), c.to(a.device)] for n, a in acts.items()}, items)
+        self._feed(_at_tokens(acts, batch, items - batch.start, self.positions[items], self.lengths[items]), items)
+
+
+def _at_tokens(acts: dict, batch: BatchInfo, rows: np.ndarray, positions: np.ndarray, lengths: np.ndarray) -> dict:
+    """The block outputs at (batch row, index among that row's real tokens) pairs, placed by the
+    batch's attention mask whatever the padding side; ``lengths``: each pair's row's number of
+    real tokens in the tokenisation the sites were made from, checked against the batch's."""
+    if batch.mask is None:
+        raise LayerscopeError("the token view needs the batch's attention mask (a text model)")
+    mask = batch.mask.detach().cpu().bool()
+    if not np.array_equal(mask.sum(1).numpy()[rows], lengths):
+        raise LayerscopeError("the token sites were found in another tokenisation than the one the "
+                              "model was fed; make them with the model's tokenizer and max_length")
+    real = {r: mask[r].nonzero().flatten() for r in np.unique(rows).tolist()}
+    r = torch.as_tensor(rows)
+    c = torch.as_tensor([int(real[int(i)][p]) for i, p in zip(rows, positions)], dtype=torch.long)
+    return {n: a[r.to(a.device), c.to(a.device)] for n, a in acts.items()}
 
 
 class WordSites(Reducer):
@@ -183,17 +190,8 @@ class WordSites(Reducer):
         lo, hi = int(self.first[batch.start]), int(self.first[end])
         if lo == hi:
             return
-        if batch.mask is None:
-            raise LayerscopeError("the token view needs the batch's attention mask (a text model)")
-        mask = batch.mask.detach().cpu().bool()
-        if not np.array_equal(mask.sum(1).numpy(), self.lengths[batch.start:end]):
-            raise LayerscopeError("the token sites were found in another tokenisation than the one the "
-                                  "model was fed; make them with the model's tokenizer and max_length")
         rows = np.repeat(np.arange(batch.size), self.counts[batch.start:end])
-        real = [mask[r].nonzero().flatten() for r in range(batch.size)]
-        cols = [int(real[r][p]) for r, p in zip(rows, self.positions[lo:hi])]
-        r, c = torch.as_tensor(rows), torch.as_tensor(cols)
-        self.inner.update({n: a[r.to(a.device), c.to(a.device)] for n, a in acts.items()},
+        self.inner.update(_at_tokens(acts, batch, rows, self.positions[lo:hi], self.lengths[batch.start + rows]),
                           BatchInfo(lo, hi - lo, torch.from_numpy(self.labels[lo:hi])))
 
     def merge(self, other: "WordSites") -> "WordSites":
