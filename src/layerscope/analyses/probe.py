@@ -866,6 +866,7 @@ def probe_result(stats: ProbeStats, *, alphas=ALPHAS, standardize: bool = True,
                                         engine="auto" if stats.solver == "auto" else "batched",
                                         groups=_groups_of(stats, getattr(stats, "train_index", [])))
         batched["fits"] = dict(zip(stats.order, fits))
+    test_groups = _groups_of(stats, stats.test_index)
     for name in stats.order:
         if batched is not None:
             fit = batched["fits"][name]
@@ -876,8 +877,7 @@ def probe_result(stats: ProbeStats, *, alphas=ALPHAS, standardize: bool = True,
             fit, _ = select_fit(stats.stats[name], alphas, stats.cv, standardize, stats.classification)
         alpha = fit.alpha
         x_test = torch.cat(stats.test_rows[name]).double().numpy()
-        out = _evaluate(fit, x_test, y_test, stats.classification, n_boot, stats.seed,
-                        groups=_groups_of(stats, stats.test_index))
+        out = _evaluate(fit, x_test, y_test, stats.classification, n_boot, stats.seed, groups=test_groups)
         if name == RANDOM:
             rand = out
             continue
